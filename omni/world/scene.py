@@ -1,0 +1,207 @@
+"""Scenes of the procedural world: objects resting on a finite ground square.
+
+World frame: z up, ground plane z = 0, ground square |x|, |y| <= GROUND_HALF (metres).
+Every shape stands on the ground with its own vertical axis through (x, y); cubes are rotated
+about that axis by `yaw`. Objects never interpenetrate: their footprint circles (which contain
+each shape's horizontal cross-section at every height) are disjoint, with a gap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+GROUND_HALF = 4.0  # half side of the ground square, metres
+PLACE_HALF = 1.5  # object centres are drawn from [-PLACE_HALF, PLACE_HALF]^2
+GAP = 0.12  # minimum horizontal gap between footprints, metres
+
+SHAPES = ("cube", "sphere", "cylinder", "cone")
+SIZES = ("small", "large")
+SIZE_HALF = {"small": 0.34, "large": 0.56}  # characteristic half extent per size, metres
+
+# Named palette: saturated, well separated in chromaticity so a checker can segment by colour.
+PALETTE: dict[str, tuple[float, float, float]] = {
+    "red": (0.86, 0.12, 0.12),
+    "orange": (0.96, 0.50, 0.05),
+    "yellow": (0.95, 0.86, 0.10),
+    "green": (0.12, 0.68, 0.18),
+    "cyan": (0.08, 0.78, 0.84),
+    "blue": (0.14, 0.28, 0.92),
+    "purple": (0.56, 0.18, 0.78),
+    "gray": (0.45, 0.45, 0.45),
+}
+COLORS = tuple(PALETTE)
+GROUND_RGB = (0.80, 0.78, 0.72)
+SKY_RGB = (0.93, 0.95, 0.98)
+
+
+def shape_dims(shape: str, size: str) -> tuple[float, float]:
+    """(radius, height) of a shape: radius is the half width (cube: half side), height its top."""
+    h = SIZE_HALF[size]
+    if shape == "cube":
+        return h, 2.0 * h
+    if shape == "sphere":
+        return h, 2.0 * h
+    if shape == "cylinder":
+        return 0.8 * h, 2.5 * h
+    if shape == "cone":
+        return h, 2.5 * h
+    raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+
+
+@dataclass
+class Obj:
+    shape: str
+    color: str
+    size: str
+    x: float
+    y: float
+    yaw: float = 0.0  # radians, about the vertical axis (cubes only)
+
+    @property
+    def radius(self) -> float:
+        return shape_dims(self.shape, self.size)[0]
+
+    @property
+    def height(self) -> float:
+        return shape_dims(self.shape, self.size)[1]
+
+    @property
+    def footprint(self) -> float:
+        """Radius of a circle containing the horizontal cross-section at every height."""
+        r = self.radius
+        return r * math.sqrt(2.0) if self.shape == "cube" else r
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.shape}"
+
+    @property
+    def center(self) -> tuple[float, float, float]:
+        return (self.x, self.y, self.height / 2.0)
+
+    def inside(self, pts: np.ndarray) -> np.ndarray:
+        """Boolean mask of points (N, 3) strictly inside the solid (world frame)."""
+        p = np.asarray(pts, dtype=np.float64)
+        dx, dy, z = p[:, 0] - self.x, p[:, 1] - self.y, p[:, 2]
+        r, hgt = self.radius, self.height
+        if self.shape == "sphere":
+            return dx**2 + dy**2 + (z - r) ** 2 < r**2
+        if self.shape == "cube":
+            c, s = math.cos(self.yaw), math.sin(self.yaw)
+            lx, ly = c * dx + s * dy, -s * dx + c * dy
+            return (np.abs(lx) < r) & (np.abs(ly) < r) & (z > 0) & (z < hgt)
+        rho2 = dx**2 + dy**2
+        if self.shape == "cylinder":
+            return (rho2 < r**2) & (z > 0) & (z < hgt)
+        # cone: radius shrinks linearly from r at z=0 to 0 at z=hgt
+        return (z > 0) & (z < hgt) & (np.sqrt(rho2) < r * (hgt - z) / hgt)
+
+    def sample_inside(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n points drawn uniformly from the solid (rejection from its bounding box)."""
+        out = np.zeros((0, 3))
+        r, hgt = self.footprint, self.height
+        while len(out) < n:
+            cand = rng.uniform([-r, -r, 0.0], [r, r, hgt], size=(4 * n, 3)) + [self.x, self.y, 0.0]
+            out = np.concatenate([out, cand[self.inside(cand)]])
+        return out[:n]
+
+
+@dataclass
+class Scene:
+    objects: list[Obj] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"objects": [asdict(o) for o in self.objects]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scene:
+        return cls([Obj(**o) for o in d["objects"]])
+
+    def valid(self, gap: float = 0.0) -> bool:
+        """No two footprints closer than `gap`, every footprint inside the ground square."""
+        for i, a in enumerate(self.objects):
+            if abs(a.x) + a.footprint > GROUND_HALF or abs(a.y) + a.footprint > GROUND_HALF:
+                return False
+            for b in self.objects[i + 1 :]:
+                if math.hypot(a.x - b.x, a.y - b.y) < a.footprint + b.footprint + gap:
+                    return False
+        return True
+
+
+def check_choice(kind: str, values, known) -> tuple[str, ...]:
+    """Validate a user's subset of shapes/colours/sizes; raise ValueError naming the bad one."""
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"empty list of {kind}s")
+    for v in values:
+        if v not in known:
+            raise ValueError(f"unknown {kind} {v!r}; known: {', '.join(known)}")
+    return values
+
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """Which shapes, colours, sizes and how many objects a scene may hold."""
+
+    shapes: tuple[str, ...] = SHAPES
+    colors: tuple[str, ...] = COLORS
+    sizes: tuple[str, ...] = SIZES
+    min_objects: int = 1
+    max_objects: int = 6
+    place_half: float = PLACE_HALF
+
+    def __post_init__(self):
+        object.__setattr__(self, "shapes", check_choice("shape", self.shapes, SHAPES))
+        object.__setattr__(self, "colors", check_choice("color", self.colors, COLORS))
+        object.__setattr__(self, "sizes", check_choice("size", self.sizes, SIZES))
+        if not 1 <= self.min_objects <= self.max_objects <= 6:
+            raise ValueError(
+                f"object count range {self.min_objects}..{self.max_objects} must lie within 1..6"
+            )
+
+
+def place(rng: np.random.Generator, scene: Scene, obj: Obj, opts: SceneOptions, tries: int = 200,
+          region: tuple[float, float, float, float] | None = None) -> bool:
+    """Put `obj` at a random free spot (inside `region` = x0, x1, y0, y1 if given); False if none."""
+    x0, x1, y0, y1 = region or (-opts.place_half, opts.place_half, -opts.place_half, opts.place_half)
+    for _ in range(tries):
+        obj.x, obj.y = float(rng.uniform(x0, x1)), float(rng.uniform(y0, y1))
+        if Scene(scene.objects + [obj]).valid(GAP):
+            scene.objects.append(obj)
+            return True
+    return False
+
+
+def random_object(rng: np.random.Generator, opts: SceneOptions, shape: str | None = None,
+                  color: str | None = None, size: str | None = None) -> Obj:
+    shape = shape or str(rng.choice(opts.shapes))
+    yaw = float(rng.uniform(0.0, math.pi / 2)) if shape == "cube" else 0.0
+    return Obj(shape=shape, color=color or str(rng.choice(opts.colors)),
+               size=size or str(rng.choice(opts.sizes)), x=0.0, y=0.0, yaw=yaw)
+
+
+def sample_scene(rng: np.random.Generator, opts: SceneOptions = SceneOptions(),
+                 n: int | None = None, unique: bool = False) -> Scene:
+    """A random scene of `n` objects (default: uniform in the options' range).
+
+    `unique=True` makes every (colour, shape) pair distinct, so "the red cube" names one object.
+    """
+    n = int(rng.integers(opts.min_objects, opts.max_objects + 1)) if n is None else n
+    if unique and n > len(opts.colors) * len(opts.shapes):
+        raise ValueError(f"cannot draw {n} distinct colour-shape pairs from the options")
+    while True:
+        scene = Scene()
+        used: set[tuple[str, str]] = set()
+        for _ in range(n):
+            while True:
+                obj = random_object(rng, opts)
+                if not unique or (obj.color, obj.shape) not in used:
+                    break
+            if not place(rng, scene, obj, opts):
+                break
+            used.add((obj.color, obj.shape))
+        if len(scene.objects) == n:
+            return scene

@@ -1,0 +1,822 @@
+"""Task samplers: deterministic in (task, seed), rendered in batches.
+
+Every sampler proposes a draft (scenes + cameras) from its own random stream, all drafts of a call
+are rendered in one batched call, and each draft's `finish` reads its render to write the texts and
+answers (or rejects the draft: then the same stream proposes again). An example's random stream
+depends only on (task, seed), so the same seed gives the same example whatever else is sampled.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import language as L
+from .camera import (
+    DEFAULT_FOV,
+    intrinsics,
+    move_view,
+    orbit_camera,
+    pose_to_text,
+    relative_pose,
+    rotate_view,
+)
+from .render import render
+from .scene import Obj, Scene, SceneOptions, place, random_object, sample_scene
+
+TASKS = ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit")
+SPLITS = {"train": (0, 1_000_000_000), "val": (1_000_000_000, 1_001_000_000),
+          "test": (2_000_000_000, 2_001_000_000)}
+T2I_CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr",
+                  "math", "mapping")
+LETTERS = "ABCD"
+VIEW_DIRECTIONS = ("up", "down", "left", "right")
+
+
+def split_of(seed: int) -> str:
+    for name, (lo, hi) in SPLITS.items():
+        if lo <= seed < hi:
+            return name
+    raise ValueError(f"seed {seed} lies in no split: {SPLITS}")
+
+
+def task_rng(task: str, seed: int) -> np.random.Generator:
+    return np.random.default_rng([zlib.crc32(task.encode()), int(seed)])
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    size: int = 32
+    fov: float = DEFAULT_FOV
+    scene: SceneOptions = field(default_factory=SceneOptions)
+    shadows: bool = False
+    novel_view_deg: float = 30.0  # look up / down / left / right angle of synthesized views
+    video_frames: int = 8
+    max_attempts: int = 200
+
+    def __post_init__(self):
+        if self.size < 8:
+            raise ValueError(f"image size must be at least 8 px, got {self.size}")
+        if self.video_frames < 2:
+            raise ValueError("a video needs at least 2 frames")
+
+    @property
+    def K(self) -> np.ndarray:
+        return intrinsics(self.fov, self.size)
+
+    @property
+    def min_pixels(self) -> int:
+        return max(2, round(0.002 * self.size * self.size))
+
+
+@dataclass
+class View:
+    rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]
+    depth: np.ndarray  # (H, W) float32 z-depth in metres
+    valid: np.ndarray  # (H, W) bool
+    ids: np.ndarray  # (H, W) int16
+    amodal: np.ndarray  # (K, H, W) bool
+    K: np.ndarray
+    w2c: np.ndarray
+    scene: str  # key into Example.scenes
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.depth.shape
+
+
+@dataclass
+class Example:
+    task: str
+    seed: int
+    views: dict[str, View]
+    scenes: dict[str, Scene]
+    texts: dict[str, str]
+    answer: str | None
+    spec: dict
+
+    def stats(self, view: str) -> list[L.ObjectStats]:
+        v = self.views[view]
+        return L.object_stats(self.scenes[v.scene], v.ids, v.depth, v.amodal)
+
+    def to_json(self) -> dict:
+        return {"task": self.task, "seed": self.seed, "split": split_of(self.seed),
+                "texts": self.texts, "answer": self.answer, "spec": self.spec,
+                "scenes": {k: s.to_dict() for k, s in self.scenes.items()},
+                "views": {k: {"scene": v.scene, "K": v.K.tolist(), "w2c": v.w2c.tolist()}
+                          for k, v in self.views.items()}}
+
+
+Finish = Callable[[dict[str, View]], "tuple[dict, str | None, dict] | None"]
+
+
+@dataclass
+class Draft:
+    scenes: dict[str, Scene]
+    cams: dict[str, tuple[str, np.ndarray]]  # view name -> (scene key, w2c)
+    finish: Finish
+
+
+# ----------------------------------------------------------------------------------------------
+# shared pieces
+
+
+def random_camera(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A camera on a sphere around the scene centre, looking at it; returns w2c and its orbit."""
+    orbit = {"azimuth": float(rng.uniform(0, 360)), "elevation": float(rng.uniform(28, 45)),
+             "distance": float(rng.uniform(4.6, 5.6)),
+             "target": [float(rng.uniform(-0.2, 0.2)), float(rng.uniform(-0.2, 0.2)), 0.35]}
+    return orbit_camera(**orbit), orbit
+
+
+def all_visible(view: View, scene: Scene, min_frac: float, min_px: int) -> list[L.ObjectStats] | None:
+    """Stats of every object if each shows >= min_px pixels and >= min_frac of itself, else None."""
+    st = L.object_stats(scene, view.ids, view.depth, view.amodal)
+    if len(st) != len(scene.objects):
+        return None
+    if any(s.pixels < min_px or s.visible_fraction < min_frac for s in st):
+        return None
+    return st
+
+
+def name_of(o: Obj) -> str:
+    return f"the {o.name}"
+
+
+def objects_sentence(stats: list[L.ObjectStats], size: int) -> str:
+    items = [f"{L.article(s.obj.size)} {L.full_name(s.obj)} {L.horizontal_word(s, size)}"
+             for s in L.by_position(stats)]
+    return f"i see {L.count_phrase(len(stats), 'object')}: {L.join(items)}."
+
+
+def options_text(options: list[str]) -> str:
+    return " ".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+
+
+def rel_pose_dict(T: np.ndarray) -> dict:
+    return {"matrix": T.tolist(), "text": pose_to_text(T)}
+
+
+def yaw_of(T: np.ndarray) -> float:
+    """Heading change (degrees, + = turned right) of view B in view A's frame (T = T_AB)."""
+    f = T[:3, 2]
+    return math.degrees(math.atan2(f[0], f[2]))
+
+
+# ----------------------------------------------------------------------------------------------
+# vqa
+
+
+def _vqa(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+    scene = sample_scene(rng, cfg.scene, unique=True)
+    w2c, _ = random_camera(rng)
+
+    def finish(views):
+        v = views["image"]
+        st = all_visible(v, scene, 0.3, cfg.min_pixels)
+        if st is None:
+            return None
+        families = ["counting", "attribute", "relation", "arithmetic"]
+        rng.shuffle(families)
+        for fam in families:
+            got = _VQA_FAMILIES[fam](rng, scene, st, cfg)
+            if got is not None:
+                question, step, answer, kind = got
+                thinking = f"{objects_sentence(st, cfg.size)} {step} so the answer is {answer}."
+                texts = {"question": question, "thinking": thinking, "answer": answer,
+                         "caption": L.short_caption(st)}
+                return texts, answer, {"family": fam, "kind": kind}
+        return None
+
+    return Draft({"main": scene}, {"image": ("main", w2c)}, finish)
+
+
+def _count(objs, **attrs) -> list[Obj]:
+    return [o for o in objs if all(getattr(o, k) == val for k, val in attrs.items())]
+
+
+def _vqa_counting(rng, scene, st, cfg):
+    objs = scene.objects
+    kind = str(rng.choice(["shape", "color", "all", "size"]))
+    if kind == "all":
+        return "how many objects are there?", f"that makes {len(objs)}.", str(len(objs)), kind
+    pool = {"shape": cfg.scene.shapes, "color": cfg.scene.colors, "size": cfg.scene.sizes}[kind]
+    present = sorted({getattr(o, kind) for o in objs})
+    val = str(rng.choice(present if rng.random() < 0.8 else list(pool)))
+    hits = _count(objs, **{kind: val})
+    q = {"shape": f"how many {val}s are there?", "color": f"how many {val} objects are there?",
+         "size": f"how many {val} objects are there?"}[kind]
+    noun = f"{val}s" if kind == "shape" else f"{val} objects"
+    step = (f"the {noun} are: {L.join([o.name for o in hits])}; that makes {len(hits)}." if hits
+            else f"there are no {noun}.")
+    return q, step, str(len(hits)), kind
+
+
+def _vqa_attribute(rng, scene, st, cfg):
+    objs = scene.objects
+    kinds = ["color_of_shape", "shape_of_color", "size_of_object"]
+    rng.shuffle(kinds)
+    for kind in kinds:
+        if kind == "color_of_shape":
+            cand = [o for o in objs if len(_count(objs, shape=o.shape)) == 1]
+            if cand:
+                o = cand[rng.integers(len(cand))]
+                return f"what color is the {o.shape}?", f"the {o.shape} is {o.color}.", o.color, kind
+        elif kind == "shape_of_color":
+            cand = [o for o in objs if len(_count(objs, color=o.color)) == 1]
+            if cand:
+                o = cand[rng.integers(len(cand))]
+                return (f"what shape is the {o.color} object?", f"the {o.color} object is a {o.shape}.",
+                        o.shape, kind)
+        else:
+            o = objs[rng.integers(len(objs))]
+            return f"what size is the {o.name}?", f"the {o.name} is {o.size}.", o.size, kind
+    return None
+
+
+def _vqa_relation(rng, scene, st, cfg):
+    if len(st) < 2:
+        return None
+    pairs = [(a, b) for a in st for b in st if a.index != b.index]
+    order = rng.permutation(len(pairs))
+    kind = str(rng.choice(["left_right", "closer"]))
+    for i in order:
+        a, b = pairs[i]
+        if kind == "left_right":
+            rel = L.relative_position(a.box, b.box) & {"left of", "right of"}
+            if not rel:
+                continue
+            asked = str(rng.choice(["left of", "right of"]))
+            ans = "yes" if asked in rel else "no"
+            step = (f"the {a.obj.name} is centred at x {a.centroid[0]:.0f} and the {b.obj.name} at x "
+                    f"{b.centroid[0]:.0f}, so the {a.obj.name} is {rel.pop()} the {b.obj.name}.")
+            return f"is the {a.obj.name} {asked} the {b.obj.name}?", step, ans, kind
+        if abs(a.median_depth - b.median_depth) < 0.3:
+            continue
+        near = a if a.median_depth < b.median_depth else b
+        step = (f"the {a.obj.name} is about {a.median_depth:.1f} m away and the {b.obj.name} about "
+                f"{b.median_depth:.1f} m.")
+        return (f"which is closer to the camera, the {a.obj.name} or the {b.obj.name}?", step,
+                near.obj.name, kind)
+    return None
+
+
+def _vqa_arithmetic(rng, scene, st, cfg):
+    objs = scene.objects
+    kind = str(rng.choice(["sum", "difference", "remove"]))
+    shapes = list(cfg.scene.shapes)
+    if kind in ("sum", "difference") and len(shapes) >= 2:
+        s1, s2 = (str(x) for x in rng.choice(shapes, 2, replace=False))
+        n1, n2 = len(_count(objs, shape=s1)), len(_count(objs, shape=s2))
+        if kind == "sum":
+            return (f"how many {s1}s and {s2}s are there in total?",
+                    f"there are {n1} {L.plural(s1, n1)} and {n2} {L.plural(s2, n2)}; {n1} + {n2} = {n1 + n2}.",
+                    str(n1 + n2), kind)
+        if n1 < n2:
+            s1, s2, n1, n2 = s2, s1, n2, n1
+        return (f"how many more {s1}s than {s2}s are there?",
+                f"there are {n1} {L.plural(s1, n1)} and {n2} {L.plural(s2, n2)}; {n1} - {n2} = {n1 - n2}.",
+                str(n1 - n2), kind)
+    color = str(rng.choice(sorted({o.color for o in objs})))
+    k = len(_count(objs, color=color))
+    n = len(objs)
+    return (f"if every {color} object were removed, how many objects would remain?",
+            f"there are {n} objects and {k} of them are {color}; {n} - {k} = {n - k}.", str(n - k), "remove")
+
+
+_VQA_FAMILIES = {"counting": _vqa_counting, "attribute": _vqa_attribute, "relation": _vqa_relation,
+                 "arithmetic": _vqa_arithmetic}
+
+
+# ----------------------------------------------------------------------------------------------
+# t2i
+
+
+T2I_CAMERA = {"azimuth": 0.0, "elevation": 40.0, "distance": 4.4, "target": [0.0, 0.15, 0.3]}
+T2I_REGION = (-1.3, 1.3, -0.9, 1.3)  # x0, x1, y0, y1 of object centres for the canonical camera
+_REL_REGIONS = {  # where A and B go for "A <rel> B" (then the render is checked with GenEval's rule)
+    "left of": ((-1.3, -0.3, -0.9, 1.3), (0.3, 1.3, -0.9, 1.3)),
+    "right of": ((0.3, 1.3, -0.9, 1.3), (-1.3, -0.3, -0.9, 1.3)),
+    "above": ((-1.0, 1.0, 0.5, 1.3), (-1.0, 1.0, -0.9, 0.0)),
+    "below": ((-1.0, 1.0, -0.9, 0.0), (-1.0, 1.0, 0.5, 1.3)),
+}
+
+
+def _math_expr(rng: np.random.Generator, level: int) -> tuple[str, int]:
+    """An integer expression with `level` operations whose every step stays in 0..20 and whose
+    result is in 1..6 (seed 004's math prompts)."""
+    while True:
+        val = int(rng.integers(1, 10))
+        expr = str(val)
+        ok = True
+        for _ in range(level):
+            op = str(rng.choice(["+", "-", "*", "/"]))
+            b = int(rng.integers(1, 10))
+            if op == "+":
+                val += b
+            elif op == "-":
+                val -= b
+            elif op == "*":
+                val *= b
+            else:
+                if val % b:
+                    ok = False
+                    break
+                val //= b
+            expr = f"({expr}) {op} {b}" if _ else f"{expr} {op} {b}"
+            if not 0 <= val <= 20:
+                ok = False
+                break
+        if ok and 1 <= val <= 6:
+            return expr, val
+
+
+@dataclass
+class T2IPlan:
+    """A t2i prompt, its short rewrite, its GenEval-style spec and the objects a target shows."""
+
+    prompt: str
+    short: str
+    include: list[dict]
+    exclude: list[dict]
+    draw: list[tuple[str, str]]  # (shape, colour) of each object of the target render
+    relation: str | None = None  # "A <relation> B" for the position category (A = draw[0])
+    level: int | None = None  # difficulty of math / mapping prompts
+
+
+def _t2i_spec(rng: np.random.Generator, cfg: WorldConfig, category: str) -> T2IPlan:
+    shapes, colors = list(cfg.scene.shapes), list(cfg.scene.colors)
+
+    def pick(pool, k=1):
+        return [str(x) for x in rng.choice(pool, k, replace=False)]
+
+    def col():
+        return str(rng.choice(colors))
+
+    def req(shape=None, color=None, count=1, position=None):
+        r = {"shape": shape, "color": color, "count": count}
+        if position:
+            r["position"] = position
+        return r
+
+    if category == "single_object":
+        (s,) = pick(shapes)
+        return T2IPlan(f"a photo of {L.article(s)} {s}.", f"a single {s}, fully in view.", [req(s)], [], [(s, col())])
+    if category == "two_object":
+        s1, s2 = pick(shapes, 2)
+        return T2IPlan(f"a photo of {L.article(s1)} {s1} and {L.article(s2)} {s2}.",
+                f"one {s1} and one {s2}, side by side.", [req(s1), req(s2)], [], [(s1, col()), (s2, col())])
+    if category == "counting":
+        (s,) = pick(shapes)
+        n = int(rng.integers(2, 5))
+        return T2IPlan(f"a photo of {L.NUMBER_WORDS[n]} {s}s.", f"exactly {n} {s}s, spread apart.",
+                [req(s, count=n)], [req(s, count=n + 1)], [(s, col()) for _ in range(n)])
+    if category == "colors":
+        (s,), c = pick(shapes), col()
+        return T2IPlan(f"a photo of {L.article(c)} {c} {s}.", f"one {c} {s}.", [req(s, c)], [], [(s, c)])
+    if category == "position":
+        s1, s2 = pick(shapes, 2)
+        rel = str(rng.choice(list(_REL_REGIONS)))
+        hint = {"left of": f"the {s1} on the left and the {s2} on the right.",
+                "right of": f"the {s1} on the right and the {s2} on the left.",
+                "above": f"the {s1} further back, higher in the image, and the {s2} in front.",
+                "below": f"the {s1} in front, lower in the image, and the {s2} further back."}[rel]
+        return T2IPlan(f"a photo of {L.article(s1)} {s1} {rel} {L.article(s2)} {s2}.", hint,
+                [req(s2), req(s1, position=[rel, 0])], [], [(s1, col()), (s2, col())], relation=rel)
+    if category == "color_attr":
+        s1, s2 = pick(shapes, 2)
+        c1, c2 = pick(colors, 2)
+        return T2IPlan(f"a photo of {L.article(c1)} {c1} {s1} and {L.article(c2)} {c2} {s2}.",
+                f"a {c1} {s1} and a {c2} {s2}.", [req(s1, c1), req(s2, c2)], [], [(s1, c1), (s2, c2)])
+    if category == "math":
+        (s,) = pick(shapes)
+        level = int(rng.integers(1, 4))
+        expr, n = _math_expr(rng, level)
+        return T2IPlan(f"a photo of as many {s}s as {expr}.", f"{expr} = {n}, so exactly {n} {L.plural(s, n)}.",
+                [req(s, count=n)], [req(s, count=n + 1)], [(s, col()) for _ in range(n)], level=level)
+    if category == "mapping":
+        s_a, s_b = pick(shapes, 2)
+        level = int(rng.integers(1, 3))
+        want = int(rng.integers(1, 3))
+        target, other = (s_a, s_b) if want == 1 else (s_b, s_a)
+        rules = [f"rule 1: the number 1 means {s_a}.", f"rule 2: the number 2 means {s_b}."]
+        if level == 1:
+            ask = f"draw the shape that the number {want} means."
+            short = f"the number {want} means {target}, so one {target}."
+        else:
+            letters = ["A", "B"] if rng.random() < 0.5 else ["B", "A"]
+            rules += [f"rule 3: the letter {letters[0]} means the number 1.",
+                      f"rule 4: the letter {letters[1]} means the number 2."]
+            letter = letters[want - 1]
+            ask = f"draw the shape that the letter {letter} means."
+            short = f"the letter {letter} means the number {want}, which means {target}, so one {target}."
+        return T2IPlan(" ".join(rules + [ask]), short, [req(target)], [req(other)], [(target, col())], level=level)
+    raise ValueError(f"unknown t2i category {category!r}; known: {', '.join(T2I_CATEGORIES)}")
+
+
+def checkable(view: View, scene: Scene, min_frac: float = 0.75) -> list[L.ObjectStats] | None:
+    """Stats if the render is unambiguous for a checker: every object mostly visible, large enough,
+    inside the frame, and no two objects of one colour touching (8-neighbourhood)."""
+    H, W = view.depth.shape
+    st = all_visible(view, scene, min_frac, max(4, round(0.008 * H * W)))
+    if st is None:
+        return None
+    am = view.amodal
+    if am[:, 0].any() or am[:, -1].any() or am[:, :, 0].any() or am[:, :, -1].any():
+        return None
+    for color in {o.color for o in scene.objects}:
+        ks = [k for k, o in enumerate(scene.objects) if o.color == color]
+        if len(ks) < 2:
+            continue
+        grown = []
+        for k in ks:
+            m = np.pad(view.ids == k, 1)
+            g = np.zeros_like(m)
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    g |= np.roll(np.roll(m, di, 0), dj, 1)
+            grown.append(g[1:-1, 1:-1])
+        for a in range(len(ks)):
+            for b in range(a + 1, len(ks)):
+                if (grown[a] & (view.ids == ks[b])).any():
+                    return None
+    return st
+
+
+def _t2i(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+    category = str(rng.choice(T2I_CATEGORIES))
+    plan = _t2i_spec(rng, cfg, category)
+    rel = plan.relation
+    while True:
+        scene = Scene()
+        ok = True
+        for i, (shape, color) in enumerate(plan.draw):
+            obj = random_object(rng, cfg.scene, shape=shape, color=color)
+            region = _REL_REGIONS[rel][i] if rel else T2I_REGION
+            if not place(rng, scene, obj, cfg.scene, region=region):
+                ok = False
+                break
+        if ok:
+            break
+    w2c = orbit_camera(**T2I_CAMERA)
+
+    def finish(views):
+        v = views["target"]
+        st = checkable(v, scene)
+        if st is None:
+            return None
+        if rel and rel not in L.relative_position(st[0].box, st[1].box):
+            return None
+        layout = L.layout_text(st, cfg.size, cfg.size)
+        texts = {"prompt": plan.prompt, "short": plan.short, "long": f"{plan.short} {layout}",
+                 "oracle": layout, "caption": L.short_caption(st)}
+        spec = {"category": category, "include": plan.include, "exclude": plan.exclude}
+        if plan.level is not None:
+            spec["level"] = plan.level
+        return texts, None, spec
+
+    return Draft({"main": scene}, {"target": ("main", w2c)}, finish)
+
+
+# ----------------------------------------------------------------------------------------------
+# spatial (two views, MMSI-style four-option questions)
+
+
+SPATIAL_QTYPES = ("camera_motion", "camera_object", "object_object")
+_QUADRANTS = ("in front and to the left", "in front and to the right", "behind and to the left",
+              "behind and to the right")
+
+
+def _in_frame(w2c: np.ndarray, p) -> tuple[float, float]:
+    """(x right, z forward) of world point p in a camera's frame."""
+    c = w2c[:3, :3] @ np.asarray(p) + w2c[:3, 3]
+    return float(c[0]), float(c[2])
+
+
+def _spatial(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+    opts = cfg.scene
+    if opts.max_objects < 2:
+        raise ValueError("spatial questions need scenes of at least 2 objects")
+    opts2 = SceneOptions(opts.shapes, opts.colors, opts.sizes, max(2, opts.min_objects), opts.max_objects,
+                         opts.place_half)
+    scene = sample_scene(rng, opts2, unique=True)
+    w2c1, _ = random_camera(rng)
+    offset = np.array([rng.choice([-1, 1]) * rng.uniform(0.4, 1.2), 0.0, rng.uniform(-0.6, 0.6)])
+    turn = str(rng.choice(["left", "right"]))
+    w2c2 = rotate_view(move_view(w2c1, offset), turn, float(rng.uniform(15, 40)))
+    cams = {"view1": ("main", w2c1), "view2": ("main", w2c2)}
+    for d in VIEW_DIRECTIONS:
+        cams[f"look_{d}"] = ("main", rotate_view(w2c1, d, cfg.novel_view_deg))
+    qtype = str(rng.choice(SPATIAL_QTYPES))
+
+    def finish(views):
+        st1 = all_visible(views["view1"], scene, 0.3, cfg.min_pixels)
+        st2 = L.object_stats(scene, views["view2"].ids, views["view2"].depth)
+        if st1 is None or not any(s.pixels >= cfg.min_pixels for s in st2):
+            return None
+        T = relative_pose(w2c1, w2c2)
+        tx, tz, yaw = T[0, 3], T[2, 3], yaw_of(T)
+        pose_step = (f"view 2's camera is {abs(tx):.1f} m to the {'right' if tx > 0 else 'left'} and "
+                     f"{abs(tz):.1f} m {'forward' if tz > 0 else 'back'}, turned {abs(yaw):.0f} degrees "
+                     f"to the {'right' if yaw > 0 else 'left'}.")
+        if qtype == "camera_motion":
+            options = [f"moved {m} and turned {t}" for m in ("left", "right") for t in ("left", "right")]
+            answer_text = f"moved {'right' if tx > 0 else 'left'} and turned {'right' if yaw > 0 else 'left'}"
+            question = "how did the camera move from view 1 to view 2?"
+            reason = ""
+        elif qtype == "camera_object":
+            seen2 = {s.index for s in st2}
+            cand = sorted(st1, key=lambda s: (s.index in seen2, rng.random()))
+            pick = None
+            for s in cand:
+                x, z = _in_frame(w2c2, s.obj.center)
+                if abs(x) >= 0.3 and abs(z) >= 0.3:
+                    pick = (s, x, z)
+                    break
+            if pick is None:
+                return None
+            s, x, z = pick
+            x1, z1 = _in_frame(w2c1, s.obj.center)
+            answer_text = _QUADRANTS[(0 if z > 0 else 2) + (0 if x < 0 else 1)]
+            options = list(_QUADRANTS)
+            question = (f"standing at the camera of view 2 and facing the same way, where is the "
+                        f"{s.obj.name}?")
+            reason = (f"the {s.obj.name} is at x {x1:.1f}, z {z1:.1f} in view 1's frame, which is x {x:.1f},"
+                      f" z {z:.1f} in view 2's frame.")
+        else:
+            objs = list(scene.objects)
+            rng.shuffle(objs)
+            objs = objs[:4]
+            pos = [_in_frame(w2c2, o.center) for o in objs]
+            if any(z < 0.3 for _, z in pos):
+                return None
+            ang = [math.degrees(math.atan2(x, z)) for x, z in pos]
+            order = np.argsort(ang)
+            if len(objs) > 1 and ang[order[1]] - ang[order[0]] < 5.0:
+                return None
+            answer_text = objs[order[0]].name
+            present = {o.name for o in scene.objects}
+            fill = [f"{c} {s}" for c in opts.colors for s in opts.shapes if f"{c} {s}" not in present]
+            rng.shuffle(fill)
+            options = [o.name for o in objs] + fill[: 4 - len(objs)]
+            question = "seen from the camera of view 2, which object is farthest to the left?"
+            reason = " ".join(f"the {o.name} is at {a:.0f} degrees." for o, a in zip(objs, ang, strict=True))
+        rng.shuffle(options)
+        letter = LETTERS[options.index(answer_text)]
+        pose = pose_to_text(T)
+        thinking = " ".join(x for x in (f"the relative pose is {pose}.", pose_step, reason,
+                                         f"so the answer is {letter}.") if x)
+        texts = {"question": f"{question} {options_text(options)}", "thinking": thinking, "answer": letter,
+                 "pose": pose, "caption": L.short_caption(st1)}
+        spec = {"qtype": qtype, "options": options, "answer_text": answer_text,
+                "relative_pose": rel_pose_dict(T), "novel_view_deg": cfg.novel_view_deg}
+        return texts, letter, spec
+
+    return Draft({"main": scene}, cams, finish)
+
+
+# ----------------------------------------------------------------------------------------------
+# depth, pose, nvs, video, edit
+
+
+def _depth(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+    scene = sample_scene(rng, cfg.scene, unique=True)
+    w2c, _ = random_camera(rng)
+
+    def finish(views):
+        v = views["image"]
+        st = all_visible(v, scene, 0.2, cfg.min_pixels)
+        if st is None:
+            return None
+        texts = {"detailed": L.detailed_caption(st, cfg.size, cfg.size),
+                 "depth_caption": L.depth_caption(scene, st, v.ids, v.depth, v.amodal),
+                 "caption": L.short_caption(st)}
+        return texts, None, {"depth_unit": "metre", "depth_kind": "z"}
+
+    return Draft({"main": scene}, {"image": ("main", w2c)}, finish)
+
+
+def _pose(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+    scene = sample_scene(rng, cfg.scene)
+    w2c_a, orbit = random_camera(rng)
+    orbit_b = {"azimuth": orbit["azimuth"] + float(rng.choice([-1, 1]) * rng.uniform(10, 60)),
+               "elevation": float(np.clip(orbit["elevation"] + rng.uniform(-10, 10), 15, 50)),
+               "distance": orbit["distance"] + float(rng.uniform(-0.7, 0.7)),
+               "target": [t + float(rng.uniform(-0.3, 0.3)) for t in orbit["target"][:2]] + [0.35]}
+    w2c_b = orbit_camera(**orbit_b)
+
+    def finish(views):
+        for name in ("view1", "view2"):
+            if not L.object_stats(scene, views[name].ids, views[name].depth):
+                return None
+        T = relative_pose(w2c_a, w2c_b)
+        return {"pose": pose_to_text(T)}, pose_to_text(T), {"relative_pose": rel_pose_dict(T)}
+
+    return Draft({"main": scene}, {"view1": ("main", w2c_a), "view2": ("main", w2c_b)}, finish)
+
+
+NVS_MOTIONS = ("look", "move", "orbit")
+
+
+def _nvs(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+    scene = sample_scene(rng, cfg.scene)
+    w2c, orbit = random_camera(rng)
+    kind = str(rng.choice(NVS_MOTIONS))
+    if kind == "look":
+        d = str(rng.choice(VIEW_DIRECTIONS))
+        deg = cfg.novel_view_deg
+        tgt = rotate_view(w2c, d, deg)
+        instruction, motion = f"look {d} {deg:.0f} degrees.", {"kind": kind, "direction": d, "degrees": deg}
+    elif kind == "move":
+        d = str(rng.choice(["left", "right", "forward", "backward"]))
+        m = float(rng.choice([0.5, 1.0]))
+        off = {"left": [-m, 0, 0], "right": [m, 0, 0], "forward": [0, 0, m], "backward": [0, 0, -m]}[d]
+        tgt = move_view(w2c, off)
+        instruction, motion = f"move {d} {m:.1f} m.", {"kind": kind, "direction": d, "metres": m}
+    else:
+        d = str(rng.choice(["left", "right"]))
+        deg = float(rng.choice([15.0, 30.0]))
+        tgt = orbit_camera(**{**orbit, "azimuth": orbit["azimuth"] + (deg if d == "right" else -deg)})
+        instruction, motion = f"orbit {d} {deg:.0f} degrees.", {"kind": kind, "direction": d, "degrees": deg}
+
+    def finish(views):
+        if all_visible(views["source"], scene, 0.2, cfg.min_pixels) is None:
+            return None
+        T = relative_pose(w2c, tgt)
+        return {"instruction": instruction}, None, {"motion": motion, "relative_pose": rel_pose_dict(T)}
+
+    return Draft({"main": scene}, {"source": ("main", w2c), "target": ("main", tgt)}, finish)
+
+
+def _video(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+    scene = sample_scene(rng, cfg.scene, unique=True)
+    _, orbit = random_camera(rng)
+    direction = str(rng.choice(["left", "right"]))
+    step = float(rng.uniform(4, 8))
+    sign = 1.0 if direction == "right" else -1.0
+    cams = {f"frame{t}": ("main", orbit_camera(**{**orbit, "azimuth": orbit["azimuth"] + sign * step * t}))
+            for t in range(cfg.video_frames)}
+
+    def finish(views):
+        seen = set()
+        for v in views.values():
+            seen |= {s.index for s in L.object_stats(scene, v.ids, v.depth) if s.pixels >= cfg.min_pixels}
+        if len(seen) != len(scene.objects):
+            return None
+        st0 = L.object_stats(scene, views["frame0"].ids, views["frame0"].depth)
+        names = [f"{L.article(o.color)} {o.name}" for o in scene.objects]
+        caption = f"the camera orbits {direction} around {L.join(names)}."
+        spec = {"direction": direction, "degrees_per_frame": step, "orbit": orbit,
+                "first_frame_objects": [s.index for s in st0]}
+        return {"caption": caption}, None, spec
+
+    return Draft({"main": scene}, cams, finish)
+
+
+EDIT_OPS = ("recolor", "remove", "add", "move")
+
+
+def _edit(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+    opts = cfg.scene
+    op = str(rng.choice(EDIT_OPS))
+    lo = 2 if op == "remove" else 1
+    hi = opts.max_objects - 1 if op == "add" else opts.max_objects
+    if hi < lo or hi < opts.min_objects:
+        op, lo, hi = "recolor", 1, opts.max_objects
+    n = int(rng.integers(max(lo, opts.min_objects), hi + 1))
+    before = sample_scene(rng, opts, n=n, unique=True)
+    w2c, _ = random_camera(rng)
+    after = Scene([Obj(**vars(o)) for o in before.objects])
+    k = int(rng.integers(n))
+    target = before.objects[k]
+    spec: dict = {"op": op, "target": k}
+    if op == "recolor":
+        free = [c for c in opts.colors if not _count(before.objects, color=c, shape=target.shape)]
+        if not free:
+            return _edit(rng, cfg)
+        new = str(rng.choice(free))
+        after.objects[k].color = new
+        instruction = f"make the {target.name} {new}."
+        spec["color"] = new
+    elif op == "remove":
+        del after.objects[k]
+        instruction = f"remove the {target.name}."
+    elif op == "add":
+        used = {(o.color, o.shape) for o in before.objects}
+        while True:
+            obj = random_object(rng, opts)
+            if (obj.color, obj.shape) not in used:
+                break
+        if not place(rng, after, obj, opts):
+            return _edit(rng, cfg)
+        spec["object"] = vars(obj).copy()
+        instruction = None  # the render decides which side of which object it landed on
+    else:
+        side = str(rng.choice(["left", "right"]))
+        right = w2c[0, :3].copy()  # camera x axis in world
+        right[2] = 0.0
+        right /= np.linalg.norm(right)
+        shift = (1 if side == "right" else -1) * float(rng.uniform(0.6, 1.0))
+        moved = after.objects[k]
+        moved.x, moved.y = moved.x + shift * right[0], moved.y + shift * right[1]
+        if not after.valid(0.12):
+            return _edit(rng, cfg)
+        instruction = f"move the {target.name} to the {side}."
+        spec["side"] = side
+
+    def finish(views):
+        sb = all_visible(views["before"], before, 0.3, cfg.min_pixels)
+        sa = all_visible(views["after"], after, 0.3, cfg.min_pixels)
+        if sb is None or sa is None:
+            return None
+        text = instruction
+        if op == "add":
+            new_k = len(after.objects) - 1
+            new = next(s for s in sa if s.index == new_k)
+            refs = [s for s in sa if s.index != new_k]
+            rels = [(s, L.relative_position(new.box, s.box) & {"left of", "right of"}) for s in refs]
+            rels = [(s, r.pop()) for s, r in rels if r]
+            if not rels:
+                return None
+            ref, r = rels[int(rng.integers(len(rels)))]
+            o = after.objects[new_k]
+            text = f"add {L.article(o.size)} {L.full_name(o)} {r} the {ref.obj.name}."
+            spec.update(reference=ref.index, relation=r)
+        if op == "move":
+            cb = next(s for s in sb if s.index == k).centroid[0]
+            ca = next(s for s in sa if s.index == k).centroid[0]
+            if (ca - cb) * (1 if spec["side"] == "right" else -1) < 0.05 * cfg.size:
+                return None
+        return {"instruction": text, "caption_before": L.short_caption(sb),
+                "caption_after": L.short_caption(sa)}, None, spec
+
+    return Draft({"before": before, "after": after}, {"before": ("before", w2c), "after": ("after", w2c)},
+                 finish)
+
+
+_PROPOSERS: dict[str, Callable[[np.random.Generator, WorldConfig], Draft]] = {
+    "vqa": _vqa, "t2i": _t2i, "spatial": _spatial, "depth": _depth, "pose": _pose, "nvs": _nvs,
+    "video": _video, "edit": _edit,
+}
+assert tuple(_PROPOSERS) == TASKS
+
+
+# ----------------------------------------------------------------------------------------------
+# the batched driver
+
+
+def sample(task: str, seeds: Sequence[int], cfg: WorldConfig | None = None,
+           device: str = "cpu") -> list[Example]:
+    """Examples for `seeds` (same order); all drafts of a round are rendered in one call."""
+    if task not in _PROPOSERS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    cfg = cfg or WorldConfig()
+    seeds = [int(s) for s in seeds]
+    rngs = [task_rng(task, s) for s in seeds]
+    out: list[Example | None] = [None] * len(seeds)
+    pending = list(range(len(seeds)))
+    K = cfg.K
+    for _ in range(cfg.max_attempts):
+        if not pending:
+            break
+        drafts = [_PROPOSERS[task](rngs[i], cfg) for i in pending]
+        scenes, index, w2cs, names = [], [], [], []
+        for di, d in enumerate(drafts):
+            keys = {}
+            for key, sc in d.scenes.items():
+                keys[key] = len(scenes)
+                scenes.append(sc)
+            for vname, (skey, w2c) in d.cams.items():
+                index.append(keys[skey])
+                w2cs.append(w2c)
+                names.append((di, vname, skey))
+        r = render(scenes, np.stack(w2cs), K, cfg.size, scene_index=index, shadows=cfg.shadows,
+                   amodal=True, device=device).numpy()
+        views: list[dict[str, View]] = [{} for _ in drafts]
+        for f, (di, vname, skey) in enumerate(names):
+            nobj = len(drafts[di].scenes[skey].objects)
+            views[di][vname] = View(rgb=r["rgb"][f], depth=r["depth"][f], valid=r["valid"][f],
+                                    ids=r["ids"][f], amodal=r["amodal"][f, :nobj], K=K.copy(),
+                                    w2c=np.asarray(w2cs[f], dtype=np.float64), scene=skey)
+        still = []
+        for di, i in enumerate(pending):
+            got = drafts[di].finish(views[di])
+            if got is None:
+                still.append(i)
+                continue
+            texts, answer, spec = got
+            out[i] = Example(task, seeds[i], views[di], drafts[di].scenes, texts, answer, spec)
+        pending = still
+    if pending:
+        raise RuntimeError(f"{task}: no valid example after {cfg.max_attempts} attempts for seeds "
+                           f"{[seeds[i] for i in pending[:5]]} (options too restrictive?)")
+    return out  # type: ignore[return-value]
+
+
+def sample_one(task: str, seed: int, cfg: WorldConfig | None = None) -> Example:
+    return sample(task, [seed], cfg)[0]
+

@@ -1,0 +1,382 @@
+"""Every text and answer a sampler writes is checked against its render, recomputed here
+independently from instance masks, depth maps and cameras."""
+
+import ast
+import json
+import math
+import operator
+import re
+
+import numpy as np
+import pytest
+
+from omni.world import camera as C
+from omni.world import sample
+from omni.world.language import relative_position
+from omni.world.render import ID_GROUND, render
+from omni.world.scene import Scene
+from omni.world.tasks import SPLITS, T2I_CATEGORIES, TASKS, WorldConfig, split_of
+
+N = 120
+SEEDS = range(SPLITS["test"][0], SPLITS["test"][0] + N)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return {t: sample(t, SEEDS) for t in TASKS}
+
+
+def masks(ex, view):
+    v = ex.views[view]
+    return {k: v.ids == k for k in range(len(ex.scenes[v.scene].objects)) if (v.ids == k).any()}
+
+
+def centroid(m):
+    r, c = np.nonzero(m)
+    return c.mean() + 0.5, r.mean() + 0.5
+
+
+def box(m):
+    r, c = np.nonzero(m)
+    return c.min(), r.min(), c.max() + 1, r.max() + 1
+
+
+def by_name(scene):
+    out = {}
+    for k, o in enumerate(scene.objects):
+        out.setdefault(f"{o.color} {o.shape}", []).append(k)
+    return out
+
+
+def alone_mask(ex, view, k):
+    """Where object k is seen when it is alone in the scene (independent of the amodal output)."""
+    v = ex.views[view]
+    o = ex.scenes[v.scene].objects[k]
+    r = render([Scene([o])], v.w2c[None], v.K, v.depth.shape[0]).numpy()
+    return r["ids"][0] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_splits_disjoint():
+    ranges = sorted(SPLITS.values())
+    for (a0, a1), (b0, b1) in zip(ranges, ranges[1:], strict=False):
+        assert a0 < a1 <= b0 < b1
+    assert split_of(0) == "train" and split_of(SPLITS["test"][0]) == "test"
+    with pytest.raises(ValueError):
+        split_of(-1)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_same_seed_same_bytes(task):
+    a = sample(task, [5, 6, 7])
+    b = sample(task, [7, 99, 6])  # other seeds in the batch, other order
+    for x, y in ((a[2], b[0]), (a[1], b[2])):
+        assert json.dumps(x.to_json()) == json.dumps(y.to_json())
+        for name in x.views:
+            for key in ("rgb", "depth", "ids", "valid"):
+                assert getattr(x.views[name], key).tobytes() == getattr(y.views[name], key).tobytes()
+    assert json.dumps(a[0].to_json()) != json.dumps(a[1].to_json())
+
+
+def check_short_caption(ex, view, text):
+    m = re.fullmatch(r"(\d+) objects?: (.*)\.", text)
+    assert m, text
+    items = re.split(r", | and ", m.group(2))
+    names = sorted(re.fullmatch(r"an? (\w+ \w+)", it).group(1) for it in items)
+    scene = ex.scenes[ex.views[view].scene]
+    seen = sorted(f"{scene.objects[k].color} {scene.objects[k].shape}" for k in masks(ex, view))
+    assert names == seen and int(m.group(1)) == len(seen), (text, seen)
+
+
+def check_detailed(ex, view, text):
+    H, W = ex.views[view].depth.shape
+    sents = re.findall(r"an? (small|large) (\w+) (\w+) (on the left|in the center|on the right), "
+                       r"(near the top|in the middle|near the bottom)\.", text)
+    mk = masks(ex, view)
+    assert len(sents) == len(mk), text
+    scene = ex.scenes[ex.views[view].scene]
+    names = by_name(scene)
+    for size, color, shape, hw, vw in sents:
+        (k,) = names[f"{color} {shape}"]
+        assert scene.objects[k].size == size
+        u, v = centroid(mk[k])
+        assert hw == ("on the left" if u < W / 3 else "on the right" if u > 2 * W / 3 else "in the center")
+        assert vw == ("near the top" if v < H / 3 else "near the bottom" if v > 2 * H / 3 else "in the middle")
+
+
+def check_layout(ex, view, text, grid=8):
+    H, W = ex.views[view].depth.shape
+    items = re.findall(r"(small|large) (\w+) (\w+) at \((\d),(\d)\)", text)
+    mk = masks(ex, view)
+    assert len(items) == len(mk), text
+    scene = ex.scenes[ex.views[view].scene]
+    cells = {}
+    for k, m in mk.items():
+        u, v = centroid(m)
+        o = scene.objects[k]
+        cells.setdefault((o.size, o.color, o.shape), []).append((int(u * grid / W), int(v * grid / H)))
+    for size, color, shape, c, r in items:
+        assert (int(c), int(r)) in cells[(size, color, shape)], (text, cells)
+
+
+def check_depth_caption(ex, view, text):
+    v = ex.views[view]
+    scene = ex.scenes[v.scene]
+    names = by_name(scene)
+    mk = masks(ex, view)
+    m = re.match(r"front to back: (.*?)\. ", text)
+    items = re.findall(r"(\w+ \w+) (\d+\.\d) m", m.group(1))
+    assert len(items) == len(mk)
+    med = []
+    for name, d in items:
+        (k,) = names[name]
+        med.append(np.median(v.depth[mk[k]]))
+        assert abs(med[-1] - float(d)) <= 0.05 + 1e-6
+    assert med == sorted(med)
+    claimed = set(re.findall(r"the (\w+ \w+) hides part of the (\w+ \w+)\.", text))
+    for a in mk:
+        for b in mk:
+            if a == b:
+                continue
+            na, nb = (f"{scene.objects[i].color} {scene.objects[i].shape}" for i in (a, b))
+            truth = bool((alone_mask(ex, view, b) & mk[a]).any())
+            assert ((na, nb) in claimed) == truth, (text, na, nb)
+    if not claimed:
+        assert "no object hides another." in text
+    g = v.depth[v.ids == ID_GROUND]
+    lo, hi = map(float, re.search(r"the ground spans (\d+\.\d) m to (\d+\.\d) m\.", text).groups())
+    assert abs(lo - g.min()) <= 0.05 + 1e-6 and abs(hi - g.max()) <= 0.05 + 1e-6
+
+
+def test_depth_texts_true(data):
+    for ex in data["depth"]:
+        check_short_caption(ex, "image", ex.texts["caption"])
+        check_detailed(ex, "image", ex.texts["detailed"])
+        check_depth_caption(ex, "image", ex.texts["depth_caption"])
+        v = ex.views["image"]
+        assert v.depth.dtype == np.float32 and np.isfinite(v.depth).all()
+        assert np.array_equal(v.valid, v.ids != -2)
+    assert sum("hides part" in ex.texts["depth_caption"] for ex in data["depth"]) > 5
+
+
+def count_visible(ex, view, **attrs):
+    scene = ex.scenes[ex.views[view].scene]
+    return sum(all(getattr(scene.objects[k], a) == x for a, x in attrs.items()) for k in masks(ex, view))
+
+
+def vqa_truth(ex):
+    q = ex.texts["question"]
+    scene = ex.scenes["main"]
+    mk = masks(ex, "image")
+    names = by_name(scene)
+    visible_objs = [scene.objects[k] for k in mk]
+    if q == "how many objects are there?":
+        return str(len(mk))
+    if m := re.fullmatch(r"how many (\w+)s and (\w+)s are there in total\?", q):
+        return str(count_visible(ex, "image", shape=m[1]) + count_visible(ex, "image", shape=m[2]))
+    if m := re.fullmatch(r"how many more (\w+)s than (\w+)s are there\?", q):
+        return str(count_visible(ex, "image", shape=m[1]) - count_visible(ex, "image", shape=m[2]))
+    if m := re.fullmatch(r"if every (\w+) object were removed, how many objects would remain\?", q):
+        return str(len(mk) - count_visible(ex, "image", color=m[1]))
+    if m := re.fullmatch(r"how many (\w+) objects are there\?", q):
+        attr = "size" if m[1] in ("small", "large") else "color"
+        return str(count_visible(ex, "image", **{attr: m[1]}))
+    if m := re.fullmatch(r"how many (\w+)s are there\?", q):
+        return str(count_visible(ex, "image", shape=m[1]))
+    if m := re.fullmatch(r"what color is the (\w+)\?", q):
+        (o,) = [o for o in visible_objs if o.shape == m[1]]
+        return o.color
+    if m := re.fullmatch(r"what shape is the (\w+) object\?", q):
+        (o,) = [o for o in visible_objs if o.color == m[1]]
+        return o.shape
+    if m := re.fullmatch(r"what size is the (\w+ \w+)\?", q):
+        (k,) = names[m[1]]
+        return scene.objects[k].size
+    if m := re.fullmatch(r"is the (\w+ \w+) (left of|right of) the (\w+ \w+)\?", q):
+        (a,), (b,) = names[m[1]], names[m[3]]
+        return "yes" if m[2] in relative_position(box(mk[a]), box(mk[b])) else "no"
+    if m := re.fullmatch(r"which is closer to the camera, the (\w+ \w+) or the (\w+ \w+)\?", q):
+        (a,), (b,) = names[m[1]], names[m[2]]
+        da, db = (np.median(ex.views["image"].depth[mk[k]]) for k in (a, b))
+        assert abs(da - db) >= 0.3
+        return m[1] if da < db else m[2]
+    raise AssertionError(f"unparsed question {q!r}")
+
+
+def test_vqa_answers_true(data):
+    kinds = set()
+    for ex in data["vqa"]:
+        assert ex.answer == ex.texts["answer"] == vqa_truth(ex), ex.texts
+        assert ex.texts["thinking"].endswith(f"so the answer is {ex.answer}.")
+        check_short_caption(ex, "image", ex.texts["caption"])
+        kinds.add(ex.spec["family"])
+    assert kinds == {"counting", "attribute", "relation", "arithmetic"}
+
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def evaluate(expr: str) -> float:
+    def ev(node):
+        if isinstance(node, ast.BinOp):
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.Constant):
+            return node.value
+        raise ValueError(expr)
+
+    return ev(ast.parse(expr, mode="eval").body)
+
+
+def test_t2i_targets_satisfy_specs(data):
+    cats = set()
+    for ex in data["t2i"]:
+        spec, scene = ex.spec, ex.scenes["main"]
+        cats.add(spec["category"])
+        mk = masks(ex, "target")
+        assert len(mk) == len(scene.objects)
+
+        def n_match(req, scene=scene, mk=mk):
+            return sum((req["shape"] in (None, scene.objects[k].shape))
+                       and (req["color"] in (None, scene.objects[k].color)) for k in mk)
+
+        for req in spec["include"]:
+            assert n_match(req) >= req["count"], ex.texts["prompt"]
+        for req in spec["exclude"]:
+            assert n_match(req) < req["count"], ex.texts["prompt"]
+        for req in spec["include"]:
+            if "position" in req:
+                rel, j = req["position"]
+                ka = [k for k in mk if scene.objects[k].shape == req["shape"]]
+                kb = [k for k in mk if scene.objects[k].shape == spec["include"][j]["shape"]]
+                assert rel in relative_position(box(mk[ka[0]]), box(mk[kb[0]]))
+        prompt = ex.texts["prompt"]
+        if m := re.fullmatch(r"a photo of as many (\w+)s as (.*)\.", prompt):
+            assert evaluate(m[2]) == spec["include"][0]["count"]
+        if spec["category"] == "mapping":
+            rules = dict(re.findall(r"the (?:number|letter) (\w) means (?:the number )?(\w+)\.", prompt))
+            key = re.search(r"that the (?:number|letter) (\w) means\.", prompt)[1]
+            while key in rules:
+                key = rules[key]
+            assert key == spec["include"][0]["shape"]
+        check_layout(ex, "target", ex.texts["oracle"])
+        assert ex.texts["long"].startswith(ex.texts["short"]) and ex.texts["long"].endswith(ex.texts["oracle"])
+        check_short_caption(ex, "target", ex.texts["caption"])
+    assert cats == set(T2I_CATEGORIES)
+
+
+def test_spatial_answers_true(data):
+    qtypes = set()
+    for ex in data["spatial"]:
+        a, b = ex.views["view1"].w2c, ex.views["view2"].w2c
+        T = a @ C.invert(b)
+        assert np.abs(C.text_to_pose(ex.texts["pose"])[:3] - T[:3]).max() < 1e-3
+        opts = ex.spec["options"]
+        got = opts["ABCD".index(ex.answer)]
+        assert len(opts) == 4 and len(set(opts)) == 4
+        q = ex.texts["question"]
+        qt = ex.spec["qtype"]
+        qtypes.add(qt)
+        scene = ex.scenes["main"]
+        if qt == "camera_motion":
+            fwd = T[:3, 2]
+            truth = (f"moved {'right' if T[0, 3] > 0 else 'left'} and turned "
+                     f"{'right' if fwd[0] > 0 else 'left'}")
+        elif qt == "camera_object":
+            name = re.search(r"where is the (\w+ \w+)\?", q)[1]
+            (k,) = by_name(scene)[name]
+            x, _, z = b[:3, :3] @ np.array(scene.objects[k].center) + b[:3, 3]
+            truth = f"{'in front' if z > 0 else 'behind'} and to the {'left' if x < 0 else 'right'}"
+        else:
+            present = {n: ks[0] for n, ks in by_name(scene).items()}
+            angle = {}
+            for o in opts:
+                if o in present:
+                    x, _, z = b[:3, :3] @ np.array(scene.objects[present[o]].center) + b[:3, 3]
+                    angle[o] = math.atan2(x, z)
+            truth = min(angle, key=angle.get)
+        assert got == truth, (q, got, truth)
+        assert f"{ex.answer}. {got}" in q
+        for d in ("up", "down", "left", "right"):
+            R = (a @ C.invert(ex.views[f"look_{d}"].w2c))[:3, :3]
+            assert math.degrees(np.linalg.norm(C.matrix_to_axis_angle(R))) == pytest.approx(30.0)
+        check_short_caption(ex, "view1", ex.texts["caption"])
+    assert qtypes == {"camera_motion", "camera_object", "object_object"}
+
+
+def test_pose_nvs_video_true(data):
+    for ex in data["pose"]:
+        T = ex.views["view1"].w2c @ C.invert(ex.views["view2"].w2c)
+        assert np.abs(C.text_to_pose(ex.answer)[:3] - T[:3]).max() < 1e-3
+    kinds = set()
+    for ex in data["nvs"]:
+        mo = ex.spec["motion"]
+        kinds.add(mo["kind"])
+        T = ex.views["source"].w2c @ C.invert(ex.views["target"].w2c)
+        ang = math.degrees(np.linalg.norm(C.matrix_to_axis_angle(T[:3, :3])))
+        if mo["kind"] == "look":
+            assert np.allclose(T[:3, 3], 0, atol=1e-9) and ang == pytest.approx(mo["degrees"])
+        elif mo["kind"] == "move":
+            assert ang < 1e-6 and np.linalg.norm(T[:3, 3]) == pytest.approx(mo["metres"])
+            axis = {"left": (0, -1), "right": (0, 1), "forward": (2, 1), "backward": (2, -1)}[mo["direction"]]
+            assert np.sign(T[axis[0], 3]) == axis[1]
+        else:
+            assert ang == pytest.approx(mo["degrees"], abs=1e-6)
+            assert (T[0, 3] > 0) == (mo["direction"] == "right")
+        assert f"{mo['direction']}" in ex.texts["instruction"]
+    assert kinds == {"look", "move", "orbit"}
+    for ex in data["video"]:
+        frames = [ex.views[f"frame{t}"] for t in range(8)]
+        T = frames[0].w2c @ C.invert(frames[1].w2c)
+        assert (T[0, 3] > 0) == (ex.spec["direction"] == "right")
+        seen = set()
+        for t in range(8):
+            seen |= set(masks(ex, f"frame{t}"))
+        assert seen == set(range(len(ex.scenes["main"].objects)))
+        assert f"orbits {ex.spec['direction']}" in ex.texts["caption"]
+
+
+def test_edit_true(data):
+    ops = set()
+    for ex in data["edit"]:
+        op, k = ex.spec["op"], ex.spec["target"]
+        ops.add(op)
+        before, after = ex.scenes["before"], ex.scenes["after"]
+        assert np.array_equal(ex.views["before"].w2c, ex.views["after"].w2c)
+        check_short_caption(ex, "before", ex.texts["caption_before"])
+        check_short_caption(ex, "after", ex.texts["caption_after"])
+        instr = ex.texts["instruction"]
+        tname = f"{before.objects[k].color} {before.objects[k].shape}"
+        if op == "recolor":
+            assert after.objects[k].color == ex.spec["color"] != before.objects[k].color
+            assert instr == f"make the {tname} {ex.spec['color']}."
+            assert k in masks(ex, "after")
+        elif op == "remove":
+            assert len(after.objects) == len(before.objects) - 1
+            assert tname not in ex.texts["caption_after"] and instr == f"remove the {tname}."
+        elif op == "add":
+            new = len(after.objects) - 1
+            ma = masks(ex, "after")
+            rel = re.search(r"(left of|right of) the (\w+ \w+)\.", instr)
+            (ref,) = by_name(after)[rel[2]]
+            assert rel[1] in relative_position(box(ma[new]), box(ma[ref]))
+        else:
+            ub, ua = centroid(masks(ex, "before")[k])[0], centroid(masks(ex, "after")[k])[0]
+            assert (ua > ub) == (ex.spec["side"] == "right") and instr.endswith(f"to the {ex.spec['side']}.")
+    assert ops == {"recolor", "remove", "add", "move"}
+
+
+def test_options_respected():
+    cfg = WorldConfig(size=16, scene=__import__("omni.world", fromlist=["SceneOptions"]).SceneOptions(
+        shapes=("cube", "sphere"), colors=("red", "blue", "green"), min_objects=2, max_objects=3))
+    for task in TASKS:
+        for ex in sample(task, range(10), cfg):
+            for sc in ex.scenes.values():
+                assert {o.shape for o in sc.objects} <= {"cube", "sphere"}
+                assert {o.color for o in sc.objects} <= {"red", "blue", "green"}
+            assert all(v.rgb.shape == (16, 16, 3) for v in ex.views.values())
+    with pytest.raises(ValueError):
+        sample("nope", [0])
+    with pytest.raises(ValueError):
+        WorldConfig(size=4)
