@@ -149,6 +149,47 @@ def _local(x, y, z, p):
     return cs * x + sn * y, cs * y - sn * x, z
 
 
+def _tile_side(n: int, tile: int) -> int:
+    return tile if n % tile == 0 else n
+
+
+def _tiles(frame, params, w2c, K, H, W, tile):
+    """Screen tiles each object can touch: (pair object rows, (pairs, th * tw) flat pixel indices).
+
+    An object's world bounding box (footprint square x its height) is projected with its frame's
+    camera; the box of the projected corners contains the object's image (all corners in front),
+    otherwise every tile is taken. Tiles are tile x tile pixels (the whole side if it does not divide)."""
+    th, tw = _tile_side(H, tile), _tile_side(W, tile)
+    ny, nx = H // th, W // tw
+    n = len(params)
+    fp = np.where(params[:, 0] == _SHAPE_CODE["cube"], np.sqrt(2.0), 1.0) * params[:, 3]
+    sx, sy, sz = np.meshgrid([-1.0, 1.0], [-1.0, 1.0], [0.0, 1.0], indexing="ij")
+    corners = np.stack([params[:, 1, None] + fp[:, None] * sx.reshape(1, -1),
+                        params[:, 2, None] + fp[:, None] * sy.reshape(1, -1),
+                        params[:, 4, None] * sz.reshape(1, -1)], -1)  # (n, 8, 3)
+    cam = np.einsum("nij,nkj->nki", w2c[frame, :3, :3], corners) + w2c[frame, None, :3, 3]
+    z = cam[..., 2]
+    proj = np.einsum("nij,nkj->nki", K[frame, :3, :3], cam)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u, v = proj[..., 0] / z, proj[..., 1] / z
+    front = (z > 1e-6).all(axis=1)
+    x0 = np.where(front, np.floor(np.nan_to_num(u.min(1), nan=0.0) - 1) // tw, 0).clip(0, nx - 1)
+    x1 = np.where(front, np.floor(np.nan_to_num(u.max(1), nan=0.0) + 1) // tw, nx - 1).clip(0, nx - 1)
+    y0 = np.where(front, np.floor(np.nan_to_num(v.min(1), nan=0.0) - 1) // th, 0).clip(0, ny - 1)
+    y1 = np.where(front, np.floor(np.nan_to_num(v.max(1), nan=0.0) + 1) // th, ny - 1).clip(0, ny - 1)
+    # an object entirely off screen on one side still gets its clipped edge tiles: harmless
+    x0, x1, y0, y1 = (a.astype(np.int64) for a in (x0, x1, y0, y1))
+    wide = x1 - x0 + 1
+    counts = wide * (y1 - y0 + 1)
+    obj = np.repeat(np.arange(n), counts)
+    k = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    tx, ty = x0[obj] + k % wide[obj], y0[obj] + k // wide[obj]
+    ii, jj = np.meshgrid(np.arange(th), np.arange(tw), indexing="ij")
+    local = (ii * W + jj).reshape(-1)
+    pix = (ty * th * W + tx * tw)[:, None] + local[None, :]
+    return obj, pix
+
+
 def _normal_cube(qx, qy, qz, r, h, cs, sn):
     # the face whose slab coordinate is largest relative to its half extent
     lx, ly, lz = cs * qx + sn * qy, cs * qy - sn * qx, qz - r
@@ -194,7 +235,7 @@ def _lambert(code, q, p, light):
 def render(scenes: Sequence[Scene], w2c, K, height: int, width: int | None = None,
            scene_index: Sequence[int] | None = None, shadows: bool = False, amodal: bool = False,
            device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-           chunk: int = 64) -> Render:
+           chunk: int = 64, tile: int = 8) -> Render:
     """Render frame b = scene `scenes[scene_index[b]]` seen by camera (K[b], w2c[b]).
 
     w2c: (B, 4, 4) or (B, 3, 4) world-to-camera; K: (3, 3) shared or (B, 3, 3).
@@ -231,14 +272,15 @@ def render(scenes: Sequence[Scene], w2c, K, height: int, width: int | None = Non
     for c, s in enumerate(range(0, B, chunk)):
         e = min(B, s + chunk)
         lo, hi = bounds[c], bounds[c + 1]
+        tiles = _tiles(frame[lo:hi], params[lo:hi], w2c, K, height, width, tile)
         got = _render_chunk(frame[lo:hi] - s, slot[lo:hi], params[lo:hi], kmax, centers[s:e], M[s:e], uv,
-                            shadows, amodal, tt)
+                            tiles, width, shadows, amodal, tt)
         for key, val in got.items():
             getattr(out, key)[s:e] = val.reshape(getattr(out, key)[s:e].shape)
     return out
 
 
-def _render_chunk(frame, slot, params, kmax, centers, M, uv, shadows, want_amodal, tt):
+def _render_chunk(frame, slot, params, kmax, centers, M, uv, tiles, W, shadows, want_amodal, tt):
     device = tt["device"]
     B, P = len(centers), len(uv[0])
     u, v = uv
@@ -247,11 +289,6 @@ def _render_chunk(frame, slot, params, kmax, centers, M, uv, shadows, want_amoda
     C = torch.as_tensor(centers, **tt)
     ox, oy, oz = C[:, 0:1], C[:, 1:2], C[:, 2:3]
 
-    def camera_rays(rows, fo, p):
-        # rays are linear in (u, v): rotate the frame's matrix into the object's axes, then expand
-        m = _local(Mt[fo, 0, :, 0], Mt[fo, 1, :, 0], Mt[fo, 2, :, 0], p)  # rows of the local M, (n, 3)
-        d = tuple(mk[:, 0:1] * u + mk[:, 1:2] * v + mk[:, 2:3] for mk in m)
-        return _local(ox[fo] - p[:, 1:2], oy[fo] - p[:, 2:3], oz[fo], p), d
 
     frame_t = torch.as_tensor(frame, device=device)
     slot_t = torch.as_tensor(slot, device=device)
@@ -260,8 +297,24 @@ def _render_chunk(frame, slot, params, kmax, centers, M, uv, shadows, want_amoda
     shape_rows = [(c, torch.as_tensor(np.nonzero(codes == c)[0], device=device)) for c in range(4)]
     shape_rows = [(c, r) for c, r in shape_rows if len(r)]
 
+    # camera rays: each object only against the pixels of the screen tiles it can touch
     T = dx.new_full((B, max(kmax, 1), P), math.inf)
-    _hit_objects(frame_t, slot_t, params_t, camera_rays, shape_rows, T)
+    pair_obj, pix = tiles
+    order = np.argsort(codes[pair_obj], kind="stable")
+    pair_obj, pix = pair_obj[order], pix[order]
+    bounds = np.searchsorted(codes[pair_obj], np.arange(5))
+    for code in range(4):
+        if bounds[code] == bounds[code + 1]:
+            continue
+        po = torch.as_tensor(pair_obj[bounds[code]:bounds[code + 1]], device=device)
+        px = torch.as_tensor(pix[bounds[code]:bounds[code + 1]], device=device)
+        fo, p = frame_t[po], params_t[po]
+        pu, pv = (px % W).to(tt["dtype"]) + 0.5, (px // W).to(tt["dtype"]) + 0.5
+        # rays are linear in (u, v): rotate the frame's matrix into the object's axes, then expand
+        m = _local(Mt[fo, 0, :, 0], Mt[fo, 1, :, 0], Mt[fo, 2, :, 0], p)  # rows of the local M, (n, 3)
+        d = tuple(mk[:, 0:1] * pu + mk[:, 1:2] * pv + mk[:, 2:3] for mk in m)
+        o = _local(ox[fo] - p[:, 1:2], oy[fo] - p[:, 2:3], oz[fo], p)
+        T[fo[:, None], slot_t[po][:, None], px] = _INTERSECT[code](*o, *d, p[:, 3:4], p[:, 4:5])
     t_min, k_min = T.min(dim=1)
 
     tg = -oz / torch.where(dz < -1e-12, dz, -1e-12)
