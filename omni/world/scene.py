@@ -19,7 +19,7 @@ GAP = 0.12  # minimum horizontal gap between footprints, metres
 
 SHAPES = ("cube", "sphere", "cylinder", "cone")
 SIZES = ("small", "large")
-SIZE_HALF = {"small": 0.34, "large": 0.56}  # characteristic half extent per size, metres
+SIZE_HALF = {"small": 0.40, "large": 0.60}  # characteristic half extent per size, metres
 
 # Named palette: saturated, well separated in chromaticity so a checker can segment by colour.
 PALETTE: dict[str, tuple[float, float, float]] = {
@@ -30,7 +30,7 @@ PALETTE: dict[str, tuple[float, float, float]] = {
     "cyan": (0.08, 0.78, 0.84),
     "blue": (0.14, 0.28, 0.92),
     "purple": (0.56, 0.18, 0.78),
-    "gray": (0.45, 0.45, 0.45),
+    "gray": (0.32, 0.32, 0.32),
 }
 COLORS = tuple(PALETTE)
 GROUND_RGB = (0.80, 0.78, 0.72)

@@ -2,8 +2,10 @@
 
 Every sampler proposes a draft (scenes + cameras) from its own random stream, all drafts of a call
 are rendered in one batched call, and each draft's `finish` reads its render to write the texts and
-answers (or rejects the draft: then the same stream proposes again). An example's random stream
-depends only on (task, seed), so the same seed gives the same example whatever else is sampled.
+answers (or rejects the draft: then the same stream proposes again). What an example fixes in its
+first draft (a t2i category, a question type, an edit) it keeps in a memo across redrafts, so
+rejection does not skew the mix towards easy kinds. An example's random stream depends only on
+(task, seed), so the same seed gives the same example whatever else is sampled.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ def yaw_of(T: np.ndarray) -> float:
 # vqa
 
 
-def _vqa(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+def _vqa(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     scene = sample_scene(rng, cfg.scene, unique=True)
     w2c, _ = random_camera(rng)
 
@@ -296,7 +298,7 @@ _VQA_FAMILIES = {"counting": _vqa_counting, "attribute": _vqa_attribute, "relati
 # t2i
 
 
-T2I_CAMERA = {"azimuth": 0.0, "elevation": 40.0, "distance": 4.4, "target": [0.0, 0.15, 0.3]}
+T2I_CAMERA = {"azimuth": 0.0, "elevation": 40.0, "distance": 4.0, "target": [0.0, 0.15, 0.3]}
 T2I_REGION = (-1.3, 1.3, -0.9, 1.3)  # x0, x1, y0, y1 of object centres for the canonical camera
 _REL_REGIONS = {  # where A and B go for "A <rel> B" (then the render is checked with GenEval's rule)
     "left of": ((-1.3, -0.3, -0.9, 1.3), (0.3, 1.3, -0.9, 1.3)),
@@ -418,44 +420,37 @@ def _t2i_spec(rng: np.random.Generator, cfg: WorldConfig, category: str) -> T2IP
     raise ValueError(f"unknown t2i category {category!r}; known: {', '.join(T2I_CATEGORIES)}")
 
 
-def checkable(view: View, scene: Scene, min_frac: float = 0.75) -> list[L.ObjectStats] | None:
-    """Stats if the render is unambiguous for a checker: every object mostly visible, large enough,
-    inside the frame, and no two objects of one colour touching (8-neighbourhood)."""
+def checkable(view: View, scene: Scene) -> list[L.ObjectStats] | None:
+    """Stats if the render is unambiguous for a checker: every object large enough, inside the
+    frame, and no two objects touching, even diagonally (so none hides part of another)."""
     H, W = view.depth.shape
-    st = all_visible(view, scene, min_frac, max(4, round(0.008 * H * W)))
+    st = all_visible(view, scene, 0.99, max(4, round(0.008 * H * W)))
     if st is None:
         return None
     am = view.amodal
     if am[:, 0].any() or am[:, -1].any() or am[:, :, 0].any() or am[:, :, -1].any():
         return None
-    for color in {o.color for o in scene.objects}:
-        ks = [k for k, o in enumerate(scene.objects) if o.color == color]
-        if len(ks) < 2:
-            continue
-        grown = []
-        for k in ks:
-            m = np.pad(view.ids == k, 1)
-            g = np.zeros_like(m)
-            for di in (-1, 0, 1):
-                for dj in (-1, 0, 1):
-                    g |= np.roll(np.roll(m, di, 0), dj, 1)
-            grown.append(g[1:-1, 1:-1])
-        for a in range(len(ks)):
-            for b in range(a + 1, len(ks)):
-                if (grown[a] & (view.ids == ks[b])).any():
-                    return None
+    ids = np.pad(view.ids, 1, constant_values=-1)
+    core = ids[1:-1, 1:-1]
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            nb = ids[1 + di:H + 1 + di, 1 + dj:W + 1 + dj]
+            if ((core >= 0) & (nb >= 0) & (core != nb)).any():
+                return None
     return st
 
 
-def _t2i(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
-    category = str(rng.choice(T2I_CATEGORIES))
+def _t2i(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
+    category = memo.setdefault("category", str(rng.choice(T2I_CATEGORIES)))
     plan = _t2i_spec(rng, cfg, category)
     rel = plan.relation
     while True:
         scene = Scene()
         ok = True
+        crowded = len(plan.draw) >= 4  # many objects: small ones, so they fit apart in view
         for i, (shape, color) in enumerate(plan.draw):
-            obj = random_object(rng, cfg.scene, shape=shape, color=color)
+            size = "small" if crowded and "small" in cfg.scene.sizes else None
+            obj = random_object(rng, cfg.scene, shape=shape, color=color, size=size)
             region = _REL_REGIONS[rel][i] if rel else T2I_REGION
             if not place(rng, scene, obj, cfg.scene, region=region):
                 ok = False
@@ -497,7 +492,7 @@ def _in_frame(w2c: np.ndarray, p) -> tuple[float, float]:
     return float(c[0]), float(c[2])
 
 
-def _spatial(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+def _spatial(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     opts = cfg.scene
     if opts.max_objects < 2:
         raise ValueError("spatial questions need scenes of at least 2 objects")
@@ -511,7 +506,7 @@ def _spatial(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
     cams = {"view1": ("main", w2c1), "view2": ("main", w2c2)}
     for d in VIEW_DIRECTIONS:
         cams[f"look_{d}"] = ("main", rotate_view(w2c1, d, cfg.novel_view_deg))
-    qtype = str(rng.choice(SPATIAL_QTYPES))
+    qtype = memo.setdefault("qtype", str(rng.choice(SPATIAL_QTYPES)))
 
     def finish(views):
         st1 = all_visible(views["view1"], scene, 0.3, cfg.min_pixels)
@@ -583,7 +578,7 @@ def _spatial(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
 # depth, pose, nvs, video, edit
 
 
-def _depth(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+def _depth(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     scene = sample_scene(rng, cfg.scene, unique=True)
     w2c, _ = random_camera(rng)
 
@@ -600,7 +595,7 @@ def _depth(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
     return Draft({"main": scene}, {"image": ("main", w2c)}, finish)
 
 
-def _pose(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+def _pose(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     scene = sample_scene(rng, cfg.scene)
     w2c_a, orbit = random_camera(rng)
     orbit_b = {"azimuth": orbit["azimuth"] + float(rng.choice([-1, 1]) * rng.uniform(10, 60)),
@@ -622,10 +617,10 @@ def _pose(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
 NVS_MOTIONS = ("look", "move", "orbit")
 
 
-def _nvs(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+def _nvs(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     scene = sample_scene(rng, cfg.scene)
     w2c, orbit = random_camera(rng)
-    kind = str(rng.choice(NVS_MOTIONS))
+    kind = memo.setdefault("kind", str(rng.choice(NVS_MOTIONS)))
     if kind == "look":
         d = str(rng.choice(VIEW_DIRECTIONS))
         deg = cfg.novel_view_deg
@@ -652,7 +647,7 @@ def _nvs(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
     return Draft({"main": scene}, {"source": ("main", w2c), "target": ("main", tgt)}, finish)
 
 
-def _video(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+def _video(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     scene = sample_scene(rng, cfg.scene, unique=True)
     _, orbit = random_camera(rng)
     direction = str(rng.choice(["left", "right"]))
@@ -680,9 +675,9 @@ def _video(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
 EDIT_OPS = ("recolor", "remove", "add", "move")
 
 
-def _edit(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
+def _edit(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     opts = cfg.scene
-    op = str(rng.choice(EDIT_OPS))
+    op = memo.setdefault("op", str(rng.choice(EDIT_OPS)))
     lo = 2 if op == "remove" else 1
     hi = opts.max_objects - 1 if op == "add" else opts.max_objects
     if hi < lo or hi < opts.min_objects:
@@ -697,7 +692,7 @@ def _edit(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
     if op == "recolor":
         free = [c for c in opts.colors if not _count(before.objects, color=c, shape=target.shape)]
         if not free:
-            return _edit(rng, cfg)
+            return _edit(rng, cfg, memo)
         new = str(rng.choice(free))
         after.objects[k].color = new
         instruction = f"make the {target.name} {new}."
@@ -712,7 +707,7 @@ def _edit(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
             if (obj.color, obj.shape) not in used:
                 break
         if not place(rng, after, obj, opts):
-            return _edit(rng, cfg)
+            return _edit(rng, cfg, memo)
         spec["object"] = vars(obj).copy()
         instruction = None  # the render decides which side of which object it landed on
     else:
@@ -724,7 +719,7 @@ def _edit(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
         moved = after.objects[k]
         moved.x, moved.y = moved.x + shift * right[0], moved.y + shift * right[1]
         if not after.valid(0.12):
-            return _edit(rng, cfg)
+            return _edit(rng, cfg, memo)
         instruction = f"move the {target.name} to the {side}."
         spec["side"] = side
 
@@ -758,7 +753,7 @@ def _edit(rng: np.random.Generator, cfg: WorldConfig) -> Draft:
                  finish)
 
 
-_PROPOSERS: dict[str, Callable[[np.random.Generator, WorldConfig], Draft]] = {
+_PROPOSERS: dict[str, Callable[[np.random.Generator, WorldConfig, dict], Draft]] = {
     "vqa": _vqa, "t2i": _t2i, "spatial": _spatial, "depth": _depth, "pose": _pose, "nvs": _nvs,
     "video": _video, "edit": _edit,
 }
@@ -777,13 +772,14 @@ def sample(task: str, seeds: Sequence[int], cfg: WorldConfig | None = None,
     cfg = cfg or WorldConfig()
     seeds = [int(s) for s in seeds]
     rngs = [task_rng(task, s) for s in seeds]
+    memos: list[dict] = [{} for _ in seeds]  # what an example keeps across rejected drafts (its category)
     out: list[Example | None] = [None] * len(seeds)
     pending = list(range(len(seeds)))
     K = cfg.K
     for _ in range(cfg.max_attempts):
         if not pending:
             break
-        drafts = [_PROPOSERS[task](rngs[i], cfg) for i in pending]
+        drafts = [_PROPOSERS[task](rngs[i], cfg, memos[i]) for i in pending]
         scenes, index, w2cs, names = [], [], [], []
         for di, d in enumerate(drafts):
             keys = {}
