@@ -11,6 +11,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="omni: Context Unrolling in Omni Models, small and from scratch.")
 world_app = typer.Typer(no_args_is_help=True, help="The procedural 3D world: sample tasks, draw sheets.")
 app.add_typer(world_app, name="world")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluation: the generation checker, metrics, ablations.")
+app.add_typer(eval_app, name="eval")
 
 
 def user_errors(fn):
@@ -110,6 +112,41 @@ def world_sheet(
     examples = [ex for t in _tasks(task) for ex in sample(t, range(seed, seed + n), cfg)]
     path = contact_sheet(examples, out)
     typer.echo(f"wrote {path}")
+
+
+@eval_app.command("checker")
+@user_errors
+def eval_checker(
+    n: int = typer.Option(2000, help="Number of t2i examples."),
+    seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
+    size: int = typer.Option(32, help="Image side in pixels."),
+    noise: float = typer.Option(0.0, help="Std of Gaussian noise added to the renders."),
+    blur: int = typer.Option(0, help="Binomial blur radius in pixels (1 = [1,2,1]/4 per axis)."),
+    blur_sigma: float = typer.Option(0.0, help="Gaussian blur sigma in pixels."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Validate the checker on ground-truth renders: pass rates per category with each image's own
+    spec (should be high) and with a mismatched spec of the same category (should be low)."""
+    import json
+
+    from omni.eval.checker import validate_on_world
+
+    _positive("--n", n)
+    if size < 8:
+        raise ValueError(f"image size must be at least 8 px, got {size}")
+    if noise < 0 or blur_sigma < 0:
+        raise ValueError("noise and blur must not be negative")
+    r = validate_on_world(n, seed_start, size, noise, blur, blur_sigma)
+    if json_out:
+        typer.echo(json.dumps(r))
+        return
+    typer.echo(f"checker on {n} ground-truth t2i renders, seeds {seed_start}..{seed_start + n - 1}, {size}px, "
+               f"noise {noise}, blur radius {blur}, blur sigma {blur_sigma}")
+    typer.echo(f"{'category':<15}{'n':>6}{'own spec':>10}{'mismatched':>12}")
+    mm = r["mismatched"]["categories"]
+    for cat, v in r["matched"]["categories"].items():
+        typer.echo(f"{cat:<15}{v['n']:>6}{v['pass']:>10.1%}{mm.get(cat, {}).get('pass', float('nan')):>12.1%}")
+    typer.echo(f"{'overall':<15}{'':>6}{r['matched']['overall']['pass']:>10.1%}{r['mismatched']['overall']['pass']:>12.1%}")
 
 
 def main() -> None:

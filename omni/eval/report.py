@@ -1,0 +1,118 @@
+"""Ablation tables like the paper's: rows are plans scored on the same examples.
+
+`ablation_table({"baseline": scores, "+thinking": scores, ...})` gives, per row, the mean with a
+95 % bootstrap interval and the difference to the first row with a paired bootstrap interval
+(the rows share examples, so the difference is resampled example-wise). It renders as Markdown,
+as JSON and as a bar plot with error bars.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import bootstrap_ci
+
+
+@dataclass
+class Row:
+    name: str
+    mean: float
+    lo: float
+    hi: float
+    delta: float  # mean minus the first row's mean
+    delta_lo: float
+    delta_hi: float
+
+
+@dataclass
+class AblationTable:
+    title: str
+    metric: str
+    n: int
+    rows: list[Row]
+    higher_is_better: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self, digits: int = 3) -> str:
+        scale = 100.0 if self.metric.endswith("%") else 1.0
+        f = f"{{:.{max(digits - 2, 1) if scale == 100 else digits}f}}"
+        lines = [f"**{self.title}** — {self.metric}, n = {self.n} examples per row, "
+                 f"95% bootstrap intervals ({'higher' if self.higher_is_better else 'lower'} is better)", "",
+                 f"| row | {self.metric} | 95% CI | Δ vs {self.rows[0].name} | Δ 95% CI |",
+                 "|---|---|---|---|---|"]
+        for i, r in enumerate(self.rows):
+            ci = f"[{f.format(r.lo * scale)}, {f.format(r.hi * scale)}]"
+            if i == 0:
+                d, dci = "—", "—"
+            else:
+                d = ("+" if r.delta >= 0 else "") + f.format(r.delta * scale)
+                dci = f"[{f.format(r.delta_lo * scale)}, {f.format(r.delta_hi * scale)}]"
+            lines.append(f"| {r.name} | {f.format(r.mean * scale)} | {ci} | {d} | {dci} |")
+        lines += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def to_json(self) -> dict:
+        return {"title": self.title, "metric": self.metric, "n": self.n,
+                "higher_is_better": self.higher_is_better, "notes": self.notes,
+                "rows": [vars(r) for r in self.rows]}
+
+    def plot(self, path: str | Path) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        scale = 100.0 if self.metric.endswith("%") else 1.0
+        means = np.array([r.mean for r in self.rows]) * scale
+        err = np.array([[r.mean - r.lo for r in self.rows], [r.hi - r.mean for r in self.rows]]) * scale
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(self.rows), 3.4), dpi=120)
+        ax.bar(range(len(self.rows)), means, yerr=err, capsize=4, color="#4c72b0")
+        ax.set_xticks(range(len(self.rows)), [r.name for r in self.rows], rotation=30, ha="right")
+        ax.set_ylabel(self.metric)
+        ax.set_title(f"{self.title} (n = {self.n}, 95% CI)")
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+    def save(self, out_dir: str | Path, stem: str) -> dict[str, Path]:
+        """Write <stem>.md, <stem>.json and <stem>.png into out_dir."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.md").write_text(self.markdown())
+        (out / f"{stem}.json").write_text(json.dumps(self.to_json(), indent=2))
+        return {"md": out / f"{stem}.md", "json": out / f"{stem}.json", "png": self.plot(out / f"{stem}.png")}
+
+
+def ablation_table(rows: Mapping[str, Sequence[float]], title: str = "ablation", metric: str = "score",
+                   higher_is_better: bool = True, n_boot: int = 1000, seed: int = 0,
+                   notes: Sequence[str] = ()) -> AblationTable:
+    """Rows (name -> per-example scores, the same examples in the same order for every row)
+    summarised with bootstrap intervals; the first row is the reference for the deltas.
+    A metric name ending in '%' is shown x100."""
+    if not rows:
+        raise ValueError("an ablation table needs at least one row")
+    arrays = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in rows.items()}
+    n = {len(v) for v in arrays.values()}
+    if len(n) != 1:
+        raise ValueError(f"rows must score the same examples; lengths differ: "
+                         f"{ {k: len(v) for k, v in arrays.items()} }")
+    (n,) = n
+    if n == 0:
+        raise ValueError("rows hold no scores")
+    names = list(arrays)
+    base = arrays[names[0]]
+    out = []
+    for k in names:
+        ci = bootstrap_ci(arrays[k], n=n_boot, seed=seed)
+        d = bootstrap_ci(arrays[k] - base, n=n_boot, seed=seed)
+        out.append(Row(k, ci["mean"], ci["lo"], ci["hi"], d["mean"], d["lo"], d["hi"]))
+    return AblationTable(title, metric, n, out, higher_is_better, list(notes))

@@ -1,0 +1,151 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from omni.eval.checker import Detection, check, checker_for, degrade, evaluate_spec, mismatched_specs, validate_on_world
+from omni.eval.report import ablation_table
+from omni.world import SPLITS, T2I_CATEGORIES, WorldConfig, sample
+
+HELD_OUT = SPLITS["test"][0] + 100_000  # 2,000 held-out seeds
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return validate_on_world(2000, HELD_OUT)
+
+
+def test_checker_on_ground_truth(clean):
+    cats = clean["matched"]["categories"]
+    assert set(cats) == set(T2I_CATEGORIES)
+    for cat, v in cats.items():
+        assert v["n"] >= 150, (cat, v)
+        assert v["pass"] >= 0.98, (cat, v)
+
+
+def test_checker_rejects_mismatched_specs(clean):
+    for cat, v in clean["mismatched"]["categories"].items():
+        assert v["n"] >= 150 and v["pass"] <= 0.20, (cat, v)
+
+
+def test_checker_robust_to_noise_and_blur():
+    """Gaussian noise sigma 0.03 after a 1-pixel blur (binomial kernel of radius 1)."""
+    r = validate_on_world(2000, HELD_OUT, noise=0.03, blur=1)
+    for cat, v in r["matched"]["categories"].items():
+        assert v["pass"] >= 0.95, (cat, v)
+    for cat, v in r["mismatched"]["categories"].items():
+        assert v["pass"] <= 0.20, (cat, v)
+
+
+def test_check_api_and_scores():
+    ex = sample("t2i", range(HELD_OUT, HELD_OUT + 40))
+    for e in ex:
+        r = check(e.views["target"].rgb, e.spec)
+        assert r.passed and r.score == 1.0 and r.category == e.spec["category"]
+        u8 = (e.views["target"].rgb * 255 + 0.5).astype(np.uint8)
+        assert check(u8, e.spec).passed
+    # an empty image: nothing found, every include constraint fails, excludes hold
+    blank = np.broadcast_to(np.array([0.93, 0.95, 0.98], np.float32), (32, 32, 3))
+    for e in ex[:10]:
+        r = check(blank, e.spec)
+        assert not r.passed and r.detections == []
+        n_inc = len(e.spec["include"])
+        assert r.score == pytest.approx(len(e.spec["exclude"]) / (n_inc + len(e.spec["exclude"])
+                                        + sum("position" in q for q in e.spec["include"])))
+
+
+def test_evaluate_spec_rules():
+    d = [Detection("red", "cube", (2, 10, 8, 16), 30, 0.9), Detection("blue", "sphere", (20, 10, 26, 16), 30, 0.9)]
+    spec = {"category": "position", "include": [{"shape": "sphere", "color": None, "count": 1},
+                                                {"shape": "cube", "color": None, "count": 1,
+                                                 "position": ["left of", 0]}], "exclude": []}
+    assert evaluate_spec(d, spec).passed
+    spec["include"][1]["position"] = ["right of", 0]
+    r = evaluate_spec(d, spec)
+    assert not r.passed and r.score == pytest.approx(2 / 3)
+    count = {"category": "counting", "include": [{"shape": "cube", "color": None, "count": 2}],
+             "exclude": [{"shape": "cube", "color": None, "count": 3}]}
+    assert not evaluate_spec(d, count).passed
+    assert evaluate_spec(d + [Detection("green", "cube", (12, 2, 16, 6), 12, 0.8)], count).passed
+    three = d + [Detection("green", "cube", (12, 2, 16, 6), 12, 0.8),
+                 Detection("gray", "cube", (12, 20, 16, 24), 9, 0.7)]
+    assert not evaluate_spec(three, count).passed  # exclude: fewer than 3 cubes
+    attr = {"category": "color_attr", "include": [{"shape": "cube", "color": "blue", "count": 1}], "exclude": []}
+    assert not evaluate_spec(d, attr).passed  # the cube is red
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"category": "bogus", "include": [{"shape": "cube", "color": None, "count": 1}]}, "unknown category"),
+    ({"category": "colors", "include": [{"shape": "torus", "color": None, "count": 1}]}, "unknown shape"),
+    ({"category": "colors", "include": [{"shape": "cube", "color": None, "count": 0}]}, "positive integer"),
+    ({"category": "colors", "include": []}, "no include"),
+    ("not a spec", "must be a dict"),
+])
+def test_bad_specs(bad, match):
+    with pytest.raises(ValueError, match=match):
+        check(np.zeros((32, 32, 3)), bad)
+
+
+def test_bad_images():
+    spec = {"category": "single_object", "include": [{"shape": "cube", "color": None, "count": 1}]}
+    with pytest.raises(ValueError, match="H, W, 3"):
+        check(np.zeros((32, 32)), spec)
+    with pytest.raises(ValueError, match="NaN"):
+        check(np.full((32, 32, 3), np.nan), spec)
+    with pytest.raises(ValueError, match="square"):
+        check(np.zeros((32, 40, 3)), spec)
+    with pytest.raises(ValueError, match="this checker is for"):
+        checker_for(32).detect(np.zeros((16, 16, 3)))
+
+
+def test_mismatched_specs_ask_for_other_objects():
+    specs = [e.spec for e in sample("t2i", range(HELD_OUT, HELD_OUT + 200))]
+    for s, m in zip(specs, mismatched_specs(specs), strict=True):
+        if m is not None:
+            assert m["category"] == s["category"] and m["include"] != s["include"]
+
+
+def test_degrade_is_deterministic_and_bounded():
+    x = np.random.default_rng(0).random((2, 16, 16, 3)).astype(np.float32)
+    a, b = degrade(x, 0.03, 1, seed=4), degrade(x, 0.03, 1, seed=4)
+    assert np.array_equal(a, b) and a.min() >= 0 and a.max() <= 1 and not np.array_equal(a, x)
+    flat = np.full((1, 8, 8, 3), 0.5, np.float32)
+    assert np.allclose(degrade(flat, blur=1), 0.5)  # blur keeps a flat image
+
+
+def test_checker_64px():
+    ex = sample("t2i", range(HELD_OUT, HELD_OUT + 60), WorldConfig(size=64))
+    assert all(check(e.views["target"].rgb, e.spec).passed for e in ex)
+
+
+def test_ablation_table(tmp_path):
+    rng = np.random.default_rng(0)
+    base = (rng.random(500) < 0.3).astype(float)
+    better = np.maximum(base, (rng.random(500) < 0.3).astype(float))
+    t = ablation_table({"baseline": base, "+thinking": better}, title="vqa", metric="accuracy %")
+    md = t.markdown()
+    assert "| baseline |" in md and "| +thinking |" in md and "n = 500" in md
+    r0, r1 = t.rows
+    assert r0.lo < r0.mean < r0.hi and r1.delta == pytest.approx(better.mean() - base.mean())
+    assert r1.delta_lo > 0  # a paired improvement on the same examples is significant
+    paths = t.save(tmp_path, "vqa")
+    assert json.loads(paths["json"].read_text())["rows"][1]["name"] == "+thinking"
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="same examples"):
+        ablation_table({"a": [1, 0], "b": [1]})
+    with pytest.raises(ValueError):
+        ablation_table({})
+
+
+def test_cli_eval_checker_json():
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "checker", "--n", "60", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["n"] == 60 and out["matched"]["overall"]["pass"] > 0.9
+    assert set(out["mismatched"]["categories"]) <= set(T2I_CATEGORIES)
+    bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "checker", "--n", "-1"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1

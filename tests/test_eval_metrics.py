@@ -1,0 +1,196 @@
+import math
+
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from omni.eval.metrics import (
+    auc_from_errors,
+    bootstrap_ci,
+    depth_metrics,
+    extract_letter,
+    pose_auc,
+    pose_errors,
+    psnr,
+    qa_accuracy,
+    ssim,
+)
+from omni.world import camera as C
+
+
+def gt_depth(rng, b=4, h=24, w=24):
+    return rng.uniform(2.0, 9.0, size=(b, h, w))  # x2 stays below the 20 m clip
+
+
+def test_depth_perfect_and_scaled():
+    rng = np.random.default_rng(0)
+    gt = gt_depth(rng)
+    m = depth_metrics(gt, gt)
+    assert m["delta1"] == 1.0 and m["abs_rel"] == 0.0 and m["delta3"] == 1.0
+    m = depth_metrics(2 * gt, gt, align="scale_shift")
+    assert m["delta1"] == 1.0 and m["abs_rel"] < 1e-9
+    m = depth_metrics(2 * gt, gt)
+    assert m["delta1"] == 0.0 and m["abs_rel"] == pytest.approx(1.0)
+    m = depth_metrics(0.5 * gt + 3.0, gt, align="scale_shift")
+    assert m["abs_rel"] < 1e-9
+
+
+def test_depth_disparity_alignment_recovers_affine_disparity():
+    rng = np.random.default_rng(1)
+    gt = gt_depth(rng)
+    pred = 3.0 / gt + 0.2  # affine in disparity, not in depth
+    assert depth_metrics(pred, gt, align="scale_shift_disparity")["abs_rel"] < 1e-9
+    assert depth_metrics(pred, gt, align="scale_shift")["abs_rel"] > 0.01
+
+
+def test_depth_per_image_then_mean_and_mask():
+    rng = np.random.default_rng(2)
+    gt = gt_depth(rng, b=2)
+    pred = gt.copy()
+    pred[1] *= 1.5  # image 1 entirely off by 50 %
+    m = depth_metrics(pred, gt)
+    assert m["abs_rel"] == pytest.approx(0.25) and m["delta1"] == pytest.approx(0.5)
+    mask = np.ones_like(gt, dtype=bool)
+    mask[1, :, 12:] = False
+    pred[1, :, 12:] = gt[1, :, 12:]  # masked-out pixels do not count
+    assert depth_metrics(pred, gt, mask=mask)["abs_rel"] == pytest.approx(0.25)
+    # clipping as Marigold: predictions beyond the range are clipped before comparison
+    assert depth_metrics(gt + 100.0, gt, max_depth=20.0)["abs_rel"] == pytest.approx(
+        float(np.mean(np.abs(20.0 - gt) / gt)), rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(pred=np.ones((4, 4)), gt=np.ones((4, 5))), "shape mismatch"),
+    (dict(pred=np.full((4, 4), np.nan), gt=np.ones((4, 4))), "NaN"),
+    (dict(pred=np.ones((4, 4)), gt=-np.ones((4, 4))), "negative"),
+    (dict(pred=-np.ones((4, 4)), gt=np.ones((4, 4))), "negative"),
+    (dict(pred=np.ones((4, 4)), gt=np.ones((4, 4)), mask=np.zeros((4, 4), bool)), "empty mask"),
+    (dict(pred=np.ones((4, 4)), gt=np.ones((4, 4)), align="median"), "alignment"),
+    (dict(pred=np.ones(4), gt=np.ones(4)), "must be"),
+])
+def test_depth_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        depth_metrics(**kwargs)
+
+
+def random_cameras(rng, n):
+    return np.stack([C.orbit_camera(rng.uniform(0, 360), rng.uniform(10, 60), rng.uniform(3, 8),
+                                    rng.uniform(-1, 1, 3)) for _ in range(n)])
+
+
+def random_rotation(rng):
+    q = rng.normal(size=4)
+    return C.axis_angle_to_matrix(q[1:] / np.linalg.norm(q[1:]) * 2 * math.acos(abs(q[0]) / np.linalg.norm(q)))
+
+
+def test_pose_similarity_invariance():
+    rng = np.random.default_rng(3)
+    gt = random_cameras(rng, 8)
+    # a global similarity: world points x -> s R x + t changes w2c = [R_c | t_c] to
+    # [R_c R^T | s t_c - R_c R^T t] (a camera centre moves with the world, orientation composes)
+    R, t, s = random_rotation(rng), rng.normal(size=3), 2.7
+    pred = gt.copy()
+    pred[:, :3, :3] = gt[:, :3, :3] @ R.T
+    pred[:, :3, 3] = s * gt[:, :3, 3] - np.einsum("nij,j->ni", pred[:, :3, :3], t)
+    out = pose_auc(pred, gt)
+    assert out["auc@30"] == pytest.approx(1.0) and out["auc@5"] == pytest.approx(1.0)
+    assert out["pairs"] == 28 and out["rra@5"] == 1.0 and out["rta@5"] == 1.0
+    assert pose_auc(pred[:, :3], gt[:, :3])["auc@30"] == pytest.approx(1.0)  # 3x4 input
+
+
+def test_pose_auc_at_29_5_degrees():
+    rre = np.full(100, 29.5)
+    assert auc_from_errors(rre, np.zeros(100), 30) == pytest.approx(1 / 30)
+    # the same through pose_auc: pairs whose relative rotation is off by exactly 29.5 degrees
+    rng = np.random.default_rng(4)
+    gt = random_cameras(rng, 40).reshape(20, 2, 4, 4)
+    pred = gt.copy()
+    for p in pred:
+        axis = rng.normal(size=3)
+        Rerr = C.axis_angle_to_matrix(axis / np.linalg.norm(axis) * math.radians(29.5))
+        # turn camera 1 in place: the relative rotation changes by 29.5 degrees and the relative
+        # translation (camera 1's centre in camera 0's frame) stays the same
+        c1 = C.camera_center(p[1])
+        p[1][:3, :3] = Rerr @ p[1][:3, :3]
+        p[1][:3, 3] = -p[1][:3, :3] @ c1
+    rre, rte = pose_errors(pred, gt)
+    assert np.allclose(rre, 29.5) and np.allclose(rte, 0.0, atol=1e-5)
+    assert pose_auc(pred, gt)["auc@30"] == pytest.approx(1 / 30)
+
+
+def test_pose_random_rotations_low_auc():
+    """Pairs whose predicted relative rotation is uniformly random (Haar), translation exact.
+    The rotation angle of a Haar rotation has CDF F(x) = (x - sin x) / pi, so the expected
+    AUC@30 = mean over k = 1..30 degrees of F(k) ~= 0.0021."""
+    rng = np.random.default_rng(5)
+    P = 20000
+    gt = np.tile(np.eye(4), (P, 2, 1, 1))
+    gt[:, 1, :3, 3] = rng.normal(size=(P, 3))
+    pred = gt.copy()
+    q = rng.normal(size=(P, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    pred[:, 1, :3, :3] = np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)], 1)
+    # keep camera 1's centre: t = -R c with c = -R_gt^T t_gt (camera 0 is the identity)
+    centre = -np.einsum("pji,pj->pi", gt[:, 1, :3, :3], gt[:, 1, :3, 3])
+    pred[:, 1, :3, 3] = -np.einsum("pij,pj->pi", pred[:, 1, :3, :3], centre)
+    k = np.radians(np.arange(1, 31))
+    expected = float(np.mean((k - np.sin(k)) / np.pi))
+    got = pose_auc(pred, gt)["auc@30"]
+    assert expected == pytest.approx(0.0021, abs=2e-4)
+    assert got == pytest.approx(expected, abs=1e-3)
+
+
+def test_pose_bad_input():
+    with pytest.raises(ValueError, match="at least 2 cameras"):
+        pose_auc(np.eye(4)[None], np.eye(4)[None])
+    with pytest.raises(ValueError, match="shape mismatch"):
+        pose_auc(np.tile(np.eye(4), (3, 1, 1)), np.tile(np.eye(4), (4, 1, 1)))
+    with pytest.raises(ValueError, match="3x4 or 4x4"):
+        pose_auc(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        pose_auc(np.full((3, 4, 4), np.nan), np.tile(np.eye(4), (3, 1, 1)))
+
+
+def test_psnr_ssim_equal_skimage():
+    rng = np.random.default_rng(6)
+    for shape in ((32, 32, 3), (64, 48, 3), (16, 20)):
+        a = rng.random(shape)
+        b = np.clip(a + rng.normal(0, rng.uniform(0.02, 0.3), shape), 0, 1)
+        kw = dict(data_range=1.0, gaussian_weights=True, channel_axis=-1 if len(shape) == 3 else None)
+        assert psnr(a, b) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1.0), rel=1e-12)
+        assert ssim(a, b) == pytest.approx(structural_similarity(a, b, use_sample_covariance=False, **kw), abs=1e-12)
+        assert ssim(a, b, use_sample_covariance=True) == pytest.approx(structural_similarity(a, b, **kw), abs=1e-12)
+    assert psnr(a, a) == float("inf") and ssim(a, a) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        psnr(np.zeros((4, 4)), np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(np.zeros((8, 8)), np.zeros((8, 8)))
+
+
+def test_qa_accuracy():
+    assert extract_letter("B") == "B" and extract_letter("(C) turned left") == "C"
+    assert extract_letter("so the answer is D.") == "D" and extract_letter("A. moved left") == "A"
+    assert extract_letter("i see a cube") is None
+    r = qa_accuracy(["B", "the answer is C", "2", "Red cube.", "yes"], ["B", "D", "2", "red cube", "no"])
+    assert r["scores"] == [1.0, 0.0, 1.0, 1.0, 0.0] and r["accuracy"] == pytest.approx(0.6)
+    with pytest.raises(ValueError):
+        qa_accuracy(["a"], ["a", "b"])
+
+
+def test_bootstrap_coverage():
+    """The 95 % interval covers the true mean in >= 90 % of 200 simulated draws."""
+    rng = np.random.default_rng(7)
+    hits = 0
+    for i in range(200):
+        x = rng.exponential(2.0, size=300)  # skewed, true mean 2
+        ci = bootstrap_ci(x, n=1000, seed=i)
+        hits += ci["lo"] <= 2.0 <= ci["hi"]
+    assert hits >= 180, hits
+    assert bootstrap_ci([1.0, 1.0]) == {"mean": 1.0, "lo": 1.0, "hi": 1.0, "n": 2}
+    assert bootstrap_ci(x, seed=3) == bootstrap_ci(x, seed=3)
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
