@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from omni.tokens.image import patchify, unpatchify
+from omni.tokens.text import SPECIAL_TOKENS, TextTokenizer, train_tokenizer
+from omni.tokens.visual import VisualTokenizer, VQConfig, evaluate, world_images
+
+VISUAL_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "visual-tokenizer"
+
+
+def test_text_tokenizer_roundtrip_digits_specials():
+    tok = TextTokenizer.default()
+    assert tok.vocab_size == 640
+    for i, name in enumerate(SPECIAL_TOKENS):
+        assert tok.id(name) == i
+    for text in ["the relative pose is 0.564 -0.000 -0.384 0.012 -1.571 3.141.",
+                 "a photo of as many cubes as ((9 / 9) * 3) * 2.", "How many UNSEEN words? 12345 ünïcode"]:
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+    pieces = [tok.tk.id_to_token(i) for i in tok.encode("12 and 305")]
+    assert [p.lstrip("Ġ") for p in pieces if p.lstrip("Ġ").isdigit()] == ["1", "2", "3", "0", "5"]
+    assert all(len(p.lstrip("Ġ")) == 1 for p in pieces if any(c.isdigit() for c in p))
+    words = tok.encode("the red cube is left of the blue sphere")
+    assert len(words) == 9  # world words are single tokens
+    with pytest.raises(KeyError):
+        tok.id("<nonexistent>")
+
+
+def test_text_tokenizer_training_is_deterministic(tmp_path):
+    corpus = ["a red cube and a blue sphere.", "how many cones are there? 3", "the ground spans 4.2 m to 9.8 m."] * 20
+    a, b = train_tokenizer(corpus, 300), train_tokenizer(corpus, 300)
+    a.save(str(tmp_path / "a.json"))
+    b.save(str(tmp_path / "b.json"))
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_tokenizer_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        TextTokenizer.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{broken")
+    with pytest.raises(ValueError, match="bad.json"):
+        TextTokenizer.load(tmp_path / "bad.json")
+
+
+def test_patchify_roundtrip():
+    x = torch.rand(2, 32, 48, 3)
+    p = patchify(x, 4)
+    assert p.shape == (2, 8 * 12, 48)
+    assert torch.equal(p[0, 1], x[0, :4, 4:8].reshape(-1))  # the second patch of the first row
+    assert torch.equal(unpatchify(p, 4, 32, 48), x)
+    with pytest.raises(ValueError, match="divisible"):
+        patchify(torch.rand(1, 30, 32, 3), 4)
+    with pytest.raises(ValueError):
+        unpatchify(p, 4, 32, 32)
+
+
+def test_visual_tokenizer_shapes_and_training_step():
+    vq = VisualTokenizer(VQConfig(channels=16, codebook_size=64, restart_every=1))
+    x = torch.rand(4, 32, 32, 3)
+    codes = vq.encode(x)
+    assert codes.shape == (4, 64) and codes.max() < 64
+    assert vq.decode(codes).shape == (4, 32, 32, 3)
+    assert vq.latents(x).shape == (4, 64, 16) and vq.decode_latents(vq.latents(x)).shape == (4, 32, 32, 3)
+    out = vq(x)
+    out["loss"].backward()
+    assert vq.encoder[0].weight.grad.abs().sum() > 0  # straight-through reaches the encoder
+    gen = torch.Generator().manual_seed(0)
+    vq.restart_dead_codes(out["idx"], out["z"].detach(), gen)
+    assert vq.restart_dead_codes(out["idx"], out["z"].detach(), gen) > 0  # unused codes restart
+    with pytest.raises(ValueError, match="codes must"):
+        vq.decode(torch.full((1, 64), 64))
+    with pytest.raises(ValueError, match="images must"):
+        vq.encode(torch.rand(1, 16, 16, 3))
+
+
+@pytest.mark.skipif(not (VISUAL_DIR / "visual_tokenizer.safetensors").is_file(), reason="no shipped visual tokenizer")
+def test_shipped_visual_tokenizer_roundtrips_held_out_renders():
+    vq = VisualTokenizer.load(VISUAL_DIR)
+    held = world_images((2_000_900_000, 2_000_900_040))  # test-split seeds it never saw
+    rep = evaluate(vq, held)
+    assert rep["psnr"] >= 27.0, rep
+    assert rep["codes_used"] >= 64, rep
+
+
+@pytest.mark.slow
+def test_shipped_text_tokenizer_is_reproducible(tmp_path):
+    """`omni tokens build-text` rebuilds the shipped tokenizer.json byte for byte."""
+    from omni.tokens.text import DEFAULT_PATH, train_tokenizer, world_corpus
+
+    train_tokenizer(world_corpus()).save(str(tmp_path / "tokenizer.json"))
+    assert (tmp_path / "tokenizer.json").read_bytes() == DEFAULT_PATH.read_bytes()
