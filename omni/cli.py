@@ -13,6 +13,8 @@ world_app = typer.Typer(no_args_is_help=True, help="The procedural 3D world: sam
 app.add_typer(world_app, name="world")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluation: the generation checker, metrics, ablations.")
 app.add_typer(eval_app, name="eval")
+tokens_app = typer.Typer(no_args_is_help=True, help="Tokenizers: build the text tokenizer, train the visual one.")
+app.add_typer(tokens_app, name="tokens")
 
 
 def user_errors(fn):
@@ -147,6 +149,50 @@ def eval_checker(
     for cat, v in r["matched"]["categories"].items():
         typer.echo(f"{cat:<15}{v['n']:>6}{v['pass']:>10.1%}{mm.get(cat, {}).get('pass', float('nan')):>12.1%}")
     typer.echo(f"{'overall':<15}{'':>6}{r['matched']['overall']['pass']:>10.1%}{r['mismatched']['overall']['pass']:>12.1%}")
+
+
+@tokens_app.command("build-text")
+@user_errors
+def tokens_build_text(
+    out: str = typer.Option("omni/tokens/tokenizer.json", help="Where to write tokenizer.json."),
+):
+    """Train the byte-level BPE text tokenizer on the world's language (deterministic)."""
+    from omni.tokens.text import CORPUS_SEEDS, VOCAB_SIZE, train_tokenizer, world_corpus
+
+    corpus = world_corpus()
+    train_tokenizer(corpus).save(out)
+    typer.echo(f"wrote {out}: vocabulary {VOCAB_SIZE}, {len(corpus)} texts from seeds {CORPUS_SEEDS}")
+
+
+@tokens_app.command("train-visual")
+@user_errors
+def tokens_train_visual(
+    out: str = typer.Option(..., help="Output directory (visual_tokenizer.safetensors + .json)."),
+    steps: int = typer.Option(3000),
+    batch: int = typer.Option(64),
+    lr: float = typer.Option(2e-3),
+    seed: int = typer.Option(0),
+    size: int = typer.Option(32, help="Image side in pixels."),
+    codebook: int = typer.Option(256, help="Codebook size."),
+    threads: int = typer.Option(0, help="torch threads (0: torch's default)."),
+):
+    """Train the VQ visual tokenizer on world renders; report held-out PSNR and codebook use."""
+    import json
+
+    import torch
+
+    from omni.tokens.visual import VQConfig, train_visual_tokenizer
+    from omni.world.export import ensure_writable_dir
+
+    _positive("--steps", steps)
+    _positive("--batch", batch)
+    ensure_writable_dir(out)
+    if threads:
+        torch.set_num_threads(threads)
+    model, report = train_visual_tokenizer(VQConfig(image_size=size, codebook_size=codebook), steps, batch, lr, seed,
+                                           log=lambda m: typer.echo(m, err=True))
+    model.save(out, {"report": report})
+    typer.echo(json.dumps({k: v for k, v in report.items() if k != "history"}))
 
 
 def main() -> None:

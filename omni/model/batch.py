@@ -1,0 +1,267 @@
+"""Segments and packed batches: the CPU-side index builders of the model's sequence contract.
+
+A sequence is a list of segments. Each segment is one kind:
+
+    text         token ids (causal)
+    visual       visual-tokenizer code ids (causal; the model's own discrete visual tokens)
+    image_in     an input image as p x p pixel patches (full attention within the image)
+    image_gen    an image being generated: noisy latents x_t (full within, invisible to every later
+                 segment; during training x_t = (1 - t) x0 + t noise and the target is noise - x0)
+    image_clean  a generated image written back as context: clean latents (full within)
+
+Positions (rotary, 1D): every text or visual token takes the next position; an image takes one
+position for all its tokens (2D placement inside an image comes from learned cell embeddings).
+
+`pack` lays sequences into rows of a fixed length (first fit, never split), producing per-token
+index tensors and the flat inputs of each kind; `attention_mask` turns them into the boolean mask
+SDPA takes. The same builders continue a KV cache (`start_pos`, `start_seg`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .config import FULL_ATTENTION_KINDS, IMAGE_GEN, IMAGE_IN, PAD, SEGMENT_KINDS, TEXT, VISUAL, OmniConfig
+
+IGNORE = -100
+
+
+@dataclass
+class Segment:
+    kind: str
+    tokens: Sequence[int] | None = None  # text ids, or visual code ids in [0, codebook_size)
+    pixels: torch.Tensor | None = None  # image_in: (H, W, 3) in [0, 1]
+    latents: torch.Tensor | None = None  # image_gen (training: clean x0; sampling: x_t) / image_clean
+    t: float = 0.0  # image_gen: noise level (1 = pure noise)
+    loss: bool = False  # text / visual: predict these tokens; image_gen: flow loss
+    depth: torch.Tensor | None = None  # image_in: (H, W) target z-depth in metres
+    depth_valid: torch.Tensor | None = None  # image_in: (H, W) bool
+    uncond: bool = False  # image_gen: sees no earlier segment (classifier-free guidance)
+    noise: torch.Tensor | None = None  # image_gen training: the noise (drawn by the caller, for determinism)
+
+    def __post_init__(self):
+        if self.kind not in SEGMENT_KINDS:
+            raise ValueError(f"unknown segment kind {self.kind!r}; known: {', '.join(SEGMENT_KINDS)}")
+
+    @property
+    def kind_id(self) -> int:
+        return SEGMENT_KINDS.index(self.kind)
+
+    def length(self, cfg: OmniConfig) -> int:
+        k = self.kind_id
+        if k in (TEXT, VISUAL):
+            return len(self.tokens or ())
+        if k == IMAGE_IN:
+            return cfg.patch_grid ** 2
+        return cfg.latent_grid ** 2
+
+    def check(self, cfg: OmniConfig) -> None:
+        k = self.kind_id
+        if k in (TEXT, VISUAL):
+            if not self.tokens:
+                raise ValueError(f"{self.kind} segment has no tokens")
+            hi = cfg.text_vocab if k == TEXT else cfg.codebook_size
+            if min(self.tokens) < 0 or max(self.tokens) >= hi:
+                raise ValueError(f"{self.kind} token ids must lie in [0, {hi})")
+        elif k == IMAGE_IN:
+            s = cfg.image_size
+            if self.pixels is None or tuple(self.pixels.shape) != (s, s, 3):
+                got = None if self.pixels is None else tuple(self.pixels.shape)
+                raise ValueError(f"image_in segment needs pixels of shape ({s}, {s}, 3), got {got}")
+            if self.depth is not None and tuple(self.depth.shape) != (s, s):
+                raise ValueError(f"image_in depth must be ({s}, {s}), got {tuple(self.depth.shape)}")
+        else:
+            n = cfg.latent_grid ** 2
+            if self.latents is None or tuple(self.latents.shape) != (n, cfg.latent_dim):
+                got = None if self.latents is None else tuple(self.latents.shape)
+                raise ValueError(f"{self.kind} segment needs latents of shape ({n}, {cfg.latent_dim}), got {got}")
+            if k == IMAGE_GEN and not 0.0 <= self.t <= 1.0:
+                raise ValueError(f"image_gen noise level t must lie in [0, 1], got {self.t}")
+
+
+@dataclass
+class Batch:
+    """Packed rows. Per token (B, L): kind, token id (visual codes offset by the text vocabulary),
+    segment id, example id, rotary position, image cell, unconditional flag, next-token target.
+    Flat per kind, in row-major token order: patches and depth targets of image_in tokens; latents,
+    noise levels and flow targets of image_gen / image_clean tokens."""
+
+    kind: torch.Tensor
+    token: torch.Tensor
+    seg: torch.Tensor
+    example: torch.Tensor
+    pos: torch.Tensor
+    cell: torch.Tensor
+    uncond: torch.Tensor
+    target: torch.Tensor
+    patches: torch.Tensor
+    latents: torch.Tensor
+    t: torch.Tensor
+    flow_target: torch.Tensor  # (n_latent, latent_dim); rows without a flow loss are ignored
+    flow_mask: torch.Tensor  # (n_latent,) bool
+    depth_target: torch.Tensor  # (n_in, p*p) metres
+    depth_mask: torch.Tensor  # (n_in, p*p) bool
+    where: list[tuple[int, int, int]] = field(default_factory=list)  # per sequence: row, start, length
+    end_pos: list[int] = field(default_factory=list)  # per sequence: the next free rotary position
+    end_seg: list[int] = field(default_factory=list)  # per sequence: the next segment id
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.kind.shape)
+
+    def to(self, device) -> Batch:
+        out = {}
+        for k, v in vars(self).items():
+            out[k] = v.to(device) if isinstance(v, torch.Tensor) else v
+        return Batch(**out)
+
+
+def _rows(lengths: list[int], row_len: int) -> list[tuple[int, int]]:
+    """First-fit placement of sequences into rows: (row, offset) per sequence."""
+    free: list[int] = []
+    out = []
+    for n in lengths:
+        if n > row_len:
+            raise ValueError(f"a sequence of {n} tokens does not fit in rows of {row_len}")
+        for r, used in enumerate(free):
+            if used + n <= row_len:
+                out.append((r, used))
+                free[r] += n
+                break
+        else:
+            out.append((len(free), 0))
+            free.append(n)
+    return out
+
+
+def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int | None = None,
+         start_pos: Sequence[int] | None = None, start_seg: Sequence[int] | None = None) -> Batch:
+    """Pack sequences into rows of `row_len` tokens (default: one row per sequence, as long as
+    the longest). start_pos / start_seg continue a KV cache row (one sequence per row then)."""
+    for seq in sequences:
+        for s in seq:
+            s.check(cfg)
+    lengths = [sum(s.length(cfg) for s in seq) for seq in sequences]
+    if start_pos is not None:
+        place = [(i, 0) for i in range(len(sequences))]
+        row_len = max(lengths, default=0) if row_len is None else row_len
+    elif row_len is None:
+        row_len = max(lengths, default=0)
+        place = [(i, 0) for i in range(len(sequences))]
+    else:
+        place = _rows(lengths, row_len)
+    B = max((r for r, _ in place), default=-1) + 1
+    L = row_len
+    kind = np.full((B, L), PAD, dtype=np.int64)
+    token = np.zeros((B, L), dtype=np.int64)
+    seg = np.full((B, L), -1, dtype=np.int64)
+    example = np.full((B, L), -1, dtype=np.int64)
+    pos = np.zeros((B, L), dtype=np.int64)
+    cell = np.zeros((B, L), dtype=np.int64)
+    uncond = np.zeros((B, L), dtype=bool)
+    target = np.full((B, L), IGNORE, dtype=np.int64)
+    # flat inputs are gathered per (row, offset) then ordered row-major at the end
+    patches, depth_t, depth_m, lat, tt, ft, fm = [], [], [], [], [], [], []
+    seg_counter = {}
+    end_pos: list[int] = []
+    end_seg: list[int] = []
+    for si, (seq, (r, off)) in enumerate(zip(sequences, place, strict=True)):
+        p = start_pos[si] if start_pos is not None else 0
+        sid = start_seg[si] if start_seg is not None else seg_counter.get(r, 0)
+        i = off
+        for s in seq:
+            k = s.kind_id
+            n = s.length(cfg)
+            sl = slice(i, i + n)
+            kind[r, sl], seg[r, sl], example[r, sl] = k, sid, si
+            if k in (TEXT, VISUAL):
+                ids = np.asarray(s.tokens, dtype=np.int64) + (cfg.text_vocab if k == VISUAL else 0)
+                token[r, sl] = ids
+                pos[r, sl] = p + np.arange(n)
+                p += n
+                if s.loss:
+                    # position j predicts token j + 1; the first token is predicted by the token before
+                    # the segment (when there is one in this sequence and it is not a generated image)
+                    if i > off and kind[r, i - 1] != IMAGE_GEN:
+                        target[r, i - 1] = ids[0]
+                    target[r, i:i + n - 1] = ids[1:]
+            else:
+                pos[r, sl] = p
+                p += 1
+                cell[r, sl] = np.arange(n)
+                if k == IMAGE_IN:
+                    patches.append((r, i, s.pixels.float().reshape(cfg.patch_grid, cfg.patch, cfg.patch_grid,
+                                                                   cfg.patch, 3).permute(0, 2, 1, 3, 4).reshape(n, -1)))
+                    if s.depth is not None:
+                        d = s.depth.float().reshape(cfg.patch_grid, cfg.patch, cfg.patch_grid, cfg.patch)
+                        d = d.permute(0, 2, 1, 3).reshape(n, -1)
+                        v = (torch.ones_like(d, dtype=torch.bool) if s.depth_valid is None else
+                             s.depth_valid.reshape(cfg.patch_grid, cfg.patch, cfg.patch_grid, cfg.patch)
+                             .permute(0, 2, 1, 3).reshape(n, -1).bool())
+                        depth_t.append((r, i, d))
+                        depth_m.append((r, i, v & (d > 0)))
+                    else:
+                        depth_t.append((r, i, torch.ones(n, cfg.patch * cfg.patch)))
+                        depth_m.append((r, i, torch.zeros(n, cfg.patch * cfg.patch, dtype=torch.bool)))
+                else:
+                    x0 = s.latents.float()
+                    if k == IMAGE_GEN and s.loss:
+                        if s.noise is None:
+                            raise ValueError("an image_gen segment with a flow loss needs its noise")
+                        xt = (1 - s.t) * x0 + s.t * s.noise
+                        lat.append((r, i, xt))
+                        ft.append((r, i, s.noise - x0))
+                        fm.append((r, i, torch.ones(n, dtype=torch.bool)))
+                    else:
+                        lat.append((r, i, x0))
+                        ft.append((r, i, torch.zeros_like(x0)))
+                        fm.append((r, i, torch.zeros(n, dtype=torch.bool)))
+                    tt.append((r, i, torch.full((n,), s.t if k == IMAGE_GEN else 0.0)))
+                    uncond[r, sl] = s.uncond and k == IMAGE_GEN
+            sid += 1
+            i += n
+        seg_counter[r] = sid
+        end_pos.append(p)
+        end_seg.append(sid)
+
+    def flat(items, width, dtype=torch.float32):
+        items = sorted(items, key=lambda x: (x[0], x[1]))
+        if not items:
+            return torch.zeros((0, *width), dtype=dtype)
+        return torch.cat([x for _, _, x in items]).to(dtype)
+
+    return Batch(
+        kind=torch.from_numpy(kind), token=torch.from_numpy(token), seg=torch.from_numpy(seg),
+        example=torch.from_numpy(example), pos=torch.from_numpy(pos), cell=torch.from_numpy(cell),
+        uncond=torch.from_numpy(uncond), target=torch.from_numpy(target),
+        patches=flat(patches, (cfg.patch_dim,)), latents=flat(lat, (cfg.latent_dim,)), t=flat(tt, ()),
+        flow_target=flat(ft, (cfg.latent_dim,)), flow_mask=flat(fm, (), torch.bool),
+        depth_target=flat(depth_t, (cfg.patch * cfg.patch,)), depth_mask=flat(depth_m, (cfg.patch * cfg.patch,),
+                                                                            torch.bool),
+        where=[(r, off, n) for (r, off), n in zip(place, lengths, strict=True)], end_pos=end_pos, end_seg=end_seg)
+
+
+def attention_mask(b: Batch) -> torch.Tensor:
+    """(B, 1, L, L) bool, True where query i may attend to key j: the same example, and either the
+    same segment (every token of an image; earlier-or-same tokens of text and visual segments) or
+    an earlier segment that is not a generated image — unless i belongs to an unconditional
+    image_gen segment, which sees only itself. Padding attends to itself."""
+    kind, seg, ex = b.kind, b.seg, b.example
+    L = kind.shape[1]
+    same_ex = (ex[:, :, None] == ex[:, None, :]) & (ex[:, :, None] >= 0)
+    same_seg = seg[:, :, None] == seg[:, None, :]
+    full = torch.zeros_like(kind, dtype=torch.bool)
+    for k in FULL_ATTENTION_KINDS:
+        full |= kind == k
+    idx = torch.arange(L, device=kind.device)
+    causal = idx[None, :, None] >= idx[None, None, :]
+    within = same_seg & (full[:, :, None] | causal)
+    earlier = (seg[:, None, :] < seg[:, :, None]) & (kind[:, None, :] != IMAGE_GEN) & ~b.uncond[:, :, None]
+    mask = same_ex & (within | earlier)
+    pad = kind == PAD
+    mask |= pad[:, :, None] & torch.eye(L, dtype=torch.bool, device=kind.device)[None]
+    return mask[:, None]

@@ -1,0 +1,126 @@
+"""Checkpoints: a directory of JSON and safetensors files, nothing else (no pickle anywhere).
+
+    config.json                        model config, format version, anything the trainer records
+    model.safetensors                  weights (or model-0000k-of-0000n.safetensors shards plus
+                                       model.safetensors.index.json when one file would be too big)
+    tokenizer.json                     the text tokenizer
+    visual_tokenizer.safetensors/.json the visual tokenizer
+
+A missing, truncated, corrupt or mismatched file raises an error that names it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from omni.io import read_json, read_safetensors, save_safetensors, write_json
+
+from .config import OmniConfig
+from .transformer import OmniModel
+
+FORMAT = "omni-checkpoint-v1"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def save_pretrained(model: OmniModel, directory: str | Path, dtype: str = "float32", max_shard_mb: float = 14.0,
+                    meta: dict | None = None) -> Path:
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    for old in list(d.glob("model-*-of-*.safetensors")) + [d / "model.safetensors.index.json"]:
+        old.unlink(missing_ok=True)
+    state = {k: v.detach().to(DTYPES[dtype]).contiguous().cpu() for k, v in model.state_dict().items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size, limit = 0, int(max_shard_mb * 2**20)
+    for k, v in state.items():
+        nbytes = v.numel() * v.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += nbytes
+    if len(shards) == 1:
+        (d / "model.safetensors").unlink(missing_ok=True)
+        save_safetensors(shards[0], d / "model.safetensors", {"format": FORMAT})
+    else:
+        (d / "model.safetensors").unlink(missing_ok=True)
+        index = {}
+        for i, sh in enumerate(shards, start=1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_safetensors(sh, d / name, {"format": FORMAT})
+            index.update({k: name for k in sh})
+        write_json(d / "model.safetensors.index.json", {"metadata": {"format": FORMAT}, "weight_map": index})
+    write_json(d / "config.json", {"format": FORMAT, "model": model.cfg.to_dict(), "dtype": dtype, **(meta or {})})
+    if model.tokenizer is not None:
+        model.tokenizer.save(d / "tokenizer.json")
+    if model.visual is not None:
+        model.visual.save(d)
+    return d
+
+
+def load_state(directory: str | Path) -> dict[str, torch.Tensor]:
+    d = Path(directory)
+    index = d / "model.safetensors.index.json"
+    if (d / "model.safetensors").is_file() or not index.is_file():
+        return read_safetensors(d / "model.safetensors")
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index}: no weight_map")
+    state = {}
+    for name in sorted(set(weight_map.values())):
+        part = read_safetensors(d / name)
+        state.update(part)
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise ValueError(f"{index}: tensors listed but not found in the shards: {missing[:5]}")
+    return state
+
+
+def from_pretrained(directory: str | Path, device: str = "cpu", with_tokenizers: bool = True) -> OmniModel:
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {d}")
+    meta = read_json(d / "config.json")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{d / 'config.json'}: not an omni checkpoint (format {meta.get('format')!r})")
+    try:
+        cfg = OmniConfig.from_dict(meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{d / 'config.json'}: bad model config ({e})") from None
+    model = OmniModel(cfg)
+    state = load_state(d)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    where = d / "model.safetensors"
+    if missing or unexpected:
+        raise ValueError(f"{where}: weights do not match config.json (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]})")
+    for k in own:
+        if tuple(state[k].shape) != tuple(own[k].shape):
+            raise ValueError(f"{where}: tensor {k!r} has shape {tuple(state[k].shape)}, config.json implies "
+                             f"{tuple(own[k].shape)}")
+    model.load_state_dict({k: state[k].to(own[k].dtype) for k in own})
+    if with_tokenizers:
+        from omni.tokens.text import TextTokenizer
+        from omni.tokens.visual import VisualTokenizer
+
+        tok = TextTokenizer.load(d / "tokenizer.json")
+        if tok.vocab_size != cfg.text_vocab:
+            raise ValueError(f"{d / 'tokenizer.json'}: vocabulary {tok.vocab_size} does not match the model's "
+                             f"{cfg.text_vocab}")
+        vis = VisualTokenizer.load(d)
+        if vis.cfg.code_dim != cfg.latent_dim or vis.cfg.codebook_size != cfg.codebook_size \
+                or vis.cfg.grid != cfg.latent_grid:
+            raise ValueError(f"{d / 'visual_tokenizer.json'}: codes ({vis.cfg.codebook_size} x {vis.cfg.code_dim}, "
+                             f"grid {vis.cfg.grid}) do not match the model")
+        model.tokenizer = tok
+        object.__setattr__(model, "visual", vis.to(device))
+    return model.to(device).eval()
+
+
+def describe(directory: str | Path) -> str:
+    return json.dumps(read_json(Path(directory) / "config.json"), indent=2)

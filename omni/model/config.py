@@ -1,0 +1,106 @@
+"""Model configuration. Sizes live in the presets here and nowhere else."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+SEGMENT_KINDS = ("text", "image_in", "image_gen", "image_clean", "visual")
+TEXT, IMAGE_IN, IMAGE_GEN, IMAGE_CLEAN, VISUAL = range(5)
+PAD = -1
+UND, GEN = 0, 1  # experts
+# which expert each segment kind runs through: understanding (text, input images) or generation
+# (images being generated or written back, and the discrete visual tokens the model rolls out)
+EXPERT_OF_KIND = {TEXT: UND, IMAGE_IN: UND, IMAGE_GEN: GEN, IMAGE_CLEAN: GEN, VISUAL: GEN}
+FULL_ATTENTION_KINDS = (IMAGE_IN, IMAGE_GEN, IMAGE_CLEAN)  # bidirectional within the segment
+
+
+@dataclass
+class OmniConfig:
+    preset: str = "custom"
+    # transformer
+    d_model: int = 256
+    n_layers: int = 6
+    n_heads: int = 4
+    mlp_ratio: float = 8 / 3  # SwiGLU hidden = mlp_ratio * d_model (rounded to a multiple of 32)
+    moe_experts: int = 0  # > 0: every expert's MLP is a mixture of this many MLPs
+    moe_top_k: int = 2
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    max_seq: int = 1024  # longest context the KV cache holds
+    # vocabularies: text tokens, then the visual codes
+    text_vocab: int = 640
+    codebook_size: int = 256
+    # images
+    image_size: int = 32
+    patch: int = 4  # understanding images: p x p pixel patches
+    latent_grid: int = 8  # generated images: the visual tokenizer's latent grid
+    latent_dim: int = 16
+    # losses
+    w_text: float = 1.0
+    w_visual: float = 1.0
+    w_flow: float = 1.0
+    w_depth: float = 1.0
+    w_moe_balance: float = 0.01
+    depth_loss: str = "silog"  # "silog" (scale-invariant log, lambda 0.85) or "l1_log"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_vocab + self.codebook_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(round(self.mlp_ratio * self.d_model / 32)) * 32
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch * self.patch * 3
+
+    @property
+    def patch_grid(self) -> int:
+        return self.image_size // self.patch
+
+    def validate(self) -> None:
+        if self.d_model % self.n_heads or self.head_dim % 2:
+            raise ValueError(f"d_model {self.d_model} must split into {self.n_heads} heads of even size")
+        if self.image_size % self.patch:
+            raise ValueError(f"image size {self.image_size} is not divisible by patch {self.patch}")
+        if self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts:
+            raise ValueError("moe_top_k must lie in 1..moe_experts")
+        if self.depth_loss not in ("silog", "l1_log"):
+            raise ValueError(f"unknown depth loss {self.depth_loss!r}")
+        for f in ("d_model", "n_layers", "n_heads", "max_seq", "text_vocab", "codebook_size"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OmniConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields: {unknown}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+
+PRESETS: dict[str, dict] = {
+    # a few million parameters: trains on a 2-core CPU
+    "tiny": dict(d_model=256, n_layers=6, n_heads=4, max_seq=1024),
+    # a GPU run
+    "small": dict(d_model=512, n_layers=12, n_heads=8, max_seq=2048),
+}
+
+
+def preset(name: str, **overrides) -> OmniConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    cfg = OmniConfig(preset=name, **{**PRESETS[name], **overrides})
+    cfg.validate()
+    return cfg

@@ -1,0 +1,97 @@
+"""Sampling with the KV cache: text and visual tokens autoregressively, images by flow matching.
+
+Text: greedy (temperature 0), temperature and top-k sampling from the next-token logits, each new
+token appended to the cache. Visual tokens: the same, restricted to the visual codes. Images: an
+Euler integration of the flow head's velocity from pure noise (t = 1) to data (t = 0) in the
+visual tokenizer's latent space, with classifier-free guidance (the unconditional branch is the
+image alone, which is what condition dropout trains): v = v_u + s (v_c - v_u) for t inside the
+guidance interval, v_c elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .batch import Segment
+from .cache import KVCache
+from .config import TEXT, VISUAL
+from .transformer import OmniModel, decode_step, extend
+
+
+def choose(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Token ids (rows,) from logits (rows, V): argmax at temperature 0, else sampled."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    lg = logits / temperature
+    if top_k:
+        kth = lg.topk(min(top_k, lg.shape[-1]), dim=-1).values[:, -1:]
+        lg = lg.masked_fill(lg < kth, float("-inf"))
+    return torch.multinomial(lg.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = "text", temperature: float = 0.0,
+                    top_k: int = 0, stop: Sequence[int] = (),
+                    generator: torch.Generator | None = None) -> list[list[int]]:
+    """Continue every cache row with up to max_new tokens of `kind` ("text" ids or "visual" code
+    ids), stopping a row at a stop token (kept, the row then pads with it). Rows run in step."""
+    if cache.last_hidden is None:
+        raise ValueError("the cache is empty: encode a prompt first")
+    cfg = model.cfg
+    if kind not in ("text", "visual"):
+        raise ValueError(f"can only generate text or visual tokens, not {kind!r}")
+    lo, hi = (0, cfg.text_vocab) if kind == "text" else (cfg.text_vocab, cfg.vocab_size)
+    out: list[list[int]] = [[] for _ in range(cache.rows)]
+    done = [False] * cache.rows
+    for _ in range(max_new):
+        logits = model.logits(cache.last_hidden)[:, lo:hi]
+        ids = choose(logits, temperature, top_k, generator).tolist()
+        for r, i in enumerate(ids):
+            if done[r]:
+                ids[r] = out[r][-1]
+            else:
+                out[r].append(i)
+                done[r] = i in stop
+        if all(done):
+            break
+        decode_step(model, cache, torch.tensor(ids), TEXT if kind == "text" else VISUAL)
+    return out
+
+
+@torch.no_grad()
+def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg_scale: float = 1.0,
+                   cfg_interval: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Generate one image per cache row: latents (rows, g*g, latent_dim) by Euler steps of the flow
+    from t = 1 to 0. The image_gen segment is never stored; the cache advances one position past
+    it, as in training. cache=None: unconditional, one image."""
+    cfg = model.cfg
+    rows = cache.rows if cache is not None else 1
+    n = cfg.latent_grid ** 2
+    device = cache.k.device if cache is not None else next(model.parameters()).device
+    x = (torch.randn((rows, n, cfg.latent_dim), generator=generator) if noise is None else noise.clone()).to(device)
+    ts = torch.linspace(1.0, 0.0, steps + 1)
+    lo, hi = cfg_interval
+    for i in range(steps):
+        t, t_next = float(ts[i]), float(ts[i + 1])
+        segs = [[Segment("image_gen", latents=x[r], t=t)] for r in range(rows)]
+        if cache is not None:
+            v = model.velocity(extend(model, cache, segs, store=False)[0])
+        else:
+            v = _velocity_alone(model, segs)
+        if cache is not None and cfg_scale != 1.0 and lo <= t <= hi:
+            v_u = _velocity_alone(model, [[Segment("image_gen", latents=x[r], t=t, uncond=True)] for r in range(rows)])
+            v = v_u + cfg_scale * (v - v_u)
+        x = x + (t_next - t) * v
+    if cache is not None:
+        cache.advance()
+    return x
+
+
+def _velocity_alone(model: OmniModel, segs) -> torch.Tensor:
+    empty = KVCache(model.cfg, rows=len(segs), max_len=model.cfg.latent_grid ** 2,
+                    device=next(model.parameters()).device)
+    return model.velocity(extend(model, empty, segs, store=False)[0])

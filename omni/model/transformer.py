@@ -1,0 +1,415 @@
+"""The omni transformer: a BAGEL-style mixture of transformer experts.
+
+Every layer holds two experts with their own norms, QKV, output projection and MLP — the
+understanding expert (text, input images) and the generation expert (images being generated or
+written back, visual tokens) — and one self-attention shared over the whole packed sequence.
+The generation expert's norms are modulated by the noise level (adaLN-zero), so it knows how noisy
+the latents it reads are. Rotary positions are 1D (an image takes one position; learned cell
+embeddings place its tokens in 2D). Optional: each expert's MLP a mixture of MLPs (top-k routing,
+load-balancing loss), as the paper's model is MoE.
+
+Heads: a language-model head tied to the token embedding over text + visual codes; a flow head
+(velocity of image_gen latents); a depth head (log-depth of every pixel of image_in patches).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batch import IGNORE, Batch, attention_mask
+from .config import EXPERT_OF_KIND, GEN, IMAGE_CLEAN, IMAGE_GEN, IMAGE_IN, UND, OmniConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):  # written out: F.rms_norm is a slow composite on the CPU (it copies)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope_tables(pos: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (*pos.shape, dim / 2) for rotary embeddings at integer positions."""
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, device=pos.device, dtype=torch.float32) / dim))
+    ang = pos.float()[..., None] * inv
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, L, D) rotated pairwise (first half, second half) by angles (B, L, D/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    c, s = cos[:, None], sin[:, None]
+    return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.w13 = nn.Linear(d, 2 * hidden, bias=False)
+        self.w2 = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x):
+        a, b = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(a) * b)
+
+
+class MoE(nn.Module):
+    """Top-k mixture of SwiGLU MLPs with a Switch-style load-balancing loss."""
+
+    def __init__(self, d: int, hidden: int, n: int, k: int):
+        super().__init__()
+        self.router = nn.Linear(d, n, bias=False)
+        self.experts = nn.ModuleList(SwiGLU(d, hidden) for _ in range(n))
+        self.k = k
+        self.aux = torch.zeros(())
+
+    def forward(self, x):
+        probs = self.router(x).softmax(-1)  # (N, E)
+        w, idx = probs.topk(self.k, dim=-1)
+        w = w / w.sum(-1, keepdim=True)
+        out = torch.zeros_like(x)
+        n = len(self.experts)
+        for e, mlp in enumerate(self.experts):
+            rows, slot = torch.nonzero(idx == e, as_tuple=True)
+            if len(rows):
+                out.index_add_(0, rows, mlp(x[rows]) * w[rows, slot, None])
+        frac = torch.bincount(idx[:, 0], minlength=n).float() / max(len(x), 1)
+        self.aux = n * (frac * probs.mean(0)).sum()
+        return out
+
+
+class Expert(nn.Module):
+    """One expert's weights in one layer."""
+
+    def __init__(self, cfg: OmniConfig, adaptive: bool):
+        super().__init__()
+        d, eps = cfg.d_model, cfg.norm_eps
+        self.norm1, self.norm2 = RMSNorm(d, eps), RMSNorm(d, eps)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.q_norm, self.k_norm = RMSNorm(cfg.head_dim, eps), RMSNorm(cfg.head_dim, eps)
+        self.proj = nn.Linear(d, d, bias=False)
+        self.mlp = (MoE(d, cfg.mlp_hidden, cfg.moe_experts, cfg.moe_top_k) if cfg.moe_experts
+                    else SwiGLU(d, cfg.mlp_hidden))
+        self.ada = nn.Linear(d, 6 * d) if adaptive else None  # shift, scale, gate (attention, MLP)
+        if self.ada is not None:
+            nn.init.zeros_(self.ada.weight)
+            nn.init.zeros_(self.ada.bias)
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: OmniConfig):
+        super().__init__()
+        self.experts = nn.ModuleList([Expert(cfg, adaptive=False), Expert(cfg, adaptive=True)])
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    ang = (t.float() * 1000.0)[:, None] * freqs
+    return torch.cat([ang.cos(), ang.sin()], dim=-1)
+
+
+class OmniModel(nn.Module):
+    def __init__(self, cfg: OmniConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.patch_in = nn.Linear(cfg.patch_dim, d)
+        self.cell_in = nn.Parameter(torch.zeros(cfg.patch_grid ** 2, d))
+        self.latent_in = nn.Linear(cfg.latent_dim, d)
+        self.cell_gen = nn.Parameter(torch.zeros(cfg.latent_grid ** 2, d))
+        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
+        self.norm_und = RMSNorm(d, cfg.norm_eps)
+        self.norm_gen = RMSNorm(d, cfg.norm_eps)
+        self.final_ada = nn.Linear(d, 2 * d)
+        self.flow_head = nn.Linear(d, cfg.latent_dim)
+        self.depth_head = nn.Linear(d, cfg.patch * cfg.patch)
+        self._init()
+        # tokenizers travel with the model (set by from_pretrained / the training code); the visual
+        # tokenizer is frozen and saved in its own file, so it is kept out of the module tree
+        self.tokenizer = None
+        object.__setattr__(self, "visual", None)
+
+    def _init(self):
+        std = 0.02
+        for name, p in self.named_parameters():
+            if p.ndim == 2 and "ada" not in name:
+                nn.init.normal_(p, std=std)
+        for layer in self.layers:
+            for e in layer.experts:
+                nn.init.normal_(e.proj.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
+        for p in (self.cell_in, self.cell_gen):
+            nn.init.normal_(p, std=std)
+        nn.init.zeros_(self.final_ada.weight)
+        nn.init.zeros_(self.final_ada.bias)
+        nn.init.zeros_(self.flow_head.weight)
+        nn.init.zeros_(self.flow_head.bias)
+        nn.init.zeros_(self.depth_head.weight)
+        nn.init.constant_(self.depth_head.bias, math.log(5.0))
+
+    def save_pretrained(self, directory, **kw):
+        """config.json, model.safetensors, tokenizer.json, visual_tokenizer.* (see checkpoint.py)."""
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, **kw)
+
+    @classmethod
+    def from_pretrained(cls, directory, **kw) -> OmniModel:
+        from .checkpoint import from_pretrained
+
+        return from_pretrained(directory, **kw)
+
+    def num_params(self, expert: int | None = None) -> int:
+        if expert is None:
+            return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for layer in self.layers for p in layer.experts[expert].parameters())
+
+    # -- embeddings ----------------------------------------------------------------------------
+
+    def embed(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input vectors (B, L, d) and the generation expert's conditioning (B, L, d)."""
+        B, L = b.kind.shape
+        d = self.cfg.d_model
+        kind = b.kind.reshape(-1)
+        x = self.tok_emb(b.token.reshape(-1).clamp_min(0))  # text and visual tokens (others overwritten)
+        cell = b.cell.reshape(-1)
+        in_rows = torch.nonzero(kind == IMAGE_IN).squeeze(1)
+        if len(in_rows):
+            x = x.index_copy(0, in_rows, self.patch_in(b.patches.to(x.dtype)) + self.cell_in[cell[in_rows]])
+        lat_rows = torch.nonzero((kind == IMAGE_GEN) | (kind == IMAGE_CLEAN)).squeeze(1)
+        t_all = torch.zeros(B * L, device=x.device)
+        if len(lat_rows):
+            x = x.index_copy(0, lat_rows, self.latent_in(b.latents.to(x.dtype)) + self.cell_gen[cell[lat_rows]])
+            t_all = t_all.index_copy(0, lat_rows, b.t.to(t_all.dtype))
+        cond = self.time_mlp(timestep_embedding(t_all, d))
+        return x.reshape(B, L, d), cond.reshape(B, L, d)
+
+    # -- the layers -----------------------------------------------------------------------------
+
+    def run(self, b: Batch, mask: torch.Tensor, cache=None, store: bool = False) -> torch.Tensor:
+        """Final hidden states (B, L, d) of the batch's tokens (normalised per expert). With a cache,
+        the tokens continue it (attending to every cached token unless unconditional); with
+        store=True their keys and values are appended."""
+        cfg = self.cfg
+        B, L = b.kind.shape
+        H, dh = cfg.n_heads, cfg.head_dim
+        x, cond = self.embed(b)
+        kind = b.kind.reshape(-1)
+        gen = torch.zeros_like(kind, dtype=torch.bool)
+        for k, e in EXPERT_OF_KIND.items():
+            if e == GEN:
+                gen |= kind == k
+        rows = [torch.nonzero(~gen).squeeze(1), torch.nonzero(gen).squeeze(1)]  # UND (incl. padding), GEN
+        present = [e for e in (UND, GEN) if len(rows[e])]
+        c_gen = cond.reshape(B * L, -1).index_select(0, rows[GEN]) if len(rows[GEN]) else None
+        cos, sin = rope_tables(b.pos, dh, cfg.rope_theta)
+        self._moe_aux = []
+
+        def per_expert(xf, fn):
+            """fn(expert, its tokens' rows of xf) for each expert present, reassembled in token order."""
+            if len(present) == 1:  # one expert owns every token: no gathering
+                return fn(present[0], xf)
+            out = None
+            for e in present:
+                y = fn(e, xf.index_select(0, rows[e]))
+                if out is None:
+                    out = xf.new_empty(xf.shape[0], *y.shape[1:])
+                out.index_copy_(0, rows[e], y)
+            return out
+
+        for li, layer in enumerate(self.layers):
+            ex = layer.experts
+            mods = ex[GEN].ada(c_gen).chunk(6, dim=-1) if c_gen is not None else None
+
+            def qkv_of(e, h, ex=ex, mods=mods):
+                h = ex[e].norm1(h)
+                if e == GEN:
+                    h = h * (1 + mods[1]) + mods[0]
+                q, k, v = ex[e].qkv(h).reshape(-1, 3, H, dh).unbind(1)
+                return torch.stack([ex[e].q_norm(q), ex[e].k_norm(k), v], 1)
+
+            def proj_of(e, a, ex=ex, mods=mods):
+                o = ex[e].proj(a)
+                return o * mods[2] if e == GEN else o
+
+            def mlp_of(e, h, ex=ex, mods=mods):
+                h = ex[e].norm2(h)
+                if e == GEN:
+                    h = h * (1 + mods[4]) + mods[3]
+                o = ex[e].mlp(h)
+                if cfg.moe_experts:
+                    self._moe_aux.append(ex[e].mlp.aux)
+                return o * mods[5] if e == GEN else o
+
+            xf = x.reshape(B * L, -1)
+            q, k, v = per_expert(xf, qkv_of).reshape(B, L, 3, H, dh).permute(2, 0, 3, 1, 4)  # (B, H, L, dh)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            k_all, v_all = cache.keys_values(li, k, v, store) if cache is not None else (k, v)
+            att = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+            xf = xf + per_expert(att.transpose(1, 2).reshape(B * L, cfg.d_model), proj_of)
+            x = (xf + per_expert(xf, mlp_of)).reshape(B, L, -1)
+        if cache is not None and store:
+            cache.commit(b, L)
+
+        def final(e, h):
+            if e == UND:
+                return self.norm_und(h)
+            shift, scale = self.final_ada(c_gen).chunk(2, dim=-1)
+            return self.norm_gen(h) * (1 + scale) + shift
+
+        return per_expert(x.reshape(B * L, -1), final).reshape(B, L, -1)
+
+    def forward(self, b: Batch) -> torch.Tensor:
+        """Final hidden states (B, L, d) of a packed batch, in one call."""
+        return self.run(b, attention_mask(b))
+
+    # -- heads ----------------------------------------------------------------------------------
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.tok_emb.weight.T
+
+    def velocity(self, h_lat: torch.Tensor) -> torch.Tensor:
+        return self.flow_head(h_lat)
+
+    def log_depth(self, h_in: torch.Tensor) -> torch.Tensor:
+        return self.depth_head(h_in)
+
+    def losses(self, b: Batch) -> dict[str, torch.Tensor]:
+        """Weighted sum (`loss`) of: next-token CE on text and on visual tokens, flow-matching MSE on
+        image_gen latents (velocity noise - x0), a depth loss on image_in pixels, MoE balance."""
+        cfg = self.cfg
+        h = self(b).reshape(-1, cfg.d_model)
+        out: dict[str, torch.Tensor] = {}
+        zero = h.sum() * 0.0
+        tgt = b.target.reshape(-1)
+        sel = torch.nonzero(tgt != IGNORE).squeeze(1)
+        if len(sel):
+            lg = self.logits(h.index_select(0, sel))
+            t = tgt.index_select(0, sel)
+            ce = F.cross_entropy(lg, t, reduction="none")
+            is_vis = t >= cfg.text_vocab
+            out["text_ce"] = ce[~is_vis].mean() if (~is_vis).any() else zero
+            out["visual_ce"] = ce[is_vis].mean() if is_vis.any() else zero
+        else:
+            out["text_ce"] = out["visual_ce"] = zero
+        kind = b.kind.reshape(-1)
+        lat_rows = torch.nonzero((kind == IMAGE_GEN) | (kind == IMAGE_CLEAN)).squeeze(1)
+        if len(lat_rows) and b.flow_mask.any():
+            v = self.velocity(h.index_select(0, lat_rows))
+            m = b.flow_mask
+            out["flow_mse"] = F.mse_loss(v[m], b.flow_target[m].to(v.dtype))
+        else:
+            out["flow_mse"] = zero
+        in_rows = torch.nonzero(kind == IMAGE_IN).squeeze(1)
+        if len(in_rows) and b.depth_mask.any():
+            pred = self.log_depth(h.index_select(0, in_rows))
+            out["depth"] = self._depth_loss(pred, b, in_rows)
+        else:
+            out["depth"] = zero
+        out["moe_balance"] = torch.stack(self._moe_aux).mean() if self._moe_aux else zero
+        out["loss"] = (cfg.w_text * out["text_ce"] + cfg.w_visual * out["visual_ce"] + cfg.w_flow * out["flow_mse"]
+                       + cfg.w_depth * out["depth"] + cfg.w_moe_balance * out["moe_balance"])
+        return out
+
+    def _depth_loss(self, pred: torch.Tensor, b: Batch, in_rows: torch.Tensor) -> torch.Tensor:
+        m = b.depth_mask
+        d = (pred - b.depth_target.clamp_min(1e-3).log())[m]
+        if self.cfg.depth_loss == "l1_log":
+            return d.abs().mean()
+        # scale-invariant log loss (Eigen et al., lambda = 0.85), per image, then the mean over images
+        B, L = b.kind.shape
+        img = (b.example.reshape(-1) * (B * L) + b.seg.reshape(-1)).index_select(0, in_rows)
+        _, img = torch.unique(img, return_inverse=True)
+        img = img[:, None].expand_as(m)[m]
+        n = torch.bincount(img).clamp_min(1).to(d.dtype)
+        s1 = torch.zeros_like(n).index_add_(0, img, d)
+        s2 = torch.zeros_like(n).index_add_(0, img, d * d)
+        per = s2 / n - 0.85 * (s1 / n) ** 2
+        return torch.sqrt(per.clamp_min(1e-8)).mean()
+
+
+def extend(model: OmniModel, cache, segments, store: bool = True) -> tuple[torch.Tensor, Batch]:
+    """Run new segments (one list per cache row, or one list for a one-row cache) after the cached
+    context; with store=True they join the cache. Returns their final hidden states and batch."""
+    from .batch import Segment
+
+    if segments and isinstance(segments[0], Segment):
+        segments = [segments]
+    device = cache.k.device
+    b = cache.pack(segments).to(device)
+    h = model.run(b, cache.mask(b), cache=cache, store=store)
+    if store:
+        cache.last_hidden = h[:, -1]
+    return h, b
+
+
+@torch.no_grad()
+def decode_step(model: OmniModel, cache, ids: torch.Tensor, kind: int) -> torch.Tensor:
+    """Append one text (kind TEXT) or visual (kind VISUAL; code ids) token per cache row and return
+    its final hidden state (rows, d): the same computation as `extend` with a one-token segment,
+    written with functional calls and no packed batch or mask (a new token sees the whole cache),
+    since one token's step is dominated by per-call overhead on the CPU."""
+    from .config import TEXT, VISUAL
+
+    if kind not in (TEXT, VISUAL):
+        raise ValueError("decode_step takes text or visual tokens")
+    cfg = model.cfg
+    rows, d, H, dh, eps = cache.rows, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.norm_eps
+    e = EXPERT_OF_KIND[kind]
+    n = cache.length
+    if n + 1 > cache.max_len:
+        raise ValueError(f"KV cache full: {n} + 1 tokens > {cache.max_len}")
+    tok = ids.to(cache.k.device).long() + (cfg.text_vocab if kind == VISUAL else 0)
+    x = F.embedding(tok, model.tok_emb.weight)  # (rows, d)
+    cos, sin = rope_tables(torch.tensor(cache.next_pos, device=x.device)[:, None], dh, cfg.rope_theta)
+    # rotary as x * [cos, cos] + roll(x, dh / 2) * [-sin, sin]: the same rotation as apply_rope
+    cos2 = torch.cat([cos, cos], dim=-1)[:, None]  # (rows, 1, 1, dh): broadcast over q/k and heads
+    sin2 = torch.cat([-sin, sin], dim=-1)[:, None]
+    cond = model.time_mlp(timestep_embedding(torch.zeros(rows, device=x.device), d)) if e == GEN else None
+
+    def rms(v, w):
+        return v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    for li, layer in enumerate(model.layers):
+        ex = layer.experts[e]
+        mods = F.linear(cond, ex.ada.weight, ex.ada.bias).chunk(6, dim=-1) if e == GEN else None
+        h = rms(x, ex.norm1.weight)
+        if mods is not None:
+            h = h * (1 + mods[1]) + mods[0]
+        qkv = F.linear(h, ex.qkv.weight).reshape(rows, 3, H, dh)
+        qk = rms(qkv[:, :2], torch.stack([ex.q_norm.weight, ex.k_norm.weight])[:, None])
+        qk = qk * cos2 + torch.roll(qk, dh // 2, dims=-1) * sin2
+        cache.k[li, :, :, n] = qk[:, 1]
+        cache.v[li, :, :, n] = qkv[:, 2]
+        att = F.scaled_dot_product_attention(qk[:, 0, :, None], cache.k[li, :, :, :n + 1], cache.v[li, :, :, :n + 1])
+        o = F.linear(att.reshape(rows, d), ex.proj.weight)
+        x = x + (o * mods[2] if mods is not None else o)
+        h = rms(x, ex.norm2.weight)
+        if mods is not None:
+            h = h * (1 + mods[4]) + mods[3]
+        o = ex.mlp(h) if cfg.moe_experts else _swiglu(h, ex.mlp)
+        x = x + (o * mods[5] if mods is not None else o)
+    cache.length = n + 1
+    cache.next_pos = [p + 1 for p in cache.next_pos]
+    cache.next_seg = [s + 1 for s in cache.next_seg]
+    if e == UND:
+        h = rms(x, model.norm_und.weight)
+    else:
+        shift, scale = F.linear(cond, model.final_ada.weight, model.final_ada.bias).chunk(2, dim=-1)
+        h = rms(x, model.norm_gen.weight) * (1 + scale) + shift
+    cache.last_hidden = h
+    return h
+
+
+def _swiglu(h: torch.Tensor, mlp: SwiGLU) -> torch.Tensor:
+    a, b = F.linear(h, mlp.w13.weight).chunk(2, dim=-1)
+    return F.linear(F.silu(a) * b, mlp.w2.weight)

@@ -1,0 +1,232 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from omni.model import KVCache, OmniConfig, OmniModel, Segment, attention_mask, extend, pack, preset
+from omni.model.batch import IGNORE
+from omni.model.sampling import choose, generate_tokens, sample_latents
+
+SMALL = dict(d_model=64, n_layers=2, n_heads=4, max_seq=512)
+
+
+def model(seed=0, **kw) -> OmniModel:
+    torch.manual_seed(seed)
+    m = OmniModel(OmniConfig(**{**SMALL, **kw})).eval()
+    with torch.no_grad():  # adaLN-zero starts the generation expert at zero: make it matter
+        for layer in m.layers:
+            torch.nn.init.normal_(layer.experts[1].ada.weight, std=0.05)
+        torch.nn.init.normal_(m.final_ada.weight, std=0.05)
+        torch.nn.init.normal_(m.flow_head.weight, std=0.05)
+        torch.nn.init.normal_(m.depth_head.weight, std=0.05)
+    return m
+
+
+def mixed_sequence(cfg: OmniConfig, seed=0) -> list[Segment]:
+    g = torch.Generator().manual_seed(seed)
+    n_lat = cfg.latent_grid ** 2
+
+    def txt(n):
+        return torch.randint(10, cfg.text_vocab, (n,), generator=g).tolist()
+
+    return [Segment("text", txt(5)), Segment("image_in", pixels=torch.rand(32, 32, 3, generator=g)),
+            Segment("text", txt(3)),
+            Segment("image_gen", latents=torch.randn(n_lat, cfg.latent_dim, generator=g), t=0.6),
+            Segment("text", txt(4)), Segment("visual", torch.randint(0, cfg.codebook_size, (6,), generator=g).tolist()),
+            Segment("image_clean", latents=torch.randn(n_lat, cfg.latent_dim, generator=g)), Segment("text", txt(3))]
+
+
+def run_incremental(m, segs, token_by_token):
+    cache = KVCache(m.cfg)
+    outs = []
+    for s in segs:
+        if s.kind == "image_gen":
+            outs.append(extend(m, cache, [s], store=False)[0][0])
+            cache.advance()
+        elif token_by_token and s.kind in ("text", "visual"):
+            for t in s.tokens:
+                outs.append(extend(m, cache, [Segment(s.kind, [t])])[0][0])
+        else:
+            outs.append(extend(m, cache, [s])[0][0])
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("moe", [0, 3])
+def test_one_call_equals_incremental(moe):
+    m = model(moe_experts=moe)
+    segs = mixed_sequence(m.cfg)
+    with torch.no_grad():
+        full = m(pack([segs], m.cfg))[0]
+        for tbt in (False, True):
+            inc = run_incremental(m, segs, tbt)
+            assert inc.shape == full.shape
+            assert (inc - full).abs().max() < 1e-4
+
+
+def test_packing_rows_equal_separate_runs():
+    m = model()
+    seqs = [mixed_sequence(m.cfg, s) for s in range(3)]
+    with torch.no_grad():
+        packed = pack(seqs, m.cfg, row_len=450)  # 213 tokens each: two share a row
+        assert packed.shape[0] < 3  # some sequences share a row
+        h = m(packed)
+        for i, seq in enumerate(seqs):
+            r, off, n = packed.where[i]
+            alone = m(pack([seq], m.cfg))[0]
+            assert (h[r, off:off + n] - alone).abs().max() < 1e-4
+
+
+def test_masks():
+    m = model()
+    cfg = m.cfg
+    segs = mixed_sequence(cfg)
+    b = pack([segs], cfg)
+    gen = (b.kind[0] == 2).nonzero().squeeze(1)
+    after = gen[-1] + 1
+    with torch.no_grad():
+        base = m(b)[0]
+        # perturbing the image_gen segment leaves every later position unchanged
+        b2 = pack([segs], cfg)
+        b2.latents[: len(gen)] += 3.0  # the image_gen latents come first among latents
+        h2 = m(b2)[0]
+        assert (h2[after:] - base[after:]).abs().max() == 0
+        assert (h2[gen] - base[gen]).abs().max() > 1e-3
+        # perturbing a later token leaves every earlier position unchanged
+        segs3 = [*segs[:-1], Segment("text", [s + 1 for s in segs[-1].tokens])]
+        h3 = m(pack([segs3], cfg))[0]
+        k = len(base) - len(segs[-1].tokens)
+        assert (h3[:k] - base[:k]).abs().max() == 0
+        assert (h3[k:] - base[k:]).abs().max() > 1e-4
+    mask = attention_mask(b)[0, 0]
+    img = (b.kind[0] == 1).nonzero().squeeze(1)
+    assert mask[img[0], img[-1]]  # full attention within an image
+    txt = (b.kind[0] == 0).nonzero().squeeze(1)
+    assert not mask[txt[0], txt[1]] and mask[txt[1], txt[0]]  # causal text
+    assert not mask[after:, gen].any()  # nobody after sees the generated image
+    u = pack([[Segment("text", [5, 6]), Segment("image_gen", latents=torch.zeros(64, cfg.latent_dim), t=0.5,
+                                                 uncond=True)]], cfg)
+    mu = attention_mask(u)[0, 0]
+    assert not mu[2:, :2].any() and mu[2:, 2:].all()  # unconditional: sees only itself
+
+
+def test_expert_routing_gradients():
+    m = model()
+    cfg = m.cfg
+    segs = [Segment("text", [5, 6, 7, 8], loss=True), Segment("image_in", pixels=torch.rand(32, 32, 3),
+                                                              depth=torch.full((32, 32), 4.0))]
+    m.train()
+    m.losses(pack([segs], cfg))["loss"].backward()
+    for layer in m.layers:
+        for p in layer.experts[1].parameters():
+            assert p.grad is None or p.grad.abs().max() == 0
+        assert any(p.grad is not None and p.grad.abs().max() > 0 for p in layer.experts[0].parameters())
+    for p in list(m.time_mlp.parameters()) + list(m.final_ada.parameters()) + list(m.flow_head.parameters()):
+        assert p.grad is None or p.grad.abs().max() == 0
+
+
+def test_targets_and_losses_are_finite():
+    m = model()
+    cfg = m.cfg
+    g = torch.Generator().manual_seed(1)
+    segs = [Segment("text", [5, 6, 7], loss=True), Segment("visual", [1, 2, 3], loss=True),
+            Segment("image_gen", latents=torch.randn(64, cfg.latent_dim, generator=g), t=0.3, loss=True,
+                    noise=torch.randn(64, cfg.latent_dim, generator=g))]
+    b = pack([segs], cfg)
+    t = b.target[0]
+    assert t[0] == 6 and t[1] == 7 and t[2] == cfg.text_vocab + 1  # the last text token predicts the 1st visual
+    assert t[4] == cfg.text_vocab + 3 and t[5] == IGNORE
+    out = m.losses(b)
+    assert all(torch.isfinite(v) for v in out.values()) and out["flow_mse"] > 0 and out["visual_ce"] > 0
+    with pytest.raises(ValueError, match="noise"):
+        pack([[Segment("image_gen", latents=torch.zeros(64, cfg.latent_dim), t=0.5, loss=True)]], cfg)
+
+
+def test_bad_segments():
+    cfg = OmniConfig(**SMALL)
+    with pytest.raises(ValueError, match="unknown segment kind"):
+        Segment("audio")
+    with pytest.raises(ValueError, match="pixels of shape"):
+        pack([[Segment("image_in", pixels=torch.zeros(16, 16, 3))]], cfg)
+    with pytest.raises(ValueError, match="token ids"):
+        pack([[Segment("text", [cfg.text_vocab])]], cfg)
+    with pytest.raises(ValueError, match="does not fit"):
+        pack([[Segment("text", list(range(50)))]], cfg, row_len=10)
+    with pytest.raises(ValueError, match="preset"):
+        preset("huge")
+
+
+def test_cache_fork_and_sampling_determinism():
+    m = model()
+    cfg = m.cfg
+    c = KVCache(cfg)
+    extend(m, c, [Segment("text", [5, 6, 7, 8])])
+    f = c.fork()
+    a = generate_tokens(m, c, 6, temperature=0.0)
+    b = generate_tokens(m, f, 6, temperature=0.0)
+    assert a == b and c.length == f.length  # forks continue identically
+    # forks do not leak into each other: extending one leaves the other unchanged
+    f2 = c.fork()
+    before = f2.k[:, :, :, :f2.length].clone()
+    extend(m, c, [Segment("text", [9, 9, 9])])
+    assert f2.length + 3 == c.length and torch.equal(f2.k[:, :, :, :f2.length], before)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    v1 = generate_tokens(m, c.fork(), 5, kind="visual", temperature=1.0, top_k=8, generator=g1)
+    v2 = generate_tokens(m, c.fork(), 5, kind="visual", temperature=1.0, top_k=8, generator=g2)
+    assert v1 == v2 and all(0 <= v < cfg.codebook_size for v in v1[0])
+    x1 = sample_latents(m, c.fork(), steps=3, cfg_scale=2.0, generator=torch.Generator().manual_seed(1))
+    x2 = sample_latents(m, c.fork(), steps=3, cfg_scale=2.0, generator=torch.Generator().manual_seed(1))
+    assert x1.shape == (1, cfg.latent_grid ** 2, cfg.latent_dim) and torch.equal(x1, x2)
+    lg = torch.tensor([[0.0, 5.0, 1.0]])
+    assert choose(lg).item() == 1 and choose(lg, 1.0, top_k=1, generator=torch.Generator()).item() == 1
+
+
+def test_save_load_identical_and_errors(tmp_path):
+    from omni.tokens.text import TextTokenizer
+
+    m = model()
+    segs = mixed_sequence(m.cfg)
+    m.tokenizer = TextTokenizer.default()
+    m.cfg.text_vocab = m.tokenizer.vocab_size  # matches the default tokenizer's vocabulary
+    m.save_pretrained(tmp_path / "ck")
+    with torch.no_grad():
+        ref = m(pack([segs], m.cfg))
+        back = OmniModel.from_pretrained(tmp_path / "ck", with_tokenizers=False)
+        assert torch.equal(back(pack([segs], m.cfg)), ref)
+    cfgj = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert cfgj["format"] == "omni-checkpoint-v1" and cfgj["model"]["d_model"] == 64
+    # sharded files load the same
+    m.save_pretrained(tmp_path / "sh", max_shard_mb=0.2)
+    assert len(list((tmp_path / "sh").glob("model-*.safetensors"))) > 1
+    with torch.no_grad():
+        assert torch.equal(OmniModel.from_pretrained(tmp_path / "sh", with_tokenizers=False)(pack([segs], m.cfg)), ref)
+    # a truncated weights file: a clear error naming it
+    w = tmp_path / "ck" / "model.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        OmniModel.from_pretrained(tmp_path / "ck", with_tokenizers=False)
+    w.write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="model.safetensors"):
+        OmniModel.from_pretrained(tmp_path / "ck", with_tokenizers=False)
+    w.unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        OmniModel.from_pretrained(tmp_path / "ck", with_tokenizers=False)
+    # a config that does not match the weights
+    m.save_pretrained(tmp_path / "mm")
+    c = json.loads((tmp_path / "mm" / "config.json").read_text())
+    c["model"]["d_model"] = 128
+    (tmp_path / "mm" / "config.json").write_text(json.dumps(c))
+    with pytest.raises(ValueError, match="shape"):
+        OmniModel.from_pretrained(tmp_path / "mm", with_tokenizers=False)
+    (tmp_path / "mm" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        OmniModel.from_pretrained(tmp_path / "mm", with_tokenizers=False)
+
+
+def test_presets_sizes():
+    tiny = OmniModel(preset("tiny"))
+    assert 2e6 < tiny.num_params() < 15e6
+    assert preset("small").d_model > preset("tiny").d_model
+    und = sum(p.numel() for layer in tiny.layers for p in layer.experts[0].parameters())
+    assert np.isclose(tiny.num_params(0), und)
