@@ -195,6 +195,97 @@ def tokens_train_visual(
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "history"}))
 
 
+DEFAULT_CHECKPOINT = "checkpoints/omni-tiny"
+
+
+def _eval_task_command(task: str):
+    def command(
+        checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
+        n: int = typer.Option(100, help="Number of held-out examples."),
+        seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
+        plan: str = typer.Option("direct", help="A plan: a row name of the task, 'default', or primitives 'a,b'."),
+        seed: int = typer.Option(0, help="Sampling seed."),
+        cfg_scale: float = typer.Option(3.0, help="Classifier-free guidance scale for generated images."),
+        flow_steps: int = typer.Option(20, help="Euler steps of the flow sampler."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ):
+        import json
+
+        from omni.eval.run import evaluate
+        from omni.model import OmniModel
+        from omni.unroll.engine import Engine, parse_plan
+
+        _positive("--n", n)
+        parse_plan(task, plan)  # a bad plan fails before the model loads
+        engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed, cfg_scale=cfg_scale, flow_steps=flow_steps)
+        r = evaluate(engine, task, n, seed_start, plan, log=None if json_out else lambda m: typer.echo(m, err=True))
+        if json_out:
+            typer.echo(json.dumps(r))
+            return
+        typer.echo(f"{task} on {n} held-out examples (seeds {seed_start}..), plan {r['plan'] or 'direct'}:")
+        for k, v in r["metrics"].items():
+            typer.echo(f"  {k:<10} {v['mean']:.4f}  95% CI [{v['lo']:.4f}, {v['hi']:.4f}]")
+
+    command.__name__ = f"eval_{task}"
+    command.__doc__ = f"Run a checkpoint on held-out {task} examples; metrics with 95% intervals."
+    return user_errors(command)
+
+
+for _task in ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit"):
+    eval_app.command(_task)(_eval_task_command(_task))
+
+
+@app.command("demo")
+@user_errors
+def demo_command(
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
+    out: str = typer.Option("omni_demo.png", help="Contact sheet PNG (the traces go beside it as .json)."),
+    seed: int = typer.Option(2_000_000_000, help="World seed of each task's example (default: the test split)."),
+    flow_steps: int = typer.Option(20),
+):
+    """Run every task once with its default plan: one contact sheet of inputs, context and outputs."""
+    from omni.eval.demo import demo
+    from omni.model import OmniModel
+    from omni.unroll.engine import Engine
+
+    traces = demo(Engine(OmniModel.from_pretrained(checkpoint), flow_steps=flow_steps), out, seed)
+    for task, t in traces.items():
+        typer.echo(f"{task:8s} " + ", ".join(f"{k} {v:.3f}" for k, v in t["score"].items()))
+    typer.echo(f"wrote {out}")
+
+
+@app.command("train")
+@user_errors
+def train(
+    out: str = typer.Option(..., help="Run directory (checkpoints step-*/, log.jsonl, train_config.json)."),
+    preset: str = typer.Option("tiny", help="Model preset: tiny or small."),
+    steps: int = typer.Option(1000),
+    resume: bool = typer.Option(False, help="Continue from the newest complete checkpoint in --out."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    lr: float = typer.Option(1e-3),
+    warmup: int = typer.Option(100),
+    save_every: int = typer.Option(200),
+    workers: int = typer.Option(1, help="DataLoader worker processes making batches."),
+    threads: int = typer.Option(0, help="torch threads (0: torch's default)."),
+    rows: int = typer.Option(4, help="Rows per batch."),
+    row_len: int = typer.Option(1024, help="Tokens per row."),
+    data_seed: int = typer.Option(0),
+    ema: float = typer.Option(0.0, help="EMA decay of the weights (0: off)."),
+):
+    """Train the model natively on the whole world mixture (DDP under torchrun: python -m omni.train)."""
+    import json
+
+    from omni.train import MixtureConfig, train_main
+
+    _positive("--steps", steps)
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; known: cpu, cuda")
+    last = train_main(out, preset, steps, resume, device, lr=lr, warmup=warmup, save_every=save_every,
+                      workers=workers, threads=threads, ema=ema,
+                      mixture=MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len))
+    typer.echo(json.dumps(last))
+
+
 def main() -> None:
     app(prog_name="omni")
 

@@ -268,9 +268,10 @@ class OmniModel(nn.Module):
 
         return per_expert(x.reshape(B * L, -1), final).reshape(B, L, -1)
 
-    def forward(self, b: Batch) -> torch.Tensor:
-        """Final hidden states (B, L, d) of a packed batch, in one call."""
-        return self.run(b, attention_mask(b))
+    def forward(self, b: Batch, losses: bool = False):
+        """Final hidden states (B, L, d) of a packed batch, in one call; or, with losses=True, the
+        loss dict (so that a DistributedDataParallel wrapper sees the whole training computation)."""
+        return self.losses(b) if losses else self.run(b, attention_mask(b))
 
     # -- heads ----------------------------------------------------------------------------------
 
@@ -287,7 +288,7 @@ class OmniModel(nn.Module):
         """Weighted sum (`loss`) of: next-token CE on text and on visual tokens, flow-matching MSE on
         image_gen latents (velocity noise - x0), a depth loss on image_in pixels, MoE balance."""
         cfg = self.cfg
-        h = self(b).reshape(-1, cfg.d_model)
+        h = self.run(b, attention_mask(b)).reshape(-1, cfg.d_model)
         out: dict[str, torch.Tensor] = {}
         zero = h.sum() * 0.0
         tgt = b.target.reshape(-1)

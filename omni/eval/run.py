@@ -1,0 +1,102 @@
+"""Running a model on held-out world examples and scoring it, task by task, plan by plan.
+
+Every task's per-example scores come from exact world knowledge (the protocols in metrics.py and
+the generation checker), and every reported mean carries a 95 % bootstrap interval.
+
+    vqa, spatial  exact-match accuracy of the answer (spatial: the option letter; chance 25 %)
+    t2i           the generation checker: pass (GenEval) and soft score (GenEval-2 style)
+    depth         delta1 and AbsRel per image (Marigold protocol, metric depth, no alignment)
+    pose          AUC@30 over the pairs (each pair's share of the 1..30 degree thresholds it meets)
+    nvs, video, edit  PSNR and SSIM of the generated image, and PSNR of copying the input image
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from omni.unroll.engine import Engine, Inputs, Result, parse_pose
+from omni.world import Example, sample
+
+from .checker import check
+from .metrics import bootstrap_ci, depth_metrics, pose_errors, psnr, qa_accuracy, ssim
+
+EVAL_TASKS = ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit")
+
+
+def inputs_of(ex: Example) -> Inputs:
+    """What the model is given for an example (never its answer or target)."""
+    v, t = ex.views, ex.texts
+    task = ex.task
+    if task == "vqa":
+        return Inputs(task, {"image": v["image"].rgb}, t["question"])
+    if task == "t2i":
+        return Inputs(task, {}, t["prompt"], oracle=t["oracle"])
+    if task == "spatial":
+        return Inputs(task, {"view1": v["view1"].rgb, "view2": v["view2"].rgb}, t["question"])
+    if task == "depth":
+        return Inputs(task, {"image": v["image"].rgb})
+    if task == "pose":
+        return Inputs(task, {"view1": v["view1"].rgb, "view2": v["view2"].rgb})
+    if task == "nvs":
+        return Inputs(task, {"source": v["source"].rgb}, t["instruction"])
+    if task == "video":
+        return Inputs(task, {"frame0": v["frame0"].rgb}, t["caption"])
+    if task == "edit":
+        return Inputs(task, {"before": v["before"].rgb}, t["instruction"])
+    raise ValueError(f"unknown task {task!r}; known: {', '.join(EVAL_TASKS)}")
+
+
+def score(ex: Example, res: Result) -> dict:
+    """Per-example scores of one result."""
+    out = res.output
+    task = ex.task
+    if task in ("vqa", "spatial"):
+        return {"accuracy": qa_accuracy([out.text or ""], [ex.answer])["scores"][0]}
+    if task == "t2i":
+        r = check(out.image, ex.spec)
+        return {"pass": float(r.passed), "score": r.score}
+    if task == "depth":
+        v = ex.views["image"]
+        m = depth_metrics(out.data["depth"], v.depth, mask=v.valid)
+        return {"delta1": m["delta1"], "abs_rel": m["abs_rel"]}
+    if task == "pose":
+        a, b = ex.views["view1"].w2c, ex.views["view2"].w2c
+        T = parse_pose(out.text or "")
+        pred_b = np.linalg.inv(T) @ a if T is not None else a  # unparseable: as if it did not move
+        rre, rte = pose_errors(np.stack([a, pred_b])[None], np.stack([a, b])[None])
+        err = max(float(rre[0]), float(rte[0]))
+        return {"auc@30": float(np.mean([err < k for k in range(1, 31)])), "rre": float(rre[0]),
+                "rte": float(rte[0]), "parsed": float(T is not None)}
+    src = {"nvs": "source", "video": "frame0", "edit": "before"}[task]
+    tgt = {"nvs": "target", "video": "frame1", "edit": "after"}[task]
+    gt = ex.views[tgt].rgb
+    return {"psnr": psnr(out.image, gt), "ssim": ssim(out.image, gt), "copy_psnr": psnr(ex.views[src].rgb, gt)}
+
+
+def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Sequence[str] | None = None,
+             log=None) -> dict:
+    """Run `plan` on n examples of `task` (seeds seed_start ...) and summarise every score with its
+    95 % bootstrap interval; per-example scores are kept for paired comparisons."""
+    if task not in EVAL_TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(EVAL_TASKS)}")
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    examples = sample(task, range(seed_start, seed_start + n))
+    per: dict[str, list[float]] = {}
+    t0 = time.perf_counter()
+    steps = None
+    tokens = []
+    for i, ex in enumerate(examples):
+        res = engine.run(inputs_of(ex), plan)
+        steps = res.plan
+        tokens.append(sum(it.tokens for it in res.items) + res.output.tokens)
+        for k, v in score(ex, res).items():
+            per.setdefault(k, []).append(v)
+        if log and (i + 1) % max(1, n // 10) == 0:
+            log(f"{task}: {i + 1}/{n}")
+    metrics = {k: bootstrap_ci(v) for k, v in per.items()}
+    return {"task": task, "plan": steps, "n": n, "seed_start": seed_start, "metrics": metrics,
+            "scores": per, "context_tokens": float(np.mean(tokens)), "seconds": round(time.perf_counter() - t0, 1)}

@@ -1,0 +1,38 @@
+"""`python -m omni.train` (and `torchrun --nproc_per_node N -m omni.train`): the same options as `omni train`."""
+
+import argparse
+import json
+
+from . import train_main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m omni.train", description=__doc__)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--rows", type=int, default=4)
+    ap.add_argument("--row-len", type=int, default=1024)
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--ema", type=float, default=0.0)
+    ap.add_argument("--accum", type=int, default=1)
+    ap.add_argument("--model", default="{}", help="JSON of model config overrides (e.g. for tests)")
+    a = ap.parse_args()
+    from .data import MixtureConfig
+
+    last = train_main(a.out, a.preset, a.steps, a.resume, a.device, lr=a.lr, warmup=a.warmup,
+                      save_every=a.save_every, workers=a.workers, threads=a.threads, ema=a.ema, accum=a.accum,
+                      model_overrides=json.loads(a.model),
+                      mixture=MixtureConfig(data_seed=a.data_seed, rows=a.rows, row_len=a.row_len))
+    print(json.dumps(last))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The data mixture: world examples written as model sequences, in every form the plans need.
+
+Every task has a direct form and context forms (the context each unrolling primitive writes), and
+the context is trained with a loss too, so the model learns both to produce context and to use it:
+
+    vqa      <vqa> <img>image</img> <question>q</question> [<think>trace</think>] <answer>a</answer><eos>
+    t2i      <t2i> prompt [<think>short</think>] [<layout>layout</layout>] [<vis>codes</vis>] <gen>latents</gen>
+    spatial  <spatial> <img>view 1</img> <img>view 2</img> <question>q + options</question>
+             [<campose>pose</campose>] [<look_up><img>novel view</img> ... x4] [<think>trace</think>]
+             <answer>letter</answer><eos>
+    depth    <depth> <img>image</img> [<caption>detailed</caption>] [<depthcap>caption</depthcap>]
+             [<vis>codes</vis>] <view><img>image again: its depth is predicted here</img>
+    pose     <pose> <img>view 1</img> <img>view 2</img> <campose>pose</campose><eos>
+    nvs      <nvs> <img>source</img> <instruction>motion</instruction> <gen>target latents</gen>
+    video    <video> <caption>orbit caption</caption> <img>frame 0</img> <gen>frame 1 latents</gen>
+    edit     <edit> <img>before</img> <instruction>edit</instruction> <gen>after latents</gen>
+
+Input images are pixel patches (image_in). Novel views in the spatial context are image_clean
+latents — what the engine writes back after synthesising them. Generated images are the visual
+tokenizer's latents of the target render, noised at a logit-normal level; a tenth of them lose
+their condition (classifier-free guidance). Everything an example draws comes from a generator
+seeded by (data seed, step, slot), so a batch is a pure function of (data seed, step).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from omni.model.batch import Batch, Segment, pack
+from omni.unroll.format import VIEW_TAGS, Format
+from omni.world import SPLITS, Example, WorldConfig, sample
+
+# the context forms of each task; each is a set of context blocks (the first form is the direct one)
+FORMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "vqa": {"direct": (), "think": ("think",)},
+    "t2i": {"direct": (), "short": ("short",), "long": ("long",), "visual": ("visual",),
+            "short+visual": ("short", "visual"), "long+visual": ("long", "visual")},
+    "spatial": {"direct": (), "think": ("think",), "pose": ("pose",), "views": ("pose", "views", "think")},
+    "depth": {"direct": (), "detailed": ("detailed",), "depthcap": ("depthcap",),
+              "depthcap+visual": ("depthcap", "visual")},
+    "pose": {"direct": ()},
+    "nvs": {"direct": ()},
+    "video": {"direct": ()},
+    "edit": {"direct": ()},
+}
+DEFAULT_TASK_WEIGHTS = {"vqa": 1.0, "t2i": 1.5, "spatial": 1.0, "depth": 1.0, "pose": 0.75, "nvs": 0.75,
+                        "video": 0.5, "edit": 0.5}
+COND_DROPOUT = 0.1
+
+
+@dataclass(frozen=True)
+class MixtureConfig:
+    data_seed: int = 0
+    rows: int = 4  # rows per batch
+    row_len: int = 1024  # tokens per row
+    task_weights: dict = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
+    form_weights: dict = field(default_factory=dict)  # task -> {form: weight}; default uniform
+    image_size: int = 32
+
+    def forms(self, task: str) -> tuple[list[str], np.ndarray]:
+        names = list(FORMS[task])
+        w = np.array([self.form_weights.get(task, {}).get(f, 1.0) for f in names], dtype=np.float64)
+        return names, w / w.sum()
+
+
+class Writer(Format):
+    """Turns world examples into training sequences, in the shared format (omni.unroll.format)."""
+
+    def gen(self, x0: torch.Tensor, rng: np.random.Generator) -> list[Segment]:
+        t = float(1.0 / (1.0 + math.exp(-rng.normal())))  # logit-normal noise level
+        noise = torch.from_numpy(rng.standard_normal(tuple(x0.shape)).astype(np.float32))
+        uncond = bool(rng.random() < COND_DROPOUT)
+        return [self.tags("<gen>"), Segment("image_gen", latents=x0, t=t, loss=True, noise=noise, uncond=uncond),
+                self.tags("</gen>")]
+
+    def write(self, ex: Example, form: str, rng: np.random.Generator) -> list[Segment]:
+        blocks = FORMS[ex.task][form]
+        return getattr(self, f"_{ex.task}")(ex, blocks, rng)
+
+    def _vqa(self, ex, blocks, rng):
+        segs = [self.tags("<vqa>"), *self.image(ex.views["image"].rgb), self.block("question", ex.texts["question"])]
+        if "think" in blocks:
+            segs.append(self.block("think", ex.texts["thinking"], loss=True))
+        return segs + [self.block("answer", ex.answer, loss=True, eos=True)]
+
+    def _t2i(self, ex, blocks, rng):
+        rgb = ex.views["target"].rgb
+        segs = [self.tags("<t2i>"), self.text(" " + ex.texts["prompt"])]
+        if "short" in blocks:
+            segs.append(self.block("think", ex.texts["short"], loss=True))
+        if "long" in blocks:
+            segs.append(self.block("layout", ex.texts["oracle"], loss=True))
+        if "visual" in blocks:
+            segs += self.visual_block(self.codes([rgb])[0].tolist(), loss=True)
+        return segs + self.gen(self.latents([rgb])[0], rng)
+
+    def _spatial(self, ex, blocks, rng):
+        segs = [self.tags("<spatial>"), *self.image(ex.views["view1"].rgb), *self.image(ex.views["view2"].rgb),
+                self.block("question", ex.texts["question"])]
+        if "pose" in blocks:
+            segs.append(self.block("campose", ex.texts["pose"], loss=True))
+        if "views" in blocks:
+            dirs = tuple(VIEW_TAGS)
+            lat = self.latents([ex.views[f"look_{d}"].rgb for d in dirs])
+            for d, x in zip(dirs, lat, strict=True):
+                segs += self.clean_image(x, tag=VIEW_TAGS[d])
+        if "think" in blocks:
+            segs.append(self.block("think", ex.texts["thinking"], loss=True))
+        return segs + [self.block("answer", ex.answer, loss=True, eos=True)]
+
+    def _depth(self, ex, blocks, rng):
+        v = ex.views["image"]
+        segs = [self.tags("<depth>"), *self.image(v.rgb)]
+        if "detailed" in blocks:
+            segs.append(self.block("caption", ex.texts["detailed"], loss=True))
+        if "depthcap" in blocks:
+            segs.append(self.block("depthcap", ex.texts["depth_caption"], loss=True))
+        if "visual" in blocks:
+            segs += self.visual_block(self.codes([v.rgb])[0].tolist(), loss=True)
+        return segs + self.image(v.rgb, v.depth, v.valid, tag="<view>")
+
+    def _pose(self, ex, blocks, rng):
+        return [self.tags("<pose>"), *self.image(ex.views["view1"].rgb), *self.image(ex.views["view2"].rgb),
+                self.block("campose", ex.texts["pose"], loss=True, eos=True)]
+
+    def _image_to_image(self, ex, tag, src, text_block, text_key, tgt, rng):
+        """<tag> <img>src</img> <text_block>text</text_block> <gen>target</gen> (nvs, edit)."""
+        return [self.tags(tag), *self.image(ex.views[src].rgb), self.block(text_block, ex.texts[text_key]),
+                *self.gen(self.latents([ex.views[tgt].rgb])[0], rng)]
+
+    def _nvs(self, ex, blocks, rng):
+        return self._image_to_image(ex, "<nvs>", "source", "instruction", "instruction", "target", rng)
+
+    def _edit(self, ex, blocks, rng):
+        return self._image_to_image(ex, "<edit>", "before", "instruction", "instruction", "after", rng)
+
+    def _video(self, ex, blocks, rng):  # the caption comes before the first frame
+        return [self.tags("<video>"), self.block("caption", ex.texts["caption"]), *self.image(ex.views["frame0"].rgb),
+                *self.gen(self.latents([ex.views["frame1"].rgb])[0], rng)]
+
+
+def slot_rng(data_seed: int, step: int, slot: int) -> np.random.Generator:
+    return np.random.default_rng([zlib.crc32(b"omni-mixture"), data_seed, step, slot])
+
+
+class Mixture:
+    """Batches of packed sequences, a pure function of (data seed, step)."""
+
+    def __init__(self, mix: MixtureConfig, writer: Writer):
+        self.mix, self.w = mix, writer
+        self.tasks = [t for t in FORMS if mix.task_weights.get(t, 0) > 0]
+        p = np.array([mix.task_weights[t] for t in self.tasks], dtype=np.float64)
+        self.task_p = p / p.sum()
+        lo, hi = SPLITS["train"]
+        self.seed_range = (lo, hi)
+        self.world = WorldConfig(size=mix.image_size)
+
+    def draw(self, step: int, slot: int) -> tuple[str, str, int, np.random.Generator]:
+        rng = slot_rng(self.mix.data_seed, step, slot)
+        task = str(rng.choice(self.tasks, p=self.task_p))
+        forms, fp = self.mix.forms(task)
+        form = str(rng.choice(forms, p=fp))
+        seed = int(rng.integers(*self.seed_range))
+        return task, form, seed, rng
+
+    def sequences(self, step: int, slots: int = 48) -> list[tuple[str, str, list[Segment]]]:
+        """Sequences for one step: `slots` examples are drawn (rendered in one batched call per
+        task) and placed first-fit into the rows, in slot order, until one does not fit."""
+        cfg = self.w.cfg
+        drawn = [self.draw(step, slot) for slot in range(slots)]
+        by_task: dict[str, list[int]] = {}
+        for i, (task, _, _, _) in enumerate(drawn):
+            by_task.setdefault(task, []).append(i)
+        examples: dict[int, Example] = {}
+        for task, idx in by_task.items():
+            for i, ex in zip(idx, sample(task, [drawn[i][2] for i in idx], self.world), strict=True):
+                examples[i] = ex
+        free = [self.mix.row_len] * self.mix.rows
+        out = []
+        for i, (task, form, _, rng) in enumerate(drawn):
+            segs = self.w.write(examples[i], form, rng)
+            n = sum(s.length(cfg) for s in segs)
+            fit = next((r for r, f in enumerate(free) if f >= n), None)
+            if fit is None:
+                break
+            free[fit] -= n
+            out.append((task, form, segs))
+        return out
+
+    def batch(self, step: int) -> tuple[Batch, dict]:
+        seqs = self.sequences(step)
+        b = pack([s for _, _, s in seqs], self.w.cfg, row_len=self.mix.row_len)
+        if b.kind.shape[0] < self.mix.rows:  # always the same shape: pad with empty rows
+            extra = self.mix.rows - b.kind.shape[0]
+            b = _pad_rows(b, extra)
+        info = {"examples": len(seqs), "tokens": int((b.kind >= 0).sum()),
+                "tasks": {t: sum(1 for x, _, _ in seqs if x == t) for t in self.tasks}}
+        return b, info
+
+
+def _pad_rows(b: Batch, extra: int) -> Batch:
+    def pad(x, value):
+        return torch.cat([x, torch.full((extra, x.shape[1]), value, dtype=x.dtype)])
+
+    from omni.model.batch import IGNORE
+    from omni.model.config import PAD
+
+    return Batch(kind=pad(b.kind, PAD), token=pad(b.token, 0), seg=pad(b.seg, -1), example=pad(b.example, -1),
+                 pos=pad(b.pos, 0), cell=pad(b.cell, 0), uncond=pad(b.uncond, False), target=pad(b.target, IGNORE),
+                 patches=b.patches, latents=b.latents, t=b.t, flow_target=b.flow_target, flow_mask=b.flow_mask,
+                 depth_target=b.depth_target, depth_mask=b.depth_mask, where=b.where, end_pos=b.end_pos,
+                 end_seg=b.end_seg)

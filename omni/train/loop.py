@@ -1,0 +1,321 @@
+"""The training loop: packed fixed-token batches from the mixture, AdamW with warmup and cosine decay,
+gradient clipping, optional EMA, atomic checkpoints every N steps (the last K kept), exact resume,
+a progress bar, a JSONL log of every metric (and TensorBoard when installed), and DDP under torchrun.
+
+A batch is a pure function of (data seed, step), so resuming from a checkpoint of step s — model,
+optimizer, scheduler and EMA state — replays exactly the run that was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from omni.io import atomic_write_bytes, read_json, read_safetensors, save_safetensors, write_json
+from omni.model import OmniModel, preset
+from omni.model.batch import Batch
+from omni.tokens.text import TextTokenizer
+from omni.tokens.visual import VisualTokenizer
+
+from .data import Mixture, MixtureConfig, Writer
+
+DEFAULT_VISUAL = Path(__file__).resolve().parents[2] / "checkpoints" / "visual-tokenizer"
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    steps: int = 1000
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.95)
+    clip: float = 1.0
+    accum: int = 1  # micro-batches per step (their gradients are averaged)
+    ema: float = 0.0  # > 0: keep an exponential moving average of the weights (saved as the model)
+    seed: int = 0  # model initialisation
+    save_every: int = 200
+    keep: int = 2
+    log_every: int = 10
+    device: str = "cpu"
+    threads: int = 0
+    workers: int = 1
+    visual: str = str(DEFAULT_VISUAL)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    model_overrides: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["mixture"] = MixtureConfig(**d.get("mixture", {}))
+        d["betas"] = tuple(d.get("betas", (0.9, 0.95)))
+        return cls(**d)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio x lr at the last step."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Batches for steps start, start+1, ... (worker w of W makes steps w, w+W, ...; the loader's
+    round robin over workers keeps the order)."""
+
+    def __init__(self, mixture: Mixture, start: int, end: int, rank: int = 0, world: int = 1, accum: int = 1):
+        self.mixture, self.start, self.end = mixture, start, end
+        self.rank, self.world, self.accum = rank, world, accum
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, n = (info.id, info.num_workers) if info else (0, 1)
+        torch.set_num_threads(1)
+        for step in range(self.start + wid, self.end, n):
+            # a step's global batch is world x accum micro-batches; rank r's micro-batch i is the
+            # mixture's batch number (step * world + r) * accum + i, so one process accumulating
+            # world x accum micro-batches sees exactly what world processes see together
+            first = (step * self.world + self.rank) * self.accum
+            yield step, [self.mixture.batch(first + i) for i in range(self.accum)]
+
+
+def _collate(x):
+    return x
+
+
+def ddp_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out: str | Path, log=print):
+        self.cfg, self.out, self.log = cfg, Path(out), log
+        self.rank, self.world = ddp_info()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = torch.device(cfg.device)
+        tok = TextTokenizer.default()
+        vq = VisualTokenizer.load(cfg.visual)
+        mcfg = preset(cfg.preset, text_vocab=tok.vocab_size, codebook_size=vq.cfg.codebook_size,
+                      latent_dim=vq.cfg.code_dim, latent_grid=vq.cfg.grid, image_size=vq.cfg.image_size,
+                      **cfg.model_overrides)
+        torch.manual_seed(cfg.seed)
+        self.model = OmniModel(mcfg).to(self.device)
+        self.model.tokenizer = tok
+        object.__setattr__(self.model, "visual", vq)
+        self.mixture = Mixture(cfg.mixture, Writer(tok, vq, mcfg))
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "emb" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+        self.ema = ({k: v.detach().clone() for k, v in self.model.state_dict().items()} if cfg.ema > 0 else None)
+        self.ddp = None
+        if self.world > 1:  # gloo on the CPU, nccl on CUDA (chosen when the process group starts)
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
+        self.step = 0
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def checkpoint_dirs(self) -> list[Path]:
+        ck = sorted(self.out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        return [p for p in ck if (p / "COMPLETE").is_file()]
+
+    def save(self) -> Path:
+        """Write step-<n>/ (model in the checkpoint format + training state), then COMPLETE; a
+        checkpoint counts only once COMPLETE exists, so a kill mid-write leaves the previous one."""
+        d = self.out / f"step-{self.step:07d}"
+        tmp = self.out / f".tmp-step-{self.step:07d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        meta = {"training": {"config": self.cfg.to_dict(), "step": self.step, "data_seed": self.cfg.mixture.data_seed}}
+        self.model.save_pretrained(tmp, meta=meta)
+        opt_state = self.opt.state_dict()
+        tensors, plain = {}, {"param_groups": opt_state["param_groups"], "state_keys": {}}
+        for pid, st in opt_state["state"].items():
+            plain["state_keys"][str(pid)] = {}
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"opt.{pid}.{k}"] = v
+                    plain["state_keys"][str(pid)][k] = "tensor"
+                else:
+                    plain["state_keys"][str(pid)][k] = v
+        if self.ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.items()})
+        save_safetensors(tensors, tmp / "trainer.safetensors")
+        write_json(tmp / "trainer.json", {"step": self.step, "optimizer": plain,
+                                          "rng": torch.random.get_rng_state().tolist()})
+        atomic_write_bytes(tmp / "COMPLETE", b"ok\n")
+        shutil.rmtree(d, ignore_errors=True)
+        os.replace(tmp, d)
+        fd = os.open(self.out, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for old in self.checkpoint_dirs()[: -self.cfg.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return d
+
+    def load(self, d: Path) -> None:
+        from omni.model.checkpoint import load_state
+
+        state = load_state(d)
+        self.model.load_state_dict({k: state[k].to(v.dtype) for k, v in self.model.state_dict().items()})
+        meta = read_json(d / "trainer.json")
+        tensors = read_safetensors(d / "trainer.safetensors")
+        plain = meta["optimizer"]
+        st = {}
+        for pid, keys in plain["state_keys"].items():
+            st[int(pid)] = {k: (tensors[f"opt.{pid}.{k}"] if v == "tensor" else v) for k, v in keys.items()}
+        self.opt.load_state_dict({"state": st, "param_groups": plain["param_groups"]})
+        if self.ema is not None:
+            self.ema = {k: tensors[f"ema.{k}"].clone() for k in self.ema}
+        torch.random.set_rng_state(torch.tensor(meta["rng"], dtype=torch.uint8))
+        self.step = int(meta["step"])
+
+    def resume(self) -> bool:
+        cks = self.checkpoint_dirs()
+        if not cks:
+            return False
+        self.load(cks[-1])
+        self.log(f"resumed from {cks[-1]} (step {self.step})")
+        return True
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def train_step(self, micro: list[Batch]) -> dict:
+        """One optimizer step over micro-batches (gradients averaged, across DDP ranks too).
+        Returned losses are the means over micro-batches and ranks."""
+        import contextlib
+
+        model = self.ddp if self.ddp is not None else self.model
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.cfg, self.step)
+        self.opt.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        for i, b in enumerate(micro):
+            b = b.to(self.device)
+            autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                        else torch.autocast("cpu", enabled=False))
+            sync = (self.ddp.no_sync() if self.ddp is not None and i < len(micro) - 1 else contextlib.nullcontext())
+            with sync:
+                with autocast:
+                    out = model(b, losses=True)
+                (out["loss"] / len(micro)).backward()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / len(micro)
+        if self.world > 1:
+            vals = torch.stack([sums[k] for k in sorted(sums)])
+            dist.all_reduce(vals)
+            sums = {k: v / self.world for k, v in zip(sorted(sums), vals, strict=True)}
+        out = sums
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        self.opt.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for k, v in self.model.state_dict().items():
+                    if v.dtype.is_floating_point:
+                        self.ema[k].mul_(self.cfg.ema).add_(v, alpha=1 - self.cfg.ema)
+        self.step += 1
+        return {k: float(v.detach()) for k, v in out.items()} | {"grad_norm": float(gnorm),
+                                                                 "lr": lr_at(self.cfg, self.step - 1)}
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            write_json(self.out / "train_config.json", cfg.to_dict())
+        stream = BatchStream(self.mixture, self.step, cfg.steps, self.rank, self.world, cfg.accum)
+        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers,
+                                             collate_fn=_collate, persistent_workers=False)
+        logf = open(self.out / "log.jsonl", "a") if self.rank == 0 else None
+        tb = _tensorboard(self.out) if self.rank == 0 else None
+        bar = _progress(cfg.steps, self.step) if self.rank == 0 else None
+        t0, tokens, last = time.perf_counter(), 0, {}
+        for step, micro in loader:
+            assert step == self.step, (step, self.step)
+            t = time.perf_counter()
+            m = self.train_step([b for b, _ in micro])
+            dt = time.perf_counter() - t
+            n_tok = sum(info["tokens"] for _, info in micro) * self.world
+            tokens += n_tok
+            m.update(step=self.step, tokens=n_tok, examples=sum(info["examples"] for _, info in micro) * self.world,
+                     step_s=round(dt, 3),
+                     tokens_per_s=round(tokens / (time.perf_counter() - t0), 1))
+            last = m
+            if logf is not None:
+                logf.write(json.dumps(m) + "\n")
+                logf.flush()
+                if tb is not None:
+                    for k, v in m.items():
+                        if isinstance(v, float):
+                            tb.add_scalar(k, v, self.step)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                if self.rank == 0:
+                    self.save()
+                if self.world > 1:
+                    dist.barrier()
+        if bar is not None:
+            bar.close()
+        if logf is not None:
+            logf.close()
+        return last
+
+
+def _progress(total: int, start: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16") -> Path:
+    """Copy the newest complete checkpoint of a run into `dest` as a shippable model (EMA weights
+    if the run kept them), in `dtype` on disk, with the training record in its config.json."""
+    from omni.model import OmniModel as _M
+
+    run_dir = Path(run_dir)
+    cks = sorted(run_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    cks = [p for p in cks if (p / "COMPLETE").is_file()]
+    if not cks:
+        raise FileNotFoundError(f"no complete checkpoint in {run_dir}")
+    src = cks[-1]
+    model = _M.from_pretrained(src)
+    meta = read_json(src / "config.json")
+    tensors = read_safetensors(src / "trainer.safetensors")
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    if ema:
+        model.load_state_dict({k: ema[k].to(v.dtype) for k, v in model.state_dict().items()})
+    extra = {k: v for k, v in meta.items() if k not in ("format", "model", "dtype")}
+    extra["exported_from"] = src.name
+    extra["weights"] = "ema" if ema else "raw"
+    return model.save_pretrained(dest, dtype=dtype, meta=extra)

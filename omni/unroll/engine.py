@@ -1,0 +1,359 @@
+"""Context Unrolling: C_0 = x; C_{t+1} = C_t (+) phi_t(x, C_t); y = psi(x | C_T).
+
+A `Workspace` is the ordered, typed record of the context — the input, then each primitive's result
+— and owns the model's KV cache for it: appending a result extends the cache, nothing already in
+context is encoded again, and `fork()` copies the encoded prefix (CFG branches, ablation rows).
+A primitive is a named function (engine, workspace) -> Item that makes the model produce a piece of
+context and appends it; the registry is open (`register`). A plan is a list of primitive names
+(or a string "think_long,rollout_visual"); the decoder of the task then produces the output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from omni.model import KVCache, OmniModel, Segment, extend
+from omni.model.config import TEXT
+from omni.model.sampling import generate_tokens, sample_latents
+from omni.model.transformer import decode_step
+from omni.tokens.image import unpatchify
+from omni.world.camera import text_to_pose
+
+from .format import BLOCKS, VIEW_TAGS, Format
+
+TASK_TAGS = {t: f"<{t}>" for t in ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit")}
+
+
+@dataclass
+class Item:
+    """One entry of the workspace: what was added, by which step, at what cost."""
+
+    step: str  # "input", a primitive name, or "output"
+    kind: str  # "text", "image", "visual", "pose", "depth"
+    text: str | None = None
+    image: np.ndarray | None = None  # (H, W, 3) in [0, 1]
+    tokens: int = 0  # tokens this step added to the context
+    seconds: float = 0.0
+    data: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """JSON-ready record; arrays (images, depth maps) are left out (they are files in a trace)."""
+        data = {k: v for k, v in self.data.items() if not isinstance(v, np.ndarray)}
+        return {"step": self.step, "kind": self.kind, "text": self.text, "tokens": self.tokens,
+                "seconds": round(self.seconds, 4), **({"data": data} if data else {})}
+
+
+@dataclass
+class Inputs:
+    """What a task starts from: images (named), a prompt / question / instruction, and for oracle
+    rows the world's ground truth."""
+
+    task: str
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    text: str = ""
+    oracle: str | None = None
+
+
+class Workspace:
+    def __init__(self, engine: Engine, inputs: Inputs):
+        self.engine, self.inputs = engine, inputs
+        self.cache = KVCache(engine.model.cfg, device=engine.device)
+        self.items: list[Item] = []
+
+    def append(self, segments: Sequence[Segment]) -> int:
+        """Encode segments into the cache (stored); returns the number of tokens added."""
+        before = self.cache.length
+        extend(self.engine.model, self.cache, list(segments))
+        return self.cache.length - before
+
+    def fork(self) -> Workspace:
+        ws = Workspace.__new__(Workspace)
+        ws.engine, ws.inputs = self.engine, self.inputs
+        ws.cache = self.cache.fork()
+        ws.items = list(self.items)
+        return ws
+
+    def generate_block(self, name: str, max_new: int) -> tuple[str, int]:
+        """Open block `name` and let the model write it until its closing tag (or max_new)."""
+        fmt = self.engine.fmt
+        open_tag, close_tag = BLOCKS[name]
+        before = self.cache.length
+        self.append([fmt.tags(open_tag)])
+        close = fmt.tok.id(close_tag)
+        stop = [close, fmt.tok.eos]
+        ids = generate_tokens(self.engine.model, self.cache, max_new, "text", stop=stop, **self.engine.sampling())[0]
+        # generated tokens are in the cache except a final stop token; the closing tag always goes
+        # in, as in training (also when the block was cut at max_new or ended with <eos>)
+        decode_step(self.engine.model, self.cache, torch.tensor([close]), TEXT)
+        body = [i for i in ids if i not in stop]
+        return fmt.tok.decode(body).strip(), self.cache.length - before
+
+    def trace(self) -> list[dict]:
+        return [it.to_json() for it in self.items]
+
+
+Primitive = Callable[["Engine", Workspace], Item]
+PRIMITIVES: dict[str, Primitive] = {}
+NEEDS: dict[str, Callable[[Inputs], str | None]] = {}  # primitive -> check of its inputs (error text)
+
+
+def register(name: str, needs: Callable[[Inputs], str | None] | None = None):
+    """Decorator adding a primitive to the registry (`needs` says what inputs it requires)."""
+
+    def deco(fn: Primitive) -> Primitive:
+        PRIMITIVES[name] = fn
+        NEEDS[name] = needs or (lambda _inputs: None)
+        return fn
+
+    return deco
+
+
+PLANS: dict[str, dict[str, list[str]]] = {
+    "vqa": {"direct": [], "+thinking": ["think"]},
+    "t2i": {"baseline": [], "+short": ["think"], "+long": ["think_long"], "+visual": ["rollout_visual"],
+            "+short+visual": ["think", "rollout_visual"], "+long+visual": ["think_long", "rollout_visual"],
+            "+oracle": ["oracle_text"], "+oracle+visual": ["oracle_text", "rollout_visual"]},
+    "spatial": {"baseline": [], "+thinking": ["think"], "+pose text": ["estimate_pose"],
+                "+novel views": ["estimate_pose", "synthesize_views", "think"]},
+    "depth": {"baseline": [], "+detailed caption": ["describe"], "+depth caption": ["depth_caption"],
+              "+depth caption+visual": ["depth_caption", "rollout_visual"]},
+    "pose": {"direct": []}, "nvs": {"direct": []}, "video": {"direct": []}, "edit": {"direct": []},
+}
+# the paper's schedule of each task (the last row of its table, oracle rows aside)
+DEFAULT_PLAN = {"vqa": ["think"], "t2i": ["think_long", "rollout_visual"],
+                "spatial": ["estimate_pose", "synthesize_views", "think"], "depth": ["depth_caption", "rollout_visual"],
+                "pose": [], "nvs": [], "video": [], "edit": []}
+
+
+def parse_plan(task: str, plan: str | Sequence[str] | None, inputs: Inputs | None = None) -> list[str]:
+    """A plan as a list of primitive names: a preset row name of the task, "direct"/"" (no context),
+    "default" (the paper's schedule), or names separated by commas. Unknown primitives and
+    primitives whose inputs are missing are errors, raised before any compute."""
+    if task not in PLANS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(PLANS)}")
+    if plan is None or plan in ("", "direct", "baseline"):
+        steps: list[str] = []
+    elif isinstance(plan, str) and plan in PLANS[task]:
+        steps = list(PLANS[task][plan])
+    elif plan == "default":
+        steps = list(DEFAULT_PLAN[task])
+    elif isinstance(plan, str):
+        steps = [p.strip() for p in plan.split(",") if p.strip()]
+    else:
+        steps = list(plan)
+    for s in steps:
+        if s not in PRIMITIVES:
+            raise ValueError(f"unknown primitive {s!r}; known: {', '.join(sorted(PRIMITIVES))}")
+        if inputs is not None:
+            why = NEEDS[s](inputs)
+            if why:
+                raise ValueError(f"primitive {s!r} cannot run on this input: {why}")
+    if len(steps) > 8:
+        raise ValueError(f"a plan has at most 8 steps, got {len(steps)}")
+    return steps
+
+
+@dataclass
+class Result:
+    task: str
+    plan: list[str]
+    output: Item
+    items: list[Item]
+
+    def trace(self) -> dict:
+        return {"task": self.task, "plan": self.plan, "steps": [it.to_json() for it in self.items],
+                "output": self.output.to_json()}
+
+
+class Engine:
+    """Runs plans with one model. Sampling settings apply to every step (greedy by default)."""
+
+    def __init__(self, model: OmniModel, temperature: float = 0.0, top_k: int = 0, seed: int = 0,
+                 flow_steps: int = 20, cfg_scale: float = 3.0, cfg_interval: tuple[float, float] = (0.0, 1.0),
+                 think_tokens: int = 160, layout_tokens: int = 200):
+        if model.tokenizer is None or model.visual is None:
+            raise ValueError("the model has no tokenizers attached (load it with OmniModel.from_pretrained)")
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.fmt = Format(model.tokenizer, model.visual, model.cfg)
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        self.flow_steps, self.cfg_scale, self.cfg_interval = flow_steps, cfg_scale, cfg_interval
+        self.think_tokens, self.layout_tokens = think_tokens, layout_tokens
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sampling(self) -> dict:
+        return {"temperature": self.temperature, "top_k": self.top_k, "generator": self.generator}
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def start(self, inputs: Inputs) -> Workspace:
+        ws = Workspace(self, inputs)
+        t = time.perf_counter()
+        fmt, segs, im = self.fmt, [self.fmt.tags(TASK_TAGS[inputs.task])], inputs.images
+        task = inputs.task
+        if task in ("vqa", "depth"):
+            segs += fmt.image(im["image"])
+        elif task in ("spatial", "pose"):
+            segs += fmt.image(im["view1"]) + fmt.image(im["view2"])
+        elif task == "nvs":
+            segs += fmt.image(im["source"])
+        elif task == "edit":
+            segs += fmt.image(im["before"])
+        if task in ("vqa", "spatial"):
+            segs.append(fmt.block("question", inputs.text))
+        elif task == "t2i":
+            segs.append(fmt.text(" " + inputs.text))
+        elif task in ("nvs", "edit"):
+            segs.append(fmt.block("instruction", inputs.text))
+        elif task == "video":
+            segs += [fmt.block("caption", inputs.text)] + fmt.image(im["frame0"])
+        n = ws.append(segs)
+        ws.items.append(Item("input", "text", text=inputs.text, tokens=n, seconds=time.perf_counter() - t))
+        return ws
+
+    # -- running ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def run(self, inputs: Inputs, plan: str | Sequence[str] | None = None) -> Result:
+        steps = parse_plan(inputs.task, plan, inputs)
+        ws = self.start(inputs)
+        return self.continue_plan(ws, steps)
+
+    @torch.no_grad()
+    def continue_plan(self, ws: Workspace, steps: Sequence[str]) -> Result:
+        for s in steps:
+            t = time.perf_counter()
+            item = PRIMITIVES[s](self, ws)
+            item.seconds = time.perf_counter() - t
+            ws.items.append(item)
+        t = time.perf_counter()
+        out = DECODERS[ws.inputs.task](self, ws)
+        out.seconds = time.perf_counter() - t
+        return Result(ws.inputs.task, list(steps), out, list(ws.items))
+
+    # -- shared generation pieces -------------------------------------------------------------------
+
+    def gen_image(self, ws: Workspace) -> tuple[np.ndarray, torch.Tensor]:
+        """<gen> then an image by flow sampling (CFG) against the workspace: pixels and latents."""
+        ws.append([self.fmt.tags("<gen>")])
+        lat = sample_latents(self.model, ws.cache, steps=self.flow_steps, cfg_scale=self.cfg_scale,
+                             cfg_interval=self.cfg_interval, generator=self.generator)
+        img = self.model.visual.decode_latents(lat.cpu())[0].numpy()
+        return img, lat[0]
+
+
+def parse_pose(text: str) -> np.ndarray | None:
+    """The 4x4 relative pose a pose text gives, or None if it is not one."""
+    try:
+        return text_to_pose(text)
+    except ValueError:
+        return None
+
+
+def _needs_images(*names):
+    def check(inputs: Inputs):
+        missing = [n for n in names if n not in inputs.images]
+        return f"needs image(s) {', '.join(missing)}" if missing else None
+
+    return check
+
+
+def _needs_task(*tasks):
+    def check(inputs: Inputs):
+        return None if inputs.task in tasks else f"only for tasks {', '.join(tasks)}"
+
+    return check
+
+
+def _text_primitive(name: str, block: str, budget: str):
+    @register(name)
+    def prim(engine: Engine, ws: Workspace) -> Item:
+        text, n = ws.generate_block(block, getattr(engine, budget))
+        return Item(name, "text", text=text, tokens=n)
+
+    return prim
+
+
+_text_primitive("think", "think", "think_tokens")
+_text_primitive("think_long", "layout", "layout_tokens")
+_text_primitive("describe", "caption", "layout_tokens")
+_text_primitive("depth_caption", "depthcap", "layout_tokens")
+
+
+@register("estimate_pose", needs=_needs_images("view1", "view2"))
+def estimate_pose(engine: Engine, ws: Workspace) -> Item:
+    text, n = ws.generate_block("campose", 60)
+    return Item("estimate_pose", "pose", text=text, tokens=n, data={"valid": parse_pose(text) is not None})
+
+
+@register("rollout_visual", needs=_needs_task("t2i", "depth", "vqa", "spatial", "nvs", "edit", "video"))
+def rollout_visual(engine: Engine, ws: Workspace) -> Item:
+    fmt, model = engine.fmt, engine.model
+    n = ws.append([fmt.tags("<vis>")])
+    g = model.cfg.latent_grid ** 2
+    codes = generate_tokens(model, ws.cache, g, "visual", **engine.sampling())[0]  # every code enters the cache
+    n += len(codes) + ws.append([fmt.tags("</vis>")])
+    preview = model.visual.decode(torch.tensor([codes]))[0].numpy()
+    return Item("rollout_visual", "visual", image=preview, tokens=n, data={"codes": codes})
+
+
+@register("synthesize_views", needs=_needs_images("view1"))
+def synthesize_views(engine: Engine, ws: Workspace) -> Item:
+    """Look up / down / left / right from view 1: each view generated by the model's own novel-view
+    synthesis (a separate <nvs> context), then written back into this workspace as clean images."""
+    fmt, views, n = engine.fmt, {}, 0
+    deg = 30
+    for d, tag in VIEW_TAGS.items():
+        side = engine.start(Inputs("nvs", {"source": ws.inputs.images["view1"]}, f"look {d} {deg} degrees."))
+        img, lat = engine.gen_image(side)
+        views[d] = img
+        n += ws.append(fmt.clean_image(lat, tag=tag))
+    grid = np.concatenate([np.concatenate([views["up"], views["down"]], 1),
+                           np.concatenate([views["left"], views["right"]], 1)], 0)
+    return Item("synthesize_views", "image", image=grid, tokens=n, text="up, down / left, right")
+
+
+@register("oracle_text", needs=lambda inputs: None if inputs.oracle else "needs the world's ground-truth layout")
+def oracle_text(engine: Engine, ws: Workspace) -> Item:
+    n = ws.append([engine.fmt.block("layout", ws.inputs.oracle)])
+    return Item("oracle_text", "text", text=ws.inputs.oracle, tokens=n)
+
+
+# -- decoders (psi): the task's output from the unrolled workspace ----------------------------------
+
+
+def _answer(engine: Engine, ws: Workspace) -> Item:
+    text, n = ws.generate_block("answer", 24)
+    return Item("output", "text", text=text, tokens=n)
+
+
+def _image(engine: Engine, ws: Workspace) -> Item:
+    img, _ = engine.gen_image(ws)
+    return Item("output", "image", image=img)
+
+
+def _depth(engine: Engine, ws: Workspace) -> Item:
+    fmt, model = engine.fmt, engine.model
+    segs = fmt.image(ws.inputs.images["image"], tag="<view>")
+    h, b = extend(model, ws.cache, segs)
+    rows = (b.kind[0] == 1).nonzero().squeeze(1)  # the image_in tokens of the query copy
+    logd = model.log_depth(h[0, rows])  # (patches, p * p)
+    p, s = model.cfg.patch, model.cfg.image_size
+    depth = unpatchify(logd.exp()[None], p, s, s)[0, :, :, 0]
+    return Item("output", "depth", data={"depth": depth.cpu().numpy()})
+
+
+def _pose(engine: Engine, ws: Workspace) -> Item:
+    text, n = ws.generate_block("campose", 60)
+    return Item("output", "pose", text=text, tokens=n, data={"valid": parse_pose(text) is not None})
+
+
+DECODERS: dict[str, Callable[[Engine, Workspace], Item]] = {
+    "vqa": _answer, "spatial": _answer, "t2i": _image, "nvs": _image, "video": _image, "edit": _image,
+    "depth": _depth, "pose": _pose,
+}

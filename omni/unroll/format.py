@@ -1,0 +1,72 @@
+"""The sequence format: how inputs, contexts and outputs are written as segments.
+
+One place for it, so that training sequences (omni.train.data) and the unrolling engine write the
+same tokens: tags, <tag> text </tag> blocks, input images (<img> patches </img>), images written back
+(<img> clean latents </img>), visual-token blocks (<vis> codes </vis>) and answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from omni.model.batch import Segment
+from omni.model.config import OmniConfig
+from omni.tokens.text import TextTokenizer
+from omni.tokens.visual import VisualTokenizer
+
+VIEW_TAGS = {"up": "<look_up>", "down": "<look_down>", "left": "<look_left>", "right": "<look_right>"}
+# each context block: opening tag, closing tag
+BLOCKS = {"think": ("<think>", "</think>"), "layout": ("<layout>", "</layout>"), "caption": ("<caption>", "</caption>"),
+          "depthcap": ("<depthcap>", "</depthcap>"), "campose": ("<campose>", "</campose>"),
+          "question": ("<question>", "</question>"), "instruction": ("<instruction>", "</instruction>"),
+          "answer": ("<answer>", "</answer>")}
+
+
+class Format:
+    def __init__(self, tok: TextTokenizer, vq: VisualTokenizer, cfg: OmniConfig):
+        self.tok, self.vq, self.cfg = tok, vq, cfg
+
+    def ids(self, *names: str) -> list[int]:
+        return [self.tok.id(n) for n in names]
+
+    def tags(self, *names: str, loss: bool = False) -> Segment:
+        return Segment("text", self.ids(*names), loss=loss)
+
+    def text(self, s: str, loss: bool = False) -> Segment:
+        return Segment("text", self.tok.encode(s), loss=loss)
+
+    def block(self, name: str, body: str, loss: bool = False, eos: bool = False) -> Segment:
+        """<tag> body </tag> [<eos>] as one text segment (a loss covers everything after <tag>)."""
+        open_tag, close_tag = BLOCKS[name]
+        ids = self.ids(open_tag) + self.tok.encode(" " + body.strip()) + self.ids(close_tag)
+        return Segment("text", ids + ([self.tok.eos] if eos else []), loss=loss)
+
+    @staticmethod
+    def pixels(rgb: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))
+
+    def image(self, rgb: np.ndarray, depth: np.ndarray | None = None, valid: np.ndarray | None = None,
+              tag: str | None = None) -> list[Segment]:
+        """[<tag>] <img> pixel patches </img> (with a depth target for training)."""
+        pre = self.ids(tag) if tag else []
+        return [Segment("text", pre + self.ids("<img>")),
+                Segment("image_in", pixels=self.pixels(rgb), depth=None if depth is None else torch.from_numpy(depth),
+                        depth_valid=None if valid is None else torch.from_numpy(valid)),
+                self.tags("</img>")]
+
+    def clean_image(self, latents: torch.Tensor, tag: str | None = None) -> list[Segment]:
+        """[<tag>] <img> clean latents </img>: an image written back as context."""
+        pre = self.ids(tag) if tag else []
+        return [Segment("text", pre + self.ids("<img>")), Segment("image_clean", latents=latents), self.tags("</img>")]
+
+    def visual_block(self, codes: Sequence[int], loss: bool = False) -> list[Segment]:
+        return [self.tags("<vis>"), Segment("visual", list(codes), loss=loss), self.tags("</vis>", loss=loss)]
+
+    def latents(self, rgbs: Sequence[np.ndarray]) -> torch.Tensor:
+        return self.vq.latents(torch.from_numpy(np.stack(rgbs)).float())
+
+    def codes(self, rgbs: Sequence[np.ndarray]) -> torch.Tensor:
+        return self.vq.encode(torch.from_numpy(np.stack(rgbs)).float())

@@ -1,0 +1,152 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from omni.model import preset
+from omni.tokens.text import TextTokenizer
+from omni.tokens.visual import VisualTokenizer
+from omni.train import FORMS, Mixture, MixtureConfig, Writer, lr_at
+from omni.train.loop import DEFAULT_VISUAL, TrainConfig
+
+SMALL = json.dumps({"d_model": 64, "n_layers": 2, "n_heads": 4})
+ARGS = ["--steps", "8", "--save-every", "2", "--rows", "2", "--row-len", "512", "--workers", "0", "--warmup", "2",
+        "--lr", "2e-3", "--threads", "1", "--model", SMALL]
+
+
+def run_train(out, *extra, launcher=(sys.executable, "-m", "omni.train")):
+    return subprocess.Popen([*launcher, "--out", str(out), *ARGS, *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def losses(run_dir) -> dict[int, float]:
+    out = {}
+    for line in (Path(run_dir) / "log.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        out[m["step"]] = m["loss"]  # a resumed run rewrites the steps after its checkpoint: keep the last
+    return out
+
+
+@pytest.fixture(scope="module")
+def writer():
+    return Writer(TextTokenizer.default(), VisualTokenizer.load(DEFAULT_VISUAL), preset("tiny"))
+
+
+def test_mixture_yields_every_context_variant(writer):
+    mix = Mixture(MixtureConfig(), writer)
+    seen = Counter((t, f) for s in range(60) for slot in range(40) for t, f, _, _ in [mix.draw(s, slot)])
+    assert set(seen) == {(t, f) for t, forms in FORMS.items() for f in forms}
+    tok = writer.tok
+    from omni.world import sample
+
+    def tags_of(task, form):
+        ex = sample(task, [7])[0]
+        import numpy as np
+
+        segs = writer.write(ex, form, np.random.default_rng(0))
+        ids = [i for s in segs if s.kind == "text" for i in s.tokens]
+        kinds = [s.kind for s in segs]
+        return {tok.tk.id_to_token(i) for i in ids if i < 64}, kinds, segs
+
+    t, k, segs = tags_of("t2i", "long+visual")
+    assert {"<layout>", "<vis>", "<gen>"} <= t and "visual" in k and "image_gen" in k
+    assert all(s.loss for s in segs if s.kind in ("visual", "image_gen"))
+    t, k, _ = tags_of("t2i", "direct")
+    assert "<layout>" not in t and "<think>" not in t and "visual" not in k
+    t, k, _ = tags_of("spatial", "views")
+    assert {"<campose>", "<look_up>", "<look_down>", "<look_left>", "<look_right>", "<think>", "<answer>"} <= t
+    assert k.count("image_clean") == 4 and k.count("image_in") == 2
+    t, k, segs = tags_of("depth", "depthcap+visual")
+    assert {"<depthcap>", "<vis>", "<view>"} <= t
+    assert sum(s.depth is not None for s in segs if s.kind == "image_in") == 1
+    t, _, _ = tags_of("vqa", "think")
+    assert {"<think>", "<answer>"} <= t
+    for task in ("pose", "nvs", "video", "edit"):
+        assert tags_of(task, "direct")[0]
+
+
+def test_batches_are_a_function_of_seed_and_step(writer):
+    a = Mixture(MixtureConfig(rows=2, row_len=512), writer).batch(5)[0]
+    b = Mixture(MixtureConfig(rows=2, row_len=512), writer).batch(5)[0]
+    c = Mixture(MixtureConfig(rows=2, row_len=512, data_seed=1), writer).batch(5)[0]
+    assert torch.equal(a.token, b.token) and torch.equal(a.latents, b.latents)
+    assert torch.equal(a.flow_target, b.flow_target)
+    assert not torch.equal(a.token, c.token)
+    assert a.kind.shape == (2, 512)
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 100) == pytest.approx(0.1) and lr_at(cfg, 55) == pytest.approx(0.55)
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+    ref = run_train(tmp_path / "ref")
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()
+    want = losses(tmp_path / "ref")
+    assert sorted(want) == list(range(1, 9))
+    # the same run, killed with SIGKILL once its step-4 checkpoint is complete, then resumed
+    p = run_train(tmp_path / "cut")
+    deadline = time.time() + 600
+    while not (tmp_path / "cut" / "step-0000004" / "COMPLETE").exists():
+        assert p.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    r = run_train(tmp_path / "cut", "--resume")
+    assert r.wait(timeout=600) == 0, r.stderr.read()
+    got = losses(tmp_path / "cut")
+    assert sorted(got) == list(range(1, 9))
+    for s in range(1, 9):
+        assert got[s] == pytest.approx(want[s], rel=1e-6, abs=1e-6), (s, got[s], want[s])
+    kept = sorted(p.name for p in (tmp_path / "cut").glob("step-*"))
+    assert kept == ["step-0000006", "step-0000008"]  # the last two are kept
+    with pytest.raises(subprocess.CalledProcessError):  # a second run into the same directory needs --resume
+        subprocess.run([sys.executable, "-m", "omni.train", "--out", str(tmp_path / "cut"), *ARGS], check=True,
+                       capture_output=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    single = run_train(tmp_path / "one", "--accum", "2")
+    assert single.wait(timeout=900) == 0, single.stderr.read()
+    ddp = run_train(tmp_path / "two", launcher=(torchrun, "--standalone", "--nproc_per_node", "2", "-m", "omni.train"))
+    assert ddp.wait(timeout=900) == 0, ddp.stderr.read()
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for s in a:
+        assert b[s] == pytest.approx(a[s], rel=1e-3), (s, a[s], b[s])
+
+
+def test_eval_cli_on_a_random_tiny_model_every_task(tmp_path):
+    from omni.model import OmniModel
+
+    torch.manual_seed(0)
+    m = OmniModel(preset("tiny"))
+    m.tokenizer = TextTokenizer.default()
+    object.__setattr__(m, "visual", VisualTokenizer.load(DEFAULT_VISUAL))
+    m.save_pretrained(tmp_path / "ck", dtype="bfloat16")
+    for task in ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit"):
+        r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", task, "--checkpoint", str(tmp_path / "ck"),
+                            "--n", "1", "--flow-steps", "2", "--json"], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["task"] == task and out["n"] == 1 and out["metrics"]
+        for v in out["metrics"].values():
+            assert v["lo"] <= v["mean"] <= v["hi"]
+    bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "vqa", "--checkpoint", str(tmp_path / "ck"),
+                          "--plan", "dance"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown primitive" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "vqa", "--checkpoint", str(tmp_path / "nope")],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "not found" in missing.stderr
