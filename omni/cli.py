@@ -235,6 +235,64 @@ for _task in ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit"):
     eval_app.command(_task)(_eval_task_command(_task))
 
 
+@app.command("ablate")
+@user_errors
+def ablate_command(
+    task: str = typer.Argument(..., help="vqa, t2i, spatial or depth (any task with more than one row)"),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
+    n: int = typer.Option(500, help="Held-out examples per row."),
+    seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
+    out: str = typer.Option("ablations", help="Output directory (Markdown, JSON, plot)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """The paper's rows for TASK on the same held-out examples: a table, its JSON and a plot."""
+    import json
+
+    from omni.eval.ablate import ablate, markdown, save_ablation
+    from omni.model import OmniModel
+    from omni.unroll.engine import PLANS, Engine
+
+    _positive("--n", n)
+    if task not in PLANS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(PLANS)}")
+    engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed)
+    r = ablate(engine, task, n, seed_start, log=None if json_out else lambda m: typer.echo(m, err=True))
+    files = save_ablation(r, out)
+    if json_out:
+        typer.echo(json.dumps({k: (v.to_json() if k == "tables" else v) for k, v in r.items() if k != "tables"}
+                              | {"tables": {k: t.to_json() for k, t in r["tables"].items()}}))
+    else:
+        typer.echo(markdown(r))
+        typer.echo(f"wrote {', '.join(str(p) for p in files.values())}")
+
+
+@app.command("unroll")
+@user_errors
+def unroll_command(
+    task: str = typer.Argument(..., help="vqa, t2i, spatial, depth, pose, nvs, video or edit"),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
+    plan: str = typer.Option("default", help="A plan: a row name, 'default', 'direct' or primitives 'a,b'."),
+    seed: int = typer.Option(2_000_000_000, help="World seed of the example (default: the first test seed)."),
+    out: str = typer.Option(..., help="Output directory: output, every intermediate image, trace.json."),
+):
+    """Unroll one plan on one world example; write the final output, intermediate images and trace.json."""
+    from omni.eval.run import inputs_of, score
+    from omni.model import OmniModel
+    from omni.unroll.engine import Engine, parse_plan
+    from omni.unroll.trace import write_trace
+    from omni.world import sample
+
+    parse_plan(task, plan)  # an unknown task or primitive fails here
+    ex = sample(task, [seed])[0]
+    parse_plan(task, plan, inputs_of(ex))
+    engine = Engine(OmniModel.from_pretrained(checkpoint))
+    res = engine.run(inputs_of(ex), plan)
+    path = write_trace(res, out, extra={"seed": seed, "score": score(ex, res)})
+    typer.echo(f"{task} plan {', '.join(res.plan) or 'direct'}: output {res.output.text or res.output.kind}")
+    typer.echo(f"wrote {path}")
+
+
 @app.command("demo")
 @user_errors
 def demo_command(

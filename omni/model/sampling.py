@@ -64,10 +64,10 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
 @torch.no_grad()
 def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg_scale: float = 1.0,
                    cfg_interval: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
-                   noise: torch.Tensor | None = None) -> torch.Tensor:
+                   noise: torch.Tensor | None = None, advance: bool = True) -> torch.Tensor:
     """Generate one image per cache row: latents (rows, g*g, latent_dim) by Euler steps of the flow
-    from t = 1 to 0. The image_gen segment is never stored; the cache advances one position past
-    it, as in training. cache=None: unconditional, one image."""
+    from t = 1 to 0. The image_gen segment is never stored; with advance=True the cache then moves
+    one position past it, as in training. cache=None: unconditional, one image."""
     cfg = model.cfg
     rows = cache.rows if cache is not None else 1
     n = cfg.latent_grid ** 2
@@ -86,7 +86,7 @@ def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg
             v_u = _velocity_alone(model, [[Segment("image_gen", latents=x[r], t=t, uncond=True)] for r in range(rows)])
             v = v_u + cfg_scale * (v - v_u)
         x = x + (t_next - t) * v
-    if cache is not None:
+    if cache is not None and advance:
         cache.advance()
     return x
 

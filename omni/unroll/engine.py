@@ -60,22 +60,51 @@ class Inputs:
 
 
 class Workspace:
+    """The context of one run: its items, the segments encoded so far (the record) and the KV cache
+    holding them. Every change of the context goes through `append` / `record`, so the same context
+    can be re-encoded from its record (`rebuild`) — the baseline the cache is measured against."""
+
     def __init__(self, engine: Engine, inputs: Inputs):
         self.engine, self.inputs = engine, inputs
         self.cache = KVCache(engine.model.cfg, device=engine.device)
         self.items: list[Item] = []
+        self.record: list[Segment | str] = []  # segments, or "advance" for a generated image's position
 
     def append(self, segments: Sequence[Segment]) -> int:
         """Encode segments into the cache (stored); returns the number of tokens added."""
         before = self.cache.length
         extend(self.engine.model, self.cache, list(segments))
+        self.record += list(segments)
         return self.cache.length - before
+
+    def advance(self) -> None:
+        """A generated image took a position without entering the context."""
+        self.cache.advance()
+        self.record.append("advance")
+
+    def rebuild(self) -> None:
+        """Re-encode the whole context from its record into a fresh cache (no reuse at all)."""
+        model = self.engine.model
+        cache = KVCache(model.cfg, device=self.engine.device)
+        run: list[Segment] = []
+        for r in self.record:
+            if isinstance(r, Segment):
+                run.append(r)
+                continue
+            if run:
+                extend(model, cache, run)
+                run = []
+            cache.advance()
+        if run:
+            extend(model, cache, run)
+        self.cache = cache
 
     def fork(self) -> Workspace:
         ws = Workspace.__new__(Workspace)
         ws.engine, ws.inputs = self.engine, self.inputs
         ws.cache = self.cache.fork()
         ws.items = list(self.items)
+        ws.record = list(self.record)
         return ws
 
     def generate_block(self, name: str, max_new: int) -> tuple[str, int]:
@@ -91,7 +120,14 @@ class Workspace:
         # in, as in training (also when the block was cut at max_new or ended with <eos>)
         decode_step(self.engine.model, self.cache, torch.tensor([close]), TEXT)
         body = [i for i in ids if i not in stop]
+        self.record.append(Segment("text", body + [close]))
         return fmt.tok.decode(body).strip(), self.cache.length - before
+
+    def generate_visual(self, n: int) -> list[int]:
+        """n visual tokens written by the model (all enter the context)."""
+        codes = generate_tokens(self.engine.model, self.cache, n, "visual", **self.engine.sampling())[0]
+        self.record.append(Segment("visual", codes))
+        return codes
 
     def trace(self) -> list[dict]:
         return [it.to_json() for it in self.items]
@@ -175,7 +211,7 @@ class Engine:
 
     def __init__(self, model: OmniModel, temperature: float = 0.0, top_k: int = 0, seed: int = 0,
                  flow_steps: int = 20, cfg_scale: float = 3.0, cfg_interval: tuple[float, float] = (0.0, 1.0),
-                 think_tokens: int = 160, layout_tokens: int = 200):
+                 think_tokens: int = 160, layout_tokens: int = 200, reencode: bool = False):
         if model.tokenizer is None or model.visual is None:
             raise ValueError("the model has no tokenizers attached (load it with OmniModel.from_pretrained)")
         self.model = model.eval()
@@ -184,6 +220,7 @@ class Engine:
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self.flow_steps, self.cfg_scale, self.cfg_interval = flow_steps, cfg_scale, cfg_interval
         self.think_tokens, self.layout_tokens = think_tokens, layout_tokens
+        self.reencode = reencode  # the baseline: re-encode the whole context before every step
         self.generator = torch.Generator().manual_seed(seed)
 
     def sampling(self) -> dict:
@@ -228,10 +265,14 @@ class Engine:
     def continue_plan(self, ws: Workspace, steps: Sequence[str]) -> Result:
         for s in steps:
             t = time.perf_counter()
+            if self.reencode:
+                ws.rebuild()
             item = PRIMITIVES[s](self, ws)
             item.seconds = time.perf_counter() - t
             ws.items.append(item)
         t = time.perf_counter()
+        if self.reencode:
+            ws.rebuild()
         out = DECODERS[ws.inputs.task](self, ws)
         out.seconds = time.perf_counter() - t
         return Result(ws.inputs.task, list(steps), out, list(ws.items))
@@ -242,7 +283,8 @@ class Engine:
         """<gen> then an image by flow sampling (CFG) against the workspace: pixels and latents."""
         ws.append([self.fmt.tags("<gen>")])
         lat = sample_latents(self.model, ws.cache, steps=self.flow_steps, cfg_scale=self.cfg_scale,
-                             cfg_interval=self.cfg_interval, generator=self.generator)
+                             cfg_interval=self.cfg_interval, generator=self.generator, advance=False)
+        ws.advance()
         img = self.model.visual.decode_latents(lat.cpu())[0].numpy()
         return img, lat[0]
 
@@ -295,8 +337,7 @@ def estimate_pose(engine: Engine, ws: Workspace) -> Item:
 def rollout_visual(engine: Engine, ws: Workspace) -> Item:
     fmt, model = engine.fmt, engine.model
     n = ws.append([fmt.tags("<vis>")])
-    g = model.cfg.latent_grid ** 2
-    codes = generate_tokens(model, ws.cache, g, "visual", **engine.sampling())[0]  # every code enters the cache
+    codes = ws.generate_visual(model.cfg.latent_grid ** 2)
     n += len(codes) + ws.append([fmt.tags("</vis>")])
     preview = model.visual.decode(torch.tensor([codes]))[0].numpy()
     return Item("rollout_visual", "visual", image=preview, tokens=n, data={"codes": codes})

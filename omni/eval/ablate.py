@@ -1,0 +1,82 @@
+"""The paper's ablations: every row of a task's table (a plan) on the same held-out examples, with the
+same weights; the input is encoded once per example and each row continues from a fork of it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omni.unroll.engine import PLANS, Engine, parse_plan
+from omni.world import sample
+
+from .report import AblationTable, ablation_table
+from .run import inputs_of, score
+
+# the score each table reports (and whether higher is better); more columns go into the JSON
+MAIN_METRIC = {"vqa": ("accuracy", True), "spatial": ("accuracy", True), "t2i": ("pass", True),
+               "depth": ("delta1", True), "pose": ("auc@30", True), "nvs": ("psnr", True), "video": ("psnr", True),
+               "edit": ("psnr", True)}
+TITLES = {"vqa": "Understanding: VQA", "t2i": "Generation: t2i (checker pass rate)",
+          "spatial": "Spatial: two-view questions", "depth": "Depth: delta1"}
+
+
+def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, list[str]] | None = None,
+           log=None) -> dict:
+    """Per-example scores of every row on the same examples, and a table per reported score."""
+    rows = rows or PLANS[task]
+    plans = {name: parse_plan(task, steps) for name, steps in rows.items()}
+    examples = sample(task, range(seed_start, seed_start + n))
+    scores: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
+    seconds = {name: 0.0 for name in plans}
+    tokens = {name: 0 for name in plans}
+    for i, ex in enumerate(examples):
+        inputs = inputs_of(ex)
+        for steps in plans.values():  # every row can run on this input, before any compute
+            parse_plan(task, steps, inputs)
+        t = time.perf_counter()
+        base = engine.start(inputs)
+        shared = time.perf_counter() - t
+        for name, steps in plans.items():
+            t = time.perf_counter()
+            res = engine.continue_plan(base.fork(), steps)
+            seconds[name] += time.perf_counter() - t + shared
+            tokens[name] += sum(it.tokens for it in res.items) + res.output.tokens
+            for k, v in score(ex, res).items():
+                scores[name].setdefault(k, []).append(v)
+        if log and (i + 1) % max(1, n // 10) == 0:
+            log(f"{task}: {i + 1}/{n} examples")
+    metric, higher = MAIN_METRIC[task]
+    tables = {}
+    for key in scores[next(iter(plans))]:
+        tables[key] = ablation_table({name: scores[name][key] for name in plans},
+                                     title=TITLES.get(task, task), metric=key,
+                                     higher_is_better=higher if key == metric else key != "abs_rel",
+                                     notes=[f"same weights, same {n} held-out examples (seeds {seed_start}..), "
+                                            f"rows differ only in the plan"])
+    return {"task": task, "n": n, "seed_start": seed_start, "rows": {k: list(v) for k, v in plans.items()},
+            "main_metric": metric, "tables": tables, "scores": scores,
+            "seconds_per_example": {k: v / n for k, v in seconds.items()},
+            "context_tokens_per_example": {k: v / n for k, v in tokens.items()}}
+
+
+def save_ablation(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    """<task>.md / .json / .png for the main metric, <task>_<metric>.* for the others, and
+    <task>_scores.json with every per-example score, the seconds and context tokens per row."""
+    from omni.io import write_json
+
+    out: dict[str, Path] = {}
+    for key, table in result["tables"].items():
+        stem = result["task"] if key == result["main_metric"] else f"{result['task']}_{key.replace('@', '')}"
+        out.update({f"{key}.{k}": v for k, v in table.save(out_dir, stem).items()})
+    raw = Path(out_dir) / f"{result['task']}_scores.json"
+    write_json(raw, {k: v for k, v in result.items() if k != "tables"})
+    out["scores"] = raw
+    return out
+
+
+def markdown(result: dict) -> str:
+    t: AblationTable = result["tables"][result["main_metric"]]
+    cost = "\n".join(f"- {name}: {result['seconds_per_example'][name]:.2f} s and "
+                      f"{result['context_tokens_per_example'][name]:.0f} context tokens per example"
+                      for name in result["rows"])
+    return t.markdown() + "\n" + cost + "\n"

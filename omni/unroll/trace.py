@@ -1,0 +1,41 @@
+"""Writing an unrolled run to disk: the output, every intermediate image and trace.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .engine import Result
+
+
+def _png(img: np.ndarray, path: Path) -> str:
+    Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
+    return path.name
+
+
+def write_trace(res: Result, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """out_dir/trace.json: the task, the plan, each step (primitive, text, tokens added, seconds,
+    image file) and the output; images as step_<i>_<primitive>.png and output.png (depth: output.npy
+    in metres and a colorized output.png)."""
+    from omni.world.export import colorize_depth, ensure_writable_dir
+
+    out = ensure_writable_dir(out_dir)
+    trace = res.trace()
+    for i, (item, rec) in enumerate(zip(res.items, trace["steps"], strict=True)):
+        if item.image is not None:
+            rec["image"] = _png(item.image, out / f"step_{i}_{item.step}.png")
+    o = res.output
+    if o.image is not None:
+        trace["output"]["image"] = _png(o.image, out / "output.png")
+    if o.kind == "depth":
+        d = o.data["depth"]
+        np.save(out / "output.npy", d.astype(np.float32))
+        Image.fromarray(colorize_depth(d, np.ones_like(d, dtype=bool))).save(out / "output.png")
+        trace["output"]["depth"] = "output.npy"
+        trace["output"]["image"] = "output.png"
+    trace.update(extra or {})
+    (out / "trace.json").write_text(json.dumps(trace, indent=2, default=float))
+    return out / "trace.json"

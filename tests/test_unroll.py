@@ -1,0 +1,127 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from omni.eval.ablate import ablate, save_ablation
+from omni.eval.run import inputs_of
+from omni.model import OmniConfig, OmniModel
+from omni.tokens.text import TextTokenizer
+from omni.tokens.visual import VisualTokenizer
+from omni.train.loop import DEFAULT_VISUAL
+from omni.unroll import PLANS, Engine, Inputs, parse_plan
+from omni.unroll.trace import write_trace
+from omni.world import sample
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    vq = VisualTokenizer.load(DEFAULT_VISUAL)
+    m = OmniModel(OmniConfig(d_model=64, n_layers=2, n_heads=4, max_seq=2048, codebook_size=vq.cfg.codebook_size,
+                             latent_dim=vq.cfg.code_dim, latent_grid=vq.cfg.grid))
+    with torch.no_grad():  # make the untrained generation path non-trivial
+        for layer in m.layers:
+            torch.nn.init.normal_(layer.experts[1].ada.weight, std=0.05)
+        torch.nn.init.normal_(m.flow_head.weight, std=0.05)
+    m.tokenizer = TextTokenizer.default()
+    object.__setattr__(m, "visual", vq)
+    return m.eval()
+
+
+def engine(model, **kw):
+    return Engine(model, flow_steps=2, think_tokens=12, layout_tokens=16, seed=3, **kw)
+
+
+@pytest.mark.parametrize("task,plan", [("vqa", "+thinking"), ("t2i", "+long+visual"), ("depth", "default"),
+                                       ("spatial", "+novel views"), ("pose", "direct")])
+def test_cached_unrolling_equals_reencoding(model, task, plan):
+    ex = sample(task, [2_000_000_001])[0]
+    a = engine(model).run(inputs_of(ex), plan)
+    b = engine(model, reencode=True).run(inputs_of(ex), plan)
+    assert [it.text for it in a.items] == [it.text for it in b.items]
+    assert a.output.text == b.output.text
+    for x, y in zip(a.items, b.items, strict=True):
+        assert x.tokens == y.tokens and (x.image is None) == (y.image is None)
+        if x.image is not None:
+            assert np.abs(x.image - y.image).max() < 1e-3
+    if a.output.image is not None:
+        assert np.abs(a.output.image - b.output.image).max() < 1e-3
+    if "depth" in a.output.data:
+        assert np.abs(a.output.data["depth"] - b.output.data["depth"]).max() < 1e-3
+
+
+def test_forks_do_not_leak(model):
+    ex = sample("t2i", [2_000_000_002])[0]
+    e = engine(model)
+    base = e.start(inputs_of(ex))
+    length, record = base.cache.length, list(base.record)
+    e.generator.manual_seed(5)
+    first = e.continue_plan(base.fork(), ["think_long", "rollout_visual"])
+    e.continue_plan(base.fork(), ["think", "rollout_visual"])  # another branch in between
+    e.generator.manual_seed(5)
+    again = e.continue_plan(base.fork(), ["think_long", "rollout_visual"])
+    assert base.cache.length == length and base.record == record
+    assert [it.text for it in first.items] == [it.text for it in again.items]
+    assert np.array_equal(first.output.image, again.output.image)
+
+
+def test_plan_validation():
+    one_image = Inputs("vqa", {"image": np.zeros((32, 32, 3))}, "how many cubes are there?")
+    assert parse_plan("t2i", "+long+visual") == ["think_long", "rollout_visual"]
+    assert parse_plan("t2i", "think_long, rollout_visual") == ["think_long", "rollout_visual"]
+    assert parse_plan("vqa", "direct") == [] and parse_plan("spatial", "default")[-1] == "think"
+    with pytest.raises(ValueError, match="unknown primitive"):
+        parse_plan("vqa", "think,dance")
+    with pytest.raises(ValueError, match="estimate_pose.*view1, view2"):
+        parse_plan("vqa", "estimate_pose", one_image)
+    with pytest.raises(ValueError, match="oracle_text"):
+        parse_plan("t2i", "oracle_text", Inputs("t2i", {}, "a photo of a cube."))
+    with pytest.raises(ValueError, match="at most 8"):
+        parse_plan("vqa", ",".join(["think"] * 9))
+    with pytest.raises(ValueError, match="unknown task"):
+        parse_plan("audio", "think")
+    for task, rows in PLANS.items():
+        for steps in rows.values():
+            parse_plan(task, steps)
+
+
+def test_trace_schema(model, tmp_path):
+    ex = sample("spatial", [2_000_000_003])[0]
+    res = engine(model).run(inputs_of(ex), "+novel views")
+    path = write_trace(res, tmp_path / "tr", extra={"seed": 3})
+    tr = json.loads(path.read_text())
+    assert tr["task"] == "spatial" and tr["plan"] == ["estimate_pose", "synthesize_views", "think"]
+    assert [s["step"] for s in tr["steps"]] == ["input", "estimate_pose", "synthesize_views", "think"]
+    for s in tr["steps"]:
+        assert {"step", "kind", "text", "tokens", "seconds"} <= set(s) and s["tokens"] > 0 and s["seconds"] >= 0
+    views = tr["steps"][2]
+    assert (tmp_path / "tr" / views["image"]).is_file() and views["tokens"] >= 4 * 64
+    assert tr["output"]["kind"] == "text" and tr["seed"] == 3
+
+
+def test_ablation_rows_share_examples(model, tmp_path):
+    r = ablate(engine(model), "vqa", 2, 2_000_000_010)
+    t = r["tables"]["accuracy"]
+    assert [row.name for row in t.rows] == ["direct", "+thinking"] and t.n == 2
+    assert r["context_tokens_per_example"]["+thinking"] > r["context_tokens_per_example"]["direct"]
+    files = save_ablation(r, tmp_path / "abl")
+    assert files["accuracy.md"].read_text().startswith("**Understanding: VQA**")
+    assert json.loads(files["scores"].read_text())["scores"]["direct"]["accuracy"]
+
+
+def test_unroll_cli(model, tmp_path):
+    model.save_pretrained(tmp_path / "ck")
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "unroll", "depth", "--checkpoint", str(tmp_path / "ck"),
+                        "--plan", "default", "--out", str(tmp_path / "u")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    tr = json.loads((tmp_path / "u" / "trace.json").read_text())
+    assert tr["plan"] == ["depth_caption", "rollout_visual"] and (tmp_path / "u" / "output.npy").is_file()
+    assert np.load(tmp_path / "u" / "output.npy").shape == (32, 32)
+    bad = subprocess.run([sys.executable, "-m", "omni.cli", "unroll", "vqa", "--checkpoint", str(tmp_path / "ck"),
+                          "--plan", "estimate_pose", "--out", str(tmp_path / "v")], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "estimate_pose" in bad.stderr
