@@ -235,6 +235,18 @@ for _task in ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit"):
     eval_app.command(_task)(_eval_task_command(_task))
 
 
+@eval_app.command("curves")
+@user_errors
+def eval_curves(
+    log: str = typer.Option(..., help="A run's log.jsonl."),
+    out: str = typer.Option("training_curves.png", help="Output PNG."),
+):
+    """Plot a training run's loss curves from its JSONL log."""
+    from omni.eval.report import plot_training
+
+    typer.echo(f"wrote {plot_training(log, out)}")
+
+
 @app.command("ablate")
 @user_errors
 def ablate_command(

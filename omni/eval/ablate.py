@@ -50,7 +50,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
     for key in scores[next(iter(plans))]:
         tables[key] = ablation_table({name: scores[name][key] for name in plans},
                                      title=TITLES.get(task, task), metric=key,
-                                     higher_is_better=higher if key == metric else key != "abs_rel",
+                                     higher_is_better=higher if key == metric else not key.startswith("abs_rel"),
                                      notes=[f"same weights, same {n} held-out examples (seeds {seed_start}..), "
                                             f"rows differ only in the plan"])
     return {"task": task, "n": n, "seed_start": seed_start, "rows": {k: list(v) for k, v in plans.items()},

@@ -116,3 +116,37 @@ def ablation_table(rows: Mapping[str, Sequence[float]], title: str = "ablation",
         d = bootstrap_ci(arrays[k] - base, n=n_boot, seed=seed)
         out.append(Row(k, ci["mean"], ci["lo"], ci["hi"], d["mean"], d["lo"], d["hi"]))
     return AblationTable(title, metric, n, out, higher_is_better, list(notes))
+
+
+def plot_training(log_path: str | Path, out: str | Path, keys=("text_ce", "visual_ce", "flow_mse", "depth"),
+                  window: int = 25) -> Path:
+    """Loss curves from a run's log.jsonl (moving average over `window` steps; a batch mixes tasks,
+    so single steps are noisy). Zero entries — a loss absent from that batch — are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {}
+    for line in Path(log_path).read_text().splitlines():
+        m = json.loads(line)
+        rows[m["step"]] = m  # a resumed run rewrites steps: keep the last
+    steps = sorted(rows)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), dpi=110)
+    for ax, k in zip(np.atleast_1d(axes), keys, strict=True):
+        xs = np.array([s for s in steps if rows[s].get(k, 0) > 0])
+        ys = np.array([rows[s][k] for s in xs])
+        if len(ys):
+            w = min(window, len(ys))
+            smooth = np.convolve(ys, np.ones(w) / w, mode="valid")
+            ax.plot(xs, ys, color="#c0c8d8", lw=0.6)
+            ax.plot(xs[w - 1:], smooth, color="#4c72b0", lw=1.5)
+        ax.set_title(k)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

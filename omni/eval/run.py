@@ -5,7 +5,8 @@ the generation checker), and every reported mean carries a 95 % bootstrap interv
 
     vqa, spatial  exact-match accuracy of the answer (spatial: the option letter; chance 25 %)
     t2i           the generation checker: pass (GenEval) and soft score (GenEval-2 style)
-    depth         delta1 and AbsRel per image (Marigold protocol, metric depth, no alignment)
+    depth         delta1 and AbsRel per image (Marigold protocol): metric (no alignment), and after a
+                  least-squares scale and shift per image ("_aligned")
     pose          AUC@30 over the pairs (each pair's share of the 1..30 degree thresholds it meets)
     nvs, video, edit  PSNR and SSIM of the generated image, and PSNR of copying the input image
 """
@@ -61,7 +62,9 @@ def score(ex: Example, res: Result) -> dict:
     if task == "depth":
         v = ex.views["image"]
         m = depth_metrics(out.data["depth"], v.depth, mask=v.valid)
-        return {"delta1": m["delta1"], "abs_rel": m["abs_rel"]}
+        a = depth_metrics(out.data["depth"], v.depth, mask=v.valid, align="scale_shift")
+        return {"delta1": m["delta1"], "abs_rel": m["abs_rel"], "delta1_aligned": a["delta1"],
+                "abs_rel_aligned": a["abs_rel"]}
     if task == "pose":
         a, b = ex.views["view1"].w2c, ex.views["view2"].w2c
         T = parse_pose(out.text or "")
