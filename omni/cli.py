@@ -272,8 +272,8 @@ def ablate_command(
     r = ablate(engine, task, n, seed_start, log=None if json_out else lambda m: typer.echo(m, err=True))
     files = save_ablation(r, out)
     if json_out:
-        typer.echo(json.dumps({k: (v.to_json() if k == "tables" else v) for k, v in r.items() if k != "tables"}
-                              | {"tables": {k: t.to_json() for k, t in r["tables"].items()}}))
+        tables = {k: t.to_json() for k, t in r["tables"].items()}
+        typer.echo(json.dumps({k: v for k, v in r.items() if k != "tables"} | {"tables": tables}))
     else:
         typer.echo(markdown(r))
         typer.echo(f"wrote {', '.join(str(p) for p in files.values())}")

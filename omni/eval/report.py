@@ -76,12 +76,7 @@ class AblationTable:
         ax.set_ylabel(self.metric)
         ax.set_title(f"{self.title} (n = {self.n}, 95% CI)")
         ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        plt.close(fig)
-        return path
+        return _save_figure(fig, path)
 
     def save(self, out_dir: str | Path, stem: str) -> dict[str, Path]:
         """Write <stem>.md, <stem>.json and <stem>.png into out_dir."""
@@ -144,9 +139,15 @@ def plot_training(log_path: str | Path, out: str | Path, keys=("text_ce", "visua
         ax.set_title(k)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    return _save_figure(fig, out)
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
     plt.close(fig)
-    return out
+    return path
