@@ -111,6 +111,8 @@ def test_ablation_rows_share_examples(model, tmp_path):
     files = save_ablation(r, tmp_path / "abl")
     assert files["accuracy.md"].read_text().startswith("**Understanding: VQA**")
     assert json.loads(files["scores"].read_text())["scores"]["direct"]["accuracy"]
+    assert set(r["context_fidelity"]["+thinking"]) == {"think:exact", "think:similarity"}
+    assert r["context_fidelity"]["direct"] == {}
 
 
 def test_unroll_cli(model, tmp_path):
@@ -125,3 +127,30 @@ def test_unroll_cli(model, tmp_path):
                           "--plan", "estimate_pose", "--out", str(tmp_path / "v")], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "estimate_pose" in bad.stderr
+
+
+def test_context_fidelity_against_the_world():
+    """A context equal to the world's truth scores perfect fidelity; a wrong one does not."""
+    from omni.eval.run import fidelity
+    from omni.unroll.engine import Item, Result
+
+    ex = sample("spatial", [2_000_000_020])[0]
+    grid = np.concatenate([np.concatenate([ex.views["look_up"].rgb, ex.views["look_down"].rgb], 1),
+                           np.concatenate([ex.views["look_left"].rgb, ex.views["look_right"].rgb], 1)], 0)
+    out = Item("output", "text", text=ex.answer)
+    good = Result("spatial", [], out, [Item("estimate_pose", "pose", text=ex.texts["pose"]),
+                                       Item("synthesize_views", "image", image=grid * 0.98),
+                                       Item("think", "text", text=ex.texts["thinking"])])
+    f = fidelity(ex, good)
+    assert f["estimate_pose:parsed"] == 1 and f["estimate_pose:auc@30"] > 0.95
+    assert f["think:exact"] == 1 and f["think:similarity"] == 1 and f["synthesize_views:psnr"] > 30
+    bad = Result("spatial", [], out, [Item("estimate_pose", "pose", text="not a pose"),
+                                      Item("synthesize_views", "image", image=np.zeros_like(grid)),
+                                      Item("think", "text", text="the sky is green")])
+    f = fidelity(ex, bad)
+    assert f["estimate_pose:parsed"] == 0 and f["think:exact"] == 0 and f["think:similarity"] < 0.5
+    assert f["synthesize_views:psnr"] < 15
+    t2i = sample("t2i", [2_000_000_020])[0]
+    f = fidelity(t2i, Result("t2i", [], out, [Item("rollout_visual", "visual", image=t2i.views["target"].rgb),
+                                              Item("think_long", "text", text=t2i.texts["oracle"])]))
+    assert f == {"rollout_visual:pass": 1.0, "think_long:exact": 1.0, "think_long:similarity": 1.0}

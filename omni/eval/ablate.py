@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from omni.unroll.engine import PLANS, Engine, parse_plan
 from omni.world import sample
 
 from .report import AblationTable, ablation_table
-from .run import inputs_of, score
+from .run import fidelity, inputs_of, score
 
 # the score each table reports (and whether higher is better); more columns go into the JSON
 MAIN_METRIC = {"vqa": ("accuracy", True), "spatial": ("accuracy", True), "t2i": ("pass", True),
@@ -27,6 +29,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
     plans = {name: parse_plan(task, steps) for name, steps in rows.items()}
     examples = sample(task, range(seed_start, seed_start + n))
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
+    context: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
     seconds = {name: 0.0 for name in plans}
     tokens = {name: 0 for name in plans}
     for i, ex in enumerate(examples):
@@ -43,6 +46,8 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
             tokens[name] += sum(it.tokens for it in res.items) + res.output.tokens
             for k, v in score(ex, res).items():
                 scores[name].setdefault(k, []).append(v)
+            for k, v in fidelity(ex, res).items():
+                context[name].setdefault(k, []).append(v)
         if log and (i + 1) % max(1, n // 10) == 0:
             log(f"{task}: {i + 1}/{n} examples")
     metric, higher = MAIN_METRIC[task]
@@ -55,6 +60,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
                                             f"rows differ only in the plan"])
     return {"task": task, "n": n, "seed_start": seed_start, "rows": {k: list(v) for k, v in plans.items()},
             "main_metric": metric, "tables": tables, "scores": scores,
+            "context_fidelity": {name: {k: float(np.mean(v)) for k, v in c.items()} for name, c in context.items()},
             "seconds_per_example": {k: v / n for k, v in seconds.items()},
             "context_tokens_per_example": {k: v / n for k, v in tokens.items()}}
 
@@ -79,4 +85,8 @@ def markdown(result: dict) -> str:
     cost = "\n".join(f"- {name}: {result['seconds_per_example'][name]:.2f} s and "
                       f"{result['context_tokens_per_example'][name]:.0f} context tokens per example"
                       for name in result["rows"])
-    return t.markdown() + "\n" + cost + "\n"
+    fid = "\n".join(f"- {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in result["context_fidelity"][name].items())
+                    for name in result["rows"] if result["context_fidelity"][name])
+    if fid:
+        fid = "\nHow close each row's own context is to the world's ground truth (means):\n" + fid + "\n"
+    return t.markdown() + "\n" + cost + "\n" + fid

@@ -79,6 +79,58 @@ def score(ex: Example, res: Result) -> dict:
     return {"psnr": psnr(out.image, gt), "ssim": ssim(out.image, gt), "copy_psnr": psnr(ex.views[src].rgb, gt)}
 
 
+# the world's ground truth for each text primitive, per task: (texts key)
+_TEXT_TRUTH = {"think": {"vqa": "thinking", "spatial": "thinking", "t2i": "short"},
+               "think_long": {"t2i": "oracle"}, "describe": {"depth": "detailed"},
+               "depth_caption": {"depth": "depth_caption"}}
+
+
+def fidelity(ex: Example, res: Result) -> dict:
+    """How close each piece of context the model produced is to the world's ground truth — the first
+    question when a context does not help (is it produced correctly?). Per step, keyed `step:what`:
+      text primitives   `exact` (1/0) and `similarity` (difflib ratio) against the text the training
+                        mixture teaches for that block (t2i layouts are one valid layout among many, so
+                        there similarity is a lower bound of correctness)
+      estimate_pose     `parsed` and `auc@30` of the relative pose, as the pose task scores it
+      rollout_visual    t2i: the generation checker's `pass` on the decoded preview; otherwise the
+                        preview's `psnr` against the input image it should reproduce
+      synthesize_views  `psnr` of the four generated views against the world's renders
+    """
+    import difflib
+
+    from omni.unroll.format import VIEW_TAGS
+
+    out: dict[str, float] = {}
+    for it in res.items:
+        s = it.step
+        key = _TEXT_TRUTH.get(s, {}).get(ex.task)
+        if key and it.text is not None:
+            truth = ex.texts[key]
+            out[f"{s}:exact"] = float(it.text.strip() == truth.strip())
+            out[f"{s}:similarity"] = difflib.SequenceMatcher(None, it.text.strip(), truth.strip()).ratio()
+        elif s == "estimate_pose":
+            a, b = ex.views["view1"].w2c, ex.views["view2"].w2c
+            T = parse_pose(it.text or "")
+            pred_b = np.linalg.inv(T) @ a if T is not None else a
+            rre, rte = pose_errors(np.stack([a, pred_b])[None], np.stack([a, b])[None])
+            err = max(float(rre[0]), float(rte[0]))
+            out[f"{s}:parsed"] = float(T is not None)
+            out[f"{s}:auc@30"] = float(np.mean([err < k for k in range(1, 31)]))
+        elif s == "rollout_visual" and it.image is not None:
+            if ex.task == "t2i":
+                out[f"{s}:pass"] = float(check(it.image, ex.spec).passed)
+            else:
+                src = next(iter(inputs_of(ex).images.values()))
+                out[f"{s}:psnr"] = psnr(np.clip(it.image, 0, 1), src)
+        elif s == "synthesize_views" and it.image is not None:
+            h, w = it.image.shape[0] // 2, it.image.shape[1] // 2
+            tiles = {"up": it.image[:h, :w], "down": it.image[:h, w:], "left": it.image[h:, :w],
+                     "right": it.image[h:, w:]}
+            out[f"{s}:psnr"] = float(np.mean([psnr(np.clip(tiles[d], 0, 1), ex.views[f"look_{d}"].rgb)
+                                              for d in VIEW_TAGS]))
+    return out
+
+
 def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Sequence[str] | None = None,
              log=None) -> dict:
     """Run `plan` on n examples of `task` (seeds seed_start ...) and summarise every score with its
