@@ -324,6 +324,38 @@ def demo_command(
     typer.echo(f"wrote {out}")
 
 
+@app.command("serve")
+@user_errors
+def serve_command(
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    queue: int = typer.Option(8, help="Runs that may wait behind the running one (more get HTTP 429)."),
+    timeout: float = typer.Option(120.0, help="Seconds a run may take from admission (then HTTP 504)."),
+    flow_steps: int = typer.Option(20, help="Euler steps of the image flow sampler."),
+    artifact_ttl: float = typer.Option(900.0, help="Seconds a run's images stay available."),
+    max_body_mb: float = typer.Option(8.0, help="Largest request body in MiB (HTTP 413 above)."),
+    threads: int = typer.Option(0, help="torch threads (0: torch's default)."),
+):
+    """Serve the HTTP API (OpenAPI at /docs) and the page that shows the unrolled workspace (/)."""
+    from omni.serve import ServeSettings, create_app
+
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must lie in 1..65535, got {port}")
+    settings = ServeSettings(max_queue=queue, timeout_s=timeout, flow_steps=flow_steps, artifact_ttl_s=artifact_ttl,
+                             max_body_bytes=int(max_body_mb * 2**20))
+    settings.validate()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    api = create_app(checkpoint, settings)
+    import uvicorn
+
+    typer.echo(f"omni serve: {checkpoint} on http://{host}:{port}/ (API docs: /docs)", err=True)
+    uvicorn.run(api, host=host, port=port, log_level="info")
+
+
 @app.command("train")
 @user_errors
 def train(

@@ -231,6 +231,12 @@ class Engine:
     def start(self, inputs: Inputs) -> Workspace:
         ws = Workspace(self, inputs)
         t = time.perf_counter()
+        n = ws.append(self.input_segments(inputs))
+        ws.items.append(Item("input", "text", text=inputs.text, tokens=n, seconds=time.perf_counter() - t))
+        return ws
+
+    def input_segments(self, inputs: Inputs) -> list[Segment]:
+        """The segments that open a workspace for `inputs` (the task tag, images, text)."""
         fmt, segs, im = self.fmt, [self.fmt.tags(TASK_TAGS[inputs.task])], inputs.images
         task = inputs.task
         if task in ("vqa", "depth"):
@@ -249,20 +255,25 @@ class Engine:
             segs.append(fmt.block("instruction", inputs.text))
         elif task == "video":
             segs += [fmt.block("caption", inputs.text)] + fmt.image(im["frame0"])
-        n = ws.append(segs)
-        ws.items.append(Item("input", "text", text=inputs.text, tokens=n, seconds=time.perf_counter() - t))
-        return ws
+        return segs
 
     # -- running ----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def run(self, inputs: Inputs, plan: str | Sequence[str] | None = None) -> Result:
+    def run(self, inputs: Inputs, plan: str | Sequence[str] | None = None,
+            on_step: Callable[[Item], None] | None = None) -> Result:
+        """Unroll `plan` on `inputs`. `on_step`, if given, is called with each item as it joins the
+        workspace (the input first), then with the output: a way to stream a run (an exception it
+        raises stops the run)."""
         steps = parse_plan(inputs.task, plan, inputs)
         ws = self.start(inputs)
-        return self.continue_plan(ws, steps)
+        if on_step is not None:
+            on_step(ws.items[-1])
+        return self.continue_plan(ws, steps, on_step)
 
     @torch.no_grad()
-    def continue_plan(self, ws: Workspace, steps: Sequence[str]) -> Result:
+    def continue_plan(self, ws: Workspace, steps: Sequence[str],
+                      on_step: Callable[[Item], None] | None = None) -> Result:
         for s in steps:
             t = time.perf_counter()
             if self.reencode:
@@ -270,11 +281,15 @@ class Engine:
             item = PRIMITIVES[s](self, ws)
             item.seconds = time.perf_counter() - t
             ws.items.append(item)
+            if on_step is not None:
+                on_step(item)
         t = time.perf_counter()
         if self.reencode:
             ws.rebuild()
         out = DECODERS[ws.inputs.task](self, ws)
         out.seconds = time.perf_counter() - t
+        if on_step is not None:
+            on_step(out)
         return Result(ws.inputs.task, list(steps), out, list(ws.items))
 
     # -- shared generation pieces -------------------------------------------------------------------
