@@ -113,6 +113,18 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     with pytest.raises(subprocess.CalledProcessError):  # a second run into the same directory needs --resume
         subprocess.run([sys.executable, "-m", "omni.train", "--out", str(tmp_path / "cut"), *ARGS], check=True,
                        capture_output=True, timeout=600)
+    # export: the newest checkpoint's weights in bf16, with the training record, loadable on its own
+    from omni.io import read_json
+    from omni.model import OmniModel
+    from omni.train import export
+
+    dest = export(tmp_path / "cut", tmp_path / "shipped", dtype="bfloat16")
+    meta = read_json(tmp_path / "shipped" / "config.json")
+    assert meta["training"]["step"] == 8 and meta["weights"] == "raw" and meta["dtype"] == "bfloat16"
+    assert meta["exported_from"] == "step-0000008" and meta["training"]["data_seed"] == 0
+    shipped, last = OmniModel.from_pretrained(dest), OmniModel.from_pretrained(tmp_path / "cut" / "step-0000008")
+    for k, v in last.state_dict().items():
+        assert torch.equal(shipped.state_dict()[k].float(), v.to(torch.bfloat16).float()), k
 
 
 @pytest.mark.slow

@@ -317,5 +317,11 @@ def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16") -> Pa
         model.load_state_dict({k: ema[k].to(v.dtype) for k, v in model.state_dict().items()})
     extra = {k: v for k, v in meta.items() if k not in ("format", "model", "dtype")}
     extra["exported_from"] = src.name
+    cfg = extra.get("training", {}).get("config", {})
+    if cfg.get("visual") and Path(cfg["visual"]).is_absolute():  # a shipped record names no machine's paths
+        try:
+            cfg["visual"] = str(Path(cfg["visual"]).relative_to(Path.cwd()))
+        except ValueError:
+            cfg["visual"] = Path(cfg["visual"]).name
     extra["weights"] = "ema" if ema else "raw"
     return model.save_pretrained(dest, dtype=dtype, meta=extra)
