@@ -1,0 +1,97 @@
+"""Model-free reference scores on the same held-out examples `omni eval` uses: what a model must beat
+to be "above chance". Each is scored by the same code as the model (omni.eval.run.score's metrics).
+
+    vqa       the most frequent answer of each question kind on training seeds (a prior that sees
+              the question's kind, not the image)
+    spatial   the most frequent option letter on training seeds (uniform chance is 25 %)
+    t2i       the checker on the ground-truth render of another test prompt of the same category
+              (an image of the right kind, not of this prompt)
+    depth     every pixel at the mean ground-truth depth of training images (metric, no alignment)
+    pose      "it did not move": the identity relative pose
+    nvs, video, edit   copying the input image (`copy_psnr` in the task's own scores)
+
+    python -m omni.eval.references [--n 500] [--seed-start 2000000000] [--train 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from omni.world import sample
+
+from .checker import check
+from .metrics import bootstrap_ci, depth_metrics, pose_errors, psnr, qa_accuracy
+
+
+def references(n: int = 500, seed_start: int = 2_000_000_000, n_train: int = 2000) -> dict:
+    test = range(seed_start, seed_start + n)
+    train = range(0, n_train)
+    out: dict[str, dict] = {}
+
+    tr = sample("vqa", train)
+    prior: dict[str, Counter] = defaultdict(Counter)
+    for ex in tr:
+        prior[ex.spec["kind"]][ex.answer] += 1
+    te = sample("vqa", test)
+    preds = [prior[ex.spec["kind"]].most_common(1)[0][0] if prior[ex.spec["kind"]] else "" for ex in te]
+    out["vqa"] = {"accuracy": qa_accuracy(preds, [ex.answer for ex in te])["scores"]}
+
+    letter = Counter(ex.answer for ex in sample("spatial", train)).most_common(1)[0][0]
+    te = sample("spatial", test)
+    out["spatial"] = {"accuracy": qa_accuracy([letter] * n, [ex.answer for ex in te])["scores"]}
+
+    te = sample("t2i", test)
+    by_cat: dict[str, list[int]] = defaultdict(list)
+    for i, ex in enumerate(te):
+        by_cat[ex.spec["category"]].append(i)
+    passed, soft = [], []
+    for i, ex in enumerate(te):
+        same = by_cat[ex.spec["category"]]
+        j = same[(same.index(i) + 1) % len(same)]  # the next test prompt of the same category
+        r = check(te[j].views["target"].rgb, ex.spec)
+        passed.append(float(r.passed))
+        soft.append(r.score)
+    out["t2i"] = {"pass": passed, "score": soft}
+
+    mean_depth = float(np.mean([ex.views["image"].depth[ex.views["image"].valid].mean()
+                                for ex in sample("depth", range(0, min(n_train, 500)))]))
+    d1, ar = [], []
+    for ex in sample("depth", test):
+        v = ex.views["image"]
+        m = depth_metrics(np.full_like(v.depth, mean_depth), v.depth, mask=v.valid)
+        d1.append(m["delta1"])
+        ar.append(m["abs_rel"])
+    out["depth"] = {"delta1": d1, "abs_rel": ar}
+
+    auc = []
+    for ex in sample("pose", test):
+        a, b = ex.views["view1"].w2c, ex.views["view2"].w2c
+        rre, rte = pose_errors(np.stack([a, a])[None], np.stack([a, b])[None])
+        err = max(float(rre[0]), float(rte[0]))
+        auc.append(float(np.mean([err < k for k in range(1, 31)])))
+    out["pose"] = {"auc@30": auc}
+
+    for task, (src, tgt) in {"nvs": ("source", "target"), "video": ("frame0", "frame1"),
+                             "edit": ("before", "after")}.items():
+        out[task] = {"psnr": [psnr(ex.views[src].rgb, ex.views[tgt].rgb) for ex in sample(task, test)]}
+    return {"n": n, "seed_start": seed_start, "train_seeds": n_train,
+            "metrics": {t: {k: bootstrap_ci(v) for k, v in m.items()} for t, m in out.items()}}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--seed-start", type=int, default=2_000_000_000)
+    ap.add_argument("--train", type=int, default=2000, help="training seeds the priors are counted on")
+    a = ap.parse_args(argv)
+    if a.n <= 0 or a.train <= 0:
+        ap.error("--n and --train must be positive")
+    print(json.dumps(references(a.n, a.seed_start, a.train)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The checkpoint the repo ships: small enough for git, records how it was trained, loads, and still
+does better than chance on held-out examples (a regression guard, not the reported scores — those
+come from `omni eval` at n = 500, see the README)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omni.eval.run import evaluate
+from omni.model import OmniModel
+from omni.unroll.engine import Engine
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "omni-tiny"
+TEST_SEEDS = 2_000_000_000
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(OmniModel.from_pretrained(SHIPPED), flow_steps=8)
+
+
+def test_files_fit_in_git_and_record_training():
+    from omni.io import read_json
+
+    files = [p for p in SHIPPED.iterdir() if p.is_file()]
+    assert files
+    for p in files:
+        assert p.stat().st_size < 15 * 2**20, p
+    cfg = read_json(SHIPPED / "config.json")
+    train = cfg["training"]
+    assert train["config"]["preset"] == "tiny"
+    assert train["data_seed"] == train["config"]["mixture"]["data_seed"]
+    assert train["step"] > 0 and cfg["weights"] in ("ema", "raw")
+    assert not Path(train["config"]["visual"]).is_absolute()  # no machine's paths in a shipped record
+
+
+def test_depth_better_than_a_constant(engine):
+    """δ1 of the model's metric depth vs predicting every pixel at the median ground-truth depth."""
+    from omni.eval.metrics import depth_metrics
+    from omni.world import sample
+
+    r = evaluate(engine, "depth", 16, TEST_SEEDS)
+    exs = sample("depth", range(TEST_SEEDS, TEST_SEEDS + 16))
+    const = []
+    for ex in exs:
+        gt, mask = ex.views["image"].depth, ex.views["image"].valid
+        const.append(depth_metrics(np.full_like(gt, np.median(gt[mask])), gt, mask)["delta1"])
+    assert r["metrics"]["delta1"]["mean"] > np.mean(const) + 0.1
+
+
+def test_pose_text_parses_and_beats_random(engine):
+    r = evaluate(engine, "pose", 16, TEST_SEEDS)
+    assert r["metrics"]["parsed"]["mean"] == 1.0
+    # random rotations score AUC@30 ≈ 0.004 (tests/test_eval_metrics.py); the model must do better
+    assert r["metrics"]["auc@30"]["mean"] > 0.05
