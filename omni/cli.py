@@ -256,6 +256,7 @@ def ablate_command(
     seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
     out: str = typer.Option("ablations", help="Output directory (Markdown, JSON, plot)."),
     seed: int = typer.Option(0, help="Sampling seed."),
+    rows: str = typer.Option("", help="Only these rows, comma-separated (default: every row of the table)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """The paper's rows for TASK on the same held-out examples: a table, its JSON and a plot."""
@@ -268,8 +269,16 @@ def ablate_command(
     _positive("--n", n)
     if task not in PLANS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(PLANS)}")
+    chosen = None
+    if rows:
+        names = [r.strip() for r in rows.split(",") if r.strip()]
+        unknown = [r for r in names if r not in PLANS[task]]
+        if unknown or not names:
+            known = ", ".join(PLANS[task])
+            raise ValueError(f"unknown row(s) {', '.join(unknown) or rows!r} for {task}; known: {known}")
+        chosen = {r: PLANS[task][r] for r in names}
     engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed)
-    r = ablate(engine, task, n, seed_start, log=None if json_out else lambda m: typer.echo(m, err=True))
+    r = ablate(engine, task, n, seed_start, rows=chosen, log=None if json_out else lambda m: typer.echo(m, err=True))
     files = save_ablation(r, out)
     if json_out:
         tables = {k: t.to_json() for k, t in r["tables"].items()}

@@ -154,3 +154,10 @@ def test_context_fidelity_against_the_world():
     f = fidelity(t2i, Result("t2i", [], out, [Item("rollout_visual", "visual", image=t2i.views["target"].rgb),
                                               Item("think_long", "text", text=t2i.texts["oracle"])]))
     assert f == {"rollout_visual:pass": 1.0, "think_long:exact": 1.0, "think_long:similarity": 1.0}
+
+
+def test_ablate_cli_rejects_an_unknown_row_before_loading(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "ablate", "spatial", "--rows", "baseline,+nope",
+                        "--checkpoint", str(tmp_path / "absent"), "--n", "2", "--out", str(tmp_path / "a")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "+nope" in r.stderr and "+pose text" in r.stderr and "Traceback" not in r.stderr
