@@ -4,14 +4,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from omni.eval.ablate import ablate, save_ablation
 from omni.eval.run import inputs_of
-from omni.model import OmniConfig, OmniModel
-from omni.tokens.text import TextTokenizer
-from omni.tokens.visual import VisualTokenizer
-from omni.train.loop import DEFAULT_VISUAL
+from omni.serve.testing import random_tiny_model
 from omni.unroll import PLANS, Engine, Inputs, parse_plan
 from omni.unroll.trace import write_trace
 from omni.world import sample
@@ -19,17 +15,7 @@ from omni.world import sample
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    vq = VisualTokenizer.load(DEFAULT_VISUAL)
-    m = OmniModel(OmniConfig(d_model=64, n_layers=2, n_heads=4, max_seq=2048, codebook_size=vq.cfg.codebook_size,
-                             latent_dim=vq.cfg.code_dim, latent_grid=vq.cfg.grid))
-    with torch.no_grad():  # make the untrained generation path non-trivial
-        for layer in m.layers:
-            torch.nn.init.normal_(layer.experts[1].ada.weight, std=0.05)
-        torch.nn.init.normal_(m.flow_head.weight, std=0.05)
-    m.tokenizer = TextTokenizer.default()
-    object.__setattr__(m, "visual", vq)
-    return m.eval()
+    return random_tiny_model(0)  # d 64, 2 layers, the shipped tokenizers, a non-trivial generation path
 
 
 def engine(model, **kw):

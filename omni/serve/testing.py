@@ -28,7 +28,7 @@ def random_tiny_model(seed: int = 0, max_seq: int = 2048) -> OmniModel:
         vq = VisualTokenizer(VQConfig()).eval()
     m = OmniModel(OmniConfig(preset="random-tiny", d_model=64, n_layers=2, n_heads=4, max_seq=max_seq,
                              codebook_size=vq.cfg.codebook_size, latent_dim=vq.cfg.code_dim, latent_grid=vq.cfg.grid))
-    with torch.no_grad():  # as tests/test_unroll.py: make the untrained generation path non-trivial
+    with torch.no_grad():  # make the untrained generation path non-trivial
         for layer in m.layers:
             torch.nn.init.normal_(layer.experts[1].ada.weight, std=0.05)
         torch.nn.init.normal_(m.flow_head.weight, std=0.05)
