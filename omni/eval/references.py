@@ -24,7 +24,8 @@ import numpy as np
 from omni.world import sample
 
 from .checker import check
-from .metrics import bootstrap_ci, depth_metrics, pose_errors, psnr, qa_accuracy
+from .metrics import bootstrap_ci, depth_metrics, psnr, qa_accuracy
+from .run import pair_pose_scores
 
 
 def references(n: int = 500, seed_start: int = 2_000_000_000, n_train: int = 2000) -> dict:
@@ -67,13 +68,7 @@ def references(n: int = 500, seed_start: int = 2_000_000_000, n_train: int = 200
         ar.append(m["abs_rel"])
     out["depth"] = {"delta1": d1, "abs_rel": ar}
 
-    auc = []
-    for ex in sample("pose", test):
-        a, b = ex.views["view1"].w2c, ex.views["view2"].w2c
-        rre, rte = pose_errors(np.stack([a, a])[None], np.stack([a, b])[None])
-        err = max(float(rre[0]), float(rte[0]))
-        auc.append(float(np.mean([err < k for k in range(1, 31)])))
-    out["pose"] = {"auc@30": auc}
+    out["pose"] = {"auc@30": [pair_pose_scores(ex, np.eye(4))["auc@30"] for ex in sample("pose", test)]}
 
     for task, (src, tgt) in {"nvs": ("source", "target"), "video": ("frame0", "frame1"),
                              "edit": ("before", "after")}.items():

@@ -50,6 +50,18 @@ def inputs_of(ex: Example) -> Inputs:
     raise ValueError(f"unknown task {task!r}; known: {', '.join(EVAL_TASKS)}")
 
 
+def pair_pose_scores(ex: Example, T: np.ndarray | None) -> dict:
+    """One view pair's pose scores for a predicted relative pose T (view 2 in view 1's frame; None =
+    unparseable, scored as if the camera did not move): AUC@30 (the share of the 1..30 degree
+    thresholds it meets), RRE, RTE and whether it parsed."""
+    a, b = ex.views["view1"].w2c, ex.views["view2"].w2c
+    pred_b = np.linalg.inv(T) @ a if T is not None else a
+    rre, rte = pose_errors(np.stack([a, pred_b])[None], np.stack([a, b])[None])
+    err = max(float(rre[0]), float(rte[0]))
+    return {"auc@30": float(np.mean([err < k for k in range(1, 31)])), "rre": float(rre[0]),
+            "rte": float(rte[0]), "parsed": float(T is not None)}
+
+
 def score(ex: Example, res: Result) -> dict:
     """Per-example scores of one result."""
     out = res.output
@@ -66,13 +78,7 @@ def score(ex: Example, res: Result) -> dict:
         return {"delta1": m["delta1"], "abs_rel": m["abs_rel"], "delta1_aligned": a["delta1"],
                 "abs_rel_aligned": a["abs_rel"]}
     if task == "pose":
-        a, b = ex.views["view1"].w2c, ex.views["view2"].w2c
-        T = parse_pose(out.text or "")
-        pred_b = np.linalg.inv(T) @ a if T is not None else a  # unparseable: as if it did not move
-        rre, rte = pose_errors(np.stack([a, pred_b])[None], np.stack([a, b])[None])
-        err = max(float(rre[0]), float(rte[0]))
-        return {"auc@30": float(np.mean([err < k for k in range(1, 31)])), "rre": float(rre[0]),
-                "rte": float(rte[0]), "parsed": float(T is not None)}
+        return pair_pose_scores(ex, parse_pose(out.text or ""))
     src = {"nvs": "source", "video": "frame0", "edit": "before"}[task]
     tgt = {"nvs": "target", "video": "frame1", "edit": "after"}[task]
     gt = ex.views[tgt].rgb
@@ -109,13 +115,8 @@ def fidelity(ex: Example, res: Result) -> dict:
             out[f"{s}:exact"] = float(it.text.strip() == truth.strip())
             out[f"{s}:similarity"] = difflib.SequenceMatcher(None, it.text.strip(), truth.strip()).ratio()
         elif s == "estimate_pose":
-            a, b = ex.views["view1"].w2c, ex.views["view2"].w2c
-            T = parse_pose(it.text or "")
-            pred_b = np.linalg.inv(T) @ a if T is not None else a
-            rre, rte = pose_errors(np.stack([a, pred_b])[None], np.stack([a, b])[None])
-            err = max(float(rre[0]), float(rte[0]))
-            out[f"{s}:parsed"] = float(T is not None)
-            out[f"{s}:auc@30"] = float(np.mean([err < k for k in range(1, 31)]))
+            p = pair_pose_scores(ex, parse_pose(it.text or ""))
+            out[f"{s}:parsed"], out[f"{s}:auc@30"] = p["parsed"], p["auc@30"]
         elif s == "rollout_visual" and it.image is not None:
             if ex.task == "t2i":
                 out[f"{s}:pass"] = float(check(it.image, ex.spec).passed)
