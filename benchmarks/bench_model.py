@@ -9,8 +9,9 @@
   are 2 x (the linear weights that token's expert uses, adaLN included) + 4 x d x (the keys its
   mask lets it attend to) per layer, plus the LM head where there is a target, times 3 for
   forward + backward (masked-out attention that SDPA computes anyway is not counted);
-- decoding: tokens/s of cached greedy decoding after 256 tokens of context vs re-running the whole
-  prefix for every new token, and their ratio;
+- decoding: tokens/s of cached greedy decoding of 64 tokens after 256 (and 512) tokens of context
+  vs re-running the whole prefix for every new token, and their ratio (each after one warm-up call;
+  the cached path's first call also lays out the decode weights, a one-time cost per weights);
 - one flow-sampling step (64 latent tokens against the cached context) and a whole 20-step image;
 - peak resident memory of the process.
 """
@@ -97,17 +98,19 @@ def bench_training(model: OmniModel, rows: int, row_len: int, steps: int) -> dic
 
 
 @torch.no_grad()
-def bench_decoding(model: OmniModel, context: int = 256, new: int = 32) -> dict:
+def bench_decoding(model: OmniModel, context: int = 256, new: int = 64) -> dict:
     cfg = model.cfg
     model.eval()
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(20, cfg.text_vocab, (context,), generator=g).tolist()
     cache = KVCache(cfg)
     extend(model, cache, [Segment("text", prompt)])
+    generate_tokens(model, cache.fork(), 2)  # warm-up (builds the decode weight layout once)
     t = time.perf_counter()
     generate_tokens(model, cache, new)
     cached = new / (time.perf_counter() - t)
     seq = list(prompt)
+    model(pack([[Segment("text", seq)]], cfg))  # warm-up
     t = time.perf_counter()
     for _ in range(new):
         h = model(pack([[Segment("text", seq)]], cfg))[0, -1]

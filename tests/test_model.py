@@ -181,6 +181,35 @@ def test_cache_fork_and_sampling_determinism():
     assert choose(lg).item() == 1 and choose(lg, 1.0, top_k=1, generator=torch.Generator()).item() == 1
 
 
+@pytest.mark.parametrize("moe", [0, 3])
+def test_decode_step_equals_extend(moe):
+    """The one-token fast path (transposed, norm-folded weights, rotary table) computes what extend
+    computes for a one-token segment, for both experts, in two cache rows, and follows weight
+    updates (its weight layout is rebuilt when a parameter changes)."""
+    from omni.model.config import TEXT, VISUAL
+    from omni.model.transformer import decode_step
+
+    m = model(moe_experts=moe)
+    c = KVCache(m.cfg, rows=2)
+    extend(m, c, [[Segment("text", [5, 6, 7])], [Segment("text", [8, 9, 10])]])
+    for kind, name, ids in ((TEXT, "text", [11, 12]), (VISUAL, "visual", [3, 4]), (TEXT, "text", [13, 14])):
+        ref = c.fork()
+        h_ref = extend(m, ref, [[Segment(name, [i])] for i in ids])[0][:, 0]
+        h = decode_step(m, c, torch.tensor(ids), kind)
+        assert (h - h_ref).abs().max() < 1e-5
+        assert (c.k[:, :, :, :c.length] - ref.k[:, :, :, :ref.length]).abs().max() < 1e-5
+        assert c.length == ref.length and c.next_pos == ref.next_pos
+    with torch.no_grad():  # an in-place update (as an optimizer step does) must reach the fast path
+        m.layers[0].experts[0].norm1.weight.mul_(3.0)
+        m.layers[1].experts[1].qkv.weight.add_(0.1)
+    for kind, name in ((TEXT, "text"), (VISUAL, "visual")):
+        ref = c.fork()
+        h_ref = extend(m, ref, [[Segment(name, [1])], [Segment(name, [2])]])[0][:, 0]
+        assert (decode_step(m, c, torch.tensor([1, 2]), kind) - h_ref).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="text or visual"):
+        decode_step(m, c, torch.tensor([1, 2]), 1)
+
+
 def test_save_load_identical_and_errors(tmp_path):
     from omni.tokens.text import TextTokenizer
 

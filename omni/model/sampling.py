@@ -16,8 +16,8 @@ import torch
 
 from .batch import Segment
 from .cache import KVCache
-from .config import TEXT, VISUAL
-from .transformer import OmniModel, decode_step, extend
+from .config import EXPERT_OF_KIND, TEXT, VISUAL
+from .transformer import OmniModel, decode_step, decode_weights, extend
 
 
 def choose(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
@@ -46,8 +46,10 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
     lo, hi = (0, cfg.text_vocab) if kind == "text" else (cfg.text_vocab, cfg.vocab_size)
     out: list[list[int]] = [[] for _ in range(cache.rows)]
     done = [False] * cache.rows
+    code = TEXT if kind == "text" else VISUAL
+    weights = decode_weights(model, EXPERT_OF_KIND[code])
     for _ in range(max_new):
-        logits = model.logits(cache.last_hidden)[:, lo:hi]
+        logits = cache.last_hidden @ model.tok_emb.weight[lo:hi].T  # model.logits, this kind's columns
         ids = choose(logits, temperature, top_k, generator).tolist()
         for r, i in enumerate(ids):
             if done[r]:
@@ -57,7 +59,7 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
                 done[r] = i in stop
         if all(done):
             break
-        decode_step(model, cache, torch.tensor(ids), TEXT if kind == "text" else VISUAL)
+        decode_step(model, cache, torch.tensor(ids), code, weights)
     return out
 
 
