@@ -210,6 +210,37 @@ def test_decode_step_equals_extend(moe):
         decode_step(m, c, torch.tensor([1, 2]), 1)
 
 
+def test_recomputing_cache_is_the_cache_without_reuse():
+    """RecomputingCache re-encodes its whole record before every call that reads it: the same tokens
+    and latents as KVCache, every step paying for the whole context, forks independent."""
+    from omni.model.cache import RecomputingCache
+
+    m = model()
+    calls = []
+    run = m.run
+    m.run = lambda b, *a, **kw: calls.append(b.kind.shape[1]) or run(b, *a, **kw)
+    outs = []
+    for cls in (KVCache, RecomputingCache):
+        c = cls(m.cfg)
+        extend(m, c, [Segment("text", [5, 6, 7, 8])])
+        sample_latents(m, c, steps=2, cfg_scale=1.0, generator=torch.Generator().manual_seed(0))  # one skipped position
+        extend(m, c, [Segment("visual", [1, 2])])
+        f = c.fork()
+        calls.clear()
+        txt = generate_tokens(m, c, 5, temperature=0.0)
+        n_calls, lengths = len(calls), list(calls)
+        vis = generate_tokens(m, f, 3, kind="visual", temperature=0.0)
+        lat = sample_latents(m, c, steps=2, cfg_scale=1.0, generator=torch.Generator().manual_seed(1))
+        outs.append((txt, vis, lat, c.length, c.next_pos, f.length, n_calls, lengths))
+    (t1, v1, l1, n1, p1, f1, calls1, _), (t2, v2, l2, n2, p2, f2, calls2, lengths2) = outs
+    assert t1 == t2 and v1 == v2 and (n1, p1, f1) == (n2, p2, f2)
+    assert (l1 - l2).abs().max() < 1e-4
+    # with reuse, the 5 decoding steps run no forward over the context; without, each first re-runs
+    # it: the 4 prompt tokens, then (after the skipped image position) the 2 visual tokens and the
+    # tokens decoded so far
+    assert calls1 == 0 and lengths2 == [4, 2, 4, 3, 4, 4, 4, 5, 4, 6]
+
+
 def test_save_load_identical_and_errors(tmp_path):
     from omni.tokens.text import TextTokenizer
 

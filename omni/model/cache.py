@@ -6,6 +6,8 @@ next rotary position and segment id of each row, and the last stored token's hid
 next-token logits come from it). Everything in it is visible to later tokens: generated images
 (image_gen) are run with store=False and never enter it. `fork()` copies the filled prefix into a
 new cache, so branches (CFG, ablation rows) continue from one encoding of their common context.
+
+`RecomputingCache` is what all that is measured against: the same interface and results, no reuse.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from .config import OmniConfig
 
 
 class KVCache:
+    recompute = False  # see RecomputingCache
+
     def __init__(self, cfg: OmniConfig, rows: int = 1, max_len: int | None = None, device="cpu",
                  dtype: torch.dtype = torch.float32):
         self.cfg = cfg
@@ -56,7 +60,7 @@ class KVCache:
         self.next_seg = [s + segments for s in self.next_seg]
 
     def fork(self) -> KVCache:
-        new = KVCache.__new__(KVCache)
+        new = type(self).__new__(type(self))
         new.cfg, new.max_len, new.rows = self.cfg, self.max_len, self.rows
         new.k = torch.zeros_like(self.k)
         new.v = torch.zeros_like(self.v)
@@ -81,3 +85,56 @@ class KVCache:
         rows, n = b.kind.shape
         cached = (~b.uncond)[:, None, :, None].expand(rows, 1, n, self.length)
         return torch.cat([cached.to(self.k.device), attention_mask(b).to(self.k.device)], dim=-1)
+
+
+class RecomputingCache(KVCache):
+    """No reuse, with the KVCache interface: the baseline the cache is measured against. It keeps
+    what it was given (stored segments, decoded tokens, skipped positions) and, before every call
+    that reads it (`extend`, `decode_step`: every decoded token and every flow step), throws its
+    keys and values away and encodes all of that again — what a model without a KV cache pays at
+    each step. Results equal the cached ones up to float rounding."""
+
+    recompute = True
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.log: list = []  # rows' segment lists, or None for a skipped position (advance)
+
+    def remember(self, segments: Sequence[Sequence[Segment]]) -> None:
+        if self.recompute:
+            self.log.append([list(r) for r in segments])
+
+    def advance(self, positions: int = 1, segments: int = 1) -> None:
+        if self.recompute:
+            if (positions, segments) != (1, 1):
+                raise ValueError("RecomputingCache records single-position advances only")
+            self.log.append(None)
+        super().advance(positions, segments)
+
+    def refill(self, model) -> None:
+        """Forget every key and value and encode the whole record again (runs of segments in one
+        call each, a skipped position between runs)."""
+        from .transformer import extend
+
+        self.length, self.last_hidden = 0, None
+        self.next_pos, self.next_seg = [0] * self.rows, [0] * self.rows
+        self.recompute = False  # the refill itself is neither recorded nor refilled
+        try:
+            run: list[list[Segment]] = [[] for _ in range(self.rows)]
+            for entry in self.log + ["end"]:
+                if isinstance(entry, list):
+                    for r, segs in enumerate(entry):
+                        run[r] += segs
+                    continue
+                if run[0]:
+                    extend(model, self, run)
+                    run = [[] for _ in range(self.rows)]
+                if entry is None:
+                    self.advance()
+        finally:
+            self.recompute = True
+
+    def fork(self) -> RecomputingCache:
+        new = super().fork()
+        new.log = list(self.log)
+        return new

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batch import IGNORE, Batch, attention_mask
-from .config import EXPERT_OF_KIND, GEN, IMAGE_CLEAN, IMAGE_GEN, IMAGE_IN, UND, OmniConfig
+from .batch import IGNORE, Batch, Segment, attention_mask
+from .config import EXPERT_OF_KIND, GEN, IMAGE_CLEAN, IMAGE_GEN, IMAGE_IN, TEXT, UND, VISUAL, OmniConfig
 
 
 class RMSNorm(nn.Module):
@@ -341,15 +341,17 @@ class OmniModel(nn.Module):
 def extend(model: OmniModel, cache, segments, store: bool = True) -> tuple[torch.Tensor, Batch]:
     """Run new segments (one list per cache row, or one list for a one-row cache) after the cached
     context; with store=True they join the cache. Returns their final hidden states and batch."""
-    from .batch import Segment
-
     if segments and isinstance(segments[0], Segment):
         segments = [segments]
+    if cache.recompute:  # the no-reuse baseline (RecomputingCache): encode the whole context first
+        cache.refill(model)
     device = cache.k.device
     b = cache.pack(segments).to(device)
     h = model.run(b, cache.mask(b), cache=cache, store=store)
     if store:
         cache.last_hidden = h[:, -1]
+        if cache.recompute:
+            cache.remember(segments)
     return h, b
 
 
@@ -413,13 +415,14 @@ def decode_step(model: OmniModel, cache, ids: torch.Tensor, kind: int,
     table and no packed batch or mask (a new token sees the whole cache), since one token's step is
     dominated by per-call overhead and weight reads on the CPU. A caller that runs many steps passes
     `weights=decode_weights(model, expert)` once instead of having each step look them up."""
-    from .config import TEXT, VISUAL
-
     if kind not in (TEXT, VISUAL):
         raise ValueError("decode_step takes text or visual tokens")
     cfg = model.cfg
     rows, d, H, dh, eps = cache.rows, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.norm_eps
     e = EXPERT_OF_KIND[kind]
+    if cache.recompute:  # the no-reuse baseline (RecomputingCache): encode the whole context first
+        cache.refill(model)
+        cache.remember([[Segment("text" if kind == TEXT else "visual", [int(i)])] for i in ids.tolist()])
     n = cache.length
     if n + 1 > cache.max_len:
         raise ValueError(f"KV cache full: {n} + 1 tokens > {cache.max_len}")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from omni.model import KVCache, OmniModel, Segment, extend
+from omni.model.cache import RecomputingCache
 from omni.model.config import TEXT
 from omni.model.sampling import generate_tokens, sample_latents
 from omni.model.transformer import decode_step
@@ -66,7 +67,7 @@ class Workspace:
 
     def __init__(self, engine: Engine, inputs: Inputs):
         self.engine, self.inputs = engine, inputs
-        self.cache = KVCache(engine.model.cfg, device=engine.device)
+        self.cache = engine.new_cache()
         self.items: list[Item] = []
         self.record: list[Segment | str] = []  # segments, or "advance" for a generated image's position
 
@@ -83,9 +84,9 @@ class Workspace:
         self.record.append("advance")
 
     def rebuild(self) -> None:
-        """Re-encode the whole context from its record into a fresh cache (no reuse at all)."""
+        """Re-encode the whole context from its record into a fresh cache (the per-primitive baseline)."""
         model = self.engine.model
-        cache = KVCache(model.cfg, device=self.engine.device)
+        cache = self.engine.new_cache()
         run: list[Segment] = []
         for r in self.record:
             if isinstance(r, Segment):
@@ -211,7 +212,7 @@ class Engine:
 
     def __init__(self, model: OmniModel, temperature: float = 0.0, top_k: int = 0, seed: int = 0,
                  flow_steps: int = 20, cfg_scale: float = 3.0, cfg_interval: tuple[float, float] = (0.0, 1.0),
-                 think_tokens: int = 160, layout_tokens: int = 200, reencode: bool = False):
+                 think_tokens: int = 160, layout_tokens: int = 200, reencode: bool | str = False):
         if model.tokenizer is None or model.visual is None:
             raise ValueError("the model has no tokenizers attached (load it with OmniModel.from_pretrained)")
         self.model = model.eval()
@@ -220,8 +221,17 @@ class Engine:
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self.flow_steps, self.cfg_scale, self.cfg_interval = flow_steps, cfg_scale, cfg_interval
         self.think_tokens, self.layout_tokens = think_tokens, layout_tokens
-        self.reencode = reencode  # the baseline: re-encode the whole context before every step
+        if reencode not in (False, True, "primitive", "step"):
+            raise ValueError(f"reencode must be False, 'primitive' or 'step', not {reencode!r}")
+        # the baselines the workspace's cache is measured against: re-encode the whole context
+        # before every primitive ("primitive", or True), or before every decoded token and every
+        # flow step ("step": a RecomputingCache, i.e. no KV cache at all)
+        self.reencode = "primitive" if reencode is True else reencode
         self.generator = torch.Generator().manual_seed(seed)
+
+    def new_cache(self) -> KVCache:
+        cls = RecomputingCache if self.reencode == "step" else KVCache
+        return cls(self.model.cfg, device=self.device)
 
     def sampling(self) -> dict:
         return {"temperature": self.temperature, "top_k": self.top_k, "generator": self.generator}
@@ -276,7 +286,7 @@ class Engine:
                       on_step: Callable[[Item], None] | None = None) -> Result:
         for s in steps:
             t = time.perf_counter()
-            if self.reencode:
+            if self.reencode == "primitive":
                 ws.rebuild()
             item = PRIMITIVES[s](self, ws)
             item.seconds = time.perf_counter() - t
@@ -284,7 +294,7 @@ class Engine:
             if on_step is not None:
                 on_step(item)
         t = time.perf_counter()
-        if self.reencode:
+        if self.reencode == "primitive":
             ws.rebuild()
         out = DECODERS[ws.inputs.task](self, ws)
         out.seconds = time.perf_counter() - t
