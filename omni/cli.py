@@ -382,6 +382,8 @@ def train(
     row_len: int = typer.Option(1024, help="Tokens per row."),
     data_seed: int = typer.Option(0),
     ema: float = typer.Option(0.0, help="EMA decay of the weights (0: off)."),
+    max_minutes: float = typer.Option(None, help="Stop after this much wall time, with a checkpoint "
+                                                 "(continue with --resume)."),
 ):
     """Train the model natively on the whole world mixture (DDP under torchrun: python -m omni.train)."""
     import json
@@ -391,8 +393,8 @@ def train(
     _positive("--steps", steps)
     if device not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {device!r}; known: cpu, cuda")
-    last = train_main(out, preset, steps, resume, device, lr=lr, warmup=warmup, save_every=save_every,
-                      workers=workers, threads=threads, ema=ema,
+    last = train_main(out, preset, steps, resume, device, max_minutes=max_minutes, lr=lr, warmup=warmup,
+                      save_every=save_every, workers=workers, threads=threads, ema=ema,
                       mixture=MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len))
     typer.echo(json.dumps(last))
 

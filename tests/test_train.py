@@ -110,6 +110,19 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
         assert got[s] == pytest.approx(want[s], rel=1e-6, abs=1e-6), (s, got[s], want[s])
     kept = sorted(p.name for p in (tmp_path / "cut").glob("step-*"))
     assert kept == ["step-0000006", "step-0000008"]  # the last two are kept
+    # the same run in time slices (--max-minutes 0: stop after one step, with a checkpoint of it),
+    # resumed until done, follows the same curve
+    for i in range(3):
+        sl = run_train(tmp_path / "sliced", "--max-minutes", "0", *(["--resume"] if i else []))
+        stdout, stderr = sl.communicate(timeout=600)
+        assert sl.returncode == 0, stderr
+        assert json.loads(stdout.splitlines()[-1])["stopped_early"] and "continue with --resume" in stdout
+        assert (tmp_path / "sliced" / f"step-{i + 1:07d}" / "COMPLETE").is_file()
+    r = run_train(tmp_path / "sliced", "--resume")
+    assert r.wait(timeout=600) == 0, r.stderr.read()
+    got = losses(tmp_path / "sliced")
+    assert sorted(got) == list(range(1, 9)) and all(got[s] == pytest.approx(want[s], rel=1e-6, abs=1e-6)
+                                                    for s in got)
     with pytest.raises(subprocess.CalledProcessError):  # a second run into the same directory needs --resume
         subprocess.run([sys.executable, "-m", "omni.train", "--out", str(tmp_path / "cut"), *ARGS], check=True,
                        capture_output=True, timeout=600)

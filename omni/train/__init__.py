@@ -10,9 +10,12 @@ from .loop import TrainConfig, Trainer, export, lr_at
 
 
 def train_main(out: str, preset: str = "tiny", steps: int = 1000, resume: bool = False, device: str = "cpu",
-               log=print, **overrides) -> dict:
+               log=print, max_minutes: float | None = None, **overrides) -> dict:
     """Train (or resume) a run in `out`. Under torchrun (WORLD_SIZE > 1) it joins the process group
-    (gloo on the CPU, nccl on CUDA) and runs DDP; every rank builds its own share of the batch."""
+    (gloo on the CPU, nccl on CUDA) and runs DDP; every rank builds its own share of the batch.
+    max_minutes: stop (with a checkpoint) after that much wall time; `resume` continues."""
+    if max_minutes is not None and max_minutes < 0:
+        raise ValueError(f"--max-minutes must be >= 0, not {max_minutes}")
     import torch
     import torch.distributed as dist
 
@@ -36,7 +39,7 @@ def train_main(out: str, preset: str = "tiny", steps: int = 1000, resume: bool =
         trainer.resume()
     elif trainer.checkpoint_dirs():
         raise ValueError(f"{run_dir} already holds checkpoints: pass --resume or choose another --out")
-    last = trainer.run()
+    last = trainer.run(None if max_minutes is None else 60.0 * max_minutes)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

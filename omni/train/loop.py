@@ -237,8 +237,12 @@ class Trainer:
         return {k: float(v.detach()) for k, v in out.items()} | {"grad_norm": float(gnorm),
                                                                  "lr": lr_at(self.cfg, self.step - 1)}
 
-    def run(self) -> dict:
+    def run(self, max_seconds: float | None = None) -> dict:
+        """Train up to cfg.steps. With max_seconds, stop once that much wall time has passed (after
+        a step, with a checkpoint of it, so `--resume` continues exactly): a long run in slices
+        that fit a machine's time limit per command. The last metrics carry `stopped_early`."""
         cfg = self.cfg
+        started = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             write_json(self.out / "train_config.json", cfg.to_dict())
@@ -270,11 +274,21 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
-            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+            stop = max_seconds is not None and time.perf_counter() - started >= max_seconds
+            if max_seconds is not None and self.world > 1:  # every rank follows rank 0's clock
+                flag = torch.tensor([float(stop)], device=self.device if self.device.type == "cuda" else "cpu")
+                dist.broadcast(flag, 0)
+                stop = bool(flag.item())
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps or stop:
                 if self.rank == 0:
                     self.save()
                 if self.world > 1:
                     dist.barrier()
+            if stop and self.step < cfg.steps:
+                last["stopped_early"] = True
+                self.log(f"stopped at step {self.step} of {cfg.steps} after {max_seconds / 60:g} min "
+                         "(--max-minutes); continue with --resume")
+                break
         if bar is not None:
             bar.close()
         if logf is not None:
