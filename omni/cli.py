@@ -384,6 +384,8 @@ def train(
     ema: float = typer.Option(0.0, help="EMA decay of the weights (0: off)."),
     max_minutes: float = typer.Option(None, help="Stop after this much wall time, with a checkpoint "
                                                  "(continue with --resume)."),
+    fsdp: bool = typer.Option(False, help="Under torchrun: shard weights, gradients and optimizer state "
+                                          "(FSDP) instead of DDP."),
 ):
     """Train the model natively on the whole world mixture (DDP under torchrun: python -m omni.train)."""
     import json
@@ -394,7 +396,7 @@ def train(
     if device not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {device!r}; known: cpu, cuda")
     last = train_main(out, preset, steps, resume, device, max_minutes=max_minutes, lr=lr, warmup=warmup,
-                      save_every=save_every, workers=workers, threads=threads, ema=ema,
+                      save_every=save_every, workers=workers, threads=threads, ema=ema, fsdp=fsdp,
                       mixture=MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len))
     typer.echo(json.dumps(last))
 

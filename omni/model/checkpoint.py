@@ -26,14 +26,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def save_pretrained(model: OmniModel, directory: str | Path, dtype: str = "float32", max_shard_mb: float = 14.0,
-                    meta: dict | None = None) -> Path:
+                    meta: dict | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the checkpoint directory; `state` (full tensors) instead of model.state_dict() when the
+    model's own parameters are shards (FSDP)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     for old in list(d.glob("model-*-of-*.safetensors")) + [d / "model.safetensors.index.json"]:
         old.unlink(missing_ok=True)
-    state = {k: v.detach().to(DTYPES[dtype]).contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to(DTYPES[dtype]).contiguous().cpu()
+             for k, v in (model.state_dict() if state is None else state).items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size, limit = 0, int(max_shard_mb * 2**20)
     for k, v in state.items():

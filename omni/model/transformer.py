@@ -15,6 +15,7 @@ Heads: a language-model head tied to the token embedding over text + visual code
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,7 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList(SwiGLU(d, hidden) for _ in range(n))
         self.k = k
         self.aux = torch.zeros(())
+        self.full_graph = False  # see OmniModel.full_graph
 
     def forward(self, x):
         probs = self.router(x).softmax(-1)  # (N, E)
@@ -77,7 +79,7 @@ class MoE(nn.Module):
         n = len(self.experts)
         for e, mlp in enumerate(self.experts):
             rows, slot = torch.nonzero(idx == e, as_tuple=True)
-            if len(rows):
+            if len(rows) or self.full_graph:
                 out.index_add_(0, rows, mlp(x[rows]) * w[rows, slot, None])
         frac = torch.bincount(idx[:, 0], minlength=n).float() / max(len(x), 1)
         self.aux = n * (frac * probs.mean(0)).sum()
@@ -102,10 +104,77 @@ class Expert(nn.Module):
             nn.init.zeros_(self.ada.bias)
 
 
+@dataclass
+class Routing:
+    """What every layer of one forward pass shares: which flattened rows each expert owns, the
+    generation expert's conditioning, rotary tables, the attention mask and the cache."""
+
+    rows: list[torch.Tensor]  # [UND rows (padding included), GEN rows] of the (B * L) tokens
+    present: list[int]  # the experts that own at least one token
+    c_gen: torch.Tensor | None  # the GEN rows' conditioning (timestep embedding)
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor
+    cache: object = None
+    store: bool = False
+    moe_aux: list = field(default_factory=list)
+    full_graph: bool = False  # run both experts even on no tokens (see OmniModel.full_graph)
+
+    def per_expert(self, xf: torch.Tensor, fn) -> torch.Tensor:
+        """fn(expert, its tokens' rows of xf) for each expert present, reassembled in token order."""
+        if len(self.present) == 1 and not self.full_graph:  # one expert owns every token: no gathering
+            return fn(self.present[0], xf)
+        out = None
+        for e in ((UND, GEN) if self.full_graph else self.present):
+            y = fn(e, xf.index_select(0, self.rows[e]))
+            if out is None:
+                out = xf.new_empty(xf.shape[0], *y.shape[1:])
+            out.index_copy_(0, self.rows[e], y)
+        return out
+
+
 class Layer(nn.Module):
+    """One layer: both experts and the attention they share. A module call of its own, so that a
+    sharding wrapper (FSDP) gathers one layer's weights at a time."""
+
     def __init__(self, cfg: OmniConfig):
         super().__init__()
+        self.cfg = cfg
         self.experts = nn.ModuleList([Expert(cfg, adaptive=False), Expert(cfg, adaptive=True)])
+
+    def forward(self, x: torch.Tensor, r: Routing, li: int) -> torch.Tensor:
+        cfg, ex = self.cfg, self.experts
+        B, L, d = x.shape
+        H, dh = cfg.n_heads, cfg.head_dim
+        mods = ex[GEN].ada(r.c_gen).chunk(6, dim=-1) if r.c_gen is not None else None
+
+        def qkv_of(e, h):
+            h = ex[e].norm1(h)
+            if e == GEN:
+                h = h * (1 + mods[1]) + mods[0]
+            q, k, v = ex[e].qkv(h).reshape(-1, 3, H, dh).unbind(1)
+            return torch.stack([ex[e].q_norm(q), ex[e].k_norm(k), v], 1)
+
+        def proj_of(e, a):
+            o = ex[e].proj(a)
+            return o * mods[2] if e == GEN else o
+
+        def mlp_of(e, h):
+            h = ex[e].norm2(h)
+            if e == GEN:
+                h = h * (1 + mods[4]) + mods[3]
+            o = ex[e].mlp(h)
+            if cfg.moe_experts:
+                r.moe_aux.append(ex[e].mlp.aux)
+            return o * mods[5] if e == GEN else o
+
+        xf = x.reshape(B * L, d)
+        q, k, v = r.per_expert(xf, qkv_of).reshape(B, L, 3, H, dh).permute(2, 0, 3, 1, 4)  # (B, H, L, dh)
+        q, k = apply_rope(q, r.cos, r.sin), apply_rope(k, r.cos, r.sin)
+        k_all, v_all = r.cache.keys_values(li, k, v, r.store) if r.cache is not None else (k, v)
+        att = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=r.mask)
+        xf = xf + r.per_expert(att.transpose(1, 2).reshape(B * L, d), proj_of)
+        return (xf + r.per_expert(xf, mlp_of)).reshape(B, L, d)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -138,6 +207,16 @@ class OmniModel(nn.Module):
         # tokenizer is frozen and saved in its own file, so it is kept out of the module tree
         self.tokenizer = None
         object.__setattr__(self, "visual", None)
+        # full_graph: every parameter takes part in every forward pass (on empty inputs where it owns
+        # no tokens), so every rank of a sharded data-parallel run (FSDP) produces a gradient for
+        # each and their reduce-scatters match; gradients of unused parameters are then zero, not None
+        self.full_graph = False
+
+    def set_full_graph(self, on: bool = True) -> None:
+        self.full_graph = on
+        for m in self.modules():
+            if isinstance(m, MoE):
+                m.full_graph = on
 
     def _init(self):
         std = 0.02
@@ -201,7 +280,6 @@ class OmniModel(nn.Module):
         store=True their keys and values are appended."""
         cfg = self.cfg
         B, L = b.kind.shape
-        H, dh = cfg.n_heads, cfg.head_dim
         x, cond = self.embed(b)
         kind = b.kind.reshape(-1)
         gen = torch.zeros_like(kind, dtype=torch.bool)
@@ -210,53 +288,13 @@ class OmniModel(nn.Module):
                 gen |= kind == k
         rows = [torch.nonzero(~gen).squeeze(1), torch.nonzero(gen).squeeze(1)]  # UND (incl. padding), GEN
         present = [e for e in (UND, GEN) if len(rows[e])]
-        c_gen = cond.reshape(B * L, -1).index_select(0, rows[GEN]) if len(rows[GEN]) else None
-        cos, sin = rope_tables(b.pos, dh, cfg.rope_theta)
-        self._moe_aux = []
-
-        def per_expert(xf, fn):
-            """fn(expert, its tokens' rows of xf) for each expert present, reassembled in token order."""
-            if len(present) == 1:  # one expert owns every token: no gathering
-                return fn(present[0], xf)
-            out = None
-            for e in present:
-                y = fn(e, xf.index_select(0, rows[e]))
-                if out is None:
-                    out = xf.new_empty(xf.shape[0], *y.shape[1:])
-                out.index_copy_(0, rows[e], y)
-            return out
-
+        c_gen = (cond.reshape(B * L, -1).index_select(0, rows[GEN]) if len(rows[GEN]) or self.full_graph
+                 else None)
+        cos, sin = rope_tables(b.pos, cfg.head_dim, cfg.rope_theta)
+        r = Routing(rows, present, c_gen, cos, sin, mask, cache, store, full_graph=self.full_graph)
         for li, layer in enumerate(self.layers):
-            ex = layer.experts
-            mods = ex[GEN].ada(c_gen).chunk(6, dim=-1) if c_gen is not None else None
-
-            def qkv_of(e, h, ex=ex, mods=mods):
-                h = ex[e].norm1(h)
-                if e == GEN:
-                    h = h * (1 + mods[1]) + mods[0]
-                q, k, v = ex[e].qkv(h).reshape(-1, 3, H, dh).unbind(1)
-                return torch.stack([ex[e].q_norm(q), ex[e].k_norm(k), v], 1)
-
-            def proj_of(e, a, ex=ex, mods=mods):
-                o = ex[e].proj(a)
-                return o * mods[2] if e == GEN else o
-
-            def mlp_of(e, h, ex=ex, mods=mods):
-                h = ex[e].norm2(h)
-                if e == GEN:
-                    h = h * (1 + mods[4]) + mods[3]
-                o = ex[e].mlp(h)
-                if cfg.moe_experts:
-                    self._moe_aux.append(ex[e].mlp.aux)
-                return o * mods[5] if e == GEN else o
-
-            xf = x.reshape(B * L, -1)
-            q, k, v = per_expert(xf, qkv_of).reshape(B, L, 3, H, dh).permute(2, 0, 3, 1, 4)  # (B, H, L, dh)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            k_all, v_all = cache.keys_values(li, k, v, store) if cache is not None else (k, v)
-            att = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
-            xf = xf + per_expert(att.transpose(1, 2).reshape(B * L, cfg.d_model), proj_of)
-            x = (xf + per_expert(xf, mlp_of)).reshape(B, L, -1)
+            x = layer(x, r, li)
+        self._moe_aux = r.moe_aux
         if cache is not None and store:
             cache.commit(b, L)
 
@@ -266,7 +304,7 @@ class OmniModel(nn.Module):
             shift, scale = self.final_ada(c_gen).chunk(2, dim=-1)
             return self.norm_gen(h) * (1 + scale) + shift
 
-        return per_expert(x.reshape(B * L, -1), final).reshape(B, L, -1)
+        return r.per_expert(x.reshape(B * L, -1), final).reshape(B, L, -1)
 
     def forward(self, b: Batch, losses: bool = False):
         """Final hidden states (B, L, d) of a packed batch, in one call; or, with losses=True, the
@@ -317,6 +355,9 @@ class OmniModel(nn.Module):
         else:
             out["depth"] = zero
         out["moe_balance"] = torch.stack(self._moe_aux).mean() if self._moe_aux else zero
+        if self.full_graph:  # the heads and embeddings this batch left unused (the layers ran in full)
+            out["moe_balance"] = out["moe_balance"] + sum(
+                p.sum() for n, p in self.named_parameters() if not n.startswith("layers.")) * 0.0
         out["loss"] = (cfg.w_text * out["text_ce"] + cfg.w_visual * out["visual_ce"] + cfg.w_flow * out["flow_mse"]
                        + cfg.w_depth * out["depth"] + cfg.w_moe_balance * out["moe_balance"])
         return out

@@ -1,6 +1,8 @@
 """The training loop: packed fixed-token batches from the mixture, AdamW with warmup and cosine decay,
 gradient clipping, optional EMA, atomic checkpoints every N steps (the last K kept), exact resume,
-a progress bar, a JSONL log of every metric (and TensorBoard when installed), and DDP under torchrun.
+a progress bar, a JSONL log of every metric (and TensorBoard when installed), and DDP — or, with
+fsdp, FSDP (each layer's weights, gradients and optimizer state sharded across ranks) — under torchrun.
+Checkpoints hold full tensors either way, so a run can resume with or without sharding.
 
 A batch is a pure function of (data seed, step), so resuming from a checkpoint of step s — model,
 optimizer, scheduler and EMA state — replays exactly the run that was interrupted.
@@ -49,6 +51,7 @@ class TrainConfig:
     device: str = "cpu"
     threads: int = 0
     workers: int = 1
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state (FSDP2) instead of DDP
     visual: str = str(DEFAULT_VISUAL)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     model_overrides: dict = field(default_factory=dict)
@@ -121,14 +124,26 @@ class Trainer:
         self.model.tokenizer = tok
         object.__setattr__(self.model, "visual", vq)
         self.mixture = Mixture(cfg.mixture, Writer(tok, vq, mcfg))
+        self.ddp = None
+        self.fsdp = cfg.fsdp and self.world > 1
+        if self.fsdp:  # one shard group per layer, then the rest (embeddings, heads) at the root
+            from torch.distributed.fsdp import fully_shard
+
+            # every rank reduces a gradient for every parameter (zero where unused): so, unlike
+            # without sharding, AdamW also steps (decays) a parameter no token of a batch used
+            self.model.set_full_graph()
+
+            for layer in self.model.layers:
+                fully_shard(layer)
+            fully_shard(self.model)
+        elif self.world > 1:  # gloo on the CPU, nccl on CUDA (chosen when the process group starts)
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
+        # the optimizer and the EMA see the parameters as they are after sharding
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "emb" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
         self.ema = ({k: v.detach().clone() for k, v in self.model.state_dict().items()} if cfg.ema > 0 else None)
-        self.ddp = None
-        if self.world > 1:  # gloo on the CPU, nccl on CUDA (chosen when the process group starts)
-            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
         self.step = 0
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -137,16 +152,44 @@ class Trainer:
         ck = sorted(self.out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
         return [p for p in ck if (p / "COMPLETE").is_file()]
 
-    def save(self) -> Path:
+    def full_state(self) -> tuple[dict, dict, dict | None]:
+        """Model weights, optimizer state (torch's layout: parameters by index) and EMA as full
+        tensors. Under FSDP a collective (every rank calls it) whose result only rank 0 holds."""
+        if not self.fsdp:
+            return self.model.state_dict(), self.opt.state_dict(), self.ema
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model = get_model_state_dict(self.model, options=opts)
+        osd = get_optimizer_state_dict(self.model, self.opt, options=opts)  # parameters by name
+        ema = {k: v.full_tensor().cpu() for k, v in self.ema.items()} if self.ema is not None else None
+        if self.rank != 0:
+            return {}, {}, None
+        names = [n for g in osd["param_groups"] for n in g["params"]]
+        index = {n: i for i, n in enumerate(names)}
+        groups, i = [], 0
+        for g in osd["param_groups"]:
+            groups.append({**g, "params": list(range(i, i + len(g["params"])))})
+            i += len(g["params"])
+        return model, {"state": {index[n]: st for n, st in osd["state"].items()}, "param_groups": groups}, ema
+
+    def save(self) -> Path | None:
         """Write step-<n>/ (model in the checkpoint format + training state), then COMPLETE; a
-        checkpoint counts only once COMPLETE exists, so a kill mid-write leaves the previous one."""
+        checkpoint counts only once COMPLETE exists, so a kill mid-write leaves the previous one.
+        Under FSDP every rank calls it (the full tensors are gathered) and rank 0 writes."""
+        model_state, opt_state, ema = self.full_state()
+        if self.rank != 0:
+            return None
         d = self.out / f"step-{self.step:07d}"
         tmp = self.out / f".tmp-step-{self.step:07d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         meta = {"training": {"config": self.cfg.to_dict(), "step": self.step, "data_seed": self.cfg.mixture.data_seed}}
-        self.model.save_pretrained(tmp, meta=meta)
-        opt_state = self.opt.state_dict()
+        self.model.save_pretrained(tmp, meta=meta, state=model_state)
         tensors, plain = {}, {"param_groups": opt_state["param_groups"], "state_keys": {}}
         for pid, st in opt_state["state"].items():
             plain["state_keys"][str(pid)] = {}
@@ -156,8 +199,8 @@ class Trainer:
                     plain["state_keys"][str(pid)][k] = "tensor"
                 else:
                     plain["state_keys"][str(pid)][k] = v
-        if self.ema is not None:
-            tensors.update({f"ema.{k}": v for k, v in self.ema.items()})
+        if ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in ema.items()})
         save_safetensors(tensors, tmp / "trainer.safetensors")
         write_json(tmp / "trainer.json", {"step": self.step, "optimizer": plain,
                                           "rng": torch.random.get_rng_state().tolist()})
@@ -177,16 +220,40 @@ class Trainer:
         from omni.model.checkpoint import load_state
 
         state = load_state(d)
-        self.model.load_state_dict({k: state[k].to(v.dtype) for k, v in self.model.state_dict().items()})
         meta = read_json(d / "trainer.json")
         tensors = read_safetensors(d / "trainer.safetensors")
         plain = meta["optimizer"]
         st = {}
         for pid, keys in plain["state_keys"].items():
             st[int(pid)] = {k: (tensors[f"opt.{pid}.{k}"] if v == "tensor" else v) for k, v in keys.items()}
-        self.opt.load_state_dict({"state": st, "param_groups": plain["param_groups"]})
-        if self.ema is not None:
-            self.ema = {k: tensors[f"ema.{k}"].clone() for k in self.ema}
+        if self.fsdp:  # every rank reads the full tensors and keeps its shards
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+            from torch.distributed.tensor import distribute_tensor
+
+            own = self.model.state_dict()
+            set_model_state_dict(self.model, {k: state[k].to(v.dtype) for k, v in own.items()},
+                                 options=StateDictOptions(full_state_dict=True))
+            by_param = {id(p): n for n, p in self.model.named_parameters()}
+            order = [by_param[id(p)] for g in self.opt.param_groups for p in g["params"]]  # index -> name
+            groups, i = [], 0
+            for g in plain["param_groups"]:
+                groups.append({**g, "params": order[i:i + len(g["params"])]})
+                i += len(g["params"])
+            set_optimizer_state_dict(self.model, self.opt, {"state": {order[p]: v for p, v in st.items()},
+                                                            "param_groups": groups},
+                                     options=StateDictOptions(full_state_dict=True))
+            if self.ema is not None:
+                self.ema = {k: distribute_tensor(tensors[f"ema.{k}"].to(v.dtype).to(v.device), v.device_mesh,
+                                                 v.placements) for k, v in self.ema.items()}
+        else:
+            self.model.load_state_dict({k: state[k].to(v.dtype) for k, v in self.model.state_dict().items()})
+            self.opt.load_state_dict({"state": st, "param_groups": plain["param_groups"]})
+            if self.ema is not None:
+                self.ema = {k: tensors[f"ema.{k}"].clone() for k in self.ema}
         torch.random.set_rng_state(torch.tensor(meta["rng"], dtype=torch.uint8))
         self.step = int(meta["step"])
 
@@ -215,6 +282,8 @@ class Trainer:
             autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
                         else torch.autocast("cpu", enabled=False))
             sync = (self.ddp.no_sync() if self.ddp is not None and i < len(micro) - 1 else contextlib.nullcontext())
+            if self.fsdp:  # reduce-scatter the gradients after the last micro-batch only
+                self.model.set_requires_gradient_sync(i == len(micro) - 1)
             with sync:
                 with autocast:
                     out = model(b, losses=True)
@@ -227,6 +296,8 @@ class Trainer:
             sums = {k: v / self.world for k, v in zip(sorted(sums), vals, strict=True)}
         out = sums
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        if hasattr(gnorm, "full_tensor"):  # FSDP: the norm over every rank's shards
+            gnorm = gnorm.full_tensor()
         self.opt.step()
         if self.ema is not None:
             with torch.no_grad():
@@ -280,7 +351,7 @@ class Trainer:
                 dist.broadcast(flag, 0)
                 stop = bool(flag.item())
             if self.step % cfg.save_every == 0 or self.step == cfg.steps or stop:
-                if self.rank == 0:
+                if self.rank == 0 or self.fsdp:  # FSDP: every rank takes part in gathering
                     self.save()
                 if self.world > 1:
                     dist.barrier()
