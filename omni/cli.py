@@ -257,6 +257,8 @@ def ablate_command(
     out: str = typer.Option("ablations", help="Output directory (Markdown, JSON, plot)."),
     seed: int = typer.Option(0, help="Sampling seed."),
     rows: str = typer.Option("", help="Only these rows, comma-separated (default: every row of the table)."),
+    temperature: float = typer.Option(0.0, help="Sampling temperature of every generated token (0: greedy)."),
+    top_k: int = typer.Option(0, help="Sample among the k likeliest tokens (0: all)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """The paper's rows for TASK on the same held-out examples: a table, its JSON and a plot."""
@@ -277,7 +279,9 @@ def ablate_command(
             known = ", ".join(PLANS[task])
             raise ValueError(f"unknown row(s) {', '.join(unknown) or rows!r} for {task}; known: {known}")
         chosen = {r: PLANS[task][r] for r in names}
-    engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed)
+    if temperature < 0 or top_k < 0:
+        raise ValueError("--temperature and --top-k must be >= 0")
+    engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed, temperature=temperature, top_k=top_k)
     r = ablate(engine, task, n, seed_start, rows=chosen, log=None if json_out else lambda m: typer.echo(m, err=True))
     files = save_ablation(r, out)
     if json_out:

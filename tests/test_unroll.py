@@ -151,3 +151,17 @@ def test_ablate_cli_rejects_an_unknown_row_before_loading(tmp_path):
                         "--checkpoint", str(tmp_path / "absent"), "--n", "2", "--out", str(tmp_path / "a")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "+nope" in r.stderr and "+pose text" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ablate_cli_sampling_options(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "omni.cli", "ablate", "t2i", "--temperature", "-1",
+                          "--checkpoint", str(tmp_path / "absent"), "--n", "1", "--out", str(tmp_path / "a")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--temperature" in bad.stderr and "Traceback" not in bad.stderr
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "ablate", "t2i", "--rows", "+visual", "--n", "1",
+                        "--temperature", "1", "--top-k", "8", "--out", str(tmp_path / "b"), "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [row["name"] for row in out["tables"]["pass"]["rows"]] == ["+visual"] and out["n"] == 1
+    assert set(out["context_fidelity"]["+visual"]) == {"rollout_visual:pass"}
