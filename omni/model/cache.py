@@ -19,6 +19,8 @@ import torch
 from .batch import Batch, Segment, attention_mask, pack
 from .config import OmniConfig
 
+_END = object()  # closes the last run of a replay
+
 
 class KVCache:
     recompute = False  # see RecomputingCache
@@ -79,6 +81,24 @@ class KVCache:
             raise ValueError("every cache row must receive the same number of tokens")
         return b
 
+    def replay(self, model, entries) -> None:
+        """Encode recorded context into this cache, in order: each entry a list of segments per row,
+        or None for a skipped position (a generated image); consecutive segment entries run in one
+        call. What both re-encoding baselines do (Workspace.rebuild, RecomputingCache.refill)."""
+        from .transformer import extend
+
+        run: list[list[Segment]] = [[] for _ in range(self.rows)]
+        for entry in [*entries, _END]:
+            if isinstance(entry, list):
+                for r, segs in enumerate(entry):
+                    run[r] += segs
+                continue
+            if any(run):
+                extend(model, self, run)
+                run = [[] for _ in range(self.rows)]
+            if entry is None:
+                self.advance()
+
     def mask(self, b: Batch) -> torch.Tensor:
         """(rows, 1, n, length + n): every cached token is visible unless the query is unconditional;
         among the new tokens, the usual rules."""
@@ -114,23 +134,11 @@ class RecomputingCache(KVCache):
     def refill(self, model) -> None:
         """Forget every key and value and encode the whole record again (runs of segments in one
         call each, a skipped position between runs)."""
-        from .transformer import extend
-
         self.length, self.last_hidden = 0, None
         self.next_pos, self.next_seg = [0] * self.rows, [0] * self.rows
         self.recompute = False  # the refill itself is neither recorded nor refilled
         try:
-            run: list[list[Segment]] = [[] for _ in range(self.rows)]
-            for entry in self.log + ["end"]:
-                if isinstance(entry, list):
-                    for r, segs in enumerate(entry):
-                        run[r] += segs
-                    continue
-                if run[0]:
-                    extend(model, self, run)
-                    run = [[] for _ in range(self.rows)]
-                if entry is None:
-                    self.advance()
+            self.replay(model, self.log)
         finally:
             self.recompute = True
 

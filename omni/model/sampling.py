@@ -49,7 +49,7 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
     code = TEXT if kind == "text" else VISUAL
     weights = decode_weights(model, EXPERT_OF_KIND[code])
     for _ in range(max_new):
-        logits = cache.last_hidden @ model.tok_emb.weight[lo:hi].T  # model.logits, this kind's columns
+        logits = model.logits(cache.last_hidden, slice(lo, hi))
         ids = choose(logits, temperature, top_k, generator).tolist()
         for r, i in enumerate(ids):
             if done[r]:

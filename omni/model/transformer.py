@@ -313,8 +313,9 @@ class OmniModel(nn.Module):
 
     # -- heads ----------------------------------------------------------------------------------
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return h @ self.tok_emb.weight.T
+    def logits(self, h: torch.Tensor, cols: slice = slice(None)) -> torch.Tensor:
+        """Next-token logits over the vocabulary, or over `cols` of it only (text or visual codes)."""
+        return h @ self.tok_emb.weight[cols].T
 
     def velocity(self, h_lat: torch.Tensor) -> torch.Tensor:
         return self.flow_head(h_lat)
@@ -433,16 +434,16 @@ def decode_weights(model: OmniModel, e: int) -> list[dict]:
 
 def _rope_rows(model: OmniModel, pos: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """[cos, cos] and [-sin, sin] (rows, 1, 1, head_dim) at the given positions, from a table of
-    every position up to 2 x max_seq built once per device (rotary as x * c + roll(x, dh/2) * s)."""
+    every position up to 2 x max_seq built once per device, grown if a position lies beyond it
+    (rotary as x * c + roll(x, dh/2) * s)."""
     cfg = model.cfg
     tables = model.__dict__.setdefault("_rope_tables", {})
-    if str(device) not in tables:
-        cos, sin = rope_tables(torch.arange(2 * cfg.max_seq, device=device), cfg.head_dim, cfg.rope_theta)
+    need = max(pos) + 1
+    if str(device) not in tables or len(tables[str(device)][0]) < need:
+        cos, sin = rope_tables(torch.arange(max(2 * cfg.max_seq, 2 * need), device=device), cfg.head_dim,
+                               cfg.rope_theta)
         tables[str(device)] = (torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1))
     c, s = tables[str(device)]
-    if max(pos) >= len(c):
-        cos, sin = rope_tables(torch.tensor(pos, device=device), cfg.head_dim, cfg.rope_theta)
-        return torch.cat([cos, cos], -1)[:, None, None], torch.cat([-sin, sin], -1)[:, None, None]
     idx = torch.tensor(pos, device=device)
     return c[idx][:, None, None], s[idx][:, None, None]
 

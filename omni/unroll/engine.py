@@ -85,19 +85,8 @@ class Workspace:
 
     def rebuild(self) -> None:
         """Re-encode the whole context from its record into a fresh cache (the per-primitive baseline)."""
-        model = self.engine.model
         cache = self.engine.new_cache()
-        run: list[Segment] = []
-        for r in self.record:
-            if isinstance(r, Segment):
-                run.append(r)
-                continue
-            if run:
-                extend(model, cache, run)
-                run = []
-            cache.advance()
-        if run:
-            extend(model, cache, run)
+        cache.replay(self.engine.model, [[[r]] if isinstance(r, Segment) else None for r in self.record])
         self.cache = cache
 
     def fork(self) -> Workspace:
