@@ -198,6 +198,28 @@ def tokens_train_visual(
 DEFAULT_CHECKPOINT = "checkpoints/omni-tiny"
 
 
+def _visual_temperature_option():
+    return typer.Option(None, help="Temperature of generated visual tokens (default 1.0; 0: greedy, "
+                                   "which collapses onto one code with the shipped checkpoint).")
+
+
+def _visual_top_k_option():
+    return typer.Option(None, help="Sample visual tokens among the k likeliest codes (default 16; 0: all).")
+
+
+def _sampling(temperature: float, top_k: int, visual_temperature: float | None, visual_top_k: int | None) -> dict:
+    """Engine keyword arguments for the sampling options (visual None: the engine's default), checked
+    before any model loads."""
+    flags = {"--temperature": temperature, "--top-k": top_k, "--visual-temperature": visual_temperature,
+             "--visual-top-k": visual_top_k}
+    bad = [f for f, v in flags.items() if v is not None and v < 0]
+    if bad:
+        raise ValueError(f"{' and '.join(bad)} must be >= 0")
+    kw = {"temperature": temperature, "top_k": top_k, "visual_temperature": visual_temperature,
+          "visual_top_k": visual_top_k}
+    return {k: v for k, v in kw.items() if v is not None}
+
+
 def _eval_task_command(task: str):
     def command(
         checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
@@ -207,6 +229,8 @@ def _eval_task_command(task: str):
         seed: int = typer.Option(0, help="Sampling seed."),
         cfg_scale: float = typer.Option(3.0, help="Classifier-free guidance scale for generated images."),
         flow_steps: int = typer.Option(20, help="Euler steps of the flow sampler."),
+        visual_temperature: float | None = _visual_temperature_option(),
+        visual_top_k: int | None = _visual_top_k_option(),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ):
         import json
@@ -217,7 +241,9 @@ def _eval_task_command(task: str):
 
         _positive("--n", n)
         parse_plan(task, plan)  # a bad plan fails before the model loads
-        engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed, cfg_scale=cfg_scale, flow_steps=flow_steps)
+        sampling = _sampling(0.0, 0, visual_temperature, visual_top_k)
+        engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed, cfg_scale=cfg_scale, flow_steps=flow_steps,
+                        **sampling)
         r = evaluate(engine, task, n, seed_start, plan, log=None if json_out else lambda m: typer.echo(m, err=True))
         if json_out:
             typer.echo(json.dumps(r))
@@ -257,8 +283,10 @@ def ablate_command(
     out: str = typer.Option("ablations", help="Output directory (Markdown, JSON, plot)."),
     seed: int = typer.Option(0, help="Sampling seed."),
     rows: str = typer.Option("", help="Only these rows, comma-separated (default: every row of the table)."),
-    temperature: float = typer.Option(0.0, help="Sampling temperature of every generated token (0: greedy)."),
-    top_k: int = typer.Option(0, help="Sample among the k likeliest tokens (0: all)."),
+    temperature: float = typer.Option(0.0, help="Sampling temperature of generated text tokens (0: greedy)."),
+    top_k: int = typer.Option(0, help="Sample text tokens among the k likeliest (0: all)."),
+    visual_temperature: float | None = _visual_temperature_option(),
+    visual_top_k: int | None = _visual_top_k_option(),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """The paper's rows for TASK on the same held-out examples: a table, its JSON and a plot."""
@@ -279,9 +307,8 @@ def ablate_command(
             known = ", ".join(PLANS[task])
             raise ValueError(f"unknown row(s) {', '.join(unknown) or rows!r} for {task}; known: {known}")
         chosen = {r: PLANS[task][r] for r in names}
-    if temperature < 0 or top_k < 0:
-        raise ValueError("--temperature and --top-k must be >= 0")
-    engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed, temperature=temperature, top_k=top_k)
+    sampling = _sampling(temperature, top_k, visual_temperature, visual_top_k)
+    engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed, **sampling)
     r = ablate(engine, task, n, seed_start, rows=chosen, log=None if json_out else lambda m: typer.echo(m, err=True))
     files = save_ablation(r, out)
     if json_out:

@@ -48,6 +48,8 @@ def test_forks_do_not_leak(model):
     ex = sample("t2i", [2_000_000_002])[0]
     e = engine(model)
     base = e.start(inputs_of(ex))
+    # encoded without autograd: a graph kept alive by the cache grew an n = 500 ablation to 8 GB
+    assert not base.cache.k.requires_grad and not base.cache.last_hidden.requires_grad
     length, record = base.cache.length, list(base.record)
     e.generator.manual_seed(5)
     first = e.continue_plan(base.fork(), ["think_long", "rollout_visual"])
@@ -153,15 +155,44 @@ def test_ablate_cli_rejects_an_unknown_row_before_loading(tmp_path):
     assert r.returncode == 2 and "+nope" in r.stderr and "+pose text" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_visual_tokens_are_sampled_text_stays_greedy(model):
+    """By default text is greedy and visual tokens are sampled (greedy rollouts collapse onto one
+    code): another sampling seed changes the rollout, never the text; visual_temperature=0 makes the
+    rollout greedy too, and None makes visual tokens follow the text setting."""
+    ex = sample("t2i", [2_000_000_003])[0]
+
+    def rollout(seed, **kw):
+        e = Engine(model, flow_steps=1, think_tokens=12, seed=seed, **kw)
+        ws = e.start(inputs_of(ex))
+        items = e.continue_plan(ws, ["think", "rollout_visual"]).items
+        return items[1].text, items[2].data["codes"]
+
+    (t1, c1), (t2, c2), (t1b, c1b) = rollout(1), rollout(2), rollout(1)
+    assert t1 == t2 and c1 != c2 and (t1, c1) == (t1b, c1b)
+    (_, g1), (_, g2) = rollout(1, visual_temperature=0.0), rollout(2, visual_temperature=0.0)
+    assert g1 == g2
+    (_, f1), (_, f2) = rollout(1, visual_temperature=None, visual_top_k=None), rollout(2, visual_temperature=None)
+    assert f1 == f2 == g1  # follows the (greedy) text setting
+    e = Engine(model, temperature=0.5, top_k=3, visual_temperature=None, visual_top_k=None)
+    assert (e.sampling("visual")["temperature"], e.sampling("visual")["top_k"]) == (0.5, 3)
+    with pytest.raises(ValueError, match="visual_top_k"):
+        Engine(model, visual_top_k=-1)
+
+
 def test_ablate_cli_sampling_options(tmp_path):
-    bad = subprocess.run([sys.executable, "-m", "omni.cli", "ablate", "t2i", "--temperature", "-1",
-                          "--checkpoint", str(tmp_path / "absent"), "--n", "1", "--out", str(tmp_path / "a")],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--temperature" in bad.stderr and "Traceback" not in bad.stderr
+    for flag in ("--temperature", "--visual-temperature", "--visual-top-k"):
+        bad = subprocess.run([sys.executable, "-m", "omni.cli", "ablate", "t2i", flag, "-1",
+                              "--checkpoint", str(tmp_path / "absent"), "--n", "1", "--out", str(tmp_path / "a")],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and flag in bad.stderr and "Traceback" not in bad.stderr
     r = subprocess.run([sys.executable, "-m", "omni.cli", "ablate", "t2i", "--rows", "+visual", "--n", "1",
-                        "--temperature", "1", "--top-k", "8", "--out", str(tmp_path / "b"), "--json"],
+                        "--temperature", "1", "--top-k", "8", "--visual-temperature", "0",
+                        "--out", str(tmp_path / "b"), "--json"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
+    assert out["sampling"] == {"temperature": 1.0, "top_k": 8, "visual_temperature": 0.0, "visual_top_k": 16,
+                               "seed": 0}
+    assert "visual tokens greedy" in (tmp_path / "b" / "t2i.md").read_text()
     assert [row["name"] for row in out["tables"]["pass"]["rows"]] == ["+visual"] and out["n"] == 1
     assert set(out["context_fidelity"]["+visual"]) == {"rollout_visual:pass"}

@@ -51,18 +51,30 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
         if log and (i + 1) % max(1, n // 10) == 0:
             log(f"{task}: {i + 1}/{n} examples")
     metric, higher = MAIN_METRIC[task]
+    sampling = {"temperature": engine.temperature, "top_k": engine.top_k,
+                "visual_temperature": engine.visual_temperature, "visual_top_k": engine.visual_top_k,
+                "seed": engine.seed}
+    how = (f"text {_how(engine.temperature, engine.top_k)}, visual tokens "
+           f"{_how(engine.visual_temperature, engine.visual_top_k)}, sampling seed {engine.seed}")
     tables = {}
     for key in scores[next(iter(plans))]:
         tables[key] = ablation_table({name: scores[name][key] for name in plans},
                                      title=TITLES.get(task, task), metric=key,
                                      higher_is_better=higher if key == metric else not key.startswith("abs_rel"),
                                      notes=[f"same weights, same {n} held-out examples (seeds {seed_start}..), "
-                                            f"rows differ only in the plan"])
-    return {"task": task, "n": n, "seed_start": seed_start, "rows": {k: list(v) for k, v in plans.items()},
+                                            f"rows differ only in the plan", how])
+    return {"task": task, "n": n, "seed_start": seed_start, "sampling": sampling,
+            "rows": {k: list(v) for k, v in plans.items()},
             "main_metric": metric, "tables": tables, "scores": scores,
             "context_fidelity": {name: {k: float(np.mean(v)) for k, v in c.items()} for name, c in context.items()},
             "seconds_per_example": {k: v / n for k, v in seconds.items()},
             "context_tokens_per_example": {k: v / n for k, v in tokens.items()}}
+
+
+def _how(temperature: float, top_k: int) -> str:
+    if temperature == 0:
+        return "greedy"
+    return f"sampled (temperature {temperature:g}" + (f", top-k {top_k})" if top_k else ")")
 
 
 def save_ablation(result: dict, out_dir: str | Path) -> dict[str, Path]:

@@ -149,6 +149,7 @@ class Server:
     def engine(self, req: UnrollRequest) -> Engine:
         s = self.settings
         return Engine(self.model, temperature=req.temperature, seed=req.sample_seed, flow_steps=s.flow_steps,
+                      visual_temperature=req.visual_temperature, visual_top_k=req.visual_top_k,
                       cfg_scale=s.cfg_scale, think_tokens=s.think_tokens, layout_tokens=s.layout_tokens)
 
     # -- one run, in the model's thread -----------------------------------------------------------

@@ -61,7 +61,11 @@ class UnrollRequest(BaseModel):
                           "when omitted), `direct` (no context), primitive names separated by commas, or a list of "
                           f"primitive names; at most {MAX_PLAN_STEPS} steps.")
     sample_seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the sampler (same seed, same run).")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy decoding.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Temperature of text tokens; 0: greedy decoding.")
+    visual_temperature: float = Field(1.0, ge=0.0, le=2.0, description="Temperature of visual tokens (0: greedy, "
+                                                                       "which collapses onto one code).")
+    visual_top_k: int = Field(16, ge=0, le=65536, description="Visual tokens are sampled among the k likeliest "
+                                                             "codes (0: all).")
 
 
 class PoseInfo(BaseModel):
