@@ -34,6 +34,7 @@ def test_cached_unrolling_equals_reencoding(model, task, plan, reencode):
     b = engine(model, reencode=reencode).run(inputs_of(ex), plan)
     assert [it.text for it in a.items] == [it.text for it in b.items]
     assert a.output.text == b.output.text
+    assert a.output.tokens == b.output.tokens > 0  # every decoder adds to the context (<gen>, the depth query)
     for x, y in zip(a.items, b.items, strict=True):
         assert x.tokens == y.tokens and (x.image is None) == (y.image is None)
         if x.image is not None:

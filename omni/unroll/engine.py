@@ -315,14 +315,15 @@ class Engine:
 
     # -- shared generation pieces -------------------------------------------------------------------
 
-    def gen_image(self, ws: Workspace) -> tuple[np.ndarray, torch.Tensor]:
-        """<gen> then an image by flow sampling (CFG) against the workspace: pixels and latents."""
-        ws.append([self.fmt.tags("<gen>")])
+    def gen_image(self, ws: Workspace) -> tuple[np.ndarray, torch.Tensor, int]:
+        """<gen> then an image by flow sampling (CFG) against the workspace: pixels, latents and the
+        tokens that entered the context (the <gen> tag; the generated image takes a position only)."""
+        n = ws.append([self.fmt.tags("<gen>")])
         lat = sample_latents(self.model, ws.cache, steps=self.flow_steps, cfg_scale=self.cfg_scale,
                              cfg_interval=self.cfg_interval, generator=self.generator, advance=False)
         ws.advance()
         img = self.model.visual.decode_latents(lat.cpu())[0].numpy()
-        return img, lat[0]
+        return img, lat[0], n
 
 
 def parse_pose(text: str) -> np.ndarray | None:
@@ -387,7 +388,7 @@ def synthesize_views(engine: Engine, ws: Workspace) -> Item:
     deg = 30
     for d, tag in VIEW_TAGS.items():
         side = engine.start(Inputs("nvs", {"source": ws.inputs.images["view1"]}, f"look {d} {deg} degrees."))
-        img, lat = engine.gen_image(side)
+        img, lat, _ = engine.gen_image(side)
         views[d] = img
         n += ws.append(fmt.clean_image(lat, tag=tag))
     grid = np.concatenate([np.concatenate([views["up"], views["down"]], 1),
@@ -410,19 +411,21 @@ def _answer(engine: Engine, ws: Workspace) -> Item:
 
 
 def _image(engine: Engine, ws: Workspace) -> Item:
-    img, _ = engine.gen_image(ws)
-    return Item("output", "image", image=img)
+    img, _, n = engine.gen_image(ws)
+    return Item("output", "image", image=img, tokens=n)
 
 
 def _depth(engine: Engine, ws: Workspace) -> Item:
     fmt, model = engine.fmt, engine.model
     segs = fmt.image(ws.inputs.images["image"], tag="<view>")
+    before = ws.cache.length
     h, b = extend(model, ws.cache, segs)
+    n = ws.cache.length - before
     rows = (b.kind[0] == 1).nonzero().squeeze(1)  # the image_in tokens of the query copy
     logd = model.log_depth(h[0, rows])  # (patches, p * p)
     p, s = model.cfg.patch, model.cfg.image_size
     depth = unpatchify(logd.exp()[None], p, s, s)[0, :, :, 0]
-    return Item("output", "depth", data={"depth": depth.cpu().numpy()})
+    return Item("output", "depth", tokens=n, data={"depth": depth.cpu().numpy()})
 
 
 def _pose(engine: Engine, ws: Workspace) -> Item:
