@@ -18,8 +18,9 @@ from PIL import Image
 
 from omni.serve import ServeSettings, create_app
 from omni.serve.jobs import ArtifactStore, Cancelled, Job, Runner
+from omni.serve.schemas import UnrollRequest
 from omni.serve.testing import LiveServer, free_port, random_tiny_checkpoint
-from omni.unroll.engine import NEEDS, PLANS, PRIMITIVES, Item, register
+from omni.unroll.engine import NEEDS, PLANS, PRIMITIVES, VISUAL_SAMPLING, Item, register
 from omni.world import sample
 
 FAST = dict(flow_steps=2, think_tokens=8, layout_tokens=8)
@@ -593,3 +594,9 @@ def test_openapi_conformance(api_schema, method, path, mode):
         case.call_and_validate(checks=checks)
 
     conforms()
+
+
+def test_request_visual_sampling_defaults_are_the_engines():
+    """The schema (kept free of torch) states the engine's visual sampling defaults literally; they must agree."""
+    fields = UnrollRequest.model_fields
+    assert (fields["visual_temperature"].default, fields["visual_top_k"].default) == VISUAL_SAMPLING
