@@ -417,6 +417,11 @@ def train(
                                                  "(continue with --resume)."),
     fsdp: bool = typer.Option(False, help="Under torchrun: shard weights, gradients and optimizer state "
                                           "(FSDP) instead of DDP."),
+    init_from: str = typer.Option("", help="Start from this checkpoint's weights (fresh optimizer and "
+                                           "schedule; use another --data-seed for new batches)."),
+    visual_cells: bool = typer.Option(None, "--visual-cells/--no-visual-cells",
+                                      help="Visual tokens carry their grid cell's embedding (default: the "
+                                           "preset's)."),
 ):
     """Train the model natively on the whole world mixture (DDP under torchrun: python -m omni.train)."""
     import json
@@ -426,8 +431,10 @@ def train(
     _positive("--steps", steps)
     if device not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {device!r}; known: cpu, cuda")
+    overrides = {} if visual_cells is None else {"visual_cells": visual_cells}
     last = train_main(out, preset, steps, resume, device, max_minutes=max_minutes, lr=lr, warmup=warmup,
                       save_every=save_every, workers=workers, threads=threads, ema=ema, fsdp=fsdp,
+                      init_from=init_from, model_overrides=overrides,
                       mixture=MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len))
     typer.echo(json.dumps(last))
 

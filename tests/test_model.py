@@ -210,12 +210,41 @@ def test_decode_step_equals_extend(moe):
         decode_step(m, c, torch.tensor([1, 2]), 1)
 
 
-def test_recomputing_cache_is_the_cache_without_reuse():
+def test_visual_cells():
+    """With visual_cells, code i of a visual block carries cell i's embedding: the same code in
+    another cell is another input; decode_step(cell=k) computes what extend computes for a segment
+    starting at cell k; a rollout's codes, re-encoded as one block, give the cache decoding built.
+    Without the flag the model has no such parameter (older checkpoints load unchanged)."""
+    from omni.model.config import VISUAL
+    from omni.model.transformer import decode_step
+
+    assert not hasattr(model(), "cell_vis") and "cell_vis" not in model().state_dict()
+    m = model(visual_cells=True)
+    assert m.cell_vis.shape == (m.cfg.latent_grid ** 2, m.cfg.d_model) and m.cell_vis.abs().sum() > 0
+    b = pack([[Segment("visual", [7, 7, 7], cell0=62)]], m.cfg)
+    assert b.cell[0].tolist() == [62, 63, 0]  # wraps around the grid
+    c = KVCache(m.cfg)
+    extend(m, c, [Segment("text", [5, 6, 7])])
+    h = [extend(m, c.fork(), [Segment("visual", [9], cell0=k)])[0][0, 0] for k in (0, 3)]
+    assert (h[0] - h[1]).abs().max() > 1e-3
+    ref = c.fork()
+    h_ref = extend(m, ref, [Segment("visual", [9], cell0=3)])[0][0, 0]
+    assert (decode_step(m, c.fork(), torch.tensor([9]), VISUAL, cell=3)[0] - h_ref).abs().max() < 1e-5
+    roll = c.fork()
+    codes = generate_tokens(m, roll, 5, kind="visual", temperature=0.0)[0]
+    again = c.fork()
+    extend(m, again, [Segment("visual", codes)])
+    assert roll.length == again.length
+    assert (roll.k[:, :, :, :roll.length] - again.k[:, :, :, :again.length]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("visual_cells", [False, True])
+def test_recomputing_cache_is_the_cache_without_reuse(visual_cells):
     """RecomputingCache re-encodes its whole record before every call that reads it: the same tokens
     and latents as KVCache, every step paying for the whole context, forks independent."""
     from omni.model.cache import RecomputingCache
 
-    m = model()
+    m = model(visual_cells=visual_cells)
     calls = []
     run = m.run
     m.run = lambda b, *a, **kw: calls.append(b.kind.shape[1]) or run(b, *a, **kw)

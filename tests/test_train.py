@@ -140,6 +140,34 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
         assert torch.equal(shipped.state_dict()[k].float(), v.to(torch.bfloat16).float()), k
 
 
+def test_init_from_a_checkpoint_adds_a_feature_at_zero(tmp_path):
+    """--init-from loads a checkpoint's weights into a fresh run; a feature the source lacks
+    (visual_cells) starts at zero, so the new model computes the source's losses; weights that do
+    not fit, or no checkpoint, are clear errors."""
+    from omni.train.loop import Trainer
+
+    small = json.loads(SMALL)
+    mix = MixtureConfig(rows=1, row_len=512)
+    src = Trainer(TrainConfig(model_overrides=small, workers=0, mixture=mix), tmp_path / "a", log=lambda *_: None)
+    src.model.save_pretrained(tmp_path / "src")
+    said = []
+    new = Trainer(TrainConfig(model_overrides={**small, "visual_cells": True}, init_from=str(tmp_path / "src"),
+                              workers=0, seed=1, mixture=mix), tmp_path / "b", log=said.append)
+    assert "cell_vis" in said[0] and torch.equal(new.model.cell_vis, torch.zeros_like(new.model.cell_vis))
+    for k, v in src.model.state_dict().items():
+        assert torch.equal(new.model.state_dict()[k], v), k
+    b, _ = src.mixture.batch(0)
+    with torch.no_grad():
+        assert float(new.model(b, losses=True)["loss"]) == pytest.approx(float(src.model(b, losses=True)["loss"]),
+                                                                          rel=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        Trainer(TrainConfig(model_overrides={**small, "d_model": 32}, init_from=str(tmp_path / "src"), workers=0,
+                            mixture=mix), tmp_path / "c", log=lambda *_: None)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(TrainConfig(model_overrides=small, init_from=str(tmp_path), workers=0, mixture=mix), tmp_path / "d",
+                log=lambda *_: None)
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_with_the_same_global_batch(tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))

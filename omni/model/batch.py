@@ -42,6 +42,7 @@ class Segment:
     depth_valid: torch.Tensor | None = None  # image_in: (H, W) bool
     uncond: bool = False  # image_gen: sees no earlier segment (classifier-free guidance)
     noise: torch.Tensor | None = None  # image_gen training: the noise (drawn by the caller, for determinism)
+    cell0: int = 0  # visual: the grid cell of the first code (code i sits in cell (cell0 + i) mod g*g)
 
     def __post_init__(self):
         if self.kind not in SEGMENT_KINDS:
@@ -182,6 +183,8 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
                 ids = np.asarray(s.tokens, dtype=np.int64) + (cfg.text_vocab if k == VISUAL else 0)
                 token[r, sl] = ids
                 pos[r, sl] = p + np.arange(n)
+                if k == VISUAL:
+                    cell[r, sl] = (s.cell0 + np.arange(n)) % cfg.latent_grid ** 2
                 p += n
                 if s.loss:
                     # position j predicts token j + 1; the first token is predicted by the token before

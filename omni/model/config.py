@@ -35,6 +35,9 @@ class OmniConfig:
     patch: int = 4  # understanding images: p x p pixel patches
     latent_grid: int = 8  # generated images: the visual tokenizer's latent grid
     latent_dim: int = 16
+    # visual tokens also carry a learned embedding of their grid cell (code i of a <vis> block: cell
+    # i), so a generated latent of cell c can find the code of cell c by content, not by its 1D offset
+    visual_cells: bool = False
     # losses
     w_text: float = 1.0
     w_visual: float = 1.0

@@ -185,6 +185,10 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class OmniModel(nn.Module):
+    # parameters that exist only with an optional feature, each doing nothing at zero (a checkpoint
+    # trained without the feature can start a run with it: omni train --init-from)
+    FEATURE_PARAMS = ("cell_vis",)
+
     def __init__(self, cfg: OmniConfig):
         super().__init__()
         cfg.validate()
@@ -195,6 +199,8 @@ class OmniModel(nn.Module):
         self.cell_in = nn.Parameter(torch.zeros(cfg.patch_grid ** 2, d))
         self.latent_in = nn.Linear(cfg.latent_dim, d)
         self.cell_gen = nn.Parameter(torch.zeros(cfg.latent_grid ** 2, d))
+        if cfg.visual_cells:
+            self.cell_vis = nn.Parameter(torch.zeros(cfg.latent_grid ** 2, d))
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
         self.norm_und = RMSNorm(d, cfg.norm_eps)
@@ -226,7 +232,7 @@ class OmniModel(nn.Module):
         for layer in self.layers:
             for e in layer.experts:
                 nn.init.normal_(e.proj.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
-        for p in (self.cell_in, self.cell_gen):
+        for p in (self.cell_in, self.cell_gen, *([self.cell_vis] if self.cfg.visual_cells else [])):
             nn.init.normal_(p, std=std)
         nn.init.zeros_(self.final_ada.weight)
         nn.init.zeros_(self.final_ada.bias)
@@ -261,6 +267,10 @@ class OmniModel(nn.Module):
         kind = b.kind.reshape(-1)
         x = self.tok_emb(b.token.reshape(-1).clamp_min(0))  # text and visual tokens (others overwritten)
         cell = b.cell.reshape(-1)
+        if self.cfg.visual_cells:
+            vis_rows = torch.nonzero(kind == VISUAL).squeeze(1)
+            if len(vis_rows) or self.full_graph:
+                x = x.index_add(0, vis_rows, self.cell_vis[cell[vis_rows]])
         in_rows = torch.nonzero(kind == IMAGE_IN).squeeze(1)
         if len(in_rows):
             x = x.index_copy(0, in_rows, self.patch_in(b.patches.to(x.dtype)) + self.cell_in[cell[in_rows]])
@@ -450,13 +460,14 @@ def _rope_rows(model: OmniModel, pos: list[int], device) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def decode_step(model: OmniModel, cache, ids: torch.Tensor, kind: int,
-                weights: list[dict] | None = None) -> torch.Tensor:
+                weights: list[dict] | None = None, cell: int = 0) -> torch.Tensor:
     """Append one text (kind TEXT) or visual (kind VISUAL; code ids) token per cache row and return
     its final hidden state (rows, d): the same computation as `extend` with a one-token segment,
     written with few functional calls on weights laid out for it (`decode_weights`), a rotary
     table and no packed batch or mask (a new token sees the whole cache), since one token's step is
     dominated by per-call overhead and weight reads on the CPU. A caller that runs many steps passes
-    `weights=decode_weights(model, expert)` once instead of having each step look them up."""
+    `weights=decode_weights(model, expert)` once instead of having each step look them up. `cell`:
+    a visual token's grid cell (its index in its <vis> block), as `Segment.cell0`."""
     if kind not in (TEXT, VISUAL):
         raise ValueError("decode_step takes text or visual tokens")
     cfg = model.cfg
@@ -464,13 +475,15 @@ def decode_step(model: OmniModel, cache, ids: torch.Tensor, kind: int,
     e = EXPERT_OF_KIND[kind]
     if cache.recompute:  # the no-reuse baseline (RecomputingCache): encode the whole context first
         cache.refill(model)
-        cache.remember([[Segment("text" if kind == TEXT else "visual", [int(i)])] for i in ids.tolist()])
+        cache.remember([[Segment("text" if kind == TEXT else "visual", [int(i)], cell0=cell)] for i in ids.tolist()])
     n = cache.length
     if n + 1 > cache.max_len:
         raise ValueError(f"KV cache full: {n} + 1 tokens > {cache.max_len}")
     device = cache.k.device
     tok = ids.to(device).long() + (cfg.text_vocab if kind == VISUAL else 0)
     x = F.embedding(tok, model.tok_emb.weight)  # (rows, d)
+    if kind == VISUAL and cfg.visual_cells:
+        x = x + model.cell_vis[cell % cfg.latent_grid ** 2]
     cos2, sin2 = _rope_rows(model, cache.next_pos, device)  # broadcast over q/k and heads
     cond = model.time_mlp(timestep_embedding(torch.zeros(rows, device=device), d)) if e == GEN else None
 

@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("--accum", type=int, default=1)
     ap.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer "
                                                          "state across ranks (FSDP) instead of DDP")
+    ap.add_argument("--init-from", default="", help="start from this checkpoint's weights (fresh optimizer and "
+                                                     "schedule; use another --data-seed for new batches)")
     ap.add_argument("--model", default="{}", help="JSON of model config overrides (e.g. for tests)")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop after this much wall time, with a checkpoint (continue with --resume)")
@@ -33,7 +35,7 @@ def main() -> None:
 
     last = train_main(a.out, a.preset, a.steps, a.resume, a.device, max_minutes=a.max_minutes, lr=a.lr, warmup=a.warmup,
                       save_every=a.save_every, workers=a.workers, threads=a.threads, ema=a.ema, accum=a.accum,
-                      fsdp=a.fsdp,
+                      fsdp=a.fsdp, init_from=a.init_from,
                       model_overrides=json.loads(a.model),
                       mixture=MixtureConfig(data_seed=a.data_seed, rows=a.rows, row_len=a.row_len))
     print(json.dumps(last))

@@ -53,6 +53,9 @@ class TrainConfig:
     workers: int = 1
     fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state (FSDP2) instead of DDP
     visual: str = str(DEFAULT_VISUAL)
+    # start from this checkpoint's weights (a fine-tune or continuation: fresh optimizer, schedule
+    # and data order); parameters of a feature the source lacks (OmniModel.FEATURE_PARAMS) start at 0
+    init_from: str = ""
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     model_overrides: dict = field(default_factory=dict)
 
@@ -123,6 +126,8 @@ class Trainer:
         self.model = OmniModel(mcfg).to(self.device)
         self.model.tokenizer = tok
         object.__setattr__(self.model, "visual", vq)
+        if cfg.init_from:
+            self._init_from(Path(cfg.init_from))
         self.mixture = Mixture(cfg.mixture, Writer(tok, vq, mcfg))
         self.ddp = None
         self.fsdp = cfg.fsdp and self.world > 1
@@ -145,6 +150,29 @@ class Trainer:
                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
         self.ema = ({k: v.detach().clone() for k, v in self.model.state_dict().items()} if cfg.ema > 0 else None)
         self.step = 0
+
+    def _init_from(self, d: Path) -> None:
+        """Load a checkpoint directory's weights (config.json + model safetensors) into the new model.
+        Tensors the model lacks, or of another shape, are an error; the model's feature parameters
+        the source lacks start at zero, where the feature changes nothing."""
+        from omni.model.checkpoint import load_state
+
+        if not (d / "config.json").is_file():
+            raise FileNotFoundError(f"--init-from: no checkpoint (config.json) in {d}")
+        state, own = load_state(d), self.model.state_dict()
+        unexpected = sorted(set(state) - set(own))
+        missing = sorted(set(own) - set(state))
+        bad = [k for k in missing if k not in OmniModel.FEATURE_PARAMS]
+        if unexpected or bad:
+            raise ValueError(f"--init-from {d}: weights do not fit the model (missing {bad[:5]}, unexpected "
+                             f"{unexpected[:5]})")
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(own[k].shape):
+                raise ValueError(f"--init-from {d}: tensor {k!r} has shape {tuple(v.shape)}, the model has "
+                                 f"{tuple(own[k].shape)}")
+        self.model.load_state_dict({k: (state[k].to(v.dtype) if k in state else torch.zeros_like(v))
+                                    for k, v in own.items()})
+        self.log(f"initialised from {d}" + (f" (new, at zero: {', '.join(missing)})" if missing else ""))
 
     # -- checkpoints ----------------------------------------------------------------------------
 
