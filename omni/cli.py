@@ -261,6 +261,35 @@ for _task in ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit"):
     eval_app.command(_task)(_eval_task_command(_task))
 
 
+@eval_app.command("context-use")
+@user_errors
+def eval_context_use(
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
+    n: int = typer.Option(100, help="Held-out t2i examples."),
+    seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
+    t: str = typer.Option("0.5,0.8,0.95", help="Noise levels, comma-separated (1: pure noise)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Does the t2i generator use each context? Its teacher-forced flow loss given the world's true
+    short thought, layout text and visual codes, against the prompt alone (same targets and noise)."""
+    import json
+
+    from omni.eval.context_use import flow_context_use
+    from omni.model import OmniModel
+
+    _positive("--n", n)
+    try:
+        ts = [float(x) for x in t.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--t must be numbers separated by commas, got {t!r}") from None
+    tables = flow_context_use(OmniModel.from_pretrained(checkpoint), n, seed_start, ts)
+    if json_out:
+        typer.echo(json.dumps({"checkpoint": checkpoint, "n": n, "seed_start": seed_start,
+                               "tables": {k: v.to_json() for k, v in tables.items()}}))
+    else:
+        typer.echo("\n".join(v.markdown() for v in tables.values()))
+
+
 @eval_app.command("curves")
 @user_errors
 def eval_curves(

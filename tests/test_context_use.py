@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from omni.eval.context_use import flow_context_use, row_names
+from omni.model import OmniModel, preset
+from omni.tokens.text import TextTokenizer
+from omni.tokens.visual import VisualTokenizer
+from omni.train.loop import DEFAULT_VISUAL
+
+SMALL = dict(d_model=64, n_layers=2, n_heads=4)
+
+
+def tiny(seed=0) -> OmniModel:
+    torch.manual_seed(seed)
+    m = OmniModel(preset("tiny", **SMALL)).eval()
+    m.tokenizer = TextTokenizer.default()
+    object.__setattr__(m, "visual", VisualTokenizer.load(DEFAULT_VISUAL))
+    return m
+
+
+def test_rows_are_paired_and_the_condition_reaches_the_loss():
+    """Rows share target, t and noise: a model that predicts zero velocity (a fresh flow head) scores
+    every row alike; once the head and the generation expert's modulation are live, the rows differ
+    (what precedes <gen> reaches the prediction), and the unconditional row differs from the prompt."""
+    m = tiny()
+    tabs = flow_context_use(m, 2, 1_000_000_000, ts=(0.5, 0.9))
+    assert list(tabs) == ["t=0.5", "t=0.9"]
+    for tab in tabs.values():
+        assert [r.name for r in tab.rows] == row_names() and tab.n == 2 and not tab.higher_is_better
+        means = [r.mean for r in tab.rows]
+        assert max(means) - min(means) < 1e-6 and means[0] > 0.5
+    with torch.no_grad():
+        for layer in m.layers:
+            torch.nn.init.normal_(layer.experts[1].ada.weight, std=0.05)
+        torch.nn.init.normal_(m.final_ada.weight, std=0.05)
+        torch.nn.init.normal_(m.flow_head.weight, std=0.05)
+    rows = {r.name: r.mean for r in flow_context_use(m, 2, 1_000_000_000, ts=(0.9,))["t=0.9"].rows}
+    assert abs(rows["none"] - rows["prompt"]) > 1e-5 and abs(rows["+visual"] - rows["prompt"]) > 1e-5
+
+
+def test_bad_arguments():
+    m = tiny()
+    with pytest.raises(ValueError, match="n must be"):
+        flow_context_use(m, 0, 0)
+    with pytest.raises(ValueError, match="noise levels"):
+        flow_context_use(m, 1, 0, ts=(0.0,))
+    bare = OmniModel(preset("tiny", **SMALL))
+    with pytest.raises(ValueError, match="tokenizers"):
+        flow_context_use(bare, 1, 0)
+
+
+def test_cli_json_and_errors(tmp_path):
+    tiny().save_pretrained(tmp_path / "ck")
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint", str(tmp_path / "ck"),
+                        "--n", "1", "--t", "0.7", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert list(out["tables"]) == ["t=0.7"] and out["n"] == 1
+    for args, needle in ((["--t", "high"], "--t must be numbers"), (["--t", "2"], "noise levels"),
+                         (["--n", "0"], "--n must be positive")):
+        bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint",
+                              str(tmp_path / "ck"), *args], capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2 and needle in bad.stderr, bad.stderr
