@@ -10,7 +10,8 @@ A sequence is a list of segments. Each segment is one kind:
     image_clean  a generated image written back as context: clean latents (full within)
 
 Positions (rotary, 1D): every text or visual token takes the next position; an image takes one
-position for all its tokens (2D placement inside an image comes from learned cell embeddings).
+position for all its tokens (2D placement inside an image comes from learned cell embeddings; a
+visual token's cell, code i of its block in cell i, is used when OmniConfig.visual_cells is on).
 
 `pack` lays sequences into rows of a fixed length (first fit, never split), producing per-token
 index tensors and the flat inputs of each kind; `attention_mask` turns them into the boolean mask
@@ -87,7 +88,7 @@ class Segment:
 @dataclass
 class Batch:
     """Packed rows. Per token (B, L): kind, token id (visual codes offset by the text vocabulary),
-    segment id, example id, rotary position, image cell, unconditional flag, next-token target.
+    segment id, example id, rotary position, image (or visual-token) cell, unconditional flag, next-token target.
     Flat per kind, in row-major token order: patches and depth targets of image_in tokens; latents,
     noise levels and flow targets of image_gen / image_clean tokens."""
 
