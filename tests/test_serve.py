@@ -327,9 +327,9 @@ def test_context_bound_is_the_peak_of_the_cache(monkeypatch):
 
     monkeypatch.setattr(KVCache, "keys_values", keys_values)
     for mod in (sampling_mod, engine_mod):
-        def decode_step(model, cache, ids, kind, weights=None, inner=mod.decode_step):
+        def decode_step(model, cache, ids, kind, weights=None, inner=mod.decode_step, **kw):
             peak[0] = max(peak[0], cache.length + 1)
-            return inner(model, cache, ids, kind, weights)
+            return inner(model, cache, ids, kind, weights, **kw)
 
         monkeypatch.setattr(mod, "decode_step", decode_step)
     engine = Engine(random_tiny_model(), flow_steps=1, think_tokens=8, layout_tokens=8, temperature=1.0)
