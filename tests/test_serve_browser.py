@@ -4,6 +4,7 @@ screenshot (to $OMNI_SERVE_SCREENSHOT if set, e.g. docs/serve.png, else into the
 The model is a random tiny one unless $OMNI_SERVE_CHECKPOINT names a checkpoint (the README's
 screenshot: OMNI_SERVE_CHECKPOINT=checkpoints/omni-tiny OMNI_SERVE_SCREENSHOT=docs/serve.png)."""
 
+import json
 import os
 import time
 from pathlib import Path
@@ -115,7 +116,12 @@ def test_side_by_side_and_screenshot(page, tmp_path):
     page.select_option("#plan-b", "baseline")
     page.click("details summary")
     page.fill("#temperature", "0.8")  # sampled text, so the (untrained) model's cards are not empty
-    page.click("#run")
+    page.fill("#visual-temperature", "0.5")
+    page.fill("#visual-top-k", "4")
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/v1/unroll/stream")) as req:
+        page.click("#run")
+    body = json.loads(req.value.post_data)
+    assert (body["temperature"], body["visual_temperature"], body["visual_top_k"]) == (0.8, 0.5, 4)
     wait_done(page, ("A", "B"))
     assert steps_of(page, "A") == ["input", "estimate_pose", "synthesize_views", "think", "output"]
     assert steps_of(page, "B") == ["input", "output"]

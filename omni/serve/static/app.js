@@ -139,7 +139,9 @@ function readFile(file) {
 async function inputBody() {
   const t = $("#task").value;
   const body = { task: t, sample_seed: Number($("#sample-seed").value || 0),
-    temperature: Number($("#temperature").value || 0) };
+    temperature: Number($("#temperature").value || 0),
+    visual_temperature: Number($("#visual-temperature").value || 0),
+    visual_top_k: Number($("#visual-top-k").value || 0) };
   if ($("#source-seed").checked) {
     body.seed = Number($("#seed").value);
     return body;
