@@ -166,6 +166,13 @@ def test_init_from_a_checkpoint_adds_a_feature_at_zero(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(TrainConfig(model_overrides=small, init_from=str(tmp_path), workers=0, mixture=mix), tmp_path / "d",
                 log=lambda *_: None)
+    # a resumed run continues from its own checkpoint and no longer needs the source
+    from omni.train import train_main
+
+    kw = dict(workers=0, threads=1, model_overrides=small, init_from=str(tmp_path / "src"), mixture=mix)
+    train_main(str(tmp_path / "run"), steps=1, log=lambda *_: None, **kw)
+    shutil.rmtree(tmp_path / "src")
+    assert train_main(str(tmp_path / "run"), steps=2, resume=True, log=lambda *_: None)["step"] == 2
 
 
 @pytest.mark.slow

@@ -111,7 +111,8 @@ def ddp_info() -> tuple[int, int]:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, out: str | Path, log=print):
+    def __init__(self, cfg: TrainConfig, out: str | Path, log=print, init_weights: bool = True):
+        """init_weights=False skips cfg.init_from (a resumed run loads its own checkpoint instead)."""
         self.cfg, self.out, self.log = cfg, Path(out), log
         self.rank, self.world = ddp_info()
         if cfg.threads:
@@ -126,7 +127,7 @@ class Trainer:
         self.model = OmniModel(mcfg).to(self.device)
         self.model.tokenizer = tok
         object.__setattr__(self.model, "visual", vq)
-        if cfg.init_from:
+        if cfg.init_from and init_weights:
             self._init_from(Path(cfg.init_from))
         self.mixture = Mixture(cfg.mixture, Writer(tok, vq, mcfg))
         self.ddp = None
