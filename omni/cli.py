@@ -449,8 +449,8 @@ def train(
     init_from: str = typer.Option("", help="Start from this checkpoint's weights (fresh optimizer and "
                                            "schedule; use another --data-seed for new batches)."),
     visual_cells: bool = typer.Option(None, "--visual-cells/--no-visual-cells",
-                                      help="Visual tokens carry their grid cell's embedding (default: the "
-                                           "preset's)."),
+                                      help="Visual tokens carry their grid cell's embedding (default: "
+                                           "off)."),
 ):
     """Train the model natively on the whole world mixture (DDP under torchrun: python -m omni.train)."""
     import json

@@ -83,6 +83,23 @@ def load_state(directory: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def fit_state(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], where, against: str,
+              optional: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """`state` checked against a model's own state dict and cast to its dtypes. A tensor the model
+    lacks, one of another shape, or one the model has and `state` lacks is an error naming `where`
+    (what `against` implies), except the `optional` ones, which start at zero."""
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    bad = [k for k in missing if k not in optional]
+    if bad or unexpected:
+        raise ValueError(f"{where}: weights do not match {against} (missing {bad[:5]}, unexpected "
+                         f"{unexpected[:5]})")
+    for k in state:
+        if tuple(state[k].shape) != tuple(own[k].shape):
+            raise ValueError(f"{where}: tensor {k!r} has shape {tuple(state[k].shape)}, {against} implies "
+                             f"{tuple(own[k].shape)}")
+    return {k: state[k].to(v.dtype) if k in state else torch.zeros_like(v) for k, v in own.items()}
+
+
 def from_pretrained(directory: str | Path, device: str = "cpu", with_tokenizers: bool = True) -> OmniModel:
     d = Path(directory)
     if not d.is_dir():
@@ -95,18 +112,7 @@ def from_pretrained(directory: str | Path, device: str = "cpu", with_tokenizers:
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{d / 'config.json'}: bad model config ({e})") from None
     model = OmniModel(cfg)
-    state = load_state(d)
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    where = d / "model.safetensors"
-    if missing or unexpected:
-        raise ValueError(f"{where}: weights do not match config.json (missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]})")
-    for k in own:
-        if tuple(state[k].shape) != tuple(own[k].shape):
-            raise ValueError(f"{where}: tensor {k!r} has shape {tuple(state[k].shape)}, config.json implies "
-                             f"{tuple(own[k].shape)}")
-    model.load_state_dict({k: state[k].to(own[k].dtype) for k in own})
+    model.load_state_dict(fit_state(load_state(d), model.state_dict(), d / "model.safetensors", "config.json"))
     if with_tokenizers:
         from omni.tokens.text import TextTokenizer
         from omni.tokens.visual import VisualTokenizer

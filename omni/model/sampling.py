@@ -35,10 +35,10 @@ def choose(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
 @torch.no_grad()
 def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = "text", temperature: float = 0.0,
                     top_k: int = 0, stop: Sequence[int] = (),
-                    generator: torch.Generator | None = None, first_cell: int = 0) -> list[list[int]]:
+                    generator: torch.Generator | None = None) -> list[list[int]]:
     """Continue every cache row with up to max_new tokens of `kind` ("text" ids or "visual" code
     ids), stopping a row at a stop token (kept, the row then pads with it). Rows run in step.
-    Visual code j goes to grid cell first_cell + j (see Segment.cell0)."""
+    Visual code j goes to grid cell j (see Segment.cell0)."""
     if cache.last_hidden is None:
         raise ValueError("the cache is empty: encode a prompt first")
     cfg = model.cfg
@@ -60,7 +60,7 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
                 done[r] = i in stop
         if all(done):
             break
-        decode_step(model, cache, torch.tensor(ids), code, weights, cell=first_cell + j)
+        decode_step(model, cache, torch.tensor(ids), code, weights, cell=j)
     return out
 
 

@@ -34,8 +34,7 @@ def train_main(out: str, preset: str = "tiny", steps: int = 1000, resume: bool =
     else:
         mixture = overrides.pop("mixture", None) or MixtureConfig(**overrides.pop("mixture_kw", {}))
         cfg = TrainConfig(preset=preset, steps=steps, device=device, mixture=mixture, **overrides)
-    resuming = resume and any((p / "COMPLETE").is_file() for p in run_dir.glob("step-*"))
-    trainer = Trainer(cfg, run_dir, log=log, init_weights=not resuming)  # --init-from only starts a run
+    trainer = Trainer(cfg, run_dir, log=log)
     if resume:
         trainer.resume()
     elif trainer.checkpoint_dirs():

@@ -111,8 +111,7 @@ def ddp_info() -> tuple[int, int]:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, out: str | Path, log=print, init_weights: bool = True):
-        """init_weights=False skips cfg.init_from (a resumed run loads its own checkpoint instead)."""
+    def __init__(self, cfg: TrainConfig, out: str | Path, log=print):
         self.cfg, self.out, self.log = cfg, Path(out), log
         self.rank, self.world = ddp_info()
         if cfg.threads:
@@ -127,7 +126,7 @@ class Trainer:
         self.model = OmniModel(mcfg).to(self.device)
         self.model.tokenizer = tok
         object.__setattr__(self.model, "visual", vq)
-        if cfg.init_from and init_weights:
+        if cfg.init_from and not self.checkpoint_dirs():  # a run with checkpoints resumes from its own
             self._init_from(Path(cfg.init_from))
         self.mixture = Mixture(cfg.mixture, Writer(tok, vq, mcfg))
         self.ddp = None
@@ -156,24 +155,16 @@ class Trainer:
         """Load a checkpoint directory's weights (config.json + model safetensors) into the new model.
         Tensors the model lacks, or of another shape, are an error; the model's feature parameters
         the source lacks start at zero, where the feature changes nothing."""
-        from omni.model.checkpoint import load_state
+        from omni.model.checkpoint import fit_state, load_state
 
         if not (d / "config.json").is_file():
             raise FileNotFoundError(f"--init-from: no checkpoint (config.json) in {d}")
-        state, own = load_state(d), self.model.state_dict()
-        unexpected = sorted(set(state) - set(own))
-        missing = sorted(set(own) - set(state))
-        bad = [k for k in missing if k not in OmniModel.FEATURE_PARAMS]
-        if unexpected or bad:
-            raise ValueError(f"--init-from {d}: weights do not fit the model (missing {bad[:5]}, unexpected "
-                             f"{unexpected[:5]})")
-        for k, v in state.items():
-            if tuple(v.shape) != tuple(own[k].shape):
-                raise ValueError(f"--init-from {d}: tensor {k!r} has shape {tuple(v.shape)}, the model has "
-                                 f"{tuple(own[k].shape)}")
-        self.model.load_state_dict({k: (state[k].to(v.dtype) if k in state else torch.zeros_like(v))
-                                    for k, v in own.items()})
-        self.log(f"initialised from {d}" + (f" (new, at zero: {', '.join(missing)})" if missing else ""))
+        own = self.model.state_dict()
+        state = load_state(d)
+        self.model.load_state_dict(fit_state(state, own, f"--init-from {d}", "the model being trained",
+                                             optional=OmniModel.FEATURE_PARAMS))
+        new = sorted(set(own) - set(state))
+        self.log(f"initialised from {d}" + (f" (new, at zero: {', '.join(new)})" if new else ""))
 
     # -- checkpoints ----------------------------------------------------------------------------
 
