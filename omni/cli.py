@@ -207,6 +207,25 @@ def _visual_top_k_option():
     return typer.Option(None, help="Sample visual tokens among the k likeliest codes (default 16; 0: all).")
 
 
+def _cfg_scale_option():
+    return typer.Option(3.0, help="Classifier-free guidance scale for generated images.")
+
+
+def _flow_steps_option():
+    return typer.Option(20, help="Euler steps of the flow sampler.")
+
+
+def _flow_shift_option():
+    return typer.Option(1.0, help="Shift the flow sampler's steps toward pure noise (1: uniform).")
+
+
+def _flow(cfg_scale: float, flow_steps: int, flow_shift: float) -> dict:
+    """Engine keyword arguments for the image sampler's options, checked before any model loads."""
+    _positive("--flow-steps", flow_steps)
+    _positive("--flow-shift", flow_shift)
+    return {"cfg_scale": cfg_scale, "flow_steps": flow_steps, "flow_shift": flow_shift}
+
+
 def _sampling(temperature: float, top_k: int, visual_temperature: float | None, visual_top_k: int | None) -> dict:
     """Engine keyword arguments for the sampling options (visual None: the engine's default), checked
     before any model loads."""
@@ -227,8 +246,9 @@ def _eval_task_command(task: str):
         seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
         plan: str = typer.Option("direct", help="A plan: a row name of the task, 'default', or primitives 'a,b'."),
         seed: int = typer.Option(0, help="Sampling seed."),
-        cfg_scale: float = typer.Option(3.0, help="Classifier-free guidance scale for generated images."),
-        flow_steps: int = typer.Option(20, help="Euler steps of the flow sampler."),
+        cfg_scale: float = _cfg_scale_option(),
+        flow_steps: int = _flow_steps_option(),
+        flow_shift: float = _flow_shift_option(),
         visual_temperature: float | None = _visual_temperature_option(),
         visual_top_k: int | None = _visual_top_k_option(),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -241,9 +261,8 @@ def _eval_task_command(task: str):
 
         _positive("--n", n)
         parse_plan(task, plan)  # a bad plan fails before the model loads
-        sampling = _sampling(0.0, 0, visual_temperature, visual_top_k)
-        engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed, cfg_scale=cfg_scale, flow_steps=flow_steps,
-                        **sampling)
+        sampling = _sampling(0.0, 0, visual_temperature, visual_top_k) | _flow(cfg_scale, flow_steps, flow_shift)
+        engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed, **sampling)
         r = evaluate(engine, task, n, seed_start, plan, log=None if json_out else lambda m: typer.echo(m, err=True))
         if json_out:
             typer.echo(json.dumps(r))
@@ -316,6 +335,9 @@ def ablate_command(
     top_k: int = typer.Option(0, help="Sample text tokens among the k likeliest (0: all)."),
     visual_temperature: float | None = _visual_temperature_option(),
     visual_top_k: int | None = _visual_top_k_option(),
+    cfg_scale: float = _cfg_scale_option(),
+    flow_steps: int = _flow_steps_option(),
+    flow_shift: float = _flow_shift_option(),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """The paper's rows for TASK on the same held-out examples: a table, its JSON and a plot."""
@@ -336,7 +358,8 @@ def ablate_command(
             known = ", ".join(PLANS[task])
             raise ValueError(f"unknown row(s) {', '.join(unknown) or rows!r} for {task}; known: {known}")
         chosen = {r: PLANS[task][r] for r in names}
-    sampling = _sampling(temperature, top_k, visual_temperature, visual_top_k)
+    sampling = _sampling(temperature, top_k, visual_temperature, visual_top_k) | _flow(cfg_scale, flow_steps,
+                                                                                         flow_shift)
     engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed, **sampling)
     r = ablate(engine, task, n, seed_start, rows=chosen, log=None if json_out else lambda m: typer.echo(m, err=True))
     files = save_ablation(r, out)
@@ -441,6 +464,8 @@ def train(
     rows: int = typer.Option(4, help="Rows per batch."),
     row_len: int = typer.Option(1024, help="Tokens per row."),
     data_seed: int = typer.Option(0),
+    t_shift: float = typer.Option(1.0, help="Shift generated images' training noise levels toward pure "
+                                            "noise (1: logit-normal, unshifted)."),
     ema: float = typer.Option(0.0, help="EMA decay of the weights (0: off)."),
     max_minutes: float = typer.Option(None, help="Stop after this much wall time, with a checkpoint "
                                                  "(continue with --resume)."),
@@ -464,7 +489,7 @@ def train(
     last = train_main(out, preset, steps, resume, device, max_minutes=max_minutes, lr=lr, warmup=warmup,
                       save_every=save_every, workers=workers, threads=threads, ema=ema, fsdp=fsdp,
                       init_from=init_from, model_overrides=overrides,
-                      mixture=MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len))
+                      mixture=MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift))
     typer.echo(json.dumps(last))
 
 

@@ -181,6 +181,30 @@ def test_cache_fork_and_sampling_determinism():
     assert choose(lg).item() == 1 and choose(lg, 1.0, top_k=1, generator=torch.Generator()).item() == 1
 
 
+def test_flow_sampler_time_shift_moves_the_steps_toward_pure_noise(monkeypatch):
+    import omni.model.sampling as sampling
+
+    m = model()
+    seen = []
+    real = sampling.extend
+
+    def spy(model_, cache, segs, **kw):
+        seen.append(round(segs[0][0].t, 6))
+        return real(model_, cache, segs, **kw)
+
+    monkeypatch.setattr(sampling, "extend", spy)
+    c = KVCache(m.cfg)
+    extend(m, c, [Segment("text", [5, 6, 7])])
+    g = torch.Generator().manual_seed(0)
+    sample_latents(m, c.fork(), steps=4, generator=g)
+    assert seen == [1.0, 0.75, 0.5, 0.25]
+    seen.clear()
+    sample_latents(m, c.fork(), steps=4, generator=g, time_shift=3.0)  # t' = 3t / (1 + 2t)
+    assert seen == [1.0, 0.9, 0.75, 0.5]
+    with pytest.raises(ValueError, match="time_shift"):
+        sample_latents(m, c.fork(), steps=4, time_shift=0.0)
+
+
 @pytest.mark.parametrize("moe", [0, 3])
 def test_decode_step_equals_extend(moe):
     """The one-token fast path (transposed, norm-folded weights, rotary table) computes what extend

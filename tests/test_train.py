@@ -83,6 +83,31 @@ def test_batches_are_a_function_of_seed_and_step(writer):
     assert a.kind.shape == (2, 512)
 
 
+def test_t_shift_moves_generated_images_noise_levels_toward_pure_noise(writer, tmp_path):
+    import numpy as np
+
+    from omni.train import Trainer
+    from omni.world import sample
+
+    x0 = writer.latents([sample("t2i", [3])[0].views["target"].rgb])[0]
+
+    def levels(w):
+        return np.array([w.gen(x0, np.random.default_rng(i))[1].t for i in range(400)])
+
+    plain = levels(writer)
+    shifted = levels(Writer(writer.tok, writer.vq, writer.cfg, t_shift=3.0))
+    u = plain  # the same draws: t = 3u / (1 + 2u)
+    assert np.allclose(shifted, 3 * u / (1 + 2 * u)) and (shifted >= plain).all()
+    assert (shifted > 0.9).mean() > 4 * (plain > 0.9).mean()
+    assert ((0 < shifted) & (shifted < 1)).all()
+    with pytest.raises(ValueError, match="t_shift"):
+        MixtureConfig(t_shift=0.0)
+    # the run's mixture config reaches the writer, and survives train_config.json
+    cfg = TrainConfig(steps=1, mixture=MixtureConfig(t_shift=2.5))
+    assert Trainer(cfg, tmp_path / "run").mixture.w.t_shift == 2.5
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).mixture.t_shift == 2.5
+
+
 def test_lr_schedule():
     cfg = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
     assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)

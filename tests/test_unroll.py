@@ -178,22 +178,25 @@ def test_visual_tokens_are_sampled_text_stays_greedy(model):
     assert (e.sampling("visual")["temperature"], e.sampling("visual")["top_k"]) == (0.5, 3)
     with pytest.raises(ValueError, match="visual_top_k"):
         Engine(model, visual_top_k=-1)
+    with pytest.raises(ValueError, match="flow_shift"):
+        Engine(model, flow_shift=0.0)
 
 
 def test_ablate_cli_sampling_options(tmp_path):
-    for flag in ("--temperature", "--visual-temperature", "--visual-top-k"):
+    for flag in ("--temperature", "--visual-temperature", "--visual-top-k", "--flow-steps", "--flow-shift"):
         bad = subprocess.run([sys.executable, "-m", "omni.cli", "ablate", "t2i", flag, "-1",
                               "--checkpoint", str(tmp_path / "absent"), "--n", "1", "--out", str(tmp_path / "a")],
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and flag in bad.stderr and "Traceback" not in bad.stderr
     r = subprocess.run([sys.executable, "-m", "omni.cli", "ablate", "t2i", "--rows", "+visual", "--n", "1",
                         "--temperature", "1", "--top-k", "8", "--visual-temperature", "0",
+                        "--flow-steps", "2", "--flow-shift", "3", "--cfg-scale", "2",
                         "--out", str(tmp_path / "b"), "--json"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["sampling"] == {"temperature": 1.0, "top_k": 8, "visual_temperature": 0.0, "visual_top_k": 16,
-                               "seed": 0}
+                               "seed": 0, "cfg_scale": 2.0, "flow_steps": 2, "flow_shift": 3.0}
     assert "visual tokens greedy" in (tmp_path / "b" / "t2i.md").read_text()
     assert [row["name"] for row in out["tables"]["pass"]["rows"]] == ["+visual"] and out["n"] == 1
     assert set(out["context_fidelity"]["+visual"]) == {"rollout_visual:pass"}

@@ -53,7 +53,8 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
     metric, higher = MAIN_METRIC[task]
     sampling = {"temperature": engine.temperature, "top_k": engine.top_k,
                 "visual_temperature": engine.visual_temperature, "visual_top_k": engine.visual_top_k,
-                "seed": engine.seed}
+                "seed": engine.seed, "cfg_scale": engine.cfg_scale, "flow_steps": engine.flow_steps,
+                "flow_shift": engine.flow_shift}
     how = (f"text {_how(engine.temperature, engine.top_k)}, visual tokens "
            f"{_how(engine.visual_temperature, engine.visual_top_k)}, sampling seed {engine.seed}")
     tables = {}

@@ -5,7 +5,8 @@ token appended to the cache. Visual tokens: the same, restricted to the visual c
 Euler integration of the flow head's velocity from pure noise (t = 1) to data (t = 0) in the
 visual tokenizer's latent space, with classifier-free guidance (the unconditional branch is the
 image alone, which is what condition dropout trains): v = v_u + s (v_c - v_u) for t inside the
-guidance interval, v_c elsewhere.
+guidance interval, v_c elsewhere. The Euler grid is uniform in t, or shifted toward pure noise
+(`time_shift` s > 1: t' = s t / (1 + (s - 1) t)), spending more of the steps where the layout forms.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
 @torch.no_grad()
 def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg_scale: float = 1.0,
                    cfg_interval: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
-                   noise: torch.Tensor | None = None, advance: bool = True) -> torch.Tensor:
+                   noise: torch.Tensor | None = None, advance: bool = True, time_shift: float = 1.0) -> torch.Tensor:
     """Generate one image per cache row: latents (rows, g*g, latent_dim) by Euler steps of the flow
     from t = 1 to 0. The image_gen segment is never stored; with advance=True the cache then moves
     one position past it, as in training. cache=None: unconditional, one image."""
@@ -76,7 +77,11 @@ def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg
     n = cfg.latent_grid ** 2
     device = cache.k.device if cache is not None else next(model.parameters()).device
     x = (torch.randn((rows, n, cfg.latent_dim), generator=generator) if noise is None else noise.clone()).to(device)
+    if not time_shift > 0:
+        raise ValueError(f"time_shift must be > 0, got {time_shift}")
     ts = torch.linspace(1.0, 0.0, steps + 1)
+    if time_shift != 1.0:
+        ts = time_shift * ts / (1.0 + (time_shift - 1.0) * ts)
     lo, hi = cfg_interval
     for i in range(steps):
         t, t_next = float(ts[i]), float(ts[i + 1])

@@ -21,6 +21,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=4)
     ap.add_argument("--row-len", type=int, default=1024)
     ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--t-shift", type=float, default=1.0,
+                    help="shift generated images' training noise levels toward pure noise (1: unshifted)")
     ap.add_argument("--ema", type=float, default=0.0)
     ap.add_argument("--accum", type=int, default=1)
     ap.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer "
@@ -37,7 +39,8 @@ def main() -> None:
                       save_every=a.save_every, workers=a.workers, threads=a.threads, ema=a.ema, accum=a.accum,
                       fsdp=a.fsdp, init_from=a.init_from,
                       model_overrides=json.loads(a.model),
-                      mixture=MixtureConfig(data_seed=a.data_seed, rows=a.rows, row_len=a.row_len))
+                      mixture=MixtureConfig(data_seed=a.data_seed, rows=a.rows, row_len=a.row_len,
+                                            t_shift=a.t_shift))
     print(json.dumps(last))
 
 

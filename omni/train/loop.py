@@ -128,7 +128,7 @@ class Trainer:
         object.__setattr__(self.model, "visual", vq)
         if cfg.init_from and not self.checkpoint_dirs():  # a run with checkpoints resumes from its own
             self._init_from(Path(cfg.init_from))
-        self.mixture = Mixture(cfg.mixture, Writer(tok, vq, mcfg))
+        self.mixture = Mixture(cfg.mixture, Writer(tok, vq, mcfg, t_shift=cfg.mixture.t_shift))
         self.ddp = None
         self.fsdp = cfg.fsdp and self.world > 1
         if self.fsdp:  # one shard group per layer, then the rest (embeddings, heads) at the root

@@ -211,6 +211,7 @@ class Engine:
 
     def __init__(self, model: OmniModel, temperature: float = 0.0, top_k: int = 0, seed: int = 0,
                  flow_steps: int = 20, cfg_scale: float = 3.0, cfg_interval: tuple[float, float] = (0.0, 1.0),
+                 flow_shift: float = 1.0,
                  think_tokens: int = 160, layout_tokens: int = 200, reencode: bool | str = False,
                  visual_temperature: float | None = VISUAL_SAMPLING[0], visual_top_k: int | None = VISUAL_SAMPLING[1]):
         if model.tokenizer is None or model.visual is None:
@@ -226,7 +227,10 @@ class Engine:
                 raise ValueError(f"{name} must be >= 0, got {v}")
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self.visual_temperature, self.visual_top_k = visual_temperature, visual_top_k
+        if not flow_shift > 0:
+            raise ValueError(f"flow_shift must be > 0, got {flow_shift}")
         self.flow_steps, self.cfg_scale, self.cfg_interval = flow_steps, cfg_scale, cfg_interval
+        self.flow_shift = flow_shift
         self.think_tokens, self.layout_tokens = think_tokens, layout_tokens
         if reencode not in (False, True, "primitive", "step"):
             raise ValueError(f"reencode must be False, 'primitive' or 'step', not {reencode!r}")
@@ -320,7 +324,8 @@ class Engine:
         tokens that entered the context (the <gen> tag; the generated image takes a position only)."""
         n = ws.append([self.fmt.tags("<gen>")])
         lat = sample_latents(self.model, ws.cache, steps=self.flow_steps, cfg_scale=self.cfg_scale,
-                             cfg_interval=self.cfg_interval, generator=self.generator, advance=False)
+                             cfg_interval=self.cfg_interval, generator=self.generator, advance=False,
+                             time_shift=self.flow_shift)
         ws.advance()
         img = self.model.visual.decode_latents(lat.cpu())[0].numpy()
         return img, lat[0], n
