@@ -122,6 +122,12 @@ class Batch:
         return Batch(**out)
 
 
+def shift_t(t, shift: float):
+    """A noise level (float or tensor) moved toward pure noise: s t / (1 + (s - 1) t), t itself at s = 1.
+    Training draws its image_gen levels through it (MixtureConfig.t_shift); the sampler its Euler grid."""
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
 def _rows(lengths: list[int], row_len: int) -> list[tuple[int, int]]:
     """First-fit placement of sequences into rows: (row, offset) per sequence."""
     free: list[int] = []

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .batch import Segment
+from .batch import Segment, shift_t
 from .cache import KVCache
 from .config import EXPERT_OF_KIND, TEXT, VISUAL
 from .transformer import OmniModel, decode_step, decode_weights, extend
@@ -79,9 +79,7 @@ def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg
     x = (torch.randn((rows, n, cfg.latent_dim), generator=generator) if noise is None else noise.clone()).to(device)
     if not time_shift > 0:
         raise ValueError(f"time_shift must be > 0, got {time_shift}")
-    ts = torch.linspace(1.0, 0.0, steps + 1)
-    if time_shift != 1.0:
-        ts = time_shift * ts / (1.0 + (time_shift - 1.0) * ts)
+    ts = shift_t(torch.linspace(1.0, 0.0, steps + 1), time_shift)
     lo, hi = cfg_interval
     for i in range(steps):
         t, t_next = float(ts[i]), float(ts[i + 1])

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from omni.model.batch import Batch, Segment, pack
+from omni.model.batch import Batch, Segment, pack, shift_t
 from omni.unroll.format import VIEW_TAGS, Format
 from omni.world import SPLITS, Example, WorldConfig, sample
 
@@ -62,7 +62,7 @@ class MixtureConfig:
     task_weights: dict = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
     form_weights: dict = field(default_factory=dict)  # task -> {form: weight}; default uniform
     image_size: int = 32
-    # image_gen noise levels: t = s u / (1 + (s - 1) u) of a logit-normal u; s > 1 puts more of them
+    # image_gen noise levels: shift_t(u, s) of a logit-normal u (omni.model.batch); s > 1 puts more of them
     # near pure noise (s = 3: 14 % above t = 0.9 instead of 1.4 %)
     t_shift: float = 1.0
 
@@ -85,7 +85,7 @@ class Writer(Format):
 
     def gen(self, x0: torch.Tensor, rng: np.random.Generator) -> list[Segment]:
         u = 1.0 / (1.0 + math.exp(-rng.normal()))  # logit-normal noise level
-        t = float(self.t_shift * u / (1.0 + (self.t_shift - 1.0) * u))
+        t = float(shift_t(u, self.t_shift))
         noise = torch.from_numpy(rng.standard_normal(tuple(x0.shape)).astype(np.float32))
         uncond = bool(rng.random() < COND_DROPOUT)
         return [self.tags("<gen>"), Segment("image_gen", latents=x0, t=t, loss=True, noise=noise, uncond=uncond),
