@@ -161,6 +161,25 @@ def test_same_request_same_run(client):
     assert a["output"]["text"] == b["output"]["text"]
 
 
+def test_request_sets_the_image_sampler(client, monkeypatch):
+    """cfg_scale and flow_shift of a request reach the engine's sampler; without them the server's
+    guidance and a uniform grid are used."""
+    import omni.unroll.engine as eng
+
+    seen = []
+    real = eng.sample_latents
+
+    def spy(*a, **kw):
+        seen.append((kw["cfg_scale"], kw["time_shift"]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(eng, "sample_latents", spy)
+    body = {"task": "t2i", "text": "a photo of a red cube.", "plan": "direct"}
+    assert client.post("/v1/unroll", json=body).status_code == 200
+    assert client.post("/v1/unroll", json=body | {"cfg_scale": 1.5, "flow_shift": 3.0}).status_code == 200
+    assert seen == [(3.0, 1.0), (1.5, 3.0)]
+
+
 def test_stream_events_in_order_and_same_result(client):
     body = {"task": "t2i", "text": "a photo of a red cube left of a blue sphere.", "plan": "+long+visual"}
     with client.stream("POST", "/v1/unroll/stream", json=body) as r:
@@ -257,6 +276,8 @@ BAD_BODIES = [
     ({"task": "vqa", "seed": 2**31}, 422, "invalid_request", "body.seed"),
     ({"task": "vqa", "seed": 1, "temperature": 3}, 422, "invalid_request", "temperature"),
     ({"task": "vqa", "seed": 1, "bogus": 1}, 422, "invalid_request", "extra inputs are not permitted"),
+    ({"task": "t2i", "text": "a red cube.", "cfg_scale": -1}, 422, "invalid_request", "cfg_scale"),
+    ({"task": "t2i", "text": "a red cube.", "flow_shift": 0}, 422, "invalid_request", "flow_shift"),
     ({"task": "t2i", "text": "x" * 501}, 422, "invalid_request", "at most 500 characters"),
     ({"task": "vqa", "seed": 1, "plan": ["think"] * 9}, 422, "invalid_request", "at most 8 items"),
     ({"task": "vqa", "seed": 1, "plan": "x" * 401}, 422, "invalid_request", "body.plan"),

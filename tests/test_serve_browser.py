@@ -118,10 +118,13 @@ def test_side_by_side_and_screenshot(page, tmp_path):
     page.fill("#temperature", "0.8")  # sampled text, so the (untrained) model's cards are not empty
     page.fill("#visual-temperature", "0.5")
     page.fill("#visual-top-k", "4")
+    page.fill("#cfg-scale", "2")
+    page.fill("#flow-shift", "3")
     with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/v1/unroll/stream")) as req:
         page.click("#run")
     body = json.loads(req.value.post_data)
     assert (body["temperature"], body["visual_temperature"], body["visual_top_k"]) == (0.8, 0.5, 4)
+    assert (body["cfg_scale"], body["flow_shift"]) == (2, 3)
     wait_done(page, ("A", "B"))
     assert steps_of(page, "A") == ["input", "estimate_pose", "synthesize_views", "think", "output"]
     assert steps_of(page, "B") == ["input", "output"]

@@ -86,6 +86,8 @@ class ServeSettings:
                      "think_tokens", "layout_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.cfg_scale < 0:
+            raise ValueError(f"cfg_scale must not be negative, got {self.cfg_scale}")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must not be negative, got {self.max_queue}")
 
@@ -150,7 +152,8 @@ class Server:
         s = self.settings
         return Engine(self.model, temperature=req.temperature, seed=req.sample_seed, flow_steps=s.flow_steps,
                       visual_temperature=req.visual_temperature, visual_top_k=req.visual_top_k,
-                      cfg_scale=s.cfg_scale, think_tokens=s.think_tokens, layout_tokens=s.layout_tokens)
+                      cfg_scale=s.cfg_scale if req.cfg_scale is None else req.cfg_scale, flow_shift=req.flow_shift,
+                      think_tokens=s.think_tokens, layout_tokens=s.layout_tokens)
 
     # -- one run, in the model's thread -----------------------------------------------------------
 

@@ -66,6 +66,10 @@ class UnrollRequest(BaseModel):
                                                                        "which collapses onto one code).")
     visual_top_k: int = Field(16, ge=0, le=65536, description="Visual tokens are sampled among the k likeliest "
                                                              "codes (0: all).")
+    cfg_scale: float | None = Field(None, ge=0.0, le=20.0, description="Classifier-free guidance of generated "
+                                    "images (1: none); omitted: the server's setting (`omni serve --cfg-scale`).")
+    flow_shift: float = Field(1.0, gt=0.0, le=20.0, description="Shift of the image sampler's noise grid toward "
+                                                               "pure noise (1: uniform steps).")
 
 
 class PoseInfo(BaseModel):

@@ -141,7 +141,9 @@ async function inputBody() {
   const body = { task: t, sample_seed: Number($("#sample-seed").value || 0),
     temperature: Number($("#temperature").value || 0),
     visual_temperature: Number($("#visual-temperature").value || 0),
-    visual_top_k: Number($("#visual-top-k").value || 0) };
+    visual_top_k: Number($("#visual-top-k").value || 0),
+    flow_shift: Number($("#flow-shift").value || 1) };
+  if ($("#cfg-scale").value !== "") body.cfg_scale = Number($("#cfg-scale").value);
   if ($("#source-seed").checked) {
     body.seed = Number($("#seed").value);
     return body;
