@@ -284,29 +284,45 @@ for _task in ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit"):
 @user_errors
 def eval_context_use(
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
-    n: int = typer.Option(100, help="Held-out t2i examples."),
+    task: str = typer.Option("t2i", help="t2i (the generator's flow loss), vqa, spatial or depth (the output)."),
+    n: int = typer.Option(100, help="Held-out examples."),
     seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
-    t: str = typer.Option("0.5,0.8,0.95", help="Noise levels, comma-separated (1: pure noise)."),
+    t: str = typer.Option(None, help="t2i only: noise levels, comma-separated (1: pure noise) [default: 0.5,0.8,0.95]."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
-    """Does the t2i generator use each context? Its teacher-forced flow loss given the world's true
-    short thought, layout text and visual codes, against the prompt alone (same targets and noise)."""
+    """Does the model use each context? Its output given the world's true contexts (as in training)
+    against none: for t2i the generator's teacher-forced flow loss given the true short thought,
+    layout text and visual codes (same targets and noise); for vqa / spatial the answer's greedy
+    correctness and loss given the true thought, pose text and views; for depth the depth map given
+    the true captions and visual codes."""
     import json
 
-    from omni.eval.context_use import flow_context_use
+    from omni.eval.context_use import ANSWER_TASKS, answer_context_use, flow_context_use
     from omni.model import OmniModel
 
     _positive("--n", n)
-    try:
-        ts = [float(x) for x in t.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--t must be numbers separated by commas, got {t!r}") from None
-    tables = flow_context_use(OmniModel.from_pretrained(checkpoint), n, seed_start, ts)
+    if task != "t2i" and task not in ANSWER_TASKS:
+        raise ValueError(f"--task must be t2i or one of {', '.join(ANSWER_TASKS)}, got {task!r}")
+    if task == "t2i":
+        try:
+            ts = [float(x) for x in (t or "0.5,0.8,0.95").split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--t must be numbers separated by commas, got {t!r}") from None
+        tables = flow_context_use(OmniModel.from_pretrained(checkpoint), n, seed_start, ts)
+    else:
+        if t is not None:
+            raise ValueError("--t (noise levels) applies to --task t2i only")
+        res = answer_context_use(OmniModel.from_pretrained(checkpoint), task, n, seed_start)
+        tables, by_group = res["tables"], res["by_group"]
+    extra = {"by_group": by_group} if task != "t2i" and by_group else {}
     if json_out:
-        typer.echo(json.dumps({"checkpoint": checkpoint, "n": n, "seed_start": seed_start,
-                               "tables": {k: v.to_json() for k, v in tables.items()}}))
+        typer.echo(json.dumps({"checkpoint": checkpoint, "task": task, "n": n, "seed_start": seed_start,
+                               "tables": {k: v.to_json() for k, v in tables.items()}, **extra}))
     else:
         typer.echo("\n".join(v.markdown() for v in tables.values()))
+        for g, rows in extra.get("by_group", {}).items():
+            typer.echo(f"{g} (n = {next(iter(rows.values()))['n']}): " + ", ".join(
+                f"{name} " + " / ".join(f"{v:.3f}" for k, v in r.items() if k != "n") for name, r in rows.items()))
 
 
 @eval_app.command("curves")
@@ -425,6 +441,7 @@ def serve_command(
     queue: int = typer.Option(8, help="Runs that may wait behind the running one (more get HTTP 429)."),
     timeout: float = typer.Option(120.0, help="Seconds a run may take from admission (then HTTP 504)."),
     flow_steps: int = typer.Option(20, help="Euler steps of the image flow sampler."),
+    cfg_scale: float = typer.Option(3.0, help="Guidance of generated images when a request gives none (1: none)."),
     artifact_ttl: float = typer.Option(900.0, help="Seconds a run's images stay available."),
     max_body_mb: float = typer.Option(8.0, help="Largest request body in MiB (HTTP 413 above)."),
     threads: int = typer.Option(0, help="torch threads (0: torch's default)."),
@@ -434,7 +451,8 @@ def serve_command(
 
     if not 0 < port < 65536:
         raise ValueError(f"--port must lie in 1..65535, got {port}")
-    settings = ServeSettings(max_queue=queue, timeout_s=timeout, flow_steps=flow_steps, artifact_ttl_s=artifact_ttl,
+    settings = ServeSettings(max_queue=queue, timeout_s=timeout, flow_steps=flow_steps, cfg_scale=cfg_scale,
+                             artifact_ttl_s=artifact_ttl,
                              max_body_bytes=int(max_body_mb * 2**20))
     settings.validate()
     if threads:

@@ -65,3 +65,53 @@ def test_cli_json_and_errors(tmp_path):
         bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint",
                               str(tmp_path / "ck"), *args], capture_output=True, text=True, timeout=300)
         assert bad.returncode == 2 and needle in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("task", ["vqa", "spatial", "depth"])
+def test_answer_tasks_rows_and_scores(task):
+    """Every true-context form of the task is a row, on the same examples; the scores are what the
+    task reports (a random model answers nothing right, and its depth is far from the truth)."""
+    from omni.eval.context_use import answer_context_use
+    from omni.train.data import FORMS
+
+    res = answer_context_use(tiny(), task, 3, 1_000_000_000, batch=2)
+    tabs = res["tables"]
+    keys = ["delta1", "abs_rel"] if task == "depth" else ["accuracy", "answer nll"]
+    assert list(tabs) == keys
+    for tab in tabs.values():
+        assert [r.name for r in tab.rows] == row_names(task) and tab.n == 3
+        assert len(tab.rows) == len(FORMS[task])
+    if task == "depth":
+        assert all(0 <= r.mean < 0.9 for r in tabs["delta1"].rows)
+    else:
+        assert all(r.mean == 0 for r in tabs["accuracy"].rows)
+        assert all(r.mean > 1.0 for r in tabs["answer nll"].rows)  # about log(text vocab) per token
+    if task == "depth":
+        assert res["by_group"] == {}
+    else:  # per question type: the examples' own types, counts adding up to n
+        assert sum(rows["direct"]["n"] for rows in res["by_group"].values()) == 3
+        assert all(set(rows) == set(row_names(task)) for rows in res["by_group"].values())
+
+
+def test_answer_context_use_errors():
+    from omni.eval.context_use import answer_context_use
+
+    with pytest.raises(ValueError, match="flow_context_use"):
+        answer_context_use(tiny(), "t2i", 1, 0)
+    with pytest.raises(ValueError, match="context use is measured"):
+        answer_context_use(tiny(), "pose", 1, 0)
+    with pytest.raises(ValueError, match="n must be"):
+        answer_context_use(tiny(), "vqa", 0, 0)
+
+
+def test_cli_answer_task(tmp_path):
+    tiny().save_pretrained(tmp_path / "ck")
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint", str(tmp_path / "ck"),
+                        "--task", "spatial", "--n", "1", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["task"] == "spatial" and list(out["tables"]) == ["accuracy", "answer nll"] and out["by_group"]
+    for args, needle in ((["--task", "pose"], "--task must be"), (["--task", "vqa", "--t", "0.5"], "--t (noise")):
+        bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint",
+                              str(tmp_path / "ck"), *args], capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2 and needle in bad.stderr, bad.stderr

@@ -67,3 +67,20 @@ def test_generator_uses_true_visual_codes_but_hardly_the_layout(engine):
     assert row["+visual"] < 0.8 * row["prompt"]
     assert abs(row["+long"] - row["prompt"]) < 0.02 * row["prompt"]
     assert row["none"] > row["prompt"]
+
+
+def test_teacher_forced_answers_are_the_greedy_answers_and_the_true_thought_is_read(engine):
+    """answer_context_use's direct row scores an answer right exactly when the engine's greedy
+    decoding returns it (same examples), and omni-tiny reads a true thought: its answer loss falls
+    given it (README, "Is the context used?": vqa 42.6 % direct, 75.6 % with the true thought)."""
+    from omni.eval.context_use import answer_context_use
+    from omni.eval.run import inputs_of, score
+    from omni.world import sample
+
+    n, seed = 12, 1_000_000_000
+    tabs = answer_context_use(engine.model, "vqa", n, seed, batch=4)["tables"]
+    greedy = [score(ex, engine.run(inputs_of(ex)))["accuracy"] for ex in sample("vqa", range(seed, seed + n))]
+    rows = {r.name: r for r in tabs["accuracy"].rows}
+    assert rows["direct"].mean == pytest.approx(np.mean(greedy))
+    nll = {r.name: r.mean for r in tabs["answer nll"].rows}
+    assert nll["+think"] < 0.8 * nll["direct"]

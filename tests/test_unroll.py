@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from omni.eval.ablate import ablate, save_ablation
+from omni.eval.ablate import ablate, markdown, save_ablation
 from omni.eval.run import inputs_of
 from omni.serve.testing import random_tiny_model
 from omni.unroll import PLANS, Engine, Inputs, parse_plan
@@ -104,8 +104,17 @@ def test_ablation_rows_share_examples(model, tmp_path):
     files = save_ablation(r, tmp_path / "abl")
     assert files["accuracy.md"].read_text().startswith("**Understanding: VQA**")
     assert json.loads(files["scores"].read_text())["scores"]["direct"]["accuracy"]
-    assert set(r["context_fidelity"]["+thinking"]) == {"think:exact", "think:similarity"}
+    assert set(r["context_fidelity"]["+thinking"]) == {"think:exact", "think:similarity", "think:answer",
+                                                       "think:followed"}
     assert r["context_fidelity"]["direct"] == {}
+    # per question family: the examples' own families, each row's score over them
+    fams = [ex.spec["family"] for ex in sample("vqa", range(2_000_000_010, 2_000_000_012))]
+    assert r["groups"] == fams and set(r["by_group"]) == set(fams)
+    for g, rows in r["by_group"].items():
+        idx = [i for i, f in enumerate(fams) if f == g]
+        assert rows["direct"]["n"] == len(idx)
+        assert rows["direct"]["accuracy"] == np.mean([r["scores"]["direct"]["accuracy"][i] for i in idx])
+    assert "by question family" in markdown(r)
 
 
 def test_unroll_cli(model, tmp_path):
@@ -137,12 +146,20 @@ def test_context_fidelity_against_the_world():
     f = fidelity(ex, good)
     assert f["estimate_pose:parsed"] == 1 and f["estimate_pose:auc@30"] > 0.95
     assert f["think:exact"] == 1 and f["think:similarity"] == 1 and f["synthesize_views:psnr"] > 30
+    assert f["think:answer"] == 1 and f["think:followed"] == 1
     bad = Result("spatial", [], out, [Item("estimate_pose", "pose", text="not a pose"),
                                       Item("synthesize_views", "image", image=np.zeros_like(grid)),
                                       Item("think", "text", text="the sky is green")])
     f = fidelity(ex, bad)
     assert f["estimate_pose:parsed"] == 0 and f["think:exact"] == 0 and f["think:similarity"] < 0.5
-    assert f["synthesize_views:psnr"] < 15
+    assert f["synthesize_views:psnr"] < 15 and f["think:answer"] == 0 and f["think:followed"] == 0
+    # a thought that states a wrong answer, which the output then follows (or not)
+    wrong = next(c for c in "ABCD" if c != ex.answer)
+    said = Item("think", "text", text=f"the camera moved. so the answer is {wrong}.")
+    f = fidelity(ex, Result("spatial", [], Item("output", "text", text=wrong), [said]))
+    assert f["think:answer"] == 0 and f["think:followed"] == 1
+    f = fidelity(ex, Result("spatial", [], out, [said]))
+    assert f["think:answer"] == 0 and f["think:followed"] == 0
     t2i = sample("t2i", [2_000_000_020])[0]
     f = fidelity(t2i, Result("t2i", [], out, [Item("rollout_visual", "visual", image=t2i.views["target"].rgb),
                                               Item("think_long", "text", text=t2i.texts["oracle"])]))

@@ -18,6 +18,8 @@ from .run import fidelity, inputs_of, score
 MAIN_METRIC = {"vqa": ("accuracy", True), "spatial": ("accuracy", True), "t2i": ("pass", True),
                "depth": ("delta1", True), "pose": ("auc@30", True), "nvs": ("psnr", True), "video": ("psnr", True),
                "edit": ("psnr", True)}
+# the world's question type, for the per-type breakdown (ex.spec[key])
+GROUP_KEY = {"vqa": "family", "spatial": "qtype"}
 TITLES = {"vqa": "Understanding: VQA", "t2i": "Generation: t2i (checker pass rate)",
           "spatial": "Spatial: two-view questions", "depth": "Depth: delta1"}
 
@@ -30,6 +32,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
     examples = sample(task, range(seed_start, seed_start + n))
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
     context: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
+    groups = [str(ex.spec.get(GROUP_KEY[task], "")) for ex in examples] if task in GROUP_KEY else []
     seconds = {name: 0.0 for name in plans}
     tokens = {name: 0 for name in plans}
     for i, ex in enumerate(examples):
@@ -64,10 +67,17 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
                                      higher_is_better=higher if key == metric else not key.startswith("abs_rel"),
                                      notes=[f"same weights, same {n} held-out examples (seeds {seed_start}..), "
                                             f"rows differ only in the plan", how])
+    by_group = {}
+    for g in sorted(set(groups)):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        by_group[g] = {name: {"n": len(idx), metric: float(np.mean([scores[name][metric][i] for i in idx])),
+                              **{k: float(np.mean([v[i] for i in idx])) for k, v in context[name].items()}}
+                       for name in plans}
     return {"task": task, "n": n, "seed_start": seed_start, "sampling": sampling,
             "rows": {k: list(v) for k, v in plans.items()},
             "main_metric": metric, "tables": tables, "scores": scores,
             "context_fidelity": {name: {k: float(np.mean(v)) for k, v in c.items()} for name, c in context.items()},
+            "groups": groups, "by_group": by_group,
             "seconds_per_example": {k: v / n for k, v in seconds.items()},
             "context_tokens_per_example": {k: v / n for k, v in tokens.items()}}
 
@@ -102,4 +112,12 @@ def markdown(result: dict) -> str:
                     for name in result["rows"] if result["context_fidelity"][name])
     if fid:
         fid = "\nHow close each row's own context is to the world's ground truth (means):\n" + fid + "\n"
-    return t.markdown() + "\n" + cost + "\n" + fid
+    grp = ""
+    if result.get("by_group"):
+        metric, names = result["main_metric"], list(result["rows"])
+        key = GROUP_KEY[result["task"]]
+        head = f"| {key} | n | " + " | ".join(names) + " |\n|---|---|" + "---|" * len(names) + "\n"
+        grp = (f"\n{metric} by question {key} (the world's question type):\n\n" + head + "".join(
+            f"| {g} | {rows[names[0]]['n']} | " + " | ".join(f"{rows[r][metric]:.3f}" for r in names) + " |\n"
+            for g, rows in result["by_group"].items()))
+    return t.markdown() + "\n" + cost + "\n" + fid + grp

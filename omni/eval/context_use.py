@@ -1,5 +1,6 @@
-"""Is a context used? The t2i generator's teacher-forced flow loss on held-out targets, given each
-ground-truth context the mixture trains it with.
+"""Is a context used? The model's teacher-forced output on held-out examples, given each ground-truth
+context the mixture trains it with: for t2i the generator's flow loss, for vqa / spatial the answer
+(`answer_context_use`: its greedy correctness and loss), for depth the depth head's map.
 
 Every row holds the same target latents, noise level t and noise; rows differ only in what precedes
 <gen>: nothing the generator may see (the unconditional branch of guidance), the prompt, and the
@@ -20,18 +21,34 @@ import numpy as np
 import torch
 
 from omni.model import OmniModel, pack
-from omni.model.config import IMAGE_CLEAN, IMAGE_GEN
+from omni.model.config import IMAGE_CLEAN, IMAGE_GEN, IMAGE_IN
+from omni.tokens.image import unpatchify
 from omni.train.data import FORMS, Writer
 from omni.world import WorldConfig, sample
 
+from .ablate import GROUP_KEY
+from .metrics import depth_metrics
 from .report import AblationTable, ablation_table
 
 NOISE_LEVELS = (0.5, 0.8, 0.95)
+ANSWER_TASKS = ("vqa", "spatial", "depth")  # tasks whose output is read off the context, not generated
 
 
-def row_names() -> list[str]:
-    """'prompt' (the direct form), 'none' (unconditional), then '+form' for each context form."""
-    return ["prompt", "none", *(f"+{f}" for f in FORMS["t2i"] if f != "direct")]
+def row_names(task: str = "t2i") -> list[str]:
+    """t2i: 'prompt' (the direct form), 'none' (unconditional), then '+form' for each context form;
+    the answer tasks: 'direct', then '+form'."""
+    if task == "t2i":
+        return ["prompt", "none", *(f"+{f}" for f in FORMS["t2i"] if f != "direct")]
+    if task not in ANSWER_TASKS:
+        raise ValueError(f"context use is measured for t2i, {', '.join(ANSWER_TASKS)}; got {task!r}")
+    return ["direct", *(f"+{f}" for f in FORMS[task] if f != "direct")]
+
+
+def _check(model: OmniModel, n: int) -> None:
+    if model.tokenizer is None or model.visual is None:
+        raise ValueError("the model has no tokenizers attached (load it with OmniModel.from_pretrained)")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
 
 
 @torch.no_grad()
@@ -39,10 +56,7 @@ def flow_context_use(model: OmniModel, n: int, seed_start: int, ts: Sequence[flo
                      seed: int = 0) -> dict[str, AblationTable]:
     """One table per noise level t: each row's mean per-example flow MSE over n t2i examples from
     seed_start, with 95% intervals and the paired difference to the prompt row (lower is better)."""
-    if model.tokenizer is None or model.visual is None:
-        raise ValueError("the model has no tokenizers attached (load it with OmniModel.from_pretrained)")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    _check(model, n)
     bad = [t for t in ts if not 0.0 < t <= 1.0]
     if bad or not ts:
         raise ValueError(f"noise levels must lie in (0, 1], got {list(ts)}")
@@ -73,3 +87,78 @@ def flow_context_use(model: OmniModel, n: int, seed_start: int, ts: Sequence[flo
                 scores[t][name].append(float(err[m & (row_of == r)].mean()))
     return {f"t={t:g}": ablation_table(scores[t], title=f"t2i flow loss given each true context, t = {t:g}",
                                        metric="flow mse", higher_is_better=False) for t in ts}
+
+
+def _answer_only(w: Writer, segs: list) -> list:
+    """A vqa / spatial sequence with its loss on the answer alone, as greedy decoding produces it: the
+    engine opens <answer> itself and stops at </answer>, so the targets are the body and the closing
+    tag, each predicted from the true tokens before it (the trailing <eos> is left out)."""
+    *ctx, ans = segs
+    ids = list(ans.tokens)
+    if ids[:1] != w.ids("<answer>") or ids[-1] != w.tok.eos:
+        raise AssertionError("the mixture's answer block changed shape; update _answer_only")
+    return ([dataclasses.replace(s, loss=False) for s in ctx]
+            + [w.tags("<answer>"), dataclasses.replace(ans, tokens=ids[1:-1], loss=True)])
+
+
+@torch.no_grad()
+def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
+                       batch: int = 8) -> dict:
+    """The answer tasks' output given each true context of FORMS[task] (the world's thought, pose
+    text, novel views, captions, visual codes, written as in training), on n examples from
+    seed_start, every row on the same examples. vqa / spatial: `accuracy` — 1 when every answer token
+    is the argmax over the text vocabulary given the true tokens before it, i.e. exactly when greedy
+    decoding returns the true answer — and `answer nll` (nats per token). depth: `delta1` and
+    `abs_rel` of the depth head's map on the query copy (metric, as `omni eval depth` scores it).
+    Set against the ablation rows (the same contexts written by the model), this separates "the
+    context is wrong" from "the context is ignored". Returns {"tables": metric -> AblationTable,
+    "by_group": question type (vqa family, spatial qtype) -> row -> {"n", metric means}}."""
+    names = row_names(task)
+    if task == "t2i":
+        raise ValueError("t2i's context use is the generator's flow loss: use flow_context_use")
+    _check(model, n)
+    model = model.eval()
+    cfg = model.cfg
+    w = Writer(model.tokenizer, model.visual, cfg)
+    exs = sample(task, list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size))
+    keys = ("delta1", "abs_rel") if task == "depth" else ("accuracy", "answer nll")
+    scores = {k: {name: [] for name in names} for k in keys}
+    device = next(model.parameters()).device
+    forms = list(FORMS[task])
+    for lo in range(0, n, batch):
+        chunk = exs[lo:lo + batch]
+        seqs = []
+        for i, ex in enumerate(chunk):
+            rng = np.random.default_rng([lo + i])  # unused by these tasks' forms (no generated image)
+            for f in forms:
+                segs = w.write(ex, f, rng)
+                seqs.append(segs if task == "depth" else _answer_only(w, segs))
+        b = pack(seqs, cfg).to(device)
+        h = model(b)  # (rows, L, d): one row per (example, form)
+        for r, (ex, f) in enumerate((ex, f) for ex in chunk for f in forms):
+            name = "direct" if f == "direct" else f"+{f}"
+            if task == "depth":
+                v = ex.views["image"]
+                rows = torch.nonzero(b.kind[r] == IMAGE_IN).squeeze(1)[-cfg.patch_grid ** 2:]  # the query copy
+                d = unpatchify(model.log_depth(h[r, rows]).exp()[None], cfg.patch, cfg.image_size,
+                               cfg.image_size)[0, :, :, 0].float().cpu().numpy()
+                m = depth_metrics(d, v.depth, mask=v.valid)
+                scores["delta1"][name].append(m["delta1"])
+                scores["abs_rel"][name].append(m["abs_rel"])
+            else:
+                at = torch.nonzero(b.target[r] >= 0).squeeze(1)
+                lg = model.logits(h[r, at], slice(0, cfg.text_vocab)).float()
+                tgt = b.target[r, at]
+                scores["accuracy"][name].append(float((lg.argmax(-1) == tgt).all()))
+                scores["answer nll"][name].append(float(torch.nn.functional.cross_entropy(lg, tgt)))
+    better = {"delta1": True, "abs_rel": False, "accuracy": True, "answer nll": False}
+    tables = {k: ablation_table(scores[k], title=f"{task}: the output given each true context", metric=k,
+                                higher_is_better=better[k]) for k in keys}
+    by_group = {}
+    if task in GROUP_KEY:
+        groups = [str(ex.spec.get(GROUP_KEY[task], "")) for ex in exs]
+        for g in sorted(set(groups)):
+            idx = [i for i, x in enumerate(groups) if x == g]
+            by_group[g] = {name: {"n": len(idx), **{k: float(np.mean([scores[k][name][i] for i in idx]))
+                                                    for k in keys}} for name in names}
+    return {"tables": tables, "by_group": by_group}

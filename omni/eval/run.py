@@ -13,6 +13,7 @@ the generation checker), and every reported mean carries a 95 % bootstrap interv
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 
@@ -91,12 +92,22 @@ _TEXT_TRUTH = {"think": {"vqa": "thinking", "spatial": "thinking", "t2i": "short
                "depth_caption": {"depth": "depth_caption"}}
 
 
+def stated_answer(thought: str) -> str | None:
+    """The answer a thought states in its closing "so the answer is X." (as the world writes its
+    traces), or None when it states none."""
+    m = re.search(r"so the answer is (.+?)\.?\s*$", thought.strip())
+    return m.group(1).strip() if m else None
+
+
 def fidelity(ex: Example, res: Result) -> dict:
     """How close each piece of context the model produced is to the world's ground truth — the first
     question when a context does not help (is it produced correctly?). Per step, keyed `step:what`:
       text primitives   `exact` (1/0) and `similarity` (difflib ratio) against the text the training
                         mixture teaches for that block (t2i layouts are one valid layout among many, so
                         there similarity is a lower bound of correctness)
+      think (vqa, spatial)  also `answer`: the thought states the true answer ("so the answer is X"),
+                        and `followed`: the final output is the answer the thought states (0 when it
+                        states none) — a thought can be wrong, or right and not followed
       estimate_pose     `parsed` and `auc@30` of the relative pose, as the pose task scores it
       rollout_visual    t2i: the generation checker's `pass` on the decoded preview; otherwise the
                         preview's `psnr` against the input image it should reproduce
@@ -114,6 +125,11 @@ def fidelity(ex: Example, res: Result) -> dict:
             truth = ex.texts[key]
             out[f"{s}:exact"] = float(it.text.strip() == truth.strip())
             out[f"{s}:similarity"] = difflib.SequenceMatcher(None, it.text.strip(), truth.strip()).ratio()
+            if s == "think" and ex.task in ("vqa", "spatial"):
+                said = stated_answer(it.text)
+                out[f"{s}:answer"] = qa_accuracy([said or ""], [ex.answer])["scores"][0] if said else 0.0
+                out[f"{s}:followed"] = (qa_accuracy([res.output.text or ""], [said])["scores"][0]
+                                        if said else 0.0)
         elif s == "estimate_pose":
             p = pair_pose_scores(ex, parse_pose(it.text or ""))
             out[f"{s}:parsed"], out[f"{s}:auc@30"] = p["parsed"], p["auc@30"]
