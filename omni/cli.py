@@ -484,6 +484,9 @@ def train(
     data_seed: int = typer.Option(0),
     t_shift: float = typer.Option(1.0, help="Shift generated images' training noise levels toward pure "
                                             "noise (1: logit-normal, unshifted)."),
+    task_weights: str = typer.Option("", help='JSON of task weights over the defaults, e.g. \'{"spatial": 2}\'.'),
+    form_weights: str = typer.Option("", help='JSON of form weights per task (others 1), e.g. '
+                                              '\'{"spatial": {"pose": 3}}\'.'),
     ema: float = typer.Option(0.0, help="EMA decay of the weights (0: off)."),
     max_minutes: float = typer.Option(None, help="Stop after this much wall time, with a checkpoint "
                                                  "(continue with --resume)."),
@@ -504,10 +507,12 @@ def train(
     if device not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {device!r}; known: cpu, cuda")
     overrides = {} if visual_cells is None else {"visual_cells": visual_cells}
+    mixture = MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift,
+                            **MixtureConfig.weights(task_weights, form_weights))
     last = train_main(out, preset, steps, resume, device, max_minutes=max_minutes, lr=lr, warmup=warmup,
                       save_every=save_every, workers=workers, threads=threads, ema=ema, fsdp=fsdp,
                       init_from=init_from, model_overrides=overrides,
-                      mixture=MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift))
+                      mixture=mixture)
     typer.echo(json.dumps(last))
 
 

@@ -108,6 +108,30 @@ def test_t_shift_moves_generated_images_noise_levels_toward_pure_noise(writer, t
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).mixture.t_shift == 2.5
 
 
+def test_task_and_form_weights_from_the_command_line(writer, tmp_path):
+    """--task-weights merges onto the defaults, --form-weights reweights a task's forms; the draws
+    follow them (a zero weight is never drawn) and bad JSON, names or weights are clear errors."""
+    kw = MixtureConfig.weights('{"spatial": 3, "t2i": 0}', '{"spatial": {"pose": 2, "views": 0}}')
+    mix = MixtureConfig(**kw)
+    assert mix.task_weights == {**MixtureConfig().task_weights, "spatial": 3, "t2i": 0}
+    seen = Counter((t, f) for s in range(40) for slot in range(40) for t, f, _, _ in [Mixture(mix, writer).draw(s, slot)])
+    tasks = Counter(t for t, _ in seen.elements())
+    assert tasks["t2i"] == 0 and tasks["spatial"] > 2 * tasks["vqa"]
+    forms = {f: seen[("spatial", f)] for f in FORMS["spatial"]}
+    assert forms["views"] == 0 and forms["pose"] > 1.4 * forms["direct"] and forms["think"] > 0
+    assert TrainConfig.from_dict(json.loads(json.dumps(TrainConfig(mixture=mix).to_dict()))).mixture == mix
+    for tw, fw, needle in (("{bad", "", "--task-weights is not JSON"), ("[1]", "", "must be a JSON object"),
+                           ('{"audio": 1}', "", "unknown name 'audio'"), ('{"vqa": -1}', "", "number >= 0"),
+                           ("", '{"vqa": {"think": "x"}}', "number >= 0"), ("", '{"vqa": {"nope": 1}}', "unknown name"),
+                           ("", '{"vqa": {"direct": 0, "think": 0}}', "at least one form"),
+                           (json.dumps(dict.fromkeys(FORMS, 0)), "", "at least one task")):
+        with pytest.raises(ValueError, match=needle):
+            MixtureConfig(**MixtureConfig.weights(tw, fw))
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "train", "--out", str(tmp_path / "x"), "--task-weights",
+                        '{"vqa": -2}'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "number >= 0" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_lr_schedule():
     cfg = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
     assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)

@@ -69,11 +69,53 @@ class MixtureConfig:
     def __post_init__(self):
         if not self.t_shift > 0:
             raise ValueError(f"t_shift must be > 0, got {self.t_shift}")
+        _check_weights("task weights", self.task_weights, FORMS)
+        if not any(self.task_weights.get(t, 0) > 0 for t in FORMS):
+            raise ValueError("task weights: at least one task needs a positive weight")
+        if not isinstance(self.form_weights, dict):
+            raise ValueError(f"form weights must map a task to {{form: weight}}, got {self.form_weights!r}")
+        for task, w in self.form_weights.items():
+            if task not in FORMS:
+                raise ValueError(f"form weights: unknown task {task!r}; known: {', '.join(FORMS)}")
+            _check_weights(f"form weights of {task}", w, FORMS[task])
+            if not any(w.get(f, 1.0) > 0 for f in FORMS[task]):
+                raise ValueError(f"form weights of {task}: at least one form needs a positive weight")
+
+    @staticmethod
+    def weights(task_weights: str = "", form_weights: str = "") -> dict:
+        """MixtureConfig keyword arguments from the command line's JSON: task weights merged onto
+        DEFAULT_TASK_WEIGHTS ('{"spatial": 2}'), form weights per task ('{"spatial": {"pose": 3}}',
+        forms not named keep weight 1). Checked when the MixtureConfig is made."""
+        import json
+
+        out = {}
+        for key, text in (("task_weights", task_weights), ("form_weights", form_weights)):
+            if not text:
+                continue
+            try:
+                out[key] = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--{key.replace('_', '-')} is not JSON ({e.msg}): {text!r}") from None
+            if not isinstance(out[key], dict):
+                raise ValueError(f"--{key.replace('_', '-')} must be a JSON object, got {text!r}")
+        if "task_weights" in out:
+            out["task_weights"] = {**DEFAULT_TASK_WEIGHTS, **out["task_weights"]}
+        return out
 
     def forms(self, task: str) -> tuple[list[str], np.ndarray]:
         names = list(FORMS[task])
         w = np.array([self.form_weights.get(task, {}).get(f, 1.0) for f in names], dtype=np.float64)
         return names, w / w.sum()
+
+
+def _check_weights(what: str, w, known) -> None:
+    if not isinstance(w, dict):
+        raise ValueError(f"{what} must be a mapping of names to weights, got {w!r}")
+    for k, v in w.items():
+        if k not in known:
+            raise ValueError(f"{what}: unknown name {k!r}; known: {', '.join(known)}")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
+            raise ValueError(f"{what}: the weight of {k!r} must be a number >= 0, got {v!r}")
 
 
 class Writer(Format):
