@@ -287,7 +287,8 @@ def eval_context_use(
     task: str = typer.Option("t2i", help="t2i (the generator's flow loss), vqa, spatial or depth (the output)."),
     n: int = typer.Option(100, help="Held-out examples."),
     seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
-    t: str = typer.Option(None, help="t2i only: noise levels, comma-separated (1: pure noise) [default: 0.5,0.8,0.95]."),
+    t: str = typer.Option(None, help="t2i only: noise levels, comma-separated (1: pure noise) "
+                                     "[default: 0.5,0.8,0.95]."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Does the model use each context? Its output given the world's true contexts (as in training)

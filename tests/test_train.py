@@ -114,7 +114,8 @@ def test_task_and_form_weights_from_the_command_line(writer, tmp_path):
     kw = MixtureConfig.weights('{"spatial": 3, "t2i": 0}', '{"spatial": {"pose": 2, "views": 0}}')
     mix = MixtureConfig(**kw)
     assert mix.task_weights == {**MixtureConfig().task_weights, "spatial": 3, "t2i": 0}
-    seen = Counter((t, f) for s in range(40) for slot in range(40) for t, f, _, _ in [Mixture(mix, writer).draw(s, slot)])
+    m = Mixture(mix, writer)
+    seen = Counter((t, f) for s in range(40) for slot in range(40) for t, f, _, _ in [m.draw(s, slot)])
     tasks = Counter(t for t, _ in seen.elements())
     assert tasks["t2i"] == 0 and tasks["spatial"] > 2 * tasks["vqa"]
     forms = {f: seen[("spatial", f)] for f in FORMS["spatial"]}

@@ -23,8 +23,10 @@ def main() -> None:
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--t-shift", type=float, default=1.0,
                     help="shift generated images' training noise levels toward pure noise (1: unshifted)")
-    ap.add_argument("--task-weights", default="", help='JSON of task weights over the defaults, e.g. \'{"spatial": 2}\'')
-    ap.add_argument("--form-weights", default="", help='JSON of form weights per task, e.g. \'{"spatial": {"pose": 3}}\'')
+    ap.add_argument("--task-weights", default="",
+                    help='JSON of task weights over the defaults, e.g. \'{"spatial": 2}\'')
+    ap.add_argument("--form-weights", default="",
+                    help='JSON of form weights per task, e.g. \'{"spatial": {"pose": 3}}\'')
     ap.add_argument("--ema", type=float, default=0.0)
     ap.add_argument("--accum", type=int, default=1)
     ap.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and optimizer "
