@@ -20,6 +20,24 @@ MAIN_METRIC = {"vqa": ("accuracy", True), "spatial": ("accuracy", True), "t2i": 
                "edit": ("psnr", True)}
 # the world's question type, for the per-type breakdown (ex.spec[key])
 GROUP_KEY = {"vqa": "family", "spatial": "qtype"}
+
+
+def question_types(task: str, examples) -> list[str]:
+    """Each example's question type (ex.spec[GROUP_KEY[task]]); [] for a task without types."""
+    return [str(ex.spec.get(GROUP_KEY[task], "")) for ex in examples] if task in GROUP_KEY else []
+
+
+def group_means(groups: list[str], rows: dict[str, dict[str, list[float]]]) -> dict:
+    """Per question type: for each row the number of examples of that type and the mean of each of
+    its per-example score lists (in the examples' order, as `groups`)."""
+    out = {}
+    for g in sorted(set(groups)):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        out[g] = {name: {"n": len(idx), **{k: float(np.mean([v[i] for i in idx])) for k, v in r.items()}}
+                  for name, r in rows.items()}
+    return out
+
+
 TITLES = {"vqa": "Understanding: VQA", "t2i": "Generation: t2i (checker pass rate)",
           "spatial": "Spatial: two-view questions", "depth": "Depth: delta1"}
 
@@ -32,7 +50,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
     examples = sample(task, range(seed_start, seed_start + n))
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
     context: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
-    groups = [str(ex.spec.get(GROUP_KEY[task], "")) for ex in examples] if task in GROUP_KEY else []
+    groups = question_types(task, examples)
     seconds = {name: 0.0 for name in plans}
     tokens = {name: 0 for name in plans}
     for i, ex in enumerate(examples):
@@ -67,12 +85,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
                                      higher_is_better=higher if key == metric else not key.startswith("abs_rel"),
                                      notes=[f"same weights, same {n} held-out examples (seeds {seed_start}..), "
                                             f"rows differ only in the plan", how])
-    by_group = {}
-    for g in sorted(set(groups)):
-        idx = [i for i, x in enumerate(groups) if x == g]
-        by_group[g] = {name: {"n": len(idx), metric: float(np.mean([scores[name][metric][i] for i in idx])),
-                              **{k: float(np.mean([v[i] for i in idx])) for k, v in context[name].items()}}
-                       for name in plans}
+    by_group = group_means(groups, {name: {metric: scores[name][metric], **context[name]} for name in plans})
     return {"task": task, "n": n, "seed_start": seed_start, "sampling": sampling,
             "rows": {k: list(v) for k, v in plans.items()},
             "main_metric": metric, "tables": tables, "scores": scores,

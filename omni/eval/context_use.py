@@ -26,7 +26,7 @@ from omni.tokens.image import unpatchify
 from omni.train.data import FORMS, Writer
 from omni.world import WorldConfig, sample
 
-from .ablate import GROUP_KEY
+from .ablate import group_means, question_types
 from .metrics import depth_metrics
 from .report import AblationTable, ablation_table
 
@@ -154,11 +154,5 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
     better = {"delta1": True, "abs_rel": False, "accuracy": True, "answer nll": False}
     tables = {k: ablation_table(scores[k], title=f"{task}: the output given each true context", metric=k,
                                 higher_is_better=better[k]) for k in keys}
-    by_group = {}
-    if task in GROUP_KEY:
-        groups = [str(ex.spec.get(GROUP_KEY[task], "")) for ex in exs]
-        for g in sorted(set(groups)):
-            idx = [i for i, x in enumerate(groups) if x == g]
-            by_group[g] = {name: {"n": len(idx), **{k: float(np.mean([scores[k][name][i] for i in idx]))
-                                                    for k in keys}} for name in names}
+    by_group = group_means(question_types(task, exs), {name: {k: scores[k][name] for k in keys} for name in names})
     return {"tables": tables, "by_group": by_group}
