@@ -298,24 +298,22 @@ def eval_context_use(
     the true captions and visual codes."""
     import json
 
-    from omni.eval.context_use import ANSWER_TASKS, answer_context_use, flow_context_use
+    from omni.eval.context_use import ANSWER_TASKS, context_use
     from omni.model import OmniModel
 
     _positive("--n", n)
     if task != "t2i" and task not in ANSWER_TASKS:
         raise ValueError(f"--task must be t2i or one of {', '.join(ANSWER_TASKS)}, got {task!r}")
-    if task == "t2i":
+    ts = None
+    if t is not None:
+        if task != "t2i":
+            raise ValueError("--t (noise levels) applies to --task t2i only")
         try:
-            ts = [float(x) for x in (t or "0.5,0.8,0.95").split(",") if x.strip()]
+            ts = [float(x) for x in t.split(",") if x.strip()]
         except ValueError:
             raise ValueError(f"--t must be numbers separated by commas, got {t!r}") from None
-        tables = flow_context_use(OmniModel.from_pretrained(checkpoint), n, seed_start, ts)
-    else:
-        if t is not None:
-            raise ValueError("--t (noise levels) applies to --task t2i only")
-        res = answer_context_use(OmniModel.from_pretrained(checkpoint), task, n, seed_start)
-        tables, by_group = res["tables"], res["by_group"]
-    extra = {"by_group": by_group} if task != "t2i" and by_group else {}
+    res = context_use(OmniModel.from_pretrained(checkpoint), task, n, seed_start, ts)
+    tables, extra = res["tables"], ({"by_group": res["by_group"]} if res["by_group"] else {})
     if json_out:
         typer.echo(json.dumps({"checkpoint": checkpoint, "task": task, "n": n, "seed_start": seed_start,
                                "tables": {k: v.to_json() for k, v in tables.items()}, **extra}))

@@ -115,3 +115,19 @@ def test_cli_answer_task(tmp_path):
         bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint",
                               str(tmp_path / "ck"), *args], capture_output=True, text=True, timeout=300)
         assert bad.returncode == 2 and needle in bad.stderr, bad.stderr
+
+
+def test_context_use_one_shape_for_every_task():
+    """`context_use` answers t2i and the answer tasks in the same shape, as the CLI prints them."""
+    from omni.eval.context_use import context_use
+
+    m = tiny()
+    t2i = context_use(m, "t2i", 1, 1_000_000_000, ts=(0.9,))
+    assert list(t2i["tables"]) == ["t=0.9"] and t2i["by_group"] == {}
+    assert [r.name for r in t2i["tables"]["t=0.9"].rows] == row_names("t2i")
+    sp = context_use(m, "spatial", 2, 1_000_000_000)
+    assert list(sp["tables"]) == ["accuracy", "answer nll"] and sp["by_group"]
+    with pytest.raises(ValueError, match="t2i's context use only"):
+        context_use(m, "vqa", 1, 0, ts=(0.5,))
+    with pytest.raises(ValueError, match="context use is measured"):
+        context_use(m, "pose", 1, 0)

@@ -181,7 +181,7 @@ def test_cache_fork_and_sampling_determinism():
     assert choose(lg).item() == 1 and choose(lg, 1.0, top_k=1, generator=torch.Generator()).item() == 1
 
 
-def test_flow_sampler_time_shift_moves_the_steps_toward_pure_noise(monkeypatch):
+def test_flow_sampler_shift_moves_the_steps_toward_pure_noise(monkeypatch):
     import omni.model.sampling as sampling
 
     m = model()
@@ -199,10 +199,10 @@ def test_flow_sampler_time_shift_moves_the_steps_toward_pure_noise(monkeypatch):
     sample_latents(m, c.fork(), steps=4, generator=g)
     assert seen == [1.0, 0.75, 0.5, 0.25]
     seen.clear()
-    sample_latents(m, c.fork(), steps=4, generator=g, time_shift=3.0)  # t' = 3t / (1 + 2t)
+    sample_latents(m, c.fork(), steps=4, generator=g, flow_shift=3.0)  # t' = 3t / (1 + 2t)
     assert seen == [1.0, 0.9, 0.75, 0.5]
-    with pytest.raises(ValueError, match="time_shift"):
-        sample_latents(m, c.fork(), steps=4, time_shift=0.0)
+    with pytest.raises(ValueError, match="flow_shift"):
+        sample_latents(m, c.fork(), steps=4, flow_shift=0.0)
 
 
 @pytest.mark.parametrize("moe", [0, 3])

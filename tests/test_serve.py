@@ -170,7 +170,7 @@ def test_request_sets_the_image_sampler(client, monkeypatch):
     real = eng.sample_latents
 
     def spy(*a, **kw):
-        seen.append((kw["cfg_scale"], kw["time_shift"]))
+        seen.append((kw["cfg_scale"], kw["flow_shift"]))
         return real(*a, **kw)
 
     monkeypatch.setattr(eng, "sample_latents", spy)

@@ -156,3 +156,18 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
                                 higher_is_better=better[k]) for k in keys}
     by_group = group_means(question_types(task, exs), {name: {k: scores[k][name] for k in keys} for name in names})
     return {"tables": tables, "by_group": by_group}
+
+
+def context_use(model: OmniModel, task: str, n: int, seed_start: int,
+                ts: Sequence[float] | None = None) -> dict:
+    """Either measure, by task, in one shape: {"tables": name -> AblationTable, "by_group": question
+    type -> row -> {"n", metric means}}. t2i: `flow_context_use` at the noise levels ts (default
+    NOISE_LEVELS; tables "t=0.95", ...; no question types). vqa / spatial / depth:
+    `answer_context_use` (ts must be None: they have no noise level)."""
+    if task == "t2i":
+        return {"tables": flow_context_use(model, n, seed_start, NOISE_LEVELS if ts is None else ts),
+                "by_group": {}}
+    row_names(task)  # an unknown task fails here, before anything else
+    if ts is not None:
+        raise ValueError(f"noise levels apply to t2i's context use only, not {task}")
+    return answer_context_use(model, task, n, seed_start)

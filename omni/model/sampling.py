@@ -6,7 +6,7 @@ Euler integration of the flow head's velocity from pure noise (t = 1) to data (t
 visual tokenizer's latent space, with classifier-free guidance (the unconditional branch is the
 image alone, which is what condition dropout trains): v = v_u + s (v_c - v_u) for t inside the
 guidance interval, v_c elsewhere. The Euler grid is uniform in t, or shifted toward pure noise
-(`time_shift` s > 1: t' = s t / (1 + (s - 1) t)), spending more of the steps where the layout forms.
+(`flow_shift` s > 1: t' = s t / (1 + (s - 1) t)), spending more of the steps where the layout forms.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
 @torch.no_grad()
 def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg_scale: float = 1.0,
                    cfg_interval: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
-                   noise: torch.Tensor | None = None, advance: bool = True, time_shift: float = 1.0) -> torch.Tensor:
+                   noise: torch.Tensor | None = None, advance: bool = True, flow_shift: float = 1.0) -> torch.Tensor:
     """Generate one image per cache row: latents (rows, g*g, latent_dim) by Euler steps of the flow
     from t = 1 to 0. The image_gen segment is never stored; with advance=True the cache then moves
     one position past it, as in training. cache=None: unconditional, one image."""
@@ -77,9 +77,9 @@ def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg
     n = cfg.latent_grid ** 2
     device = cache.k.device if cache is not None else next(model.parameters()).device
     x = (torch.randn((rows, n, cfg.latent_dim), generator=generator) if noise is None else noise.clone()).to(device)
-    if not time_shift > 0:
-        raise ValueError(f"time_shift must be > 0, got {time_shift}")
-    ts = shift_t(torch.linspace(1.0, 0.0, steps + 1), time_shift)
+    if not flow_shift > 0:
+        raise ValueError(f"flow_shift must be > 0, got {flow_shift}")
+    ts = shift_t(torch.linspace(1.0, 0.0, steps + 1), flow_shift)
     lo, hi = cfg_interval
     for i in range(steps):
         t, t_next = float(ts[i]), float(ts[i + 1])

@@ -325,7 +325,7 @@ class Engine:
         n = ws.append([self.fmt.tags("<gen>")])
         lat = sample_latents(self.model, ws.cache, steps=self.flow_steps, cfg_scale=self.cfg_scale,
                              cfg_interval=self.cfg_interval, generator=self.generator, advance=False,
-                             time_shift=self.flow_shift)
+                             flow_shift=self.flow_shift)
         ws.advance()
         img = self.model.visual.decode_latents(lat.cpu())[0].numpy()
         return img, lat[0], n
