@@ -45,6 +45,25 @@ def test_cached_unrolling_equals_reencoding(model, task, plan, reencode):
         assert np.abs(a.output.data["depth"] - b.output.data["depth"]).max() < 1e-3
 
 
+@pytest.mark.parametrize("reencode", [False, "step"])
+def test_images_sampled_together_equal_one_by_one(model, reencode):
+    """gen_images (synthesize_views' four views in one cache of four rows) makes the images that
+    gen_image makes one at a time with the same seed: the same noise, the same flow, up to rounding;
+    inputs of unequal lengths fall back to one at a time."""
+    view = sample("spatial", [2_000_000_003])[0].views["view1"].rgb
+    sides = [Inputs("nvs", {"source": view}, f"look {d} 30 degrees.") for d in ("up", "down", "left", "right")]
+    for xs in (sides, sides[:2] + [Inputs("nvs", {"source": view}, "look up 30 degrees, then a little more.")]):
+        e = engine(model, reencode=reencode)
+        one = [e.gen_image(e.start(x))[:2] for x in xs]
+        e = engine(model, reencode=reencode)
+        together = e.gen_images(xs)
+        assert len(together) == len(xs)
+        for (img, lat), (img2, lat2) in zip(one, together, strict=True):
+            assert img2.shape == img.shape and lat2.shape == lat.shape
+            assert float((lat - lat2).abs().max()) < 1e-4 and np.abs(img - img2).max() < 1e-4
+        assert float((together[0][1] - together[1][1]).abs().max()) > 1e-3  # rows drew their own noise
+
+
 def test_forks_do_not_leak(model):
     ex = sample("t2i", [2_000_000_002])[0]
     e = engine(model)
