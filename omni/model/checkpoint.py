@@ -12,6 +12,7 @@ A missing, truncated, corrupt or mismatched file raises an error that names it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -65,18 +66,52 @@ def save_pretrained(model: OmniModel, directory: str | Path, dtype: str = "float
     return d
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _has_weights(d: Path) -> bool:
+    return (d / "model.safetensors").is_file() or (d / "model.safetensors.index.json").is_file()
+
+
+def _pickle_files(d: Path) -> list[str]:
+    """Names of pickle checkpoint files (pytorch_model.bin, *.pt, ...) in `d`; never opened."""
+    return sorted(p.name for p in d.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file()) \
+        if d.is_dir() else []
+
+
+def _no_weights(d: Path) -> FileNotFoundError:
+    """The error for a directory without model.safetensors or a shard index, naming any pickle
+    checkpoint lying there."""
+    pickles = _pickle_files(d)
+    extra = (f" (found {', '.join(pickles[:5])}: pickle checkpoints are not loaded, only safetensors are)"
+             if pickles else "")
+    return FileNotFoundError(f"missing file: {d / 'model.safetensors'}{extra}")
+
+
+def shard_file(d: Path, index: Path, name) -> Path:
+    """The path of a shard the index names: a plain file name inside the checkpoint directory."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+            or Path(name).name != name or Path(name).is_absolute():
+        raise ValueError(f"{index}: shard name must be a file name inside the checkpoint, got {name!r}")
+    if not name.endswith(".safetensors"):
+        raise ValueError(f"{index}: shard {name!r} is not a .safetensors file")
+    return d / name
+
+
 def load_state(directory: str | Path) -> dict[str, torch.Tensor]:
     d = Path(directory)
     index = d / "model.safetensors.index.json"
-    if (d / "model.safetensors").is_file() or not index.is_file():
+    if not _has_weights(d):
+        raise _no_weights(d)
+    if (d / "model.safetensors").is_file():
         return read_safetensors(d / "model.safetensors")
     weight_map = read_json(index).get("weight_map")
     if not isinstance(weight_map, dict):
         raise ValueError(f"{index}: no weight_map")
+    shards = {shard_file(d, index, name) for name in weight_map.values()}
     state = {}
-    for name in sorted(set(weight_map.values())):
-        part = read_safetensors(d / name)
-        state.update(part)
+    for path in sorted(shards):
+        state.update(read_safetensors(path))
     missing = sorted(set(weight_map) - set(state))
     if missing:
         raise ValueError(f"{index}: tensors listed but not found in the shards: {missing[:5]}")
@@ -100,17 +135,50 @@ def fit_state(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], wher
     return {k: state[k].to(v.dtype) if k in state else torch.zeros_like(v) for k, v in own.items()}
 
 
+def check_device(device) -> torch.device:
+    """`device` as a torch.device this machine has; ValueError saying why not otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:N or mps): {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine (use device='cpu')")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine (use device='cpu')")
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise ValueError(f"device {device!r} cannot be used on this machine: {e}") from None
+    return dev
+
+
 def from_pretrained(directory: str | Path, device: str = "cpu", with_tokenizers: bool = True) -> OmniModel:
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"from_pretrained needs the path of a checkpoint directory, got {directory!r}")
+    if not str(directory):
+        raise ValueError("from_pretrained needs the path of a checkpoint directory, got an empty string")
     d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise NotADirectoryError(f"checkpoint path is a file, not a directory: {d} (pass the directory that holds "
+                                 "config.json and model.safetensors)")
     if not d.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {d}")
-    meta = read_json(d / "config.json")
+    device = check_device(device)
+    if not _has_weights(d) and _pickle_files(d):  # say so before any complaint about its config
+        raise _no_weights(d)
+    where = d / "config.json"
+    meta = read_json(where)
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{d / 'config.json'}: not an omni checkpoint (format {meta.get('format')!r})")
+        raise ValueError(f"{where}: not an omni checkpoint (format {meta.get('format')!r})")
+    if "model" not in meta:
+        raise ValueError(f"{where}: bad model config: no \"model\" entry")
     try:
-        cfg = OmniConfig.from_dict(meta["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{d / 'config.json'}: bad model config ({e})") from None
+        cfg = OmniConfig.from_dict(meta["model"], complete=True)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: bad model config: {e}") from None
     model = OmniModel(cfg)
     model.load_state_dict(fit_state(load_state(d), model.state_dict(), d / "model.safetensors", "config.json"))
     if with_tokenizers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 SEGMENT_KINDS = ("text", "image_in", "image_gen", "image_clean", "visual")
@@ -67,30 +68,86 @@ class OmniConfig:
         return self.image_size // self.patch
 
     def validate(self) -> None:
-        if self.d_model % self.n_heads or self.head_dim % 2:
-            raise ValueError(f"d_model {self.d_model} must split into {self.n_heads} heads of even size")
-        if self.image_size % self.patch:
-            raise ValueError(f"image size {self.image_size} is not divisible by patch {self.patch}")
-        if self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts:
-            raise ValueError("moe_top_k must lie in 1..moe_experts")
-        if self.depth_loss not in ("silog", "l1_log"):
-            raise ValueError(f"unknown depth loss {self.depth_loss!r}")
-        for f in ("d_model", "n_layers", "n_heads", "max_seq", "text_vocab", "codebook_size"):
+        """ValueError, its message starting with the offending field's name, unless every field has
+        its type (ints are ints, not bools; floats may be ints; finite) and a value the model can be
+        built and run with."""
+        for f in fields(self):
+            check_type(f.name, getattr(self, f.name), f.type)
+        for f in POSITIVE_INTS:
             if getattr(self, f) < 1:
-                raise ValueError(f"{f} must be positive")
+                raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
+        if self.moe_experts < 0:
+            raise ValueError(f"moe_experts must be 0 (no mixture) or positive, got {self.moe_experts}")
+        if self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts:
+            raise ValueError(f"moe_top_k must lie in 1..moe_experts ({self.moe_experts}), got {self.moe_top_k}")
+        for f in ("mlp_ratio", "rope_theta", "norm_eps"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
+        for f in LOSS_WEIGHTS:
+            if getattr(self, f) < 0:
+                raise ValueError(f"{f} must not be negative, got {getattr(self, f)}")
+        if self.d_model % self.n_heads or self.head_dim % 2:
+            raise ValueError(f"d_model {self.d_model} must split into n_heads {self.n_heads} heads of even size")
+        if self.mlp_hidden < 1:
+            raise ValueError(f"mlp_ratio {self.mlp_ratio} gives d_model {self.d_model} an MLP of no hidden units")
+        if self.image_size % self.patch:
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch {self.patch}")
+        if self.depth_loss not in DEPTH_LOSSES:
+            raise ValueError(f"depth_loss must be one of {', '.join(DEPTH_LOSSES)}, got {self.depth_loss!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> OmniConfig:
+    def from_dict(cls, d: dict, complete: bool = False) -> OmniConfig:
+        """A validated config from a dict (JSON). Unknown fields are an error; with complete=True
+        (a checkpoint's config) so is a missing field that sets the weights' shapes or meaning
+        (CHECKPOINT_FIELDS); the others take their defaults."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object of fields, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown config fields: {unknown}")
+        missing = [f for f in CHECKPOINT_FIELDS if f not in d] if complete else []
+        if missing:
+            raise ValueError(f"missing fields {missing} (a checkpoint's config must name every field that sets "
+                             "the weights' shapes or meaning; there are no defaults for those)")
         cfg = cls(**d)
         cfg.validate()
         return cfg
+
+
+DEPTH_LOSSES = ("silog", "l1_log")
+POSITIVE_INTS = ("d_model", "n_layers", "n_heads", "max_seq", "text_vocab", "codebook_size", "image_size", "patch",
+                 "latent_grid", "latent_dim")
+LOSS_WEIGHTS = ("w_text", "w_visual", "w_flow", "w_depth", "w_moe_balance")
+# what a checkpoint's config.json must name: every field that sets the weights' shapes or what they
+# mean. Not required: the preset's name, the training losses' settings, and feature flags added after
+# checkpoints were shipped whose default (off) is what those checkpoints were trained with.
+CHECKPOINT_FIELDS = ("d_model", "n_layers", "n_heads", "mlp_ratio", "moe_experts", "moe_top_k", "rope_theta",
+                     "norm_eps", "max_seq", "text_vocab", "codebook_size", "image_size", "patch", "latent_grid",
+                     "latent_dim")
+
+
+def check_type(name: str, value, kind: str) -> None:
+    """ValueError naming `name` unless `value` is of the annotated `kind` ("int", "float", "bool" or
+    "str"): a bool is no int; a float may be an int, and must be finite."""
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    else:
+        raise TypeError(f"{name}: unsupported field type {kind!r}")
+    if not ok:
+        want = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[kind]
+        raise ValueError(f"{name} must be {want}, got {value!r} ({type(value).__name__})")
 
 
 PRESETS: dict[str, dict] = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -186,17 +186,52 @@ class VisualTokenizer(nn.Module):
         save_safetensors(self.state_dict(), d / "visual_tokenizer.safetensors")
         write_json(d / "visual_tokenizer.json", {"config": asdict(self.cfg), **(extra or {})})
 
+    # what visual_tokenizer.json must name (the weights' shapes and the images they fit); the
+    # training-only fields may take their defaults
+    REQUIRED_FIELDS = ("image_size", "channels", "downsample", "codebook_size", "code_dim")
+
     @classmethod
     def load(cls, directory: str | Path) -> VisualTokenizer:
         d = Path(directory)
-        meta = read_json(d / "visual_tokenizer.json")
+        where = d / "visual_tokenizer.json"
+        meta = read_json(where)
+        raw = meta.get("config")
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: not a visual tokenizer config (no \"config\" object)")
         try:
-            cfg = VQConfig(**meta["config"])
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{d / 'visual_tokenizer.json'}: not a visual tokenizer config ({e})") from None
+            cfg = _vq_config(raw, cls.REQUIRED_FIELDS)
+        except ValueError as e:
+            raise ValueError(f"{where}: bad visual tokenizer config: {e}") from None
         model = cls(cfg)
         load_safetensors(model, d / "visual_tokenizer.safetensors")
         return model.eval()
+
+
+def _vq_config(raw: dict, required: tuple[str, ...]) -> VQConfig:
+    """A validated VQConfig from a JSON object; ValueError starting with the offending field's name."""
+    known = {f.name: f.type for f in fields(VQConfig)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"unknown fields {unknown}")
+    missing = [f for f in required if f not in raw]
+    if missing:
+        raise ValueError(f"missing fields {missing}")
+    for name, value in raw.items():
+        if known[name] == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:  # float: an int will do; finite
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok:
+            want = "an integer" if known[name] == "int" else "a finite number"
+            raise ValueError(f"{name} must be {want}, got {value!r} ({type(value).__name__})")
+    for name in ("image_size", "channels", "code_dim", "restart_every"):
+        if name in raw and raw[name] < 1:
+            raise ValueError(f"{name} must be positive, got {raw[name]}")
+    if raw.get("beta", 0) < 0:
+        raise ValueError(f"beta must not be negative, got {raw['beta']}")
+    cfg = VQConfig(**raw)
+    cfg.validate()
+    return cfg
 
 
 def world_images(seeds: tuple[int, int], size: int = 32) -> torch.Tensor:
