@@ -6,39 +6,66 @@ import os
 from pathlib import Path
 
 from .data import FORMS, Mixture, MixtureConfig, Writer
-from .loop import TrainConfig, Trainer, export, lr_at
+from .loop import TrainConfig, Trainer, checkpoint_dirs, export, lr_at, resumed_config
 
 
 def train_main(out: str, preset: str = "tiny", steps: int = 1000, resume: bool = False, device: str = "cpu",
                log=print, max_minutes: float | None = None, **overrides) -> dict:
     """Train (or resume) a run in `out`. Under torchrun (WORLD_SIZE > 1) it joins the process group
     (gloo on the CPU, nccl on CUDA) and runs DDP; every rank builds its own share of the batch.
-    max_minutes: stop (with a checkpoint) after that much wall time; `resume` continues."""
-    if max_minutes is not None and max_minutes < 0:
-        raise ValueError(f"--max-minutes must be >= 0, not {max_minutes}")
+    max_minutes: stop (with a checkpoint) after that much wall time; `resume` continues.
+
+    Every option is checked (TrainConfig, MixtureConfig) before anything is built. With `resume` and a
+    complete checkpoint, the run continues with its saved train_config.json: --steps (0 keeps the saved
+    steps) and the per-slice options (loop.PER_SLICE) come from this call, and any other option that
+    differs from both its default and the saved value is an error (loop.resumed_config). With `resume`
+    and no complete checkpoint it says so and starts a fresh run (so every slice of a sliced run may
+    pass --resume)."""
+    if max_minutes is not None and not (isinstance(max_minutes, int | float) and max_minutes >= 0):
+        raise ValueError(f"--max-minutes must be >= 0, got {max_minutes!r}")
     import torch
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-        if device == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    from omni.io import read_json
+
+    say = log if os.environ.get("RANK", "0") == "0" else (lambda *_: None)  # under torchrun: rank 0 only
+    keep_steps = resume and not steps  # resuming with --steps 0: the saved steps
+    mixture = overrides.pop("mixture", None) or MixtureConfig(**overrides.pop("mixture_kw", {}))
+    cfg = TrainConfig(preset=preset, steps=1 if keep_steps else steps, device=device, mixture=mixture, **overrides)
     run_dir = Path(out)
     saved = run_dir / "train_config.json"
-    if resume and saved.is_file():
-        from omni.io import read_json
-
-        cfg = TrainConfig.from_dict(read_json(saved))
-        cfg.steps = steps if steps else cfg.steps
-    else:
-        mixture = overrides.pop("mixture", None) or MixtureConfig(**overrides.pop("mixture_kw", {}))
-        cfg = TrainConfig(preset=preset, steps=steps, device=device, mixture=mixture, **overrides)
+    cks = checkpoint_dirs(run_dir) if resume else []
+    if resume and not cks:
+        if keep_steps:
+            raise ValueError(f"--steps must be >= 1, got {steps} (0 keeps a resumed run's steps, and {run_dir} "
+                             "has no complete checkpoint)")
+        say(f"--resume: no complete checkpoint in {run_dir}: starting a fresh run")
+    elif resume:  # the saved config: train_config.json, else the one the newest checkpoint records
+        if saved.is_file():
+            record = read_json(saved)
+        else:
+            record = read_json(cks[-1] / "config.json").get("training", {}).get("config")
+        if record:
+            cfg = resumed_config(cfg, TrainConfig.from_dict(record), keep_steps, log=say)
+        at = int(read_json(cks[-1] / "trainer.json")["step"])
+        if cfg.steps < at:
+            raise ValueError(f"--steps {cfg.steps} is below the step of the checkpoint to resume ({cks[-1]})")
+    elif checkpoint_dirs(run_dir):
+        raise ValueError(f"{run_dir} already holds checkpoints: pass --resume or choose another --out")
+    if cfg.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {cfg.device}: CUDA is not available")
+        index = int(cfg.device[5:] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {cfg.device}: there are {torch.cuda.device_count()} CUDA devices")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+        if cfg.device.startswith("cuda"):
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     trainer = Trainer(cfg, run_dir, log=log)
     if resume:
         trainer.resume()
-    elif trainer.checkpoint_dirs():
-        raise ValueError(f"{run_dir} already holds checkpoints: pass --resume or choose another --out")
     last = trainer.run(None if max_minutes is None else 60.0 * max_minutes)
     if world > 1:
         dist.barrier()

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import sys
 
 from . import train_main
 
@@ -37,16 +38,27 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop after this much wall time, with a checkpoint (continue with --resume)")
     a = ap.parse_args()
+    try:
+        last = _train(a)
+    except (ValueError, OSError) as e:  # bad input: one line and exit code 2, as `omni train`
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(last))
+
+
+def _train(a: argparse.Namespace) -> dict:
     from .data import MixtureConfig
 
-    last = train_main(a.out, a.preset, a.steps, a.resume, a.device, max_minutes=a.max_minutes, lr=a.lr, warmup=a.warmup,
-                      save_every=a.save_every, workers=a.workers, threads=a.threads, ema=a.ema, accum=a.accum,
-                      fsdp=a.fsdp, init_from=a.init_from,
-                      model_overrides=json.loads(a.model),
+    try:
+        model = json.loads(a.model)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--model is not JSON ({e.msg}): {a.model!r}") from None
+    return train_main(a.out, a.preset, a.steps, a.resume, a.device, max_minutes=a.max_minutes, lr=a.lr,
+                      warmup=a.warmup, save_every=a.save_every, workers=a.workers, threads=a.threads, ema=a.ema,
+                      accum=a.accum, fsdp=a.fsdp, init_from=a.init_from, model_overrides=model,
                       mixture=MixtureConfig(data_seed=a.data_seed, rows=a.rows, row_len=a.row_len,
                                             t_shift=a.t_shift,
                                             **MixtureConfig.weights(a.task_weights, a.form_weights)))
-    print(json.dumps(last))
 
 
 if __name__ == "__main__":

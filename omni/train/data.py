@@ -26,6 +26,7 @@ seeded by (data seed, step, slot), so a batch is a pure function of (data seed, 
 from __future__ import annotations
 
 import math
+import numbers
 import zlib
 from dataclasses import dataclass, field
 
@@ -52,6 +53,8 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
 DEFAULT_TASK_WEIGHTS = {"vqa": 1.0, "t2i": 1.5, "spatial": 1.0, "depth": 1.0, "pose": 0.75, "nvs": 0.75,
                         "video": 0.5, "edit": 0.5}
 COND_DROPOUT = 0.1
+PROBE_EXAMPLES = 8  # examples per task whose sequence lengths check --row-len (Mixture.form_lengths)
+_LENGTHS: dict[tuple, dict[str, tuple[int, int]]] = {}  # form lengths by (task, probe, sizes), per process
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,12 @@ class MixtureConfig:
     t_shift: float = 1.0
 
     def __post_init__(self):
+        for name, lo in (("data_seed", 0), ("rows", 1), ("row_len", 1), ("image_size", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer, got {v!r}")
+            if v < lo:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
         if not self.t_shift > 0:
             raise ValueError(f"t_shift must be > 0, got {self.t_shift}")
         _check_weights("task weights", self.task_weights, FORMS)
@@ -214,6 +223,44 @@ class Mixture:
         lo, hi = SPLITS["train"]
         self.seed_range = (lo, hi)
         self.world = WorldConfig(size=mix.image_size)
+
+    def form_lengths(self, n: int = PROBE_EXAMPLES) -> dict[tuple[str, str], tuple[int, int]]:
+        """The shortest and longest sequence, in tokens, of every (task, form) this mixture draws, over n
+        examples per task (fixed seeds of the train split): images have a fixed length, texts vary."""
+        cfg, out = self.w.cfg, {}
+        for task in self.tasks:
+            key = (task, n, self.mix.image_size, cfg.patch_grid, cfg.latent_grid, self.w.tok.vocab_size,
+                   self.w.vq.cfg.grid)
+            if key not in _LENGTHS:
+                exs = sample(task, list(range(n)), self.world)
+                rng = np.random.default_rng(0)
+                lengths = {f: [sum(s.length(cfg) for s in self.w.write(ex, f, rng)) for ex in exs] for f in FORMS[task]}
+                _LENGTHS[key] = {f: (min(v), max(v)) for f, v in lengths.items()}
+            names, p = self.mix.forms(task)
+            out.update({(task, f): _LENGTHS[key][f] for f, pf in zip(names, p, strict=True) if pf > 0})
+        return out
+
+    def check_row_len(self) -> str | None:
+        """A row must hold the sequences the mixture makes: a batch ends at the first drawn sequence that
+        does not fit, so a longer one is never trained and cuts its batch short. An error if some task
+        has no form that fits (--row-len 8 would train on nothing); a warning (returned) if some forms'
+        sequences may not fit, with the --row-len that holds every form."""
+        n, lengths = self.mix.row_len, self.form_lengths()
+        longest = max(hi for _, hi in lengths.values())
+        holds = (f"every form fits in --row-len {longest} or more (the longest sequence of {PROBE_EXAMPLES} "
+                 "examples per task)")
+        never = []
+        for task in self.tasks:
+            lo = min(lengths[(t, f)][0] for t, f in lengths if t == task)
+            if lo > n:
+                never.append(f"{task} (at least {lo} tokens)")
+        if never:
+            raise ValueError(f"--row-len {n} cannot hold a sequence of {', '.join(never)}; {holds}")
+        over = [f"{t}/{f} ({lo}-{hi} tokens)" for (t, f), (lo, hi) in lengths.items() if hi > n]
+        if not over:
+            return None
+        return (f"warning: --row-len {n} is shorter than sequences of {', '.join(over)}: a batch ends at the first "
+                f"sequence that does not fit, so these are trained less or never and the mix is skewed; {holds}")
 
     def draw(self, step: int, slot: int) -> tuple[str, str, int, np.random.Generator]:
         rng = slot_rng(self.mix.data_seed, step, slot)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -59,6 +60,37 @@ class TrainConfig:
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     model_overrides: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        """Every field is checked here, before a model is built; errors name the command-line option
+        (the field with - for _: --save-every)."""
+        from omni.model.config import PRESETS, OmniConfig
+
+        if self.preset not in PRESETS:
+            raise ValueError(f"--preset: unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        for name, lo in (("steps", 1), ("warmup", 0), ("accum", 1), ("save_every", 1), ("keep", 1), ("log_every", 1),
+                         ("threads", 0), ("workers", 0)):
+            _check_int(name, getattr(self, name), lo)
+        _check_int("seed", self.seed)
+        _check(math.isfinite(_real(self.lr)) and _real(self.lr) > 0, "lr", self.lr, "> 0")
+        _check(0 <= _real(self.min_lr_ratio) <= 1, "min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+        wd = _real(self.weight_decay)
+        _check(math.isfinite(wd) and wd >= 0, "weight_decay", self.weight_decay, ">= 0")
+        _check(_real(self.clip) > 0, "clip", self.clip, "> 0")  # inf: no clipping
+        _check(0 <= _real(self.ema) < 1, "ema", self.ema, "in [0, 1) (0: off)")
+        betas = tuple(self.betas) if isinstance(self.betas, list | tuple) else ()
+        _check(len(betas) == 2 and all(0 <= _real(b) < 1 for b in betas), "betas", self.betas, "two numbers in [0, 1)")
+        d = self.device
+        if not (isinstance(d, str) and (d in ("cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit()))):
+            raise ValueError(f"--device must be cpu or cuda (or cuda:N), got {d!r}")
+        if not isinstance(self.model_overrides, dict):
+            raise ValueError(f"--model must be a JSON object of model config fields, got {self.model_overrides!r}")
+        unknown = sorted(set(self.model_overrides) - {f.name for f in fields(OmniConfig) if f.name != "preset"})
+        if unknown:
+            raise ValueError(f"--model: unknown model config fields {', '.join(map(repr, unknown))}"
+                             + (" (the preset is --preset)" if "preset" in unknown else ""))
+        if not isinstance(self.mixture, MixtureConfig):
+            raise ValueError(f"mixture must be a MixtureConfig, got {type(self.mixture).__name__}")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["betas"] = list(self.betas)
@@ -67,9 +99,98 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown training config fields: {', '.join(unknown)}")
         d["mixture"] = MixtureConfig(**d.get("mixture", {}))
         d["betas"] = tuple(d.get("betas", (0.9, 0.95)))
         return cls(**d)
+
+
+def option(name: str) -> str:
+    """The command-line option of a config field: save_every -> --save-every."""
+    return "--" + name.replace("_", "-")
+
+
+def _check(ok: bool, name: str, value, want: str) -> None:
+    """ok is written so that NaN fails it (`x > 0`, not `not x <= 0`)."""
+    if not ok:
+        raise ValueError(f"{option(name)} must be {want}, got {value!r}")
+
+
+def _real(x) -> float:
+    """x as a float, NaN for what is not a number (so that every check fails on it)."""
+    return float(x) if isinstance(x, numbers.Real) and not isinstance(x, bool) else math.nan
+
+
+def _check_int(name: str, value, lo: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{option(name)} must be an integer, got {value!r}")
+    if lo is not None and value < lo:
+        raise ValueError(f"{option(name)} must be >= {lo}, got {value}")
+
+
+# options that only say how this process runs (where, with how many threads and data workers, sharded
+# or not): a resumed slice takes them from its own command line, whatever the saved run had. Batches
+# are a function of (data seed, step) whatever the workers; checkpoints hold full tensors, so a run
+# resumes with or without FSDP; a device or thread count changes results only by rounding.
+PER_SLICE = ("device", "threads", "workers", "fsdp")
+
+
+def _show(v) -> str:
+    return json.dumps(v, sort_keys=True) if isinstance(v, dict | list | tuple) else str(v)
+
+
+def resumed_config(given: TrainConfig, saved: TrainConfig, keep_steps: bool = False,
+                   log=print) -> TrainConfig:
+    """The config a resumed run continues with: the saved one, with this command line's --steps (unless
+    keep_steps) and its per-slice options (PER_SLICE). Any other option given with a value that differs
+    from both its default and the saved value is an error listing them with their saved values (an
+    option at its default counts as not given, so it cannot be told from one left out: the saved value
+    holds)."""
+    defaults, conflicts, changes = TrainConfig(), [], {}
+    for f in fields(TrainConfig):
+        k = f.name
+        new, old, dflt = getattr(given, k), getattr(saved, k), getattr(defaults, k)
+        if k == "steps":
+            changes[k] = old if keep_steps else new
+        elif k in PER_SLICE:
+            changes[k] = new
+        elif k == "mixture":
+            for m in fields(MixtureConfig):
+                a, b, c = getattr(new, m.name), getattr(old, m.name), getattr(dflt, m.name)
+                if a != c and a != b:
+                    conflicts.append(f"{option(m.name)} {_show(a)} (saved: {_show(b)})")
+        elif k == "model_overrides":
+            conflicts += _model_conflicts(new, old, saved.preset)
+        elif new != dflt and new != old:
+            conflicts.append(f"{option(k)} {_show(new)} (saved: {_show(old)})")
+    if conflicts:
+        raise ValueError("--resume continues the run with its saved train_config.json, and these options differ "
+                         f"from it: {'; '.join(conflicts)}. Leave them out (or pass the saved values) to resume; "
+                         "--steps and the per-slice options (--device, --threads, --workers, --fsdp, --max-minutes) "
+                         "may change")
+    out = replace(saved, **changes)
+    said = [f"{option(k)} {_show(getattr(out, k))} (saved: {_show(getattr(saved, k))})"
+            for k in changes if getattr(out, k) != getattr(saved, k)]
+    if said:
+        log("resuming with " + ", ".join(said))
+    return out
+
+
+def _model_conflicts(new: dict, old: dict, preset_name: str) -> list[str]:
+    """--model fields given (not {}) whose value differs from the saved run's (its override, else its preset's,
+    else OmniConfig's default)."""
+    from omni.model.config import PRESETS, OmniConfig
+
+    base = {**{f.name: f.default for f in fields(OmniConfig)}, **PRESETS.get(preset_name, {})}
+    out = []
+    for k, v in new.items():
+        was = old.get(k, base.get(k))
+        if v != was:
+            name = "--visual-cells (--model visual_cells)" if k == "visual_cells" else f"--model {k}"
+            out.append(f"{name} {_show(v)} (saved: {_show(was)})")
+    return out
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -104,6 +225,12 @@ def _collate(x):
     return x
 
 
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """A run's complete checkpoints (step-N/ with COMPLETE), oldest first."""
+    ck = sorted(Path(run_dir).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return [p for p in ck if (p / "COMPLETE").is_file()]
+
+
 def ddp_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -122,13 +249,15 @@ class Trainer:
         mcfg = preset(cfg.preset, text_vocab=tok.vocab_size, codebook_size=vq.cfg.codebook_size,
                       latent_dim=vq.cfg.code_dim, latent_grid=vq.cfg.grid, image_size=vq.cfg.image_size,
                       **cfg.model_overrides)
+        # the mixture first: a --row-len that cannot hold its sequences is an error before a model is built
+        self.mixture = Mixture(cfg.mixture, Writer(tok, vq, mcfg, t_shift=cfg.mixture.t_shift))
+        row_len_warning = self.mixture.check_row_len()
         torch.manual_seed(cfg.seed)
         self.model = OmniModel(mcfg).to(self.device)
         self.model.tokenizer = tok
         object.__setattr__(self.model, "visual", vq)
         if cfg.init_from and not self.checkpoint_dirs():  # a run with checkpoints resumes from its own
             self._init_from(Path(cfg.init_from))
-        self.mixture = Mixture(cfg.mixture, Writer(tok, vq, mcfg, t_shift=cfg.mixture.t_shift))
         self.ddp = None
         self.fsdp = cfg.fsdp and self.world > 1
         if self.fsdp:  # one shard group per layer, then the rest (embeddings, heads) at the root
@@ -150,6 +279,8 @@ class Trainer:
                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
         self.ema = ({k: v.detach().clone() for k, v in self.model.state_dict().items()} if cfg.ema > 0 else None)
         self.step = 0
+        if row_len_warning and self.rank == 0:
+            self.log(row_len_warning)
 
     def _init_from(self, d: Path) -> None:
         """Load a checkpoint directory's weights (config.json + model safetensors) into the new model.
@@ -169,8 +300,7 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def checkpoint_dirs(self) -> list[Path]:
-        ck = sorted(self.out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        return [p for p in ck if (p / "COMPLETE").is_file()]
+        return checkpoint_dirs(self.out)
 
     def full_state(self) -> tuple[dict, dict, dict | None]:
         """Model weights, optimizer state (torch's layout: parameters by index) and EMA as full

@@ -1,0 +1,176 @@
+"""`omni train` / `python -m omni.train` options: every value is checked before a model is built (a
+ValueError naming the option), --row-len must hold the mixture's sequences, and --resume refuses
+options that differ from the run it continues."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import omni.train
+import omni.train.loop
+from omni.model import preset
+from omni.tokens.text import TextTokenizer
+from omni.tokens.visual import VisualTokenizer
+from omni.train import Mixture, MixtureConfig, TrainConfig, Trainer, Writer, train_main
+from omni.train.loop import DEFAULT_VISUAL
+
+SMALL = {"d_model": 64, "n_layers": 2, "n_heads": 4}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def fast(**kw) -> dict:
+    """The tiniest run: one row of 512 tokens, a 2-layer model, no worker processes."""
+    return {"workers": 0, "threads": 1, "warmup": 2, "model_overrides": SMALL,
+            "mixture": MixtureConfig(rows=1, row_len=512), **kw}
+
+
+def quiet(*_):
+    pass
+
+
+def no_model(*a, **k):
+    raise AssertionError("a model was built before the options were checked")
+
+
+@pytest.fixture(scope="module")
+def writer():
+    return Writer(TextTokenizer.default(), VisualTokenizer.load(DEFAULT_VISUAL), preset("tiny"))
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"steps": 0}, "--steps must be >= 1, got 0"),
+    ({"save_every": 0}, "--save-every must be >= 1, got 0"),
+    ({"keep": 0}, "--keep must be >= 1, got 0"),
+    ({"accum": 0}, "--accum must be >= 1, got 0"),
+    ({"warmup": -1}, "--warmup must be >= 0, got -1"),
+    ({"threads": -2}, "--threads must be >= 0, got -2"),
+    ({"workers": -1}, "--workers must be >= 0, got -1"),
+    ({"lr": -1.0}, "--lr must be > 0, got -1.0"),
+    ({"lr": 0.0}, "--lr must be > 0"),
+    ({"lr": float("nan")}, "--lr must be > 0, got nan"),
+    ({"lr": float("inf")}, "--lr must be > 0, got inf"),
+    ({"ema": 1.5}, "--ema must be in [0, 1)"),
+    ({"ema": 1.0}, "--ema must be in [0, 1)"),
+    ({"ema": -0.1}, "--ema must be in [0, 1)"),
+    ({"ema": float("nan")}, "--ema must be in [0, 1)"),
+    ({"clip": 0.0}, "--clip must be > 0"),
+    ({"clip": float("nan")}, "--clip must be > 0"),
+    ({"min_lr_ratio": 2.0}, "--min-lr-ratio must be in [0, 1]"),
+    ({"weight_decay": float("nan")}, "--weight-decay must be >= 0"),
+    ({"betas": (0.9, 1.0)}, "--betas must be two numbers in [0, 1)"),
+    ({"device": "tpu"}, "--device must be cpu or cuda"),
+    ({"preset": "huge"}, "--preset: unknown preset 'huge'"),
+    ({"model_overrides": {"d_modle": 64}}, "--model: unknown model config fields 'd_modle'"),
+])
+def test_train_config_rejects_bad_values_naming_the_option(kw, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        TrainConfig(**kw)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"rows": 0}, "--rows must be >= 1, got 0"),
+    ({"row_len": 0}, "--row-len must be >= 1, got 0"),
+    ({"data_seed": -1}, "--data-seed must be >= 0, got -1"),
+])
+def test_mixture_config_rejects_bad_values_naming_the_option(kw, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        MixtureConfig(**kw)
+
+
+def test_train_main_checks_before_building_anything(tmp_path, monkeypatch):
+    """Bad values, --device cuda without CUDA and NaN --max-minutes are ValueErrors from train_main
+    itself, before a Trainer (a model) exists."""
+    monkeypatch.setattr(omni.train, "Trainer", no_model)
+    out = str(tmp_path / "run")
+    for kw, needle in (({"save_every": 0}, "--save-every must be >= 1"), ({"threads": -2}, "--threads must be >= 0"),
+                       ({"max_minutes": float("nan")}, "--max-minutes must be >= 0"),
+                       ({"steps": 0}, "--steps must be >= 1")):
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            train_main(out, log=quiet, **fast(**kw))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=re.escape("--device cuda: CUDA is not available")):
+        train_main(out, steps=1, device="cuda", log=quiet, **fast())
+    assert not (tmp_path / "run").exists()
+
+
+def test_row_len_must_hold_the_mixtures_sequences(writer, tmp_path, monkeypatch):
+    """--row-len 8 trained on nothing (0 tokens, loss 0): now an error naming the shortest sequence of
+    each task; a row that holds some forms but not all is a warning with the length that holds every form."""
+    with pytest.raises(ValueError, match=r"--row-len 8 cannot hold a sequence of vqa \(at least \d+ tokens\)") as e:
+        Mixture(MixtureConfig(row_len=8), writer).check_row_len()
+    assert "spatial" in str(e.value) and "every form fits in --row-len" in str(e.value)
+    warning = Mixture(MixtureConfig(row_len=300), writer).check_row_len()
+    assert warning and "--row-len 300" in warning and "spatial/views" in warning
+    need = int(re.search(r"every form fits in --row-len (\d+)", warning).group(1))
+    lengths = Mixture(MixtureConfig(), writer).form_lengths()
+    assert need == max(hi for _, hi in lengths.values()) and need > 512  # spatial/views: 6 images and text
+    assert lengths[("spatial", "views")][0] > 300
+    assert Mixture(MixtureConfig(row_len=need), writer).check_row_len() is None
+    # without the views form, 300 holds every spatial form the mixture draws; forms of weight 0 do not count
+    no_views = MixtureConfig(row_len=need, form_weights={"spatial": {"views": 0}})
+    assert ("spatial", "views") not in Mixture(no_views, writer).form_lengths()
+    # a task none of whose drawn forms fits is an error even if other tasks fit
+    only_views = MixtureConfig(row_len=400, form_weights={"spatial": {"direct": 0, "think": 0, "pose": 0}})
+    with pytest.raises(ValueError, match=r"--row-len 400 cannot hold a sequence of spatial \(at least"):
+        Mixture(only_views, writer).check_row_len()
+    # the Trainer checks it before building a model
+    monkeypatch.setattr(omni.train.loop, "OmniModel", no_model)
+    with pytest.raises(ValueError, match="--row-len 8 cannot hold"):
+        Trainer(TrainConfig(**fast(mixture=MixtureConfig(rows=1, row_len=8))), tmp_path / "x", log=quiet)
+
+
+def test_resume_refuses_options_that_differ_from_the_saved_run(tmp_path):
+    """--resume used to train with the saved config whatever else was passed (only --steps was taken).
+    Now an option that differs from both its default and the saved value is an error listing them with
+    the saved values; options left at their defaults take the saved values; --steps and the per-slice
+    options (device, threads, workers, fsdp) come from the command line. --resume with no complete
+    checkpoint says it starts a fresh run."""
+    run = tmp_path / "tr"
+    said = []
+    train_main(str(run), steps=1, resume=True, log=said.append, **fast())
+    assert any("no complete checkpoint" in s and "starting a fresh run" in s for s in said)
+    assert (run / "step-0000001" / "COMPLETE").is_file()
+    spatial3 = MixtureConfig.weights('{"spatial": 3}')
+    with pytest.raises(ValueError) as e:
+        train_main(str(run), steps=2, resume=True, lr=0.5, preset="small", log=quiet,
+                   **fast(warmup=0, mixture=MixtureConfig(rows=1, row_len=512, **spatial3)))
+    msg = str(e.value)
+    for want in ("--lr 0.5 (saved: 0.001)", "--warmup 0 (saved: 2)", "--preset small (saved: tiny)",
+                 '--task-weights {"depth"', '"spatial": 3', '"spatial": 1.0'):
+        assert want in msg, (want, msg)
+    for kw, needle in (({"mixture": MixtureConfig(rows=2, row_len=512)}, "--rows 2 (saved: 1)"),
+                       ({"model_overrides": {**SMALL, "visual_cells": True}}, "--visual-cells"),
+                       ({"model_overrides": {"d_model": 32}}, "--model d_model 32 (saved: 64)"),
+                       ({"ema": 0.9}, "--ema 0.9 (saved: 0.0)"), ({"init_from": "elsewhere"}, "--init-from")):
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            train_main(str(run), steps=2, resume=True, log=quiet, **fast(**kw))
+    assert not (run / "step-0000002").exists()
+    # nothing but --steps and per-slice options: the saved run continues (its rows, model, warmup)
+    said = []
+    last = train_main(str(run), steps=2, resume=True, workers=0, threads=1, fsdp=True, log=said.append)
+    assert last["step"] == 2 and (run / "step-0000002" / "COMPLETE").is_file()
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["mixture"]["rows"] == 1 and saved["model_overrides"] == SMALL and saved["warmup"] == 2
+    assert saved["steps"] == 2 and saved["fsdp"] is True
+    assert any("--steps 2 (saved: 1)" in s and "--fsdp True (saved: False)" in s for s in said), said
+    with pytest.raises(ValueError, match="--steps 1 is below the step of the checkpoint"):
+        train_main(str(run), steps=1, resume=True, log=quiet, **fast())
+    # the command line: one clean line, exit code 2, before any training
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "train", "--out", str(run), "--resume", "--steps", "3",
+                        "--lr", "0.5", "--workers", "0"], capture_output=True, text=True, timeout=300, env=ENV)
+    assert r.returncode == 2 and "--lr 0.5 (saved: 0.001)" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (run / "step-0000003").exists()
+
+
+def test_bad_options_are_one_line_and_exit_2_from_both_entry_points(tmp_path):
+    for cmd in ([sys.executable, "-m", "omni.cli", "train", "--rows", "0"],
+                [sys.executable, "-m", "omni.train", "--save-every", "0"]):
+        r = subprocess.run([*cmd, "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300, env=ENV)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip() in ("error: --rows must be >= 1, got 0", "error: --save-every must be >= 1, got 0")
+    assert not (tmp_path / "x").exists()
