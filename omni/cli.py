@@ -55,8 +55,8 @@ def _tasks(task: str) -> list[str]:
     return [task]
 
 
-def _positive(name: str, n: int) -> None:
-    if n <= 0:
+def _positive(name: str, n: float) -> None:
+    if not n > 0 or n == float("inf"):  # NaN fails the comparison
         raise ValueError(f"{name} must be positive, got {n}")
 
 
@@ -223,6 +223,8 @@ def _flow(cfg_scale: float, flow_steps: int, flow_shift: float) -> dict:
     """Engine keyword arguments for the image sampler's options, checked before any model loads."""
     _positive("--flow-steps", flow_steps)
     _positive("--flow-shift", flow_shift)
+    if not 0 <= cfg_scale < float("inf"):
+        raise ValueError(f"--cfg-scale must be >= 0, got {cfg_scale}")
     return {"cfg_scale": cfg_scale, "flow_steps": flow_steps, "flow_shift": flow_shift}
 
 
@@ -231,7 +233,7 @@ def _sampling(temperature: float, top_k: int, visual_temperature: float | None, 
     before any model loads."""
     flags = {"--temperature": temperature, "--top-k": top_k, "--visual-temperature": visual_temperature,
              "--visual-top-k": visual_top_k}
-    bad = [f for f, v in flags.items() if v is not None and v < 0]
+    bad = [f for f, v in flags.items() if v is not None and not 0 <= v < float("inf")]
     if bad:
         raise ValueError(f"{' and '.join(bad)} must be >= 0")
     kw = {"temperature": temperature, "top_k": top_k, "visual_temperature": visual_temperature,
@@ -255,19 +257,22 @@ def _eval_task_command(task: str):
     ):
         import json
 
-        from omni.eval.run import evaluate
+        from omni.eval.run import evaluate, held_out
         from omni.model import OmniModel
         from omni.unroll.engine import Engine, parse_plan
+        from omni.world.tasks import split_of_range
 
         _positive("--n", n)
         parse_plan(task, plan)  # a bad plan fails before the model loads
+        split_of_range(seed_start, n)
         sampling = _sampling(0.0, 0, visual_temperature, visual_top_k) | _flow(cfg_scale, flow_steps, flow_shift)
         engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed, **sampling)
         r = evaluate(engine, task, n, seed_start, plan, log=None if json_out else lambda m: typer.echo(m, err=True))
         if json_out:
             typer.echo(json.dumps(r))
             return
-        typer.echo(f"{task} on {n} held-out examples (seeds {seed_start}..), plan {r['plan'] or 'direct'}:")
+        typer.echo(f"{task} on {n} {held_out(r['split'])} examples (seeds {seed_start}..), "
+                   f"plan {r['plan'] or 'direct'}:")
         for k, v in r["metrics"].items():
             typer.echo(f"  {k:<10} {v['mean']:.4f}  95% CI [{v['lo']:.4f}, {v['hi']:.4f}]")
 
@@ -300,8 +305,10 @@ def eval_context_use(
 
     from omni.eval.context_use import ANSWER_TASKS, context_use
     from omni.model import OmniModel
+    from omni.world.tasks import split_of_range
 
     _positive("--n", n)
+    split_of_range(seed_start, n)
     if task != "t2i" and task not in ANSWER_TASKS:
         raise ValueError(f"--task must be t2i or one of {', '.join(ANSWER_TASKS)}, got {task!r}")
     ts = None
@@ -361,6 +368,8 @@ def ablate_command(
     from omni.eval.ablate import ablate, markdown, save_ablation
     from omni.model import OmniModel
     from omni.unroll.engine import PLANS, Engine
+    from omni.world.export import ensure_writable_dir
+    from omni.world.tasks import split_of_range
 
     _positive("--n", n)
     if task not in PLANS:
@@ -375,6 +384,8 @@ def ablate_command(
         chosen = {r: PLANS[task][r] for r in names}
     sampling = _sampling(temperature, top_k, visual_temperature, visual_top_k) | _flow(cfg_scale, flow_steps,
                                                                                          flow_shift)
+    split_of_range(seed_start, n)
+    ensure_writable_dir(out)  # before hours of work, not after
     engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed, **sampling)
     r = ablate(engine, task, n, seed_start, rows=chosen, log=None if json_out else lambda m: typer.echo(m, err=True))
     files = save_ablation(r, out)
@@ -401,8 +412,10 @@ def unroll_command(
     from omni.unroll.engine import Engine, parse_plan
     from omni.unroll.trace import write_trace
     from omni.world import sample
+    from omni.world.tasks import split_of
 
     parse_plan(task, plan)  # an unknown task or primitive fails here
+    split_of(seed)  # a seed in no split is an error
     ex = sample(task, [seed])[0]
     parse_plan(task, plan, inputs_of(ex))
     engine = Engine(OmniModel.from_pretrained(checkpoint))
@@ -424,7 +437,10 @@ def demo_command(
     from omni.eval.demo import demo
     from omni.model import OmniModel
     from omni.unroll.engine import Engine
+    from omni.world.tasks import split_of
 
+    _positive("--flow-steps", flow_steps)
+    split_of(seed)  # a seed in no split is an error
     traces = demo(Engine(OmniModel.from_pretrained(checkpoint), flow_steps=flow_steps), out, seed)
     for task, t in traces.items():
         typer.echo(f"{task:8s} " + ", ".join(f"{k} {v:.3f}" for k, v in t["score"].items()))
@@ -450,6 +466,9 @@ def serve_command(
 
     if not 0 < port < 65536:
         raise ValueError(f"--port must lie in 1..65535, got {port}")
+    _positive("--max-body-mb", max_body_mb)
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {threads}")
     settings = ServeSettings(max_queue=queue, timeout_s=timeout, flow_steps=flow_steps, cfg_scale=cfg_scale,
                              artifact_ttl_s=artifact_ttl,
                              max_body_bytes=int(max_body_mb * 2**20))

@@ -67,3 +67,45 @@ def test_unwritable_output_dir(tmp_path):
                 ["sheet", "--task", "vqa", "--out", str(blocker / "sub" / "s.png")]):
         r = omni("world", *cmd)
         assert r.returncode == 2 and r.stderr.startswith("error: cannot write") and r.stderr.count("\n") == 1, r.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["eval", "vqa", "--n", "2", "--seed-start", "1500000000"], "lies in no split"),
+    (["eval", "vqa", "--n", "5", "--seed-start", "1000999998"], "run past the val split"),
+    (["eval", "t2i", "--n", "1", "--cfg-scale", "nan"], "--cfg-scale must be >= 0"),
+    (["eval", "t2i", "--n", "1", "--cfg-scale", "-5"], "--cfg-scale must be >= 0"),
+    (["eval", "t2i", "--n", "1", "--visual-temperature", "nan"], "--visual-temperature must be >= 0"),
+    (["eval", "t2i", "--n", "1", "--flow-shift", "nan"], "--flow-shift must be positive"),
+    (["eval", "context-use", "--n", "1", "--seed-start", "1500000000"], "lies in no split"),
+    (["unroll", "vqa", "--seed", "1500000000", "--out", "o"], "lies in no split"),
+    (["demo", "--flow-steps", "0"], "--flow-steps must be positive"),
+    (["ablate", "vqa", "--n", "1", "--out", "blocker/x"], "cannot write"),
+    (["serve", "--max-body-mb", "nan"], "--max-body-mb must be positive"),
+    (["serve", "--threads", "-2"], "--threads must be >= 0"),
+])
+def test_bad_options_fail_before_the_model_loads(tmp_path, args, needle):
+    """Each is refused with one line before any checkpoint is read (there is none to read here)."""
+    (tmp_path / "blocker").write_text("x")
+    r = omni(*args, "--checkpoint", str(tmp_path / "no-such-checkpoint"), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and needle in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_curves_read_a_log_being_written_and_name_bad_lines(tmp_path):
+    from omni.eval.report import read_log
+
+    log = tmp_path / "log.jsonl"
+    good = [json.dumps({"step": s, "text_ce": 3.0 / s, "flow_mse": 0.5, "device": "cpu"}) for s in range(1, 40)]
+    log.write_text("\n".join(good) + "\n\n" + '{"step": 40, "text_')  # a blank line, a last line cut off
+    r = omni("eval", "curves", "--log", str(log), "--out", str(tmp_path / "c.png"))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "c.png").width > 100
+    assert sorted(read_log(log)) == list(range(1, 40)) and read_log(log)[2] == {"step": 2, "text_ce": 1.5,
+                                                                                  "flow_mse": 0.5}
+    for body, needle in [(good[0] + "\n{oops\n" + good[1], "log.jsonl:2: not JSON"),
+                         ('{"loss": 1}', "log.jsonl:1: an entry needs an integer 'step'"),
+                         (good[0] + '\n{"step": 2, "loss": [1]}', "log.jsonl:2: values must be numbers"),
+                         ("", "no log entries")]:
+        log.write_text(body)
+        r = omni("eval", "curves", "--log", str(log), "--out", str(tmp_path / "c.png"))
+        assert r.returncode == 2 and needle in r.stderr, r.stderr

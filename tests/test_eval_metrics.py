@@ -194,3 +194,21 @@ def test_bootstrap_coverage():
     assert bootstrap_ci(x, seed=3) == bootstrap_ci(x, seed=3)
     with pytest.raises(ValueError):
         bootstrap_ci([])
+
+
+def test_image_metrics_read_uint8_and_refuse_other_scales():
+    """uint8 images are divided by 255 (as the checker and the engine read them), never subtracted
+    as bytes; a float image in 0..255 is an error, not a PSNR of -20 dB."""
+    rng = np.random.default_rng(3)
+    a = rng.random((16, 16, 3))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    a8, b8 = (np.round(x * 255).astype(np.uint8) for x in (a, b))
+    assert psnr(a8, b8) == pytest.approx(psnr(a8 / 255.0, b8 / 255.0), rel=1e-9)
+    assert psnr(a8, b8 / 255.0) == pytest.approx(psnr(a8, b8), rel=1e-9) and 15 < psnr(a8, b8) < 30
+    assert ssim(a8, b8) == pytest.approx(ssim(a8 / 255.0, b8 / 255.0), abs=1e-9)
+    with pytest.raises(ValueError, match="must lie in \\[0, 1\\].*divide by 255"):
+        psnr(a * 255, b * 255)
+    with pytest.raises(ValueError, match="dtype int64"):
+        psnr(a8.astype(np.int64), b8)
+    with pytest.raises(ValueError, match="NaN"):
+        psnr(np.full_like(a, np.nan), b)

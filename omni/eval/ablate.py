@@ -10,9 +10,10 @@ import numpy as np
 
 from omni.unroll.engine import PLANS, Engine, parse_plan
 from omni.world import sample
+from omni.world.tasks import split_of_range
 
 from .report import AblationTable, ablation_table
-from .run import fidelity, inputs_of, score
+from .run import fidelity, held_out, inputs_of, score
 
 # the score each table reports (and whether higher is better); more columns go into the JSON
 MAIN_METRIC = {"vqa": ("accuracy", True), "spatial": ("accuracy", True), "t2i": ("pass", True),
@@ -47,6 +48,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
     """Per-example scores of every row on the same examples, and a table per reported score."""
     rows = rows or PLANS[task]
     plans = {name: parse_plan(task, steps) for name, steps in rows.items()}
+    split = split_of_range(seed_start, n)
     examples = sample(task, range(seed_start, seed_start + n))
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
     context: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
@@ -83,10 +85,10 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
         tables[key] = ablation_table({name: scores[name][key] for name in plans},
                                      title=TITLES.get(task, task), metric=key,
                                      higher_is_better=higher if key == metric else not key.startswith("abs_rel"),
-                                     notes=[f"same weights, same {n} held-out examples (seeds {seed_start}..), "
-                                            f"rows differ only in the plan", how])
+                                     notes=[f"same weights, same {n} {held_out(split)} examples "
+                                            f"(seeds {seed_start}..), rows differ only in the plan", how])
     by_group = group_means(groups, {name: {metric: scores[name][metric], **context[name]} for name in plans})
-    return {"task": task, "n": n, "seed_start": seed_start, "sampling": sampling,
+    return {"task": task, "n": n, "seed_start": seed_start, "split": split, "sampling": sampling,
             "rows": {k: list(v) for k, v in plans.items()},
             "main_metric": metric, "tables": tables, "scores": scores,
             "context_fidelity": {name: {k: float(np.mean(v)) for k, v in c.items()} for name, c in context.items()},

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from omni.tokens.image import as_unit_rgb
 from omni.world.camera import DEFAULT_FOV, intrinsics, orbit_camera
 from omni.world.language import relative_position
 from omni.world.render import AMBIENT, LIGHT_DIR, render
@@ -75,12 +76,7 @@ def _as_float_image(image) -> np.ndarray:
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"image must be (H, W, 3), got shape {img.shape}")
-    if img.dtype == np.uint8:
-        return img.astype(np.float32) / 255.0
-    img = img.astype(np.float32)
-    if not np.isfinite(img).all():
-        raise ValueError("image holds NaN or infinite values")
-    return img
+    return as_unit_rgb(img)
 
 
 _ALBEDO = np.array([PALETTE[c] for c in COLORS])  # (colours, 3)

@@ -25,6 +25,7 @@ from omni.model.config import IMAGE_CLEAN, IMAGE_GEN, IMAGE_IN
 from omni.tokens.image import unpatchify
 from omni.train.data import FORMS, Writer
 from omni.world import WorldConfig, sample
+from omni.world.tasks import split_of_range
 
 from .ablate import group_means, question_types
 from .metrics import depth_metrics
@@ -44,11 +45,12 @@ def row_names(task: str = "t2i") -> list[str]:
     return ["direct", *(f"+{f}" for f in FORMS[task] if f != "direct")]
 
 
-def _check(model: OmniModel, n: int) -> None:
+def _check(model: OmniModel, n: int, seed_start: int) -> None:
     if model.tokenizer is None or model.visual is None:
         raise ValueError("the model has no tokenizers attached (load it with OmniModel.from_pretrained)")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    split_of_range(seed_start, n)
 
 
 @torch.no_grad()
@@ -56,7 +58,7 @@ def flow_context_use(model: OmniModel, n: int, seed_start: int, ts: Sequence[flo
                      seed: int = 0) -> dict[str, AblationTable]:
     """One table per noise level t: each row's mean per-example flow MSE over n t2i examples from
     seed_start, with 95% intervals and the paired difference to the prompt row (lower is better)."""
-    _check(model, n)
+    _check(model, n, seed_start)
     bad = [t for t in ts if not 0.0 < t <= 1.0]
     if bad or not ts:
         raise ValueError(f"noise levels must lie in (0, 1], got {list(ts)}")
@@ -116,7 +118,7 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
     names = row_names(task)
     if task == "t2i":
         raise ValueError("t2i's context use is the generator's flow loss: use flow_context_use")
-    _check(model, n)
+    _check(model, n, seed_start)
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)

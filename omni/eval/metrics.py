@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from omni.tokens.image import as_unit_rgb
 from omni.world.render import DEPTH_FAR
 
 ALIGNMENTS = ("none", "scale_shift", "scale_shift_disparity")
@@ -189,7 +190,8 @@ def pose_auc(pred_w2c, gt_w2c, thresholds: Sequence[float] = (5, 15, 30)) -> dic
 
 
 def _image_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    """Two images as float64 in [0, 1] (uint8 divided by 255; see omni.tokens.image.as_unit_rgb)."""
+    x, y = (as_unit_rgb(z, name, np.float64) for z, name in ((a, "first image"), (b, "second image")))
     if x.shape != y.shape:
         raise ValueError(f"shape mismatch: {x.shape} vs {y.shape}")
     if x.ndim not in (2, 3):

@@ -113,6 +113,34 @@ def ablation_table(rows: Mapping[str, Sequence[float]], title: str = "ablation",
     return AblationTable(title, metric, n, out, higher_is_better, list(notes))
 
 
+def read_log(log_path: str | Path) -> dict[int, dict]:
+    """A run's log.jsonl as step -> metrics (a resumed run rewrites steps: the last entry wins). Blank
+    lines are skipped, and so is a last line cut off mid-write (the log of a run still going); any
+    other bad line is a ValueError naming the file and line. No entries at all is an error too."""
+    path = Path(log_path)
+    lines = path.read_text().splitlines()
+    rows: dict[int, dict] = {}
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            m = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                break  # being written
+            raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
+        step = m.get("step") if isinstance(m, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise ValueError(f"{path}:{i}: an entry needs an integer 'step', got {line[:80]!r}")
+        bad = [k for k, v in m.items() if k != "step" and not isinstance(v, (int, float, str, type(None)))]
+        if bad:
+            raise ValueError(f"{path}:{i}: values must be numbers, got {', '.join(bad)}")
+        rows[step] = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if not rows:
+        raise ValueError(f"{path}: no log entries")
+    return rows
+
+
 def plot_training(log_path: str | Path, out: str | Path, keys=("text_ce", "visual_ce", "flow_mse", "depth"),
                   window: int = 25) -> Path:
     """Loss curves from a run's log.jsonl (moving average over `window` steps; a batch mixes tasks,
@@ -122,10 +150,7 @@ def plot_training(log_path: str | Path, out: str | Path, keys=("text_ce", "visua
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = {}
-    for line in Path(log_path).read_text().splitlines():
-        m = json.loads(line)
-        rows[m["step"]] = m  # a resumed run rewrites steps: keep the last
+    rows = read_log(log_path)
     steps = sorted(rows)
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), dpi=110)
     for ax, k in zip(np.atleast_1d(axes), keys, strict=True):

@@ -21,6 +21,7 @@ import numpy as np
 
 from omni.unroll.engine import Engine, Inputs, Result, parse_pose
 from omni.world import Example, sample
+from omni.world.tasks import split_of_range
 
 from .checker import check
 from .metrics import bootstrap_ci, depth_metrics, pose_errors, psnr, qa_accuracy, ssim
@@ -61,6 +62,11 @@ def pair_pose_scores(ex: Example, T: np.ndarray | None) -> dict:
     err = max(float(rre[0]), float(rte[0]))
     return {"auc@30": float(np.mean([err < k for k in range(1, 31)])), "rre": float(rre[0]),
             "rte": float(rte[0]), "parsed": float(T is not None)}
+
+
+def held_out(split: str) -> str:
+    """How a report names examples of a split: the training split is not held out."""
+    return "held-out" if split != "train" else "training-split (not held-out)"
 
 
 def score(ex: Example, res: Result) -> dict:
@@ -156,6 +162,7 @@ def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Seq
         raise ValueError(f"unknown task {task!r}; known: {', '.join(EVAL_TASKS)}")
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
+    split = split_of_range(seed_start, n)
     examples = sample(task, range(seed_start, seed_start + n))
     per: dict[str, list[float]] = {}
     t0 = time.perf_counter()
@@ -170,5 +177,5 @@ def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Seq
         if log and (i + 1) % max(1, n // 10) == 0:
             log(f"{task}: {i + 1}/{n}")
     metrics = {k: bootstrap_ci(v) for k, v in per.items()}
-    return {"task": task, "plan": steps, "n": n, "seed_start": seed_start, "metrics": metrics,
+    return {"task": task, "plan": steps, "n": n, "seed_start": seed_start, "split": split, "metrics": metrics,
             "scores": per, "context_tokens": float(np.mean(tokens)), "seconds": round(time.perf_counter() - t0, 1)}

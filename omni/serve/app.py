@@ -84,9 +84,10 @@ class ServeSettings:
     def validate(self) -> None:
         for name in ("max_body_bytes", "timeout_s", "artifact_ttl_s", "max_artifact_runs", "flow_steps",
                      "think_tokens", "layout_tokens"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.cfg_scale < 0:
+            v = getattr(self, name)
+            if not 0 < v < math.inf:  # NaN fails too
+                raise ValueError(f"{name} must be positive, got {v}")
+        if not 0 <= self.cfg_scale < math.inf:
             raise ValueError(f"cfg_scale must not be negative, got {self.cfg_scale}")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must not be negative, got {self.max_queue}")
@@ -286,6 +287,9 @@ ERRORS = {code: {"model": ErrorResponse, "description": d} for code, d in {
 
 def load_model(checkpoint: str | Path) -> OmniModel:
     d = Path(checkpoint)
+    if d.is_file():
+        raise NotADirectoryError(f"--checkpoint {d} is a file; a checkpoint is a directory (config.json, "
+                                 "*.safetensors)")
     if not d.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {d} (train one with `omni train`, or pass "
                                 "--checkpoint DIR)")

@@ -6,22 +6,15 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from omni.unroll.engine import Engine, Inputs, parse_plan
+from omni.unroll.engine import TASK_INPUTS, Engine, Inputs, parse_plan
 
 from .schemas import MAX_IMAGE_SIDE, UnrollRequest
 
-# the images each task takes (names as in omni.eval.run.inputs_of) and what its text is
-TASK_INPUTS: dict[str, tuple[tuple[str, ...], str | None]] = {
-    "vqa": (("image",), "question"), "t2i": ((), "prompt"), "spatial": (("view1", "view2"), "question"),
-    "depth": (("image",), None), "pose": (("view1", "view2"), None), "nvs": (("source",), "instruction"),
-    "video": (("frame0",), "caption"), "edit": (("before",), "instruction"),
-}
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 CONVERTIBLE_MODES = ("RGB", "L", "P", "RGBA", "LA")
 
@@ -93,6 +86,12 @@ def prepare(req: UnrollRequest, engine: Engine, world_size: int) -> Prepared:
             raise InputError(400, "bad_input", "give either `seed` (a world example) or `images` / `text`, not both")
         from omni.eval.run import inputs_of
         from omni.world import WorldConfig, sample
+        from omni.world.tasks import split_of
+
+        try:
+            split_of(req.seed)
+        except ValueError as e:
+            raise InputError(400, "bad_input", str(e)) from None
 
         example = sample(task, [req.seed], WorldConfig(size=world_size))[0]
         inputs = inputs_of(example)
@@ -112,36 +111,15 @@ def prepare(req: UnrollRequest, engine: Engine, world_size: int) -> Prepared:
         images = {k: decode_image(k, given[k], engine.model.cfg.image_size) for k in slots}
         inputs = Inputs(task, images, text)
     try:
+        inputs = engine.check_inputs(inputs)
+    except (TypeError, ValueError) as e:
+        raise InputError(400, "bad_input", str(e)) from None
+    try:
         steps = parse_plan(task, "default" if req.plan is None else req.plan, inputs)
     except ValueError as e:
         raise InputError(400, "bad_plan", str(e)) from None
-    need, have = context_bound(engine, inputs, steps), engine.model.cfg.max_seq
+    need, have = engine.context_bound(inputs, steps), engine.model.cfg.max_seq
     if need > have:
         raise InputError(400, "context_too_long", f"this input and plan may need up to {need} context tokens; the "
                                                   f"model holds {have}: use fewer steps or a shorter text")
     return Prepared(inputs, steps, req.seed, example)
-
-
-def context_bound(engine: Engine, inputs: Inputs, steps: Sequence[str]) -> int:
-    """The most tokens the workspace's KV cache can hold at once for this input and plan (each text
-    block at its full token budget). Primitives registered by users count 0 here (a run that still
-    overflows the cache stops with `context_full`)."""
-    cfg = engine.model.cfg
-    g2 = cfg.latent_grid ** 2
-    n = sum(s.length(cfg) for s in engine.input_segments(inputs))
-    oracle = len(engine.fmt.block("layout", inputs.oracle).tokens) if inputs.oracle else 0
-    per_step = {"think": engine.think_tokens + 2, "think_long": engine.layout_tokens + 2,
-                "describe": engine.layout_tokens + 2, "depth_caption": engine.layout_tokens + 2,
-                "estimate_pose": 62, "rollout_visual": g2 + 2, "synthesize_views": 4 * (g2 + 3),
-                "oracle_text": oracle}
-    n += sum(per_step.get(s, 0) for s in steps)
-    task = inputs.task
-    if task in ("vqa", "spatial"):
-        n += 26  # <answer> up to 24 tokens </answer>
-    elif task == "pose":
-        n += 62
-    elif task == "depth":
-        n += 3 + cfg.patch_grid ** 2  # <view><img> patches </img>
-    else:
-        n += 1 + g2  # <gen>, then the image being generated sits after the context
-    return n

@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+RANGE_TOLERANCE = 1e-3  # float images may stray this far outside [0, 1] (resampling, rounding)
+
+
+def as_unit_rgb(image, name: str = "image", dtype=np.float32) -> np.ndarray:
+    """An image's values as `dtype` (float32) in [0, 1], the one convention of this package: uint8 is divided
+    by 255; float images must be finite and lie in [0, 1] (a float image in 0..255 is an error, not a
+    silently wrong input); other dtypes are errors. The shape is left to the caller to check."""
+    a = np.asarray(image)
+    if a.dtype == np.uint8:
+        return a.astype(dtype) / 255.0
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{name}: pixels must be float in [0, 1] or uint8, got dtype {a.dtype}")
+    a = a.astype(dtype)
+    if a.size and not np.isfinite(a).all():
+        raise ValueError(f"{name}: pixels hold NaN or infinite values")
+    if a.size and (a.min() < -RANGE_TOLERANCE or a.max() > 1 + RANGE_TOLERANCE):
+        hint = " (0..255? divide by 255, or pass uint8)" if a.max() > 1.5 else ""
+        raise ValueError(f"{name}: float pixels must lie in [0, 1], got [{a.min():.4g}, {a.max():.4g}]{hint}")
+    return a
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:

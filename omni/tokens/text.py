@@ -92,7 +92,13 @@ class TextTokenizer:
         return i
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of text; a special token's name in it (e.g. "<answer>") becomes that token."""
         return self.tk.encode(text, add_special_tokens=False).ids
+
+    def specials_in(self, text: str) -> list[str]:
+        """The special tokens whose names occur in text (user text holding them could write the
+        format's own tags: close its block, open an answer)."""
+        return [t for t in SPECIAL_TOKENS if t in text] if "<" in text else []
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         return self.tk.decode(list(ids), skip_special_tokens=skip_special)

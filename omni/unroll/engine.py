@@ -10,6 +10,8 @@ context and appends it; the registry is open (`register`). A plan is a list of p
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,12 +24,18 @@ from omni.model.cache import RecomputingCache
 from omni.model.config import TEXT
 from omni.model.sampling import generate_tokens, sample_latents
 from omni.model.transformer import decode_step
-from omni.tokens.image import unpatchify
+from omni.tokens.image import as_unit_rgb, unpatchify
 from omni.world.camera import text_to_pose
 
 from .format import BLOCKS, VIEW_TAGS, Format
 
 TASK_TAGS = {t: f"<{t}>" for t in ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit")}
+# the images each task takes (names as in omni.eval.run.inputs_of) and what its text is (None: it has none)
+TASK_INPUTS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "vqa": (("image",), "question"), "t2i": ((), "prompt"), "spatial": (("view1", "view2"), "question"),
+    "depth": (("image",), None), "pose": (("view1", "view2"), None), "nvs": (("source",), "instruction"),
+    "video": (("frame0",), "caption"), "edit": (("before",), "instruction"),
+}
 
 
 @dataclass
@@ -204,6 +212,15 @@ class Result:
 VISUAL_SAMPLING = (1.0, 16)
 
 
+def _number(name: str, v, lo: float, integer: bool = False, open_below: bool = False) -> None:
+    """A ValueError unless v is a finite number >= lo (> lo if open_below), an int where integer."""
+    ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok_type:
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {v!r}")
+    if not (math.isfinite(v) and (v > lo if open_below else v >= lo)):
+        raise ValueError(f"{name} must be {'>' if open_below else '>='} {lo:g}, got {v}")
+
+
 class Engine:
     """Runs plans with one model. Text tokens follow `temperature` / `top_k` (greedy by default);
     visual tokens follow `visual_temperature` / `visual_top_k` (sampled, temperature 1 among the 16
@@ -214,22 +231,36 @@ class Engine:
                  flow_shift: float = 1.0,
                  think_tokens: int = 160, layout_tokens: int = 200, reencode: bool | str = False,
                  visual_temperature: float | None = VISUAL_SAMPLING[0], visual_top_k: int | None = VISUAL_SAMPLING[1]):
+        if not isinstance(model, OmniModel):
+            raise TypeError(f"Engine needs an OmniModel (OmniModel.from_pretrained(dir) loads one), "
+                            f"got {type(model).__name__}")
         if model.tokenizer is None or model.visual is None:
             raise ValueError("the model has no tokenizers attached (load it with OmniModel.from_pretrained)")
+        _number("seed", seed, 0, integer=True)
+        _number("temperature", temperature, 0)
+        _number("top_k", top_k, 0, integer=True)
+        for name, v in (("visual_temperature", visual_temperature), ("visual_top_k", visual_top_k)):
+            if v is not None:
+                _number(name, v, 0, integer=name.endswith("top_k"))
+        _number("flow_steps", flow_steps, 1, integer=True)
+        _number("cfg_scale", cfg_scale, 0)
+        _number("flow_shift", flow_shift, 0, open_below=True)
+        _number("think_tokens", think_tokens, 1, integer=True)
+        _number("layout_tokens", layout_tokens, 1, integer=True)
+        try:
+            lo, hi = (float(x) for x in cfg_interval)
+        except (TypeError, ValueError):
+            raise ValueError(f"cfg_interval must be two numbers (lo, hi), got {cfg_interval!r}") from None
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"cfg_interval must satisfy 0 <= lo <= hi <= 1, got {cfg_interval!r}")
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.fmt = Format(model.tokenizer, model.visual, model.cfg)
         visual_temperature = temperature if visual_temperature is None else visual_temperature
         visual_top_k = top_k if visual_top_k is None else visual_top_k
-        for name, v in (("temperature", temperature), ("top_k", top_k), ("visual_temperature", visual_temperature),
-                        ("visual_top_k", visual_top_k)):
-            if v < 0:
-                raise ValueError(f"{name} must be >= 0, got {v}")
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self.visual_temperature, self.visual_top_k = visual_temperature, visual_top_k
-        if not flow_shift > 0:
-            raise ValueError(f"flow_shift must be > 0, got {flow_shift}")
-        self.flow_steps, self.cfg_scale, self.cfg_interval = flow_steps, cfg_scale, cfg_interval
+        self.flow_steps, self.cfg_scale, self.cfg_interval = flow_steps, cfg_scale, (lo, hi)
         self.flow_shift = flow_shift
         self.think_tokens, self.layout_tokens = think_tokens, layout_tokens
         if reencode not in (False, True, "primitive", "step"):
@@ -252,8 +283,48 @@ class Engine:
 
     # -- inputs ---------------------------------------------------------------------------------
 
+    def check_inputs(self, inputs: Inputs) -> Inputs:
+        """The inputs as the engine uses them, or a ValueError that says what is wrong: a known task,
+        exactly its images, each (S, S, 3) at the model's image size, float in [0, 1] or uint8 (divided
+        by 255); its text, a string (none for a task without one) free of the format's tags."""
+        if not isinstance(inputs, Inputs):
+            raise TypeError(f"expected Inputs(task, images, text), got {type(inputs).__name__}")
+        if inputs.task not in TASK_INPUTS:
+            raise ValueError(f"unknown task {inputs.task!r}; known: {', '.join(TASK_INPUTS)}")
+        slots, role = TASK_INPUTS[inputs.task]
+        task, images = inputs.task, inputs.images if inputs.images is not None else {}
+        if not isinstance(images, dict):
+            raise TypeError(f"Inputs.images must be a dict of named images, got {type(images).__name__}")
+        missing = [k for k in slots if k not in images]
+        extra = sorted(set(images) - set(slots))
+        if missing or extra:
+            takes = ", ".join(slots) or "no images"
+            raise ValueError(f"task {task} takes image(s) {takes}; "
+                             + (f"missing {', '.join(missing)}" if missing else f"got also {', '.join(extra)}"))
+        size = self.model.cfg.image_size
+        checked = {}
+        for k in slots:
+            a = as_unit_rgb(images[k], f"image {k!r}")
+            if a.shape != (size, size, 3):
+                raise ValueError(f"image {k!r} must be ({size}, {size}, 3) for this model, got {a.shape}")
+            checked[k] = a
+        text = inputs.text if inputs.text is not None else ""
+        if not isinstance(text, str):
+            raise TypeError(f"Inputs.text must be a string, got {type(text).__name__}")
+        if role is None and text.strip():
+            raise ValueError(f"task {task} takes no text")
+        if role is not None and not text.strip():
+            raise ValueError(f"task {task} needs text: the {role}")
+        for what, t in (("text", text), ("oracle", inputs.oracle or "")):
+            tags = self.fmt.tok.specials_in(t)
+            if tags:
+                raise ValueError(f"the {what} holds the format's tag(s) {', '.join(tags)}, which only the model "
+                                 f"and the format may write")
+        return dataclasses.replace(inputs, images=checked, text=text)
+
     @torch.no_grad()
     def start(self, inputs: Inputs) -> Workspace:
+        inputs = self.check_inputs(inputs)
         ws = Workspace(self, inputs)
         t = time.perf_counter()
         n = ws.append(self.input_segments(inputs))
@@ -290,7 +361,12 @@ class Engine:
         """Unroll `plan` on `inputs`. `on_step`, if given, is called with each item as it joins the
         workspace (the input first), then with the output: a way to stream a run (an exception it
         raises stops the run)."""
+        inputs = self.check_inputs(inputs)
         steps = parse_plan(inputs.task, plan, inputs)
+        need = self.context_bound(inputs, steps)
+        if need > self.model.cfg.max_seq:
+            raise ValueError(f"this input and plan may need up to {need} context tokens; the model holds "
+                             f"{self.model.cfg.max_seq}: use fewer steps or a shorter text")
         ws = self.start(inputs)
         if on_step is not None:
             on_step(ws.items[-1])
@@ -316,6 +392,30 @@ class Engine:
         if on_step is not None:
             on_step(out)
         return Result(ws.inputs.task, list(steps), out, list(ws.items))
+
+    def context_bound(self, inputs: Inputs, steps: Sequence[str]) -> int:
+        """The most tokens the workspace's KV cache can hold at once for this input and plan (each text
+        block at its full token budget). Primitives registered by users count 0 here (a run that still
+        overflows the cache stops with a "KV cache full" error)."""
+        cfg = self.model.cfg
+        g2 = cfg.latent_grid ** 2
+        n = sum(s.length(cfg) for s in self.input_segments(inputs))
+        oracle = len(self.fmt.block("layout", inputs.oracle).tokens) if inputs.oracle else 0
+        per_step = {"think": self.think_tokens + 2, "think_long": self.layout_tokens + 2,
+                    "describe": self.layout_tokens + 2, "depth_caption": self.layout_tokens + 2,
+                    "estimate_pose": 62, "rollout_visual": g2 + 2, "synthesize_views": 4 * (g2 + 3),
+                    "oracle_text": oracle}
+        n += sum(per_step.get(s, 0) for s in steps)
+        task = inputs.task
+        if task in ("vqa", "spatial"):
+            n += 26  # <answer> up to 24 tokens </answer>
+        elif task == "pose":
+            n += 62
+        elif task == "depth":
+            n += 3 + cfg.patch_grid ** 2  # <view><img> patches </img>
+        else:
+            n += 1 + g2  # <gen>, then the image being generated sits after the context
+        return n
 
     # -- shared generation pieces -------------------------------------------------------------------
 

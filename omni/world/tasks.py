@@ -46,6 +46,17 @@ def split_of(seed: int) -> str:
     raise ValueError(f"seed {seed} lies in no split: {SPLITS}")
 
 
+def split_of_range(start: int, n: int) -> str:
+    """The one split holding every seed of start .. start + n - 1; a ValueError if some seed lies in
+    no split (the splits are disjoint ranges with gaps between them, so a range in two splits always
+    crosses a gap)."""
+    first = split_of(start)
+    lo, hi = SPLITS[first]
+    if start + n > hi:
+        raise ValueError(f"seeds {start}..{start + n - 1} run past the {first} split ({lo}..{hi - 1})")
+    return first
+
+
 def task_rng(task: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(task.encode()), int(seed)])
 
