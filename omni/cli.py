@@ -60,6 +60,15 @@ def _positive(name: str, n: float) -> None:
         raise ValueError(f"{name} must be positive, got {n}")
 
 
+def _image_file(option: str, path: str) -> None:
+    """An output image path: a file name with an image extension (not a directory)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir() or p.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise ValueError(f"{option} must be an image file name (.png, .jpg, .webp), got {path!r}")
+
+
 ShapesOpt = typer.Option(None, help="Comma-separated shapes to use (default: all).")
 ColorsOpt = typer.Option(None, help="Comma-separated colours to use (default: all).")
 
@@ -110,6 +119,7 @@ def world_sheet(
     from omni.world.export import contact_sheet
 
     _positive("--n", n)
+    _image_file("--out", out)
     cfg = _world_config(size, shapes, colors, min_objects, max_objects, shadows)
     examples = [ex for t in _tasks(task) for ex in sample(t, range(seed, seed + n), cfg)]
     path = contact_sheet(examples, out)
@@ -157,8 +167,12 @@ def tokens_build_text(
     out: str = typer.Option("omni/tokens/tokenizer.json", help="Where to write tokenizer.json."),
 ):
     """Train the byte-level BPE text tokenizer on the world's language (deterministic)."""
-    from omni.tokens.text import CORPUS_SEEDS, VOCAB_SIZE, train_tokenizer, world_corpus
+    from pathlib import Path
 
+    from omni.tokens.text import CORPUS_SEEDS, VOCAB_SIZE, train_tokenizer, world_corpus
+    from omni.world.export import ensure_writable_dir
+
+    ensure_writable_dir(Path(out).parent)  # before the corpus is built, not after
     corpus = world_corpus()
     train_tokenizer(corpus).save(out)
     typer.echo(f"wrote {out}: vocabulary {VOCAB_SIZE}, {len(corpus)} texts from seeds {CORPUS_SEEDS}")
@@ -186,10 +200,15 @@ def tokens_train_visual(
 
     _positive("--steps", steps)
     _positive("--batch", batch)
+    _positive("--lr", lr)
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {threads}")
+    vq_cfg = VQConfig(image_size=size, codebook_size=codebook)
+    vq_cfg.validate()  # before any rendering
     ensure_writable_dir(out)
     if threads:
         torch.set_num_threads(threads)
-    model, report = train_visual_tokenizer(VQConfig(image_size=size, codebook_size=codebook), steps, batch, lr, seed,
+    model, report = train_visual_tokenizer(vq_cfg, steps, batch, lr, seed,
                                            log=lambda m: typer.echo(m, err=True))
     model.save(out, {"report": report})
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "history"}))
@@ -340,6 +359,7 @@ def eval_curves(
     """Plot a training run's loss curves from its JSONL log."""
     from omni.eval.report import plot_training
 
+    _image_file("--out", out)
     typer.echo(f"wrote {plot_training(log, out)}")
 
 
@@ -440,6 +460,7 @@ def demo_command(
     from omni.world.tasks import split_of
 
     _positive("--flow-steps", flow_steps)
+    _image_file("--out", out)
     split_of(seed)  # a seed in no split is an error
     traces = demo(Engine(OmniModel.from_pretrained(checkpoint), flow_steps=flow_steps), out, seed)
     for task, t in traces.items():

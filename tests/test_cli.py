@@ -79,6 +79,7 @@ def test_unwritable_output_dir(tmp_path):
     (["eval", "context-use", "--n", "1", "--seed-start", "1500000000"], "lies in no split"),
     (["unroll", "vqa", "--seed", "1500000000", "--out", "o"], "lies in no split"),
     (["demo", "--flow-steps", "0"], "--flow-steps must be positive"),
+    (["demo", "--out", "blocker.d"], "--out must be an image file name"),
     (["ablate", "vqa", "--n", "1", "--out", "blocker/x"], "cannot write"),
     (["serve", "--max-body-mb", "nan"], "--max-body-mb must be positive"),
     (["serve", "--threads", "-2"], "--threads must be >= 0"),
@@ -109,3 +110,13 @@ def test_curves_read_a_log_being_written_and_name_bad_lines(tmp_path):
         log.write_text(body)
         r = omni("eval", "curves", "--log", str(log), "--out", str(tmp_path / "c.png"))
         assert r.returncode == 2 and needle in r.stderr, r.stderr
+
+
+def test_tokenizer_commands_check_options_before_work(tmp_path):
+    (tmp_path / "blocker").write_text("x")
+    for args, needle in [(["train-visual", "--out", str(tmp_path / "v"), "--size", "30"], "not divisible"),
+                         (["train-visual", "--out", str(tmp_path / "v"), "--codebook", "1"], "codebook_size"),
+                         (["train-visual", "--out", str(tmp_path / "v"), "--lr", "-1"], "--lr must be positive"),
+                         (["build-text", "--out", str(tmp_path / "blocker" / "sub" / "tok.json")], "cannot write")]:
+        r = omni("tokens", *args)
+        assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr

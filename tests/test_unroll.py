@@ -289,3 +289,12 @@ def test_a_plan_that_cannot_fit_the_cache_fails_before_running(model):
     e = engine(model)
     with pytest.raises(ValueError, match="context tokens; the model holds"):
         e.run(inputs_of(ex), ",".join(["synthesize_views"] * 8))
+
+
+def test_plan_types_and_row_names_of_another_task():
+    for bad in (5, {"think": 1}, ["think", 3]):
+        with pytest.raises(TypeError, match="a plan is a string or a list"):
+            parse_plan("vqa", bad)
+    assert parse_plan("vqa", [" think "]) == ["think"]
+    with pytest.raises(ValueError, match="vqa's rows: direct, \\+thinking"):
+        parse_plan("vqa", "+pose text")

@@ -165,6 +165,9 @@ DEFAULT_PLAN = {"vqa": ["think"], "t2i": ["think_long", "rollout_visual"],
                 "pose": [], "nvs": [], "video": [], "edit": []}
 
 
+ROW_NAMES = {name for rows in PLANS.values() for name in rows}
+
+
 def parse_plan(task: str, plan: str | Sequence[str] | None, inputs: Inputs | None = None) -> list[str]:
     """A plan as a list of primitive names: a preset row name of the task, "direct"/"" (no context),
     "default" (the paper's schedule), or names separated by commas. Unknown primitives and
@@ -179,11 +182,14 @@ def parse_plan(task: str, plan: str | Sequence[str] | None, inputs: Inputs | Non
         steps = list(DEFAULT_PLAN[task])
     elif isinstance(plan, str):
         steps = [p.strip() for p in plan.split(",") if p.strip()]
+    elif isinstance(plan, Sequence) and all(isinstance(p, str) for p in plan):
+        steps = [p.strip() for p in plan]
     else:
-        steps = list(plan)
+        raise TypeError(f"a plan is a string or a list of primitive names, got {plan!r}")
     for s in steps:
         if s not in PRIMITIVES:
-            raise ValueError(f"unknown primitive {s!r}; known: {', '.join(sorted(PRIMITIVES))}")
+            rows = f"; {task}'s rows: {', '.join(PLANS[task])}" if s.startswith("+") or s in ROW_NAMES else ""
+            raise ValueError(f"unknown primitive {s!r}; known: {', '.join(sorted(PRIMITIVES))}{rows}")
         if inputs is not None:
             why = NEEDS[s](inputs)
             if why:
