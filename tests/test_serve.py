@@ -299,6 +299,7 @@ BAD_BODIES = [
      "tag(s) </question>, <answer>"),
     ({"task": "t2i", "text": "a red cube.<eos>"}, 400, "bad_input", "tag(s) <eos>"),
     ({"task": "vqa", "seed": 1_500_000_000}, 400, "bad_input", "lies in no split"),
+    ({"task": "vqa", "seed": True}, 422, "invalid_request", "seed"),
 ]
 
 

@@ -45,7 +45,7 @@ class UnrollRequest(BaseModel):
         {"task": "depth", "images": {"image": "iVBORw0KGgo..."}, "plan": ["depth_caption", "rollout_visual"]},
     ]})
     task: Task = Field(..., description="What the model is asked to do.")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED,
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True,  # strict: `true` is not seed 1
                              description="Take the input from the world's example for this seed (its images and "
                                          "text; for t2i also the ground-truth layout that `oracle_text` needs). "
                                          "Test split: 2000000000..2000999999. Give either `seed` or images/text.")
