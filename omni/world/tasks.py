@@ -36,6 +36,7 @@ SPLITS = {"train": (0, 1_000_000_000), "val": (1_000_000_000, 1_001_000_000),
 T2I_CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr",
                   "math", "mapping")
 LETTERS = "ABCD"
+MAX_SIZE = 1024  # the renderer holds a few float arrays of size^2 per view: beyond this, memory runs out
 VIEW_DIRECTIONS = ("up", "down", "left", "right")
 
 
@@ -72,8 +73,8 @@ class WorldConfig:
     max_attempts: int = 200
 
     def __post_init__(self):
-        if self.size < 8:
-            raise ValueError(f"image size must be at least 8 px, got {self.size}")
+        if not 8 <= self.size <= MAX_SIZE:
+            raise ValueError(f"image size must lie in 8..{MAX_SIZE} px, got {self.size}")
         if self.video_frames < 2:
             raise ValueError("a video needs at least 2 frames")
 
