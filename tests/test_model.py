@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -343,3 +344,39 @@ def test_presets_sizes():
     assert preset("small").d_model > preset("tiny").d_model
     und = sum(p.numel() for layer in tiny.layers for p in layer.experts[0].parameters())
     assert np.isclose(tiny.num_params(0), und)
+
+
+@pytest.mark.parametrize("moe", [0, 3])
+def test_bf16_autocast_losses_and_grads(moe):
+    """The CUDA training path runs the model under bf16 autocast, which no machine here has run:
+    the same code under the CPU's bf16 autocast must give finite losses close to fp32 and fp32
+    gradients (the autocast policy differs between devices, but a dtype mismatch in the model
+    — bf16 activations written into fp32 buffers, fp32 targets against bf16 heads — fails both)."""
+    m = model(moe_experts=moe, moe_top_k=2 if moe else 1)
+    cfg = m.cfg
+    g = torch.Generator().manual_seed(2)
+    segs = [Segment("text", [5, 6, 7], loss=True), Segment("image_in", pixels=torch.rand(32, 32, 3, generator=g),
+                                                          depth=torch.full((32, 32), 3.0)),
+            Segment("visual", [1, 2, 3], loss=True),
+            Segment("image_gen", latents=torch.randn(64, cfg.latent_dim, generator=g), t=0.7, loss=True,
+                    noise=torch.randn(64, cfg.latent_dim, generator=g)),
+            Segment("image_clean", latents=torch.randn(64, cfg.latent_dim, generator=g)), Segment("text", [8, 9])]
+    b = pack([segs, segs[:3]], cfg)
+    m.train()
+    ref = {k: float(v.detach()) for k, v in m.losses(b).items()}
+    m.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m.losses(b)
+    out["loss"].backward()
+    for k, v in out.items():
+        v = float(v.detach())
+        assert math.isfinite(v) and abs(v - ref[k]) <= 0.05 * abs(ref[k]) + 0.02, (k, v, ref[k])
+    grads = [p.grad for p in m.parameters() if p.grad is not None]
+    assert grads and all(gr.dtype == torch.float32 and torch.isfinite(gr).all() for gr in grads)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # and the sampler, as served on a GPU
+        m.eval()
+        cache = KVCache(cfg)
+        extend(m, cache, [segs[0]])
+        x = sample_latents(m, cache, steps=2, cfg_scale=3.0, generator=torch.Generator().manual_seed(0))
+        ids = generate_tokens(m, cache, 3, "text", temperature=0.0)
+    assert torch.isfinite(x).all() and len(ids[0]) == 3

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import shutil
 import signal
@@ -308,3 +309,21 @@ def test_eval_cli_on_a_random_tiny_model_every_task(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "vqa", "--checkpoint", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_training_steps_under_bf16_autocast(tmp_path, monkeypatch):
+    """The CUDA run's step (bf16 autocast around the model, fp32 weights, AdamW, clipping, EMA),
+    taken here under the CPU's bf16 autocast: finite losses, and fp32 weights that moved."""
+    import omni.train.loop as loop
+
+    monkeypatch.setattr(loop, "autocast_for", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    cfg = TrainConfig(model_overrides=json.loads(SMALL), workers=0, steps=2, ema=0.9, save_every=10,
+                      mixture=MixtureConfig(rows=1, row_len=1024))
+    tr = loop.Trainer(cfg, tmp_path / "run", log=lambda *_: None)
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    last = tr.run()
+    assert last["step"] == 2 and all(math.isfinite(v) for k, v in last.items() if isinstance(v, float))
+    after = tr.model.state_dict()
+    assert all(v.dtype == torch.float32 for v in after.values() if v.dtype.is_floating_point)
+    assert any(not torch.equal(before[k], after[k]) for k in after)
+    assert all(torch.isfinite(v).all() for v in tr.ema.values() if v.dtype.is_floating_point)

@@ -80,7 +80,7 @@ class MoE(nn.Module):
         for e, mlp in enumerate(self.experts):
             rows, slot = torch.nonzero(idx == e, as_tuple=True)
             if len(rows) or self.full_graph:
-                out.index_add_(0, rows, mlp(x[rows]) * w[rows, slot, None])
+                out.index_add_(0, rows, (mlp(x[rows]) * w[rows, slot, None]).to(out.dtype))  # bf16 under autocast
         frac = torch.bincount(idx[:, 0], minlength=n).float() / max(len(x), 1)
         self.aux = n * (frac * probs.mean(0)).sum()
         return out
@@ -129,7 +129,7 @@ class Routing:
             y = fn(e, xf.index_select(0, self.rows[e]))
             if out is None:
                 out = xf.new_empty(xf.shape[0], *y.shape[1:])
-            out.index_copy_(0, self.rows[e], y)
+            out.index_copy_(0, self.rows[e], y.to(out.dtype))  # under autocast y is bf16, xf fp32
         return out
 
 

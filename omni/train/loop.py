@@ -237,6 +237,14 @@ def ddp_info() -> tuple[int, int]:
     return 0, 1
 
 
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA; fp32 on the CPU, where bf16 matmuls are slow (a test runs the CUDA
+    path's model and step under the CPU's bf16 autocast by replacing this)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, out: str | Path, log=print):
         self.cfg, self.out, self.log = cfg, Path(out), log
@@ -429,8 +437,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         for i, b in enumerate(micro):
             b = b.to(self.device)
-            autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
-                        else torch.autocast("cpu", enabled=False))
+            autocast = autocast_for(self.device)
             sync = (self.ddp.no_sync() if self.ddp is not None and i < len(micro) - 1 else contextlib.nullcontext())
             if self.fsdp:  # reduce-scatter the gradients after the last micro-batch only
                 self.model.set_requires_gradient_sync(i == len(micro) - 1)
