@@ -160,6 +160,10 @@ def test_resume_refuses_options_that_differ_from_the_saved_run(tmp_path):
     assert any("--steps 2 (saved: 1)" in s and "--fsdp True (saved: False)" in s for s in said), said
     with pytest.raises(ValueError, match="--steps 1 is below the step of the checkpoint"):
         train_main(str(run), steps=1, resume=True, log=quiet, **fast())
+    said = []  # a finished run resumed at its own --steps: nothing trained, and it says so
+    assert train_main(str(run), steps=2, resume=True, log=said.append, **fast()) == {"step": 2, "steps": 2,
+                                                                                     "done": True}
+    assert any("already at step 2 of 2: nothing to train" in s for s in said), said
     # the command line: one clean line, exit code 2, before any training
     r = subprocess.run([sys.executable, "-m", "omni.cli", "train", "--out", str(run), "--resume", "--steps", "3",
                         "--lr", "0.5", "--workers", "0"], capture_output=True, text=True, timeout=300, env=ENV)

@@ -474,6 +474,10 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             write_json(self.out / "train_config.json", cfg.to_dict())
+        if self.step >= cfg.steps:  # a finished run resumed: nothing to do, and say so
+            self.log(f"{self.out} is already at step {self.step} of {cfg.steps}: nothing to train "
+                     "(a larger --steps continues it)")
+            return {"step": self.step, "steps": cfg.steps, "done": True}
         stream = BatchStream(self.mixture, self.step, cfg.steps, self.rank, self.world, cfg.accum)
         loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers,
                                              collate_fn=_collate, persistent_workers=False)
