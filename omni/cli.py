@@ -217,6 +217,19 @@ def tokens_train_visual(
 DEFAULT_CHECKPOINT = "checkpoints/omni-tiny"
 
 
+def _device_option():
+    return typer.Option("cpu", help="Where the model runs: cpu, cuda or cuda:N.")
+
+
+def _load(checkpoint: str, device: str):
+    """The checkpoint's model on `device` (an unavailable device is a ValueError before loading)."""
+    from omni.model import OmniModel
+    from omni.model.checkpoint import check_device
+
+    check_device(device)
+    return OmniModel.from_pretrained(checkpoint, device=device)
+
+
 def _visual_temperature_option():
     return typer.Option(None, help="Temperature of generated visual tokens (default 1.0; 0: greedy, "
                                    "which collapses onto one code with the shipped checkpoint).")
@@ -263,6 +276,7 @@ def _sampling(temperature: float, top_k: int, visual_temperature: float | None, 
 def _eval_task_command(task: str):
     def command(
         checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
+        device: str = _device_option(),
         n: int = typer.Option(100, help="Number of held-out examples."),
         seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
         plan: str = typer.Option("direct", help="A plan: a row name of the task, 'default', or primitives 'a,b'."),
@@ -277,7 +291,6 @@ def _eval_task_command(task: str):
         import json
 
         from omni.eval.run import evaluate, held_out
-        from omni.model import OmniModel
         from omni.unroll.engine import Engine, parse_plan
         from omni.world.tasks import split_of_range
 
@@ -285,7 +298,7 @@ def _eval_task_command(task: str):
         parse_plan(task, plan)  # a bad plan fails before the model loads
         split_of_range(seed_start, n)
         sampling = _sampling(0.0, 0, visual_temperature, visual_top_k) | _flow(cfg_scale, flow_steps, flow_shift)
-        engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed, **sampling)
+        engine = Engine(_load(checkpoint, device), seed=seed, **sampling)
         r = evaluate(engine, task, n, seed_start, plan, log=None if json_out else lambda m: typer.echo(m, err=True))
         if json_out:
             typer.echo(json.dumps(r))
@@ -308,6 +321,7 @@ for _task in ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit"):
 @user_errors
 def eval_context_use(
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
+    device: str = _device_option(),
     task: str = typer.Option("t2i", help="t2i (the generator's flow loss), vqa, spatial or depth (the output)."),
     n: int = typer.Option(100, help="Held-out examples."),
     seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
@@ -323,7 +337,6 @@ def eval_context_use(
     import json
 
     from omni.eval.context_use import ANSWER_TASKS, context_use
-    from omni.model import OmniModel
     from omni.world.tasks import split_of_range
 
     _positive("--n", n)
@@ -338,7 +351,7 @@ def eval_context_use(
             ts = [float(x) for x in t.split(",") if x.strip()]
         except ValueError:
             raise ValueError(f"--t must be numbers separated by commas, got {t!r}") from None
-    res = context_use(OmniModel.from_pretrained(checkpoint), task, n, seed_start, ts)
+    res = context_use(_load(checkpoint, device), task, n, seed_start, ts)
     tables, extra = res["tables"], ({"by_group": res["by_group"]} if res["by_group"] else {})
     if json_out:
         typer.echo(json.dumps({"checkpoint": checkpoint, "task": task, "n": n, "seed_start": seed_start,
@@ -368,6 +381,7 @@ def eval_curves(
 def ablate_command(
     task: str = typer.Argument(..., help="vqa, t2i, spatial or depth (any task with more than one row)"),
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
+    device: str = _device_option(),
     n: int = typer.Option(500, help="Held-out examples per row."),
     seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
     out: str = typer.Option("ablations", help="Output directory (Markdown, JSON, plot)."),
@@ -386,7 +400,6 @@ def ablate_command(
     import json
 
     from omni.eval.ablate import ablate, markdown, save_ablation
-    from omni.model import OmniModel
     from omni.unroll.engine import PLANS, Engine
     from omni.world.export import ensure_writable_dir
     from omni.world.tasks import split_of_range
@@ -406,7 +419,7 @@ def ablate_command(
                                                                                          flow_shift)
     split_of_range(seed_start, n)
     ensure_writable_dir(out)  # before hours of work, not after
-    engine = Engine(OmniModel.from_pretrained(checkpoint), seed=seed, **sampling)
+    engine = Engine(_load(checkpoint, device), seed=seed, **sampling)
     r = ablate(engine, task, n, seed_start, rows=chosen, log=None if json_out else lambda m: typer.echo(m, err=True))
     files = save_ablation(r, out)
     if json_out:
@@ -422,13 +435,13 @@ def ablate_command(
 def unroll_command(
     task: str = typer.Argument(..., help="vqa, t2i, spatial, depth, pose, nvs, video or edit"),
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
+    device: str = _device_option(),
     plan: str = typer.Option("default", help="A plan: a row name, 'default', 'direct' or primitives 'a,b'."),
     seed: int = typer.Option(2_000_000_000, help="World seed of the example (default: the first test seed)."),
     out: str = typer.Option(..., help="Output directory: output, every intermediate image, trace.json."),
 ):
     """Unroll one plan on one world example; write the final output, intermediate images and trace.json."""
     from omni.eval.run import inputs_of, score
-    from omni.model import OmniModel
     from omni.unroll.engine import Engine, parse_plan
     from omni.unroll.trace import write_trace
     from omni.world import sample
@@ -438,7 +451,7 @@ def unroll_command(
     split_of(seed)  # a seed in no split is an error
     ex = sample(task, [seed])[0]
     parse_plan(task, plan, inputs_of(ex))
-    engine = Engine(OmniModel.from_pretrained(checkpoint))
+    engine = Engine(_load(checkpoint, device))
     res = engine.run(inputs_of(ex), plan)
     path = write_trace(res, out, extra={"seed": seed, "score": score(ex, res)})
     typer.echo(f"{task} plan {', '.join(res.plan) or 'direct'}: output {res.output.text or res.output.kind}")
@@ -449,20 +462,20 @@ def unroll_command(
 @user_errors
 def demo_command(
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
+    device: str = _device_option(),
     out: str = typer.Option("omni_demo.png", help="Contact sheet PNG (the traces go beside it as .json)."),
     seed: int = typer.Option(2_000_000_000, help="World seed of each task's example (default: the test split)."),
     flow_steps: int = typer.Option(20),
 ):
     """Run every task once with its default plan: one contact sheet of inputs, context and outputs."""
     from omni.eval.demo import demo
-    from omni.model import OmniModel
     from omni.unroll.engine import Engine
     from omni.world.tasks import split_of
 
     _positive("--flow-steps", flow_steps)
     _image_file("--out", out)
     split_of(seed)  # a seed in no split is an error
-    traces = demo(Engine(OmniModel.from_pretrained(checkpoint), flow_steps=flow_steps), out, seed)
+    traces = demo(Engine(_load(checkpoint, device), flow_steps=flow_steps), out, seed)
     for task, t in traces.items():
         typer.echo(f"{task:8s} " + ", ".join(f"{k} {v:.3f}" for k, v in t["score"].items()))
     typer.echo(f"wrote {out}")

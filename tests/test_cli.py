@@ -83,6 +83,8 @@ def test_unwritable_output_dir(tmp_path):
     (["demo", "--out", "blocker.d"], "--out must be an image file name"),
     (["ablate", "vqa", "--n", "1", "--out", "blocker/x"], "cannot write"),
     (["serve", "--max-body-mb", "nan"], "--max-body-mb must be positive"),
+    (["eval", "vqa", "--n", "1", "--device", "gpu"], "unknown device 'gpu'"),
+    (["ablate", "vqa", "--n", "1", "--out", "o", "--device", "cuda:7"], "device 'cuda:7'"),
     (["serve", "--threads", "-2"], "--threads must be >= 0"),
 ])
 def test_bad_options_fail_before_the_model_loads(tmp_path, args, needle):

@@ -195,7 +195,7 @@ def from_pretrained(directory: str | Path, device: str = "cpu", with_tokenizers:
             raise ValueError(f"{d / 'visual_tokenizer.json'}: codes ({vis.cfg.codebook_size} x {vis.cfg.code_dim}, "
                              f"grid {vis.cfg.grid}) do not match the model")
         model.tokenizer = tok
-        object.__setattr__(model, "visual", vis.to(device))
+        object.__setattr__(model, "visual", vis)  # on the CPU, where the engine hands it codes and latents
     return model.to(device).eval()
 
 

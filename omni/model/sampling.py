@@ -30,7 +30,10 @@ def choose(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
     if top_k:
         kth = lg.topk(min(top_k, lg.shape[-1]), dim=-1).values[:, -1:]
         lg = lg.masked_fill(lg < kth, float("-inf"))
-    return torch.multinomial(lg.softmax(-1), 1, generator=generator).squeeze(1)
+    probs = lg.softmax(-1)
+    if generator is not None and generator.device != probs.device:  # the engine's generator lives on the CPU
+        return torch.multinomial(probs.float().cpu(), 1, generator=generator).squeeze(1).to(logits.device)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 @torch.no_grad()

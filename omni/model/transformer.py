@@ -356,7 +356,7 @@ class OmniModel(nn.Module):
         if len(lat_rows) and b.flow_mask.any():
             v = self.velocity(h.index_select(0, lat_rows))
             m = b.flow_mask
-            out["flow_mse"] = F.mse_loss(v[m], b.flow_target[m].to(v.dtype))
+            out["flow_mse"] = F.mse_loss(v[m].float(), b.flow_target[m].float())  # fp32 targets under autocast
         else:
             out["flow_mse"] = zero
         in_rows = torch.nonzero(kind == IMAGE_IN).squeeze(1)

@@ -411,7 +411,7 @@ class Trainer:
             self.model.load_state_dict({k: state[k].to(v.dtype) for k, v in self.model.state_dict().items()})
             self.opt.load_state_dict({"state": st, "param_groups": plain["param_groups"]})
             if self.ema is not None:
-                self.ema = {k: tensors[f"ema.{k}"].clone() for k in self.ema}
+                self.ema = {k: tensors[f"ema.{k}"].to(device=v.device, dtype=v.dtype) for k, v in self.ema.items()}
         torch.random.set_rng_state(torch.tensor(meta["rng"], dtype=torch.uint8))
         self.step = int(meta["step"])
 
