@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -220,7 +221,7 @@ VISUAL_SAMPLING = (1.0, 16)
 
 def _number(name: str, v, lo: float, integer: bool = False, open_below: bool = False) -> None:
     """A ValueError unless v is a finite number >= lo (> lo if open_below), an int where integer."""
-    ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+    ok_type = isinstance(v, numbers.Integral) if integer else isinstance(v, numbers.Real)  # numpy scalars too
     if isinstance(v, bool) or not ok_type:
         raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {v!r}")
     if not (math.isfinite(v) and (v > lo if open_below else v >= lo)):
