@@ -529,6 +529,7 @@ def train(
     lr: float = typer.Option(1e-3),
     warmup: int = typer.Option(100),
     save_every: int = typer.Option(200),
+    keep: int = typer.Option(2, help="Checkpoints kept (the newest; older ones are deleted)."),
     workers: int = typer.Option(1, help="DataLoader worker processes making batches."),
     threads: int = typer.Option(0, help="torch threads (0: torch's default)."),
     rows: int = typer.Option(4, help="Rows per batch."),
@@ -562,7 +563,7 @@ def train(
     mixture = MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift,
                             **MixtureConfig.weights(task_weights, form_weights))
     last = train_main(out, preset, steps, resume, device, max_minutes=max_minutes, lr=lr, warmup=warmup,
-                      save_every=save_every, workers=workers, threads=threads, ema=ema, fsdp=fsdp,
+                      save_every=save_every, keep=keep, workers=workers, threads=threads, ema=ema, fsdp=fsdp,
                       init_from=init_from, model_overrides=overrides,
                       mixture=mixture)
     typer.echo(json.dumps(last))

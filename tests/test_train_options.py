@@ -178,3 +178,16 @@ def test_bad_options_are_one_line_and_exit_2_from_both_entry_points(tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip() in ("error: --rows must be >= 1, got 0", "error: --save-every must be >= 1, got 0")
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_keeps_bookkeeping_options_unless_given(tmp_path):
+    """--save-every and --keep change no result: a resumed run takes them when given (no conflict) and
+    otherwise keeps the saved ones (a run saved with --keep 20 does not drop to the default 2)."""
+    run = tmp_path / "k"
+    train_main(str(run), steps=1, keep=20, save_every=1, log=quiet, **fast())
+    train_main(str(run), steps=2, resume=True, log=quiet, **fast())
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["keep"] == 20 and saved["save_every"] == 1
+    train_main(str(run), steps=3, resume=True, keep=5, log=quiet, **fast())
+    assert json.loads((run / "train_config.json").read_text())["keep"] == 5
+    assert [p.name for p in sorted(run.glob("step-*"))] == ["step-0000001", "step-0000002", "step-0000003"]

@@ -17,6 +17,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--keep", type=int, default=2, help="checkpoints kept (the newest)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--rows", type=int, default=4)
@@ -54,7 +55,8 @@ def _train(a: argparse.Namespace) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"--model is not JSON ({e.msg}): {a.model!r}") from None
     return train_main(a.out, a.preset, a.steps, a.resume, a.device, max_minutes=a.max_minutes, lr=a.lr,
-                      warmup=a.warmup, save_every=a.save_every, workers=a.workers, threads=a.threads, ema=a.ema,
+                      warmup=a.warmup, save_every=a.save_every, keep=a.keep, workers=a.workers, threads=a.threads,
+                      ema=a.ema,
                       accum=a.accum, fsdp=a.fsdp, init_from=a.init_from, model_overrides=model,
                       mixture=MixtureConfig(data_seed=a.data_seed, rows=a.rows, row_len=a.row_len,
                                             t_shift=a.t_shift,

@@ -135,6 +135,8 @@ def _check_int(name: str, value, lo: int | None = None) -> None:
 # are a function of (data seed, step) whatever the workers; checkpoints hold full tensors, so a run
 # resumes with or without FSDP; a device or thread count changes results only by rounding.
 PER_SLICE = ("device", "threads", "workers", "fsdp")
+# options that change no result: a resumed run takes a value given other than the default, else its saved one
+BOOKKEEPING = ("save_every", "keep", "log_every")
 
 
 def _show(v) -> str:
@@ -156,6 +158,8 @@ def resumed_config(given: TrainConfig, saved: TrainConfig, keep_steps: bool = Fa
             changes[k] = old if keep_steps else new
         elif k in PER_SLICE:
             changes[k] = new
+        elif k in BOOKKEEPING:
+            changes[k] = new if new != dflt else old
         elif k == "mixture":
             for m in fields(MixtureConfig):
                 a, b, c = getattr(new, m.name), getattr(old, m.name), getattr(dflt, m.name)
@@ -168,8 +172,8 @@ def resumed_config(given: TrainConfig, saved: TrainConfig, keep_steps: bool = Fa
     if conflicts:
         raise ValueError("--resume continues the run with its saved train_config.json, and these options differ "
                          f"from it: {'; '.join(conflicts)}. Leave them out (or pass the saved values) to resume; "
-                         "--steps and the per-slice options (--device, --threads, --workers, --fsdp, --max-minutes) "
-                         "may change")
+                         "--steps, the per-slice options (--device, --threads, --workers, --fsdp, --max-minutes) "
+                         "and --save-every / --keep may change")
     out = replace(saved, **changes)
     said = [f"{option(k)} {_show(getattr(out, k))} (saved: {_show(getattr(saved, k))})"
             for k in changes if getattr(out, k) != getattr(saved, k)]
