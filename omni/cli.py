@@ -363,6 +363,41 @@ def eval_context_use(
                 f"{name} " + " / ".join(f"{v:.3f}" for k, v in r.items() if k != "n") for name, r in rows.items()))
 
 
+@eval_app.command("steps")
+@user_errors
+def eval_steps(
+    run: str = typer.Option(None, help="A training run directory: every complete step-N/ checkpoint is scored."),
+    out: str = typer.Option(..., help="Output directory: step-N/TASK.json (reused when present), "
+                                      "scores_by_step.json and .png."),
+    tasks: str = typer.Option("vqa,spatial,depth,pose,t2i", help="Tasks, comma-separated."),
+    n: int = typer.Option(500, help="Held-out examples per task."),
+    n_t2i: int = typer.Option(200, help="Held-out examples for t2i (slower: 20 guided flow steps each)."),
+    seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
+    also: str = typer.Option("", help="More points, STEP=MODEL_DIR comma-separated (e.g. the shipped model "
+                                      "at its last step: 3000=checkpoints/omni-tiny)."),
+):
+    """How a run's held-out scores grew with its steps: each checkpoint's EMA weights (exported as the
+    shipped model is) scored with the direct plan, as `omni eval TASK` scores them."""
+    from omni.eval.steps import MAIN, scores_by_step
+
+    names = list(_csv(tasks) or ())
+    _positive("--n", n)
+    _positive("--n-t2i", n_t2i)
+    extra = {}
+    for item in _csv(also) or ():
+        step, sep, path = item.partition("=")
+        if not sep or not step.strip().isdigit():
+            raise ValueError(f"--also takes STEP=MODEL_DIR, got {item!r}")
+        extra[int(step)] = path.strip()
+    if run is None and not extra:
+        raise ValueError("give --run (a training run) or --also STEP=MODEL_DIR")
+    r = scores_by_step(run, out, names, n, {"t2i": n_t2i}, seed_start, extra,
+                       log=lambda m: typer.echo(m, err=True))
+    for step, per in r["steps"].items():
+        typer.echo(f"step {step}: " + ", ".join(f"{t} {MAIN[t]} {m[MAIN[t]]['mean']:.3f}" for t, m in per.items()))
+    typer.echo(f"wrote {out}/scores_by_step.json and .png")
+
+
 @eval_app.command("curves")
 @user_errors
 def eval_curves(

@@ -1,0 +1,128 @@
+"""How a run's held-out scores grew with its steps: every complete checkpoint of a training run
+(`step-N/`, its EMA weights exported as the shipped model is, bf16 on disk), scored with the direct
+plan on the same held-out examples as `omni eval TASK`.
+
+Each (step, task) result is written to `out/step-N/TASK.json` (the `omni eval TASK --json` object)
+as soon as it exists and is reused when present, so the command can follow a run that is still
+training, be stopped, and be run again. `out/scores_by_step.json` and `.png` summarise them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from omni.io import atomic_write_bytes
+
+# the score each task is charted by (higher is better unless named in LOWER)
+MAIN = {"vqa": "accuracy", "spatial": "accuracy", "depth": "delta1", "pose": "auc@30", "t2i": "pass",
+        "nvs": "psnr", "video": "psnr", "edit": "psnr"}
+TASKS = ("vqa", "spatial", "depth", "pose", "t2i")
+
+
+def run_checkpoints(run_dir: str | Path) -> dict[int, Path]:
+    """A run's complete checkpoints, step -> directory."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run}")
+    out = {}
+    for d in run.glob("step-*"):
+        m = re.fullmatch(r"step-(\d+)", d.name)
+        if m and (d / "COMPLETE").is_file():
+            out[int(m.group(1))] = d
+    return dict(sorted(out.items()))
+
+
+def _export_step(step_dir: Path, dest: Path) -> Path:
+    """The checkpoint `step_dir` as a shippable model in `dest` (export reads a run's newest
+    checkpoint: it is given a run directory holding this one alone)."""
+    from omni.train import export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / step_dir.name).symlink_to(step_dir.resolve(), target_is_directory=True)
+        return export(tmp, dest, dtype="bfloat16")
+
+
+def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[str] = TASKS, n: int = 500,
+                   n_by_task: Mapping[str, int] | None = None, seed_start: int = 2_000_000_000,
+                   extra: Mapping[int, str | Path] | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Score every complete checkpoint of `run_dir` (and `extra`: step -> an exported model directory,
+    e.g. the shipped model at its last step) on each task, n examples each (n_by_task overrides per
+    task), with the direct plan. Returns {"tasks", "n", "seed_start", "steps": {step: {task: {metric:
+    {"mean", "lo", "hi"}}}}} and writes it with a plot into `out`."""
+    from omni.eval.run import EVAL_TASKS, evaluate
+    from omni.model import OmniModel
+    from omni.unroll import Engine
+    from omni.world.tasks import split_of_range
+
+    bad = [t for t in tasks if t not in EVAL_TASKS]
+    if bad or not tasks:
+        raise ValueError(f"unknown task(s) {bad or tasks!r}; known: {', '.join(EVAL_TASKS)}")
+    sizes = {t: (n_by_task or {}).get(t, n) for t in tasks}
+    for t, k in sizes.items():
+        if k < 1:
+            raise ValueError(f"n for {t} must be positive, got {k}")
+        split_of_range(seed_start, k)
+    points = {s: ("run", d) for s, d in (run_checkpoints(run_dir).items() if run_dir is not None else [])}
+    for s, d in (extra or {}).items():
+        if not (Path(d) / "config.json").is_file():
+            raise FileNotFoundError(f"no model (config.json) in {d}")
+        points[int(s)] = ("model", Path(d))
+    if not points:
+        raise ValueError(f"no complete checkpoint in {run_dir} and no other model to score")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps: dict[int, dict] = {}
+    for s in sorted(points):
+        kind, d = points[s]
+        where = out / f"step-{s:07d}"
+        todo = [t for t in tasks if not (where / f"{t}.json").is_file()]
+        if todo:
+            where.mkdir(exist_ok=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                model_dir = _export_step(d, Path(tmp) / "model") if kind == "run" else d
+                model = OmniModel.from_pretrained(model_dir)
+                for t in todo:  # a fresh engine per task: the same draws as `omni eval TASK`
+                    r = evaluate(Engine(model), t, sizes[t], seed_start, "direct")
+                    atomic_write_bytes(where / f"{t}.json", json.dumps(r).encode())
+                    if log:
+                        log(f"step {s}: {t} " + ", ".join(f"{k} {v['mean']:.4f}" for k, v in r["metrics"].items()))
+        steps[s] = {}
+        for t in tasks:
+            r = json.loads((where / f"{t}.json").read_text())
+            if r.get("n") != sizes[t] or r.get("seed_start") != seed_start:
+                raise ValueError(f"{where / f'{t}.json'} scores n={r.get('n')} from seed {r.get('seed_start')}, "
+                                 f"not n={sizes[t]} from {seed_start}: remove it or use another --out")
+            steps[s][t] = r["metrics"]
+    summary = {"tasks": list(tasks), "n": sizes, "seed_start": seed_start, "steps": steps}
+    atomic_write_bytes(out / "scores_by_step.json", json.dumps(summary, indent=1).encode())
+    plot_scores_by_step(summary, out / "scores_by_step.png")
+    return summary
+
+
+def plot_scores_by_step(summary: dict, path: str | Path) -> Path:
+    """One panel per task: its main score at each step with the 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import _save_figure
+
+    tasks = summary["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.9 * len(tasks), 2.7), dpi=110, squeeze=False)
+    steps = sorted(int(s) for s in summary["steps"])
+    for ax, t in zip(axes[0], tasks, strict=True):
+        key = MAIN[t]
+        ms = [summary["steps"][s if s in summary["steps"] else str(s)][t][key] for s in steps]
+        y = [m["mean"] for m in ms]
+        err = [[m["mean"] - m["lo"] for m in ms], [m["hi"] - m["mean"] for m in ms]]
+        ax.errorbar(steps, y, yerr=err, marker="o", ms=3, capsize=2, color="#4c72b0")
+        ax.set_title(f"{t}: {key} (n={summary['n'][t]})", fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save_figure(fig, path)

@@ -1,0 +1,62 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from omni.train import MixtureConfig, train_main
+
+SMALL = {"d_model": 64, "n_layers": 2, "n_heads": 4}
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("steps") / "run"
+    train_main(str(d), steps=2, save_every=1, keep=5, ema=0.9, workers=0, threads=1, warmup=1,
+               model_overrides=SMALL, mixture=MixtureConfig(rows=1, row_len=1024), log=quiet)
+    return d
+
+
+def test_every_checkpoint_scored_as_omni_eval_scores_it(run, tmp_path, monkeypatch):
+    from omni.eval import steps as steps_mod
+    from omni.train import export
+
+    shipped = export(run, tmp_path / "exported")  # the newest checkpoint as a model, another point
+    out = tmp_path / "out"
+    r = steps_mod.scores_by_step(run, out, ["vqa", "depth"], n=2, extra={9: shipped})
+    assert sorted(r["steps"]) == [1, 2, 9] and r["n"] == {"vqa": 2, "depth": 2}
+    for s in (1, 2, 9):
+        assert set(r["steps"][s]) == {"vqa", "depth"} and 0 <= r["steps"][s]["depth"]["delta1"]["mean"] <= 1
+    assert json.loads((out / "scores_by_step.json").read_text())["tasks"] == ["vqa", "depth"]
+    assert (out / "scores_by_step.png").stat().st_size > 1000
+    # the last step exported by the command scores as `omni eval` scores the exported model
+    cli = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "depth", "--checkpoint", str(shipped), "--n", "2",
+                          "--json"], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["scores"] == json.loads((out / "step-0000002" / "depth.json").read_text())["scores"]
+    assert r["steps"][2] == r["steps"][9]
+    # results on disk are reused: nothing is evaluated again
+    monkeypatch.setattr("omni.eval.run.evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+    assert steps_mod.scores_by_step(run, out, ["vqa", "depth"], n=2, extra={9: shipped})["steps"] == r["steps"]
+    with pytest.raises(ValueError, match="not n=3"):
+        steps_mod.scores_by_step(run, out, ["vqa"], n=3)
+
+
+def test_errors(run, tmp_path):
+    from omni.eval.steps import scores_by_step
+
+    with pytest.raises(ValueError, match="unknown task"):
+        scores_by_step(run, tmp_path / "o", ["teleport"])
+    with pytest.raises(ValueError, match="lies in no split"):
+        scores_by_step(run, tmp_path / "o", ["vqa"], n=1, seed_start=1_500_000_000)
+    with pytest.raises(FileNotFoundError, match="run directory not found"):
+        scores_by_step(tmp_path / "nope", tmp_path / "o", ["vqa"], n=1)
+    with pytest.raises(FileNotFoundError, match="no model"):
+        scores_by_step(None, tmp_path / "o", ["vqa"], n=1, extra={5: tmp_path})
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "steps", "--out", str(tmp_path / "o"),
+                        "--also", "x=y"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--also takes STEP=MODEL_DIR" in r.stderr, r.stderr
