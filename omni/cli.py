@@ -378,7 +378,7 @@ def eval_steps(
 ):
     """How a run's held-out scores grew with its steps: each checkpoint's EMA weights (exported as the
     shipped model is) scored with the direct plan, as `omni eval TASK` scores them."""
-    from omni.eval.steps import MAIN, scores_by_step
+    from omni.eval.steps import scores_by_step, steps_markdown
 
     names = list(_csv(tasks) or ())
     _positive("--n", n)
@@ -393,9 +393,8 @@ def eval_steps(
         raise ValueError("give --run (a training run) or --also STEP=MODEL_DIR")
     r = scores_by_step(run, out, names, n, {"t2i": n_t2i}, seed_start, extra,
                        log=lambda m: typer.echo(m, err=True))
-    for step, per in r["steps"].items():
-        typer.echo(f"step {step}: " + ", ".join(f"{t} {MAIN[t]} {m[MAIN[t]]['mean']:.3f}" for t, m in per.items()))
-    typer.echo(f"wrote {out}/scores_by_step.json and .png")
+    typer.echo(steps_markdown(r), nl=False)
+    typer.echo(f"wrote {out}/scores_by_step.json, .md and .png")
 
 
 @eval_app.command("curves")

@@ -33,6 +33,9 @@ def test_every_checkpoint_scored_as_omni_eval_scores_it(run, tmp_path, monkeypat
         assert set(r["steps"][s]) == {"vqa", "depth"} and 0 <= r["steps"][s]["depth"]["delta1"]["mean"] <= 1
     assert json.loads((out / "scores_by_step.json").read_text())["tasks"] == ["vqa", "depth"]
     assert (out / "scores_by_step.png").stat().st_size > 1000
+    md = (out / "scores_by_step.md").read_text().splitlines()
+    assert md[0].startswith("| step | vqa accuracy (n = 2) | depth delta1 (n = 2) |") and len(md) == 5
+    assert md[3].startswith("| 2 | ") and md[4].startswith("| 9 | ")
     # the last step exported by the command scores as `omni eval` scores the exported model
     cli = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "depth", "--checkpoint", str(shipped), "--n", "2",
                           "--json"], capture_output=True, text=True, timeout=300)

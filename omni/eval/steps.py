@@ -99,8 +99,23 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
             steps[s][t] = r["metrics"]
     summary = {"tasks": list(tasks), "n": sizes, "seed_start": seed_start, "steps": steps}
     atomic_write_bytes(out / "scores_by_step.json", json.dumps(summary, indent=1).encode())
+    atomic_write_bytes(out / "scores_by_step.md", steps_markdown(summary).encode())
     plot_scores_by_step(summary, out / "scores_by_step.png")
     return summary
+
+
+def steps_markdown(summary: dict) -> str:
+    """The summary as a Markdown table: one row per step, each task's main score with its 95% interval."""
+    tasks = summary["tasks"]
+    head = "| step | " + " | ".join(f"{t} {MAIN[t]} (n = {summary['n'][t]})" for t in tasks) + " |"
+    lines = [head, "|---" * (len(tasks) + 1) + "|"]
+    for s in sorted(summary["steps"], key=int):
+        cells = []
+        for t in tasks:
+            m = summary["steps"][s][t][MAIN[t]]
+            cells.append(f"{m['mean']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_scores_by_step(summary: dict, path: str | Path) -> Path:
