@@ -224,9 +224,7 @@ def _device_option():
 def _load(checkpoint: str, device: str):
     """The checkpoint's model on `device` (an unavailable device is a ValueError before loading)."""
     from omni.model import OmniModel
-    from omni.model.checkpoint import check_device
 
-    check_device(device)
     return OmniModel.from_pretrained(checkpoint, device=device)
 
 

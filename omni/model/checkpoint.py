@@ -160,13 +160,13 @@ def from_pretrained(directory: str | Path, device: str = "cpu", with_tokenizers:
         raise TypeError(f"from_pretrained needs the path of a checkpoint directory, got {directory!r}")
     if not str(directory):
         raise ValueError("from_pretrained needs the path of a checkpoint directory, got an empty string")
+    device = check_device(device)  # first: an unusable device is the error, whatever the path
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise NotADirectoryError(f"checkpoint path is a file, not a directory: {d} (pass the directory that holds "
                                  "config.json and model.safetensors)")
     if not d.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {d}")
-    device = check_device(device)
     if not _has_weights(d) and _pickle_files(d):  # say so before any complaint about its config
         raise _no_weights(d)
     where = d / "config.json"

@@ -287,10 +287,7 @@ ERRORS = {code: {"model": ErrorResponse, "description": d} for code, d in {
 
 def load_model(checkpoint: str | Path) -> OmniModel:
     d = Path(checkpoint)
-    if d.is_file():
-        raise NotADirectoryError(f"--checkpoint {d} is a file; a checkpoint is a directory (config.json, "
-                                 "*.safetensors)")
-    if not d.is_dir():
+    if not d.exists():  # a file is from_pretrained's error to give
         raise FileNotFoundError(f"checkpoint directory not found: {d} (train one with `omni train`, or pass "
                                 "--checkpoint DIR)")
     return OmniModel.from_pretrained(d)

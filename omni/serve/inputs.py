@@ -118,8 +118,8 @@ def prepare(req: UnrollRequest, engine: Engine, world_size: int) -> Prepared:
         steps = parse_plan(task, "default" if req.plan is None else req.plan, inputs)
     except ValueError as e:
         raise InputError(400, "bad_plan", str(e)) from None
-    need, have = engine.context_bound(inputs, steps), engine.model.cfg.max_seq
-    if need > have:
-        raise InputError(400, "context_too_long", f"this input and plan may need up to {need} context tokens; the "
-                                                  f"model holds {have}: use fewer steps or a shorter text")
+    try:
+        engine.check_fits(inputs, steps)
+    except ValueError as e:
+        raise InputError(400, "context_too_long", str(e)) from None
     return Prepared(inputs, steps, req.seed, example)

@@ -370,10 +370,7 @@ class Engine:
         raises stops the run)."""
         inputs = self.check_inputs(inputs)
         steps = parse_plan(inputs.task, plan, inputs)
-        need = self.context_bound(inputs, steps)
-        if need > self.model.cfg.max_seq:
-            raise ValueError(f"this input and plan may need up to {need} context tokens; the model holds "
-                             f"{self.model.cfg.max_seq}: use fewer steps or a shorter text")
+        self.check_fits(inputs, steps)
         ws = self.start(inputs)
         if on_step is not None:
             on_step(ws.items[-1])
@@ -399,6 +396,13 @@ class Engine:
         if on_step is not None:
             on_step(out)
         return Result(ws.inputs.task, list(steps), out, list(ws.items))
+
+    def check_fits(self, inputs: Inputs, steps: Sequence[str]) -> None:
+        """A ValueError if this input and plan could outgrow the model's context (`context_bound`)."""
+        need, have = self.context_bound(inputs, steps), self.model.cfg.max_seq
+        if need > have:
+            raise ValueError(f"this input and plan may need up to {need} context tokens; the model holds {have}: "
+                             "use fewer steps or a shorter text")
 
     def context_bound(self, inputs: Inputs, steps: Sequence[str]) -> int:
         """The most tokens the workspace's KV cache can hold at once for this input and plan (each text
