@@ -582,6 +582,9 @@ def train(
     visual_cells: bool = typer.Option(None, "--visual-cells/--no-visual-cells",
                                       help="Visual tokens carry their grid cell's embedding (default: "
                                            "off)."),
+    source_latents: bool = typer.Option(None, "--source-latents/--no-source-latents",
+                                        help="nvs, edit and video also see their source image as clean "
+                                             "latents (default: off)."),
 ):
     """Train the model natively on the whole world mixture (DDP under torchrun: python -m omni.train)."""
     import json
@@ -591,7 +594,8 @@ def train(
     _positive("--steps", steps)
     if device not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {device!r}; known: cpu, cuda")
-    overrides = {} if visual_cells is None else {"visual_cells": visual_cells}
+    overrides = {k: v for k, v in (("visual_cells", visual_cells), ("source_latents", source_latents))
+                 if v is not None}
     mixture = MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift,
                             **MixtureConfig.weights(task_weights, form_weights))
     last = train_main(out, preset, steps, resume, device, max_minutes=max_minutes, lr=lr, warmup=warmup,

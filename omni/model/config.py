@@ -39,6 +39,11 @@ class OmniConfig:
     # visual tokens also carry a learned embedding of their grid cell (code i of a <vis> block: cell
     # i), so a generated latent of cell c can find the code of cell c by content, not by its 1D offset
     visual_cells: bool = False
+    # the image-to-image tasks (nvs, edit, video) also see their source image as clean latents
+    # (<img> latents </img>, the generation expert's own space) after its pixel patches, so a latent
+    # being generated at cell c can copy and alter the source's cell c (BAGEL gives an edit both its
+    # ViT and its VAE tokens); a format flag: training and the engine write what the weights expect
+    source_latents: bool = False
     # losses
     w_text: float = 1.0
     w_visual: float = 1.0

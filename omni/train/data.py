@@ -193,8 +193,9 @@ class Writer(Format):
                 self.block("campose", ex.texts["pose"], loss=True, eos=True)]
 
     def _image_to_image(self, ex, tag, src, text_block, text_key, tgt, rng):
-        """<tag> <img>src</img> <text_block>text</text_block> <gen>target</gen> (nvs, edit)."""
-        return [self.tags(tag), *self.image(ex.views[src].rgb), self.block(text_block, ex.texts[text_key]),
+        """<tag> <img>src</img> [<img>src latents</img>] <text_block>text</text_block> <gen>target</gen> (nvs,
+        edit; the latents where the config has source_latents)."""
+        return [self.tags(tag), *self.source_image(ex.views[src].rgb), self.block(text_block, ex.texts[text_key]),
                 *self.gen(self.latents([ex.views[tgt].rgb])[0], rng)]
 
     def _nvs(self, ex, blocks, rng):
@@ -204,7 +205,8 @@ class Writer(Format):
         return self._image_to_image(ex, "<edit>", "before", "instruction", "instruction", "after", rng)
 
     def _video(self, ex, blocks, rng):  # the caption comes before the first frame
-        return [self.tags("<video>"), self.block("caption", ex.texts["caption"]), *self.image(ex.views["frame0"].rgb),
+        return [self.tags("<video>"), self.block("caption", ex.texts["caption"]),
+                *self.source_image(ex.views["frame0"].rgb),
                 *self.gen(self.latents([ex.views["frame1"].rgb])[0], rng)]
 
 

@@ -182,6 +182,10 @@ def resumed_config(given: TrainConfig, saved: TrainConfig, keep_steps: bool = Fa
     return out
 
 
+# model config fields that `omni train` sets by a flag of their own
+MODEL_FLAGS = {"visual_cells": "--visual-cells", "source_latents": "--source-latents"}
+
+
 def _model_conflicts(new: dict, old: dict, preset_name: str) -> list[str]:
     """--model fields given (not {}) whose value differs from the saved run's (its override, else its preset's,
     else OmniConfig's default)."""
@@ -192,7 +196,7 @@ def _model_conflicts(new: dict, old: dict, preset_name: str) -> list[str]:
     for k, v in new.items():
         was = old.get(k, base.get(k))
         if v != was:
-            name = "--visual-cells (--model visual_cells)" if k == "visual_cells" else f"--model {k}"
+            name = f"{MODEL_FLAGS[k]} (--model {k})" if k in MODEL_FLAGS else f"--model {k}"
             out.append(f"{name} {_show(v)} (saved: {_show(was)})")
     return out
 

@@ -347,9 +347,9 @@ class Engine:
         elif task in ("spatial", "pose"):
             segs += fmt.image(im["view1"]) + fmt.image(im["view2"])
         elif task == "nvs":
-            segs += fmt.image(im["source"])
+            segs += fmt.source_image(im["source"])
         elif task == "edit":
-            segs += fmt.image(im["before"])
+            segs += fmt.source_image(im["before"])
         if task in ("vqa", "spatial"):
             segs.append(fmt.block("question", inputs.text))
         elif task == "t2i":
@@ -357,7 +357,7 @@ class Engine:
         elif task in ("nvs", "edit"):
             segs.append(fmt.block("instruction", inputs.text))
         elif task == "video":
-            segs += [fmt.block("caption", inputs.text)] + fmt.image(im["frame0"])
+            segs += [fmt.block("caption", inputs.text)] + fmt.source_image(im["frame0"])
         return segs
 
     # -- running ----------------------------------------------------------------------------------

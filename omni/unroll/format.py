@@ -2,7 +2,8 @@
 
 One place for it, so that training sequences (omni.train.data) and the unrolling engine write the
 same tokens: tags, <tag> text </tag> blocks, input images (<img> patches </img>), images written back
-(<img> clean latents </img>), visual-token blocks (<vis> codes </vis>) and answers.
+(<img> clean latents </img>), the source image of an image-to-image task (patches, and latents where
+the config has source_latents), visual-token blocks (<vis> codes </vis>) and answers.
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ class Format:
         """[<tag>] <img> clean latents </img>: an image written back as context."""
         pre = self.ids(tag) if tag else []
         return [Segment("text", pre + self.ids("<img>")), Segment("image_clean", latents=latents), self.tags("</img>")]
+
+    def source_image(self, rgb: np.ndarray) -> list[Segment]:
+        """The input image of an image-to-image task (nvs, edit, video): <img> pixel patches </img>,
+        then, where the model's config has source_latents, <img> its clean latents </img>."""
+        segs = self.image(rgb)
+        if self.cfg.source_latents:
+            segs += self.clean_image(self.latents([rgb])[0])
+        return segs
 
     def visual_block(self, codes: Sequence[int], loss: bool = False) -> list[Segment]:
         return [self.tags("<vis>"), Segment("visual", list(codes), loss=loss), self.tags("</vis>", loss=loss)]
