@@ -60,6 +60,12 @@ def _positive(name: str, n: float) -> None:
         raise ValueError(f"{name} must be positive, got {n}")
 
 
+def _threads(threads: int) -> None:
+    """Check --threads (0: torch's default)."""
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {threads}")
+
+
 def _image_file(option: str, path: str) -> None:
     """An output image path: a file name with an image extension (not a directory)."""
     from pathlib import Path
@@ -201,8 +207,7 @@ def tokens_train_visual(
     _positive("--steps", steps)
     _positive("--batch", batch)
     _positive("--lr", lr)
-    if threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {threads}")
+    _threads(threads)
     vq_cfg = VQConfig(image_size=size, codebook_size=codebook)
     vq_cfg.validate()  # before any rendering
     ensure_writable_dir(out)
@@ -526,6 +531,7 @@ def serve_command(
     artifact_ttl: float = typer.Option(900.0, help="Seconds a run's images stay available."),
     max_body_mb: float = typer.Option(8.0, help="Largest request body in MiB (HTTP 413 above)."),
     threads: int = typer.Option(0, help="torch threads (0: torch's default)."),
+    device: str = typer.Option("cpu", help="Run the model on this device (cpu, cuda, cuda:N)."),
 ):
     """Serve the HTTP API (OpenAPI at /docs) and the page that shows the unrolled workspace (/)."""
     from omni.serve import ServeSettings, create_app
@@ -533,8 +539,7 @@ def serve_command(
     if not 0 < port < 65536:
         raise ValueError(f"--port must lie in 1..65535, got {port}")
     _positive("--max-body-mb", max_body_mb)
-    if threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {threads}")
+    _threads(threads)
     settings = ServeSettings(max_queue=queue, timeout_s=timeout, flow_steps=flow_steps, cfg_scale=cfg_scale,
                              artifact_ttl_s=artifact_ttl,
                              max_body_bytes=int(max_body_mb * 2**20))
@@ -543,7 +548,7 @@ def serve_command(
         import torch
 
         torch.set_num_threads(threads)
-    api = create_app(checkpoint, settings)
+    api = create_app(checkpoint, settings, device=device)
     import uvicorn
 
     typer.echo(f"omni serve: {checkpoint} on http://{host}:{port}/ (API docs: /docs)", err=True)
@@ -557,7 +562,7 @@ def train(
     preset: str = typer.Option("tiny", help="Model preset: tiny or small."),
     steps: int = typer.Option(1000),
     resume: bool = typer.Option(False, help="Continue from the newest complete checkpoint in --out."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     lr: float = typer.Option(1e-3),
     warmup: int = typer.Option(100),
     save_every: int = typer.Option(200),
@@ -592,8 +597,6 @@ def train(
     from omni.train import MixtureConfig, train_main
 
     _positive("--steps", steps)
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; known: cpu, cuda")
     overrides = {k: v for k, v in (("visual_cells", visual_cells), ("source_latents", source_latents))
                  if v is not None}
     mixture = MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift,

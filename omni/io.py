@@ -1,8 +1,10 @@
-"""Reading and writing weights and configs: safetensors and JSON only, with errors that name the file."""
+"""Reading and writing weights and configs: safetensors and JSON only, with errors that name the file;
+the type check of a config field read from JSON."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -75,3 +77,23 @@ def load_safetensors(module: nn.Module, path: str | Path) -> None:
         raise ValueError(f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, the model expects "
                          f"{tuple(own[k].shape)}")
     module.load_state_dict({k: state[k].to(own[k].dtype) for k in own})
+
+
+def check_type(name: str, value, kind: str) -> None:
+    """ValueError naming `name` unless `value` is of the annotated `kind` ("int", "float", "bool" or
+    "str"): a bool is no int; a float may be an int, and must be finite."""
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    else:
+        raise TypeError(f"{name}: unsupported field type {kind!r}")
+    if not ok:
+        want = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[kind]
+        raise ValueError(f"{name} must be {want}, got {value!r} ({type(value).__name__})")

@@ -216,7 +216,8 @@ def test_weight_map_not_an_object(ck):
     ("image_size", 0, "image_size must be positive"),
     ("channels", -64, "channels must be positive"),
     ("code_dim", None, "code_dim must be an integer"),
-    ("beta", "0.25", "beta must be a finite number"),
+    ("beta", "0.25", "beta must be a number"),
+    ("beta", math.nan, "beta must be a finite number"),
     ("beta", -1, "beta must not be negative"),
     ("restart_every", 0, "restart_every must be positive"),
 ])

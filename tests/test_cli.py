@@ -86,6 +86,8 @@ def test_unwritable_output_dir(tmp_path):
     (["eval", "vqa", "--n", "1", "--device", "gpu"], "unknown device 'gpu'"),
     (["ablate", "vqa", "--n", "1", "--out", "o", "--device", "cuda:7"], "device 'cuda:7'"),
     (["serve", "--threads", "-2"], "--threads must be >= 0"),
+    (["serve", "--device", "gpu"], "unknown device 'gpu'"),
+    (["serve", "--device", "cuda"], "CUDA is not available"),
 ])
 def test_bad_options_fail_before_the_model_loads(tmp_path, args, needle):
     """Each is refused with one line before any checkpoint is read (there is none to read here)."""

@@ -93,8 +93,12 @@ def test_train_main_checks_before_building_anything(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match=re.escape(needle)):
             train_main(out, log=quiet, **fast(**kw))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match=re.escape("--device cuda: CUDA is not available")):
+    with pytest.raises(ValueError, match=re.escape("device 'cuda': CUDA is not available")):
         train_main(out, steps=1, device="cuda", log=quiet, **fast())
+    with pytest.raises(ValueError, match=re.escape("device 'cuda:1': CUDA is not available")):
+        train_main(out, steps=1, device="cuda:1", log=quiet, **fast())
+    with pytest.raises(ValueError, match=re.escape("--device must be cpu or cuda (or cuda:N), got 'gpu'")):
+        train_main(out, steps=1, device="gpu", log=quiet, **fast())
     assert not (tmp_path / "run").exists()
 
 

@@ -298,3 +298,38 @@ def test_plan_types_and_row_names_of_another_task():
     assert parse_plan("vqa", [" think "]) == ["think"]
     with pytest.raises(ValueError, match="vqa's rows: direct, \\+thinking"):
         parse_plan("vqa", "+pose text")
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_source_latents_are_written_alike_in_training_and_by_the_engine(on):
+    """With OmniConfig.source_latents, nvs, edit and video see their source image twice: its pixel
+    patches, then its clean latents; the engine opens a workspace with exactly the segments that
+    training writes before <gen>, so the weights meet the format they learned. Off: patches only."""
+    import dataclasses
+
+    import torch
+
+    from omni.train import Writer
+
+    m = random_tiny_model(0)
+    m.cfg = dataclasses.replace(m.cfg, source_latents=on)
+    w, e = Writer(m.tokenizer, m.visual, m.cfg), engine(m)
+    gen = m.tokenizer.id("<gen>")
+
+    def flat(segs):
+        return [(s.kind, list(s.tokens or ()), None if s.pixels is None else s.pixels.numpy().round(6).tolist(),
+                 None if s.latents is None else s.latents.numpy().round(5).tolist()) for s in segs]
+
+    for task, src in (("nvs", "source"), ("edit", "before"), ("video", "frame0")):
+        ex = sample(task, [2_000_000_001])[0]
+        segs = w.write(ex, "direct", np.random.default_rng(0))
+        cut = next(i for i, s in enumerate(segs) if s.kind == "text" and list(s.tokens) == [gen])
+        assert flat(segs[:cut]) == flat(e.input_segments(inputs_of(ex)))
+        clean = [s for s in segs if s.kind == "image_clean"]
+        assert len(clean) == on
+        if on:
+            assert torch.allclose(clean[0].latents, w.latents([ex.views[src].rgb])[0])
+    ex = sample("edit", [2_000_000_002])[0]
+    res = e.run(inputs_of(ex), "direct")  # the workspace holds the source's latents, the image comes out
+    assert res.items[0].tokens == sum(s.length(m.cfg) for s in e.input_segments(inputs_of(ex)))
+    assert res.output.image.shape == ex.views["after"].rgb.shape

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
+
+from omni.io import check_type
 
 SEGMENT_KINDS = ("text", "image_in", "image_gen", "image_clean", "visual")
 TEXT, IMAGE_IN, IMAGE_GEN, IMAGE_CLEAN, VISUAL = range(5)
@@ -133,26 +134,6 @@ LOSS_WEIGHTS = ("w_text", "w_visual", "w_flow", "w_depth", "w_moe_balance")
 CHECKPOINT_FIELDS = ("d_model", "n_layers", "n_heads", "mlp_ratio", "moe_experts", "moe_top_k", "rope_theta",
                      "norm_eps", "max_seq", "text_vocab", "codebook_size", "image_size", "patch", "latent_grid",
                      "latent_dim")
-
-
-def check_type(name: str, value, kind: str) -> None:
-    """ValueError naming `name` unless `value` is of the annotated `kind` ("int", "float", "bool" or
-    "str"): a bool is no int; a float may be an int, and must be finite."""
-    if kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "float":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok and not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-    elif kind == "bool":
-        ok = isinstance(value, bool)
-    elif kind == "str":
-        ok = isinstance(value, str)
-    else:
-        raise TypeError(f"{name}: unsupported field type {kind!r}")
-    if not ok:
-        want = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[kind]
-        raise ValueError(f"{name} must be {want}, got {value!r} ({type(value).__name__})")
 
 
 PRESETS: dict[str, dict] = {

@@ -285,24 +285,27 @@ ERRORS = {code: {"model": ErrorResponse, "description": d} for code, d in {
 }.items()}
 
 
-def load_model(checkpoint: str | Path) -> OmniModel:
+def load_model(checkpoint: str | Path, device: str = "cpu") -> OmniModel:
+    from omni.model.checkpoint import check_device
+
+    check_device(device)  # an unknown device is named before a missing checkpoint
     d = Path(checkpoint)
     if not d.exists():  # a file is from_pretrained's error to give
         raise FileNotFoundError(f"checkpoint directory not found: {d} (train one with `omni train`, or pass "
                                 "--checkpoint DIR)")
-    return OmniModel.from_pretrained(d)
+    return OmniModel.from_pretrained(d, device=device)
 
 
 def create_app(checkpoint: str | Path | None = None, settings: ServeSettings | None = None,
-               model: OmniModel | None = None) -> FastAPI:
-    """The app for a checkpoint directory (or an already loaded `model`)."""
+               model: OmniModel | None = None, device: str = "cpu") -> FastAPI:
+    """The app for a checkpoint directory, loaded on `device` (or an already loaded `model`)."""
     from fastapi_offline import FastAPIOffline
 
     settings = settings or ServeSettings()
     if model is None:
         if checkpoint is None:
             raise ValueError("give a checkpoint directory or a model")
-        model = load_model(checkpoint)
+        model = load_model(checkpoint, device)
     server = Server(model, settings, Path(checkpoint).name if checkpoint else "in-memory model")
     @asynccontextmanager
     async def lifespan(app: FastAPI):

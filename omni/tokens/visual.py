@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omni.io import load_safetensors, read_json, save_safetensors, write_json
+from omni.io import check_type, load_safetensors, read_json, save_safetensors, write_json
 
 
 @dataclass
@@ -217,13 +217,7 @@ def _vq_config(raw: dict, required: tuple[str, ...]) -> VQConfig:
     if missing:
         raise ValueError(f"missing fields {missing}")
     for name, value in raw.items():
-        if known[name] == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:  # float: an int will do; finite
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok:
-            want = "an integer" if known[name] == "int" else "a finite number"
-            raise ValueError(f"{name} must be {want}, got {value!r} ({type(value).__name__})")
+        check_type(name, value, known[name])
     for name in ("image_size", "channels", "code_dim", "restart_every"):
         if name in raw and raw[name] < 1:
             raise ValueError(f"{name} must be positive, got {raw[name]}")

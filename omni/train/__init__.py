@@ -27,6 +27,7 @@ def train_main(out: str, preset: str = "tiny", steps: int = 1000, resume: bool =
     import torch.distributed as dist
 
     from omni.io import read_json
+    from omni.model.checkpoint import check_device
 
     say = log if os.environ.get("RANK", "0") == "0" else (lambda *_: None)  # under torchrun: rank 0 only
     keep_steps = resume and not steps  # resuming with --steps 0: the saved steps
@@ -52,12 +53,8 @@ def train_main(out: str, preset: str = "tiny", steps: int = 1000, resume: bool =
             raise ValueError(f"--steps {cfg.steps} is below the step of the checkpoint to resume ({cks[-1]})")
     elif checkpoint_dirs(run_dir):
         raise ValueError(f"{run_dir} already holds checkpoints: pass --resume or choose another --out")
-    if cfg.device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {cfg.device}: CUDA is not available")
-        index = int(cfg.device[5:] or 0)
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {cfg.device}: there are {torch.cuda.device_count()} CUDA devices")
+    if cfg.device != "cpu":
+        check_device(cfg.device)  # CUDA there, and the device index too
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
