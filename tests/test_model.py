@@ -157,6 +157,18 @@ def test_bad_segments():
         preset("huge")
 
 
+def test_a_cache_on_another_device_is_named():
+    """A cache built on another device than the model's is a clear error, not torch's mixed-device one
+    ("meta" stands in for a GPU here); so is decoding into it."""
+    m = model()
+    c = KVCache(m.cfg, device="meta")
+    with pytest.raises(ValueError, match="the KV cache is on meta and the model on cpu"):
+        extend(m, c, [Segment("text", [5, 6, 7])])
+    c.last_hidden = torch.zeros(1, m.cfg.d_model)  # as if a prompt were encoded: the first decoded token
+    with pytest.raises(ValueError, match="the KV cache is on meta"):
+        generate_tokens(m, c, 2, temperature=0.0)
+
+
 def test_cache_fork_and_sampling_determinism():
     m = model()
     cfg = m.cfg

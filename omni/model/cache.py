@@ -38,6 +38,14 @@ class KVCache:
         self.next_seg = [0] * rows
         self.last_hidden: torch.Tensor | None = None  # (rows, d_model)
 
+    def check_device(self, model) -> torch.device:
+        """The cache's device, which must be the model's (a ValueError saying how to build it otherwise)."""
+        dev = model.tok_emb.weight.device
+        if dev != self.k.device:
+            raise ValueError(f"the KV cache is on {self.k.device} and the model on {dev}: build the cache on the "
+                             "model's device (KVCache(cfg, device=...))")
+        return dev
+
     def keys_values(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor, store: bool):
         """Keys and values of the cached context followed by the new tokens (rows, H, len + n, dh)."""
         n = k_new.shape[2]

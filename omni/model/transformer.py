@@ -397,7 +397,7 @@ def extend(model: OmniModel, cache, segments, store: bool = True) -> tuple[torch
         segments = [segments]
     if cache.recompute:  # the no-reuse baseline (RecomputingCache): encode the whole context first
         cache.refill(model)
-    device = cache.k.device
+    device = cache.check_device(model)
     b = cache.pack(segments).to(device)
     h = model.run(b, cache.mask(b), cache=cache, store=store)
     if store:
@@ -479,7 +479,7 @@ def decode_step(model: OmniModel, cache, ids: torch.Tensor, kind: int,
     n = cache.length
     if n + 1 > cache.max_len:
         raise ValueError(f"KV cache full: {n} + 1 tokens > {cache.max_len}")
-    device = cache.k.device
+    device = cache.check_device(model)
     tok = ids.to(device).long() + (cfg.text_vocab if kind == VISUAL else 0)
     x = F.embedding(tok, model.tok_emb.weight)  # (rows, d)
     if kind == VISUAL and cfg.visual_cells:
