@@ -590,6 +590,9 @@ def train(
     source_latents: bool = typer.Option(None, "--source-latents/--no-source-latents",
                                         help="nvs, edit and video also see their source image as clean "
                                              "latents (default: off)."),
+    source_cond: bool = typer.Option(None, "--source-cond/--no-source-cond",
+                                     help="A generated nvs, edit or video image takes its source's latent "
+                                          "of each cell as an input (default: off)."),
 ):
     """Train the model natively on the whole world mixture (DDP under torchrun: python -m omni.train)."""
     import json
@@ -597,8 +600,8 @@ def train(
     from omni.train import MixtureConfig, train_main
 
     _positive("--steps", steps)
-    overrides = {k: v for k, v in (("visual_cells", visual_cells), ("source_latents", source_latents))
-                 if v is not None}
+    overrides = {k: v for k, v in (("visual_cells", visual_cells), ("source_latents", source_latents),
+                                   ("source_cond", source_cond)) if v is not None}
     mixture = MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift,
                             **MixtureConfig.weights(task_weights, form_weights))
     last = train_main(out, preset, steps, resume, device, max_minutes=max_minutes, lr=lr, warmup=warmup,

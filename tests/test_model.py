@@ -392,3 +392,35 @@ def test_bf16_autocast_losses_and_grads(moe):
         x = sample_latents(m, cache, steps=2, cfg_scale=3.0, generator=torch.Generator().manual_seed(0))
         ids = generate_tokens(m, cache, 3, "text", temperature=0.0)
     assert torch.isfinite(x).all() and len(ids[0]) == 3
+
+
+def test_source_cond():
+    """With source_cond, a generated latent takes its source image's latent of the same cell as an
+    input (Segment.source, packed per latent token; zeros where a segment has none): at the map's
+    initial zero the velocity is the flagless model's, once trained the source moves it, cell by
+    cell. Bad sources are refused; without the flag the model has no such parameter."""
+    cfg = OmniConfig(**SMALL)
+    g, n = torch.Generator().manual_seed(0), cfg.latent_grid ** 2
+    x, src = torch.randn(n, cfg.latent_dim, generator=g), torch.randn(n, cfg.latent_dim, generator=g)
+    ctx = [Segment("text", [5, 6, 7])]
+
+    def velocity(m, source):
+        b = pack([ctx + [Segment("image_gen", latents=x, t=0.7, source=source)]], m.cfg)
+        return m.velocity(m(b)[0, 3:]), b
+
+    assert "source_in.weight" not in model().state_dict()
+    plain, on = model(), model(source_cond=True)
+    assert on.source_in.weight.abs().sum() == 0  # starts at zero: changes nothing
+    on.load_state_dict({**plain.state_dict(), "source_in.weight": on.source_in.weight}, strict=True)
+    v0, b = velocity(on, src)
+    assert torch.equal(b.source, src) and (velocity(plain, None)[0] - v0).abs().max() < 1e-6
+    with torch.no_grad():
+        torch.nn.init.normal_(on.source_in.weight, std=0.1)
+    v1, _ = velocity(on, src)
+    assert (v1 - v0).abs().max() > 1e-3 and (velocity(on, None)[0] - v0).abs().max() < 1e-6
+    b = pack([ctx, [Segment("image_clean", latents=src), Segment("image_gen", latents=x, t=0.5)]], cfg)
+    assert b.source.shape == b.latents.shape and b.source.abs().sum() == 0
+    for bad, needle in ((Segment("image_gen", latents=x, source=src[:5]), "a source is given to image_gen"),
+                        (Segment("image_clean", latents=x, source=src), "image_gen segments only")):
+        with pytest.raises(ValueError, match=needle):
+            pack([[bad]], cfg)

@@ -333,3 +333,43 @@ def test_source_latents_are_written_alike_in_training_and_by_the_engine(on):
     res = e.run(inputs_of(ex), "direct")  # the workspace holds the source's latents, the image comes out
     assert res.items[0].tokens == sum(s.length(m.cfg) for s in e.input_segments(inputs_of(ex)))
     assert res.output.image.shape == ex.views["after"].rgb.shape
+
+
+def test_source_cond_reaches_the_generator_in_training_and_sampling():
+    """With source_cond, the image being generated for nvs, edit and video takes its source image's
+    latents as an input: training writes them on the image_gen segment, the engine hands the same to
+    every flow step (one row each when images are sampled together), and they change the image."""
+    import dataclasses
+
+    import torch
+
+    from omni.model import OmniModel
+    from omni.train import Writer
+
+    base = random_tiny_model(0)
+    m = OmniModel(dataclasses.replace(base.cfg, source_cond=True))
+    m.load_state_dict({**base.state_dict(), "source_in.weight": m.source_in.weight})
+    m.tokenizer = base.tokenizer
+    object.__setattr__(m, "visual", base.visual)
+    m.eval()
+    w, e = Writer(m.tokenizer, m.visual, m.cfg), engine(m)
+    for task, src in (("nvs", "source"), ("edit", "before"), ("video", "frame0")):
+        ex = sample(task, [2_000_000_001])[0]
+        gen = next(s for s in w.write(ex, "direct", np.random.default_rng(0)) if s.kind == "image_gen")
+        want = w.latents([ex.views[src].rgb])[0]
+        assert torch.allclose(gen.source, want)
+        assert torch.allclose(e.gen_sources([inputs_of(ex)])[0], want)
+    t2i = sample("t2i", [2_000_000_001])[0]
+    assert next(s for s in w.write(t2i, "direct", np.random.default_rng(0)) if s.kind == "image_gen").source is None
+    assert e.gen_sources([inputs_of(t2i)]) is None and engine(base).gen_sources([inputs_of(ex)]) is None
+    ex = sample("edit", [2_000_000_002])[0]
+    at_zero = engine(m).run(inputs_of(ex), "direct").output.image
+    assert np.abs(at_zero - engine(base).run(inputs_of(ex), "direct").output.image).max() < 1e-4
+    with torch.no_grad():
+        torch.nn.init.normal_(m.source_in.weight, std=0.2)
+    assert np.abs(engine(m).run(inputs_of(ex), "direct").output.image - at_zero).max() > 1e-2
+    view = sample("spatial", [2_000_000_003])[0].views["view1"].rgb
+    sides = [Inputs("nvs", {"source": view}, f"look {d} 30 degrees.") for d in ("up", "down", "left", "right")]
+    one = [engine(m).gen_image(engine(m).start(x))[1] for x in sides[:1]]
+    together = engine(m).gen_images(sides)
+    assert float((together[0][1] - one[0]).abs().max()) < 1e-4

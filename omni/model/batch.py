@@ -44,6 +44,7 @@ class Segment:
     uncond: bool = False  # image_gen: sees no earlier segment (classifier-free guidance)
     noise: torch.Tensor | None = None  # image_gen training: the noise (drawn by the caller, for determinism)
     cell0: int = 0  # visual: the grid cell of the first code (code i sits in cell (cell0 + i) mod g*g)
+    source: torch.Tensor | None = None  # image_gen: the source image's latents, one per cell (source_cond)
 
     def __post_init__(self):
         if self.kind not in SEGMENT_KINDS:
@@ -83,6 +84,9 @@ class Segment:
                 raise ValueError(f"{self.kind} segment needs latents of shape ({n}, {cfg.latent_dim}), got {got}")
             if k == IMAGE_GEN and not 0.0 <= self.t <= 1.0:
                 raise ValueError(f"image_gen noise level t must lie in [0, 1], got {self.t}")
+            if self.source is not None and (k != IMAGE_GEN or tuple(self.source.shape) != (n, cfg.latent_dim)):
+                raise ValueError(f"a source is given to image_gen segments only, as latents of shape "
+                                 f"({n}, {cfg.latent_dim}); got {tuple(self.source.shape)} on {self.kind}")
 
 
 @dataclass
@@ -105,6 +109,7 @@ class Batch:
     t: torch.Tensor
     flow_target: torch.Tensor  # (n_latent, latent_dim); rows without a flow loss are ignored
     flow_mask: torch.Tensor  # (n_latent,) bool
+    source: torch.Tensor  # (n_latent, latent_dim): an image_gen token's source latent (zero: none)
     depth_target: torch.Tensor  # (n_in, p*p) metres
     depth_mask: torch.Tensor  # (n_in, p*p) bool
     where: list[tuple[int, int, int]] = field(default_factory=list)  # per sequence: row, start, length
@@ -173,7 +178,7 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
     uncond = np.zeros((B, L), dtype=bool)
     target = np.full((B, L), IGNORE, dtype=np.int64)
     # flat inputs are gathered per (row, offset) then ordered row-major at the end
-    patches, depth_t, depth_m, lat, tt, ft, fm = [], [], [], [], [], [], []
+    patches, depth_t, depth_m, lat, tt, ft, fm, src = [], [], [], [], [], [], [], []
     seg_counter = {}
     end_pos: list[int] = []
     end_seg: list[int] = []
@@ -231,6 +236,7 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
                         ft.append((r, i, torch.zeros_like(x0)))
                         fm.append((r, i, torch.zeros(n, dtype=torch.bool)))
                     tt.append((r, i, torch.full((n,), s.t if k == IMAGE_GEN else 0.0)))
+                    src.append((r, i, torch.zeros_like(x0) if s.source is None else s.source.float()))
                     uncond[r, sl] = s.uncond and k == IMAGE_GEN
             sid += 1
             i += n
@@ -250,6 +256,7 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
         uncond=torch.from_numpy(uncond), target=torch.from_numpy(target),
         patches=flat(patches, (cfg.patch_dim,)), latents=flat(lat, (cfg.latent_dim,)), t=flat(tt, ()),
         flow_target=flat(ft, (cfg.latent_dim,)), flow_mask=flat(fm, (), torch.bool),
+        source=flat(src, (cfg.latent_dim,)),
         depth_target=flat(depth_t, (cfg.patch * cfg.patch,)), depth_mask=flat(depth_m, (cfg.patch * cfg.patch,),
                                                                             torch.bool),
         where=[(r, off, n) for (r, off), n in zip(place, lengths, strict=True)], end_pos=end_pos, end_seg=end_seg)

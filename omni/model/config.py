@@ -45,6 +45,10 @@ class OmniConfig:
     # being generated at cell c can copy and alter the source's cell c (BAGEL gives an edit both its
     # ViT and its VAE tokens); a format flag: training and the engine write what the weights expect
     source_latents: bool = False
+    # ...and/or each latent being generated also takes the source image's latent of its own cell as an
+    # input (through a learned map, zero at first), as InstructPix2Pix concatenates the source's
+    # latents to the noisy ones: copying a cell needs no attention to be learned first
+    source_cond: bool = False
     # losses
     w_text: float = 1.0
     w_visual: float = 1.0

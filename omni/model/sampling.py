@@ -71,10 +71,13 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
 @torch.no_grad()
 def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg_scale: float = 1.0,
                    cfg_interval: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
-                   noise: torch.Tensor | None = None, advance: bool = True, flow_shift: float = 1.0) -> torch.Tensor:
+                   noise: torch.Tensor | None = None, advance: bool = True, flow_shift: float = 1.0,
+                   source: torch.Tensor | None = None) -> torch.Tensor:
     """Generate one image per cache row: latents (rows, g*g, latent_dim) by Euler steps of the flow
     from t = 1 to 0. The image_gen segment is never stored; with advance=True the cache then moves
-    one position past it, as in training. cache=None: unconditional, one image."""
+    one position past it, as in training. cache=None: unconditional, one image. `source` (rows, g*g,
+    latent_dim): each row's source image latents, an input of every step (both guidance branches)
+    for a model with source_cond."""
     cfg = model.cfg
     rows = cache.rows if cache is not None else 1
     n = cfg.latent_grid ** 2
@@ -84,15 +87,19 @@ def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg
         raise ValueError(f"flow_shift must be > 0, got {flow_shift}")
     ts = shift_t(torch.linspace(1.0, 0.0, steps + 1), flow_shift)
     lo, hi = cfg_interval
+    if source is not None and tuple(source.shape) != (rows, n, cfg.latent_dim):
+        raise ValueError(f"source latents must be ({rows}, {n}, {cfg.latent_dim}), got {tuple(source.shape)}")
+    srcs = [None] * rows if source is None else list(source.cpu())
     for i in range(steps):
         t, t_next = float(ts[i]), float(ts[i + 1])
-        segs = [[Segment("image_gen", latents=x[r], t=t)] for r in range(rows)]
+        segs = [[Segment("image_gen", latents=x[r], t=t, source=srcs[r])] for r in range(rows)]
         if cache is not None:
             v = model.velocity(extend(model, cache, segs, store=False)[0])
         else:
             v = _velocity_alone(model, segs)
         if cache is not None and cfg_scale != 1.0 and lo <= t <= hi:
-            v_u = _velocity_alone(model, [[Segment("image_gen", latents=x[r], t=t, uncond=True)] for r in range(rows)])
+            v_u = _velocity_alone(model, [[Segment("image_gen", latents=x[r], t=t, uncond=True, source=srcs[r])]
+                                          for r in range(rows)])
             v = v_u + cfg_scale * (v - v_u)
         x = x + (t_next - t) * v
     if cache is not None and advance:

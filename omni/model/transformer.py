@@ -187,7 +187,7 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class OmniModel(nn.Module):
     # parameters that exist only with an optional feature, each doing nothing at zero (a checkpoint
     # trained without the feature can start a run with it: omni train --init-from)
-    FEATURE_PARAMS = ("cell_vis",)
+    FEATURE_PARAMS = ("cell_vis", "source_in.weight")
 
     def __init__(self, cfg: OmniConfig):
         super().__init__()
@@ -201,6 +201,8 @@ class OmniModel(nn.Module):
         self.cell_gen = nn.Parameter(torch.zeros(cfg.latent_grid ** 2, d))
         if cfg.visual_cells:
             self.cell_vis = nn.Parameter(torch.zeros(cfg.latent_grid ** 2, d))
+        if cfg.source_cond:
+            self.source_in = nn.Linear(cfg.latent_dim, d, bias=False)
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
         self.norm_und = RMSNorm(d, cfg.norm_eps)
@@ -234,6 +236,8 @@ class OmniModel(nn.Module):
                 nn.init.normal_(e.proj.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
         for p in (self.cell_in, self.cell_gen, *([self.cell_vis] if self.cfg.visual_cells else [])):
             nn.init.normal_(p, std=std)
+        if self.cfg.source_cond:  # at zero the source changes nothing until training finds a use for it
+            nn.init.zeros_(self.source_in.weight)
         nn.init.zeros_(self.final_ada.weight)
         nn.init.zeros_(self.final_ada.bias)
         nn.init.zeros_(self.flow_head.weight)
@@ -277,7 +281,10 @@ class OmniModel(nn.Module):
         lat_rows = torch.nonzero((kind == IMAGE_GEN) | (kind == IMAGE_CLEAN)).squeeze(1)
         t_all = torch.zeros(B * L, device=x.device)
         if len(lat_rows):
-            x = x.index_copy(0, lat_rows, self.latent_in(b.latents.to(x.dtype)) + self.cell_gen[cell[lat_rows]])
+            h_lat = self.latent_in(b.latents.to(x.dtype)) + self.cell_gen[cell[lat_rows]]
+            if self.cfg.source_cond:
+                h_lat = h_lat + self.source_in(b.source.to(x.dtype))
+            x = x.index_copy(0, lat_rows, h_lat)
             t_all = t_all.index_copy(0, lat_rows, b.t.to(t_all.dtype))
         cond = self.time_mlp(timestep_embedding(t_all, d))
         return x.reshape(B, L, d), cond.reshape(B, L, d)

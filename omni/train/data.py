@@ -25,6 +25,7 @@ seeded by (data seed, step, slot), so a batch is a pure function of (data seed, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import zlib
@@ -134,13 +135,13 @@ class Writer(Format):
         super().__init__(tok, vq, cfg)
         self.t_shift = t_shift
 
-    def gen(self, x0: torch.Tensor, rng: np.random.Generator) -> list[Segment]:
+    def gen(self, x0: torch.Tensor, rng: np.random.Generator, source: torch.Tensor | None = None) -> list[Segment]:
         u = 1.0 / (1.0 + math.exp(-rng.normal()))  # logit-normal noise level
         t = float(shift_t(u, self.t_shift))
         noise = torch.from_numpy(rng.standard_normal(tuple(x0.shape)).astype(np.float32))
         uncond = bool(rng.random() < COND_DROPOUT)
-        return [self.tags("<gen>"), Segment("image_gen", latents=x0, t=t, loss=True, noise=noise, uncond=uncond),
-                self.tags("</gen>")]
+        return [self.tags("<gen>"), Segment("image_gen", latents=x0, t=t, loss=True, noise=noise, uncond=uncond,
+                                            source=source), self.tags("</gen>")]
 
     def write(self, ex: Example, form: str, rng: np.random.Generator) -> list[Segment]:
         blocks = FORMS[ex.task][form]
@@ -195,8 +196,9 @@ class Writer(Format):
     def _image_to_image(self, ex, tag, src, text_block, text_key, tgt, rng):
         """<tag> <img>src</img> [<img>src latents</img>] <text_block>text</text_block> <gen>target</gen> (nvs,
         edit; the latents where the config has source_latents)."""
-        return [self.tags(tag), *self.source_image(ex.views[src].rgb), self.block(text_block, ex.texts[text_key]),
-                *self.gen(self.latents([ex.views[tgt].rgb])[0], rng)]
+        rgb = ex.views[src].rgb
+        return [self.tags(tag), *self.source_image(rgb), self.block(text_block, ex.texts[text_key]),
+                *self.gen(self.latents([ex.views[tgt].rgb])[0], rng, source=self.gen_source(rgb))]
 
     def _nvs(self, ex, blocks, rng):
         return self._image_to_image(ex, "<nvs>", "source", "instruction", "instruction", "target", rng)
@@ -205,9 +207,9 @@ class Writer(Format):
         return self._image_to_image(ex, "<edit>", "before", "instruction", "instruction", "after", rng)
 
     def _video(self, ex, blocks, rng):  # the caption comes before the first frame
-        return [self.tags("<video>"), self.block("caption", ex.texts["caption"]),
-                *self.source_image(ex.views["frame0"].rgb),
-                *self.gen(self.latents([ex.views["frame1"].rgb])[0], rng)]
+        rgb = ex.views["frame0"].rgb
+        return [self.tags("<video>"), self.block("caption", ex.texts["caption"]), *self.source_image(rgb),
+                *self.gen(self.latents([ex.views["frame1"].rgb])[0], rng, source=self.gen_source(rgb))]
 
 
 def slot_rng(data_seed: int, step: int, slot: int) -> np.random.Generator:
@@ -314,8 +316,7 @@ def _pad_rows(b: Batch, extra: int) -> Batch:
     from omni.model.batch import IGNORE
     from omni.model.config import PAD
 
-    return Batch(kind=pad(b.kind, PAD), token=pad(b.token, 0), seg=pad(b.seg, -1), example=pad(b.example, -1),
-                 pos=pad(b.pos, 0), cell=pad(b.cell, 0), uncond=pad(b.uncond, False), target=pad(b.target, IGNORE),
-                 patches=b.patches, latents=b.latents, t=b.t, flow_target=b.flow_target, flow_mask=b.flow_mask,
-                 depth_target=b.depth_target, depth_mask=b.depth_mask, where=b.where, end_pos=b.end_pos,
-                 end_seg=b.end_seg)
+    # the per-token fields grow by the empty rows; the flat per-kind ones stay as they are
+    return dataclasses.replace(b, kind=pad(b.kind, PAD), token=pad(b.token, 0), seg=pad(b.seg, -1),
+                               example=pad(b.example, -1), pos=pad(b.pos, 0), cell=pad(b.cell, 0),
+                               uncond=pad(b.uncond, False), target=pad(b.target, IGNORE))

@@ -28,7 +28,7 @@ from omni.model.transformer import decode_step
 from omni.tokens.image import as_unit_rgb, unpatchify
 from omni.world.camera import text_to_pose
 
-from .format import BLOCKS, VIEW_TAGS, Format
+from .format import BLOCKS, SOURCE_VIEW, VIEW_TAGS, Format
 
 TASK_TAGS = {t: f"<{t}>" for t in ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit")}
 # the images each task takes (names as in omni.eval.run.inputs_of) and what its text is (None: it has none)
@@ -436,10 +436,17 @@ class Engine:
         n = ws.append([self.fmt.tags("<gen>")])
         lat = sample_latents(self.model, ws.cache, steps=self.flow_steps, cfg_scale=self.cfg_scale,
                              cfg_interval=self.cfg_interval, generator=self.generator, advance=False,
-                             flow_shift=self.flow_shift)
+                             flow_shift=self.flow_shift, source=self.gen_sources([ws.inputs]))
         ws.advance()
         img = self.model.visual.decode_latents(lat.cpu())[0].numpy()
         return img, lat[0], n
+
+    def gen_sources(self, inputs: Sequence[Inputs]) -> torch.Tensor | None:
+        """Each input's source latents for the generated image (rows, g*g, latent_dim): an
+        image-to-image task's input image where the model has source_cond; None otherwise."""
+        if not (self.model.cfg.source_cond and all(x.task in SOURCE_VIEW for x in inputs)):
+            return None
+        return torch.stack([self.fmt.gen_source(x.images[SOURCE_VIEW[x.task]]) for x in inputs])
 
     def gen_images(self, inputs: Sequence[Inputs]) -> list[tuple[np.ndarray, torch.Tensor]]:
         """One image per input, each in its own fresh context (`<gen>` after the input), as
@@ -458,7 +465,7 @@ class Engine:
         extend(self.model, cache, rows)
         lat = sample_latents(self.model, cache, steps=self.flow_steps, cfg_scale=self.cfg_scale,
                              cfg_interval=self.cfg_interval, generator=self.generator, advance=False,
-                             flow_shift=self.flow_shift)
+                             flow_shift=self.flow_shift, source=self.gen_sources(inputs))
         imgs = self.model.visual.decode_latents(lat.cpu()).numpy()
         return [(imgs[r], lat[r]) for r in range(len(rows))]
 

@@ -18,6 +18,8 @@ from omni.model.config import OmniConfig
 from omni.tokens.text import TextTokenizer
 from omni.tokens.visual import VisualTokenizer
 
+# the image-to-image tasks: the input image the generated image starts from
+SOURCE_VIEW = {"nvs": "source", "edit": "before", "video": "frame0"}
 VIEW_TAGS = {"up": "<look_up>", "down": "<look_down>", "left": "<look_left>", "right": "<look_right>"}
 # each context block: opening tag, closing tag
 BLOCKS = {"think": ("<think>", "</think>"), "layout": ("<layout>", "</layout>"), "caption": ("<caption>", "</caption>"),
@@ -70,6 +72,11 @@ class Format:
         if self.cfg.source_latents:
             segs += self.clean_image(self.latents([rgb])[0])
         return segs
+
+    def gen_source(self, rgb: np.ndarray) -> torch.Tensor | None:
+        """The source latents an image-to-image task's generated image takes as an input per cell
+        (`Segment.source`), where the config has source_cond; None otherwise."""
+        return self.latents([rgb])[0] if self.cfg.source_cond else None
 
     def visual_block(self, codes: Sequence[int], loss: bool = False) -> list[Segment]:
         return [self.tags("<vis>"), Segment("visual", list(codes), loss=loss), self.tags("</vis>", loss=loss)]
