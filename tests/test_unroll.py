@@ -335,6 +335,27 @@ def test_source_latents_are_written_alike_in_training_and_by_the_engine(on):
     assert res.output.image.shape == ex.views["after"].rgb.shape
 
 
+def test_both_source_flags_encode_the_source_once_and_hand_the_same_latents_to_both():
+    """With source_latents and source_cond, the writer encodes an image-to-image example's source
+    once (and its target once): the clean latents in context and the per-cell input are one tensor."""
+    import dataclasses
+
+    from omni.train import Writer
+
+    m = random_tiny_model(0)
+    w = Writer(m.tokenizer, m.visual, dataclasses.replace(m.cfg, source_latents=True, source_cond=True))
+    calls = []
+    encode = w.latents
+    w.latents = lambda rgbs: calls.append(len(rgbs)) or encode(rgbs)
+    for task in ("nvs", "edit", "video"):
+        calls.clear()
+        segs = w.write(sample(task, [2_000_000_001])[0], "direct", np.random.default_rng(0))
+        assert calls == [1, 1], (task, calls)
+        clean = next(s for s in segs if s.kind == "image_clean")
+        gen = next(s for s in segs if s.kind == "image_gen")
+        assert gen.source is clean.latents
+
+
 def test_source_cond_reaches_the_generator_in_training_and_sampling():
     """With source_cond, the image being generated for nvs, edit and video takes its source image's
     latents as an input: training writes them on the image_gen segment, the engine hands the same to

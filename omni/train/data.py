@@ -197,8 +197,9 @@ class Writer(Format):
         """<tag> <img>src</img> [<img>src latents</img>] <text_block>text</text_block> <gen>target</gen> (nvs,
         edit; the latents where the config has source_latents)."""
         rgb = ex.views[src].rgb
-        return [self.tags(tag), *self.source_image(rgb), self.block(text_block, ex.texts[text_key]),
-                *self.gen(self.latents([ex.views[tgt].rgb])[0], rng, source=self.gen_source(rgb))]
+        lat = self.source_latents(rgb)
+        return [self.tags(tag), *self.source_image(rgb, lat), self.block(text_block, ex.texts[text_key]),
+                *self.gen(self.latents([ex.views[tgt].rgb])[0], rng, source=self.gen_source(rgb, lat))]
 
     def _nvs(self, ex, blocks, rng):
         return self._image_to_image(ex, "<nvs>", "source", "instruction", "instruction", "target", rng)
@@ -208,8 +209,9 @@ class Writer(Format):
 
     def _video(self, ex, blocks, rng):  # the caption comes before the first frame
         rgb = ex.views["frame0"].rgb
-        return [self.tags("<video>"), self.block("caption", ex.texts["caption"]), *self.source_image(rgb),
-                *self.gen(self.latents([ex.views["frame1"].rgb])[0], rng, source=self.gen_source(rgb))]
+        lat = self.source_latents(rgb)
+        return [self.tags("<video>"), self.block("caption", ex.texts["caption"]), *self.source_image(rgb, lat),
+                *self.gen(self.latents([ex.views["frame1"].rgb])[0], rng, source=self.gen_source(rgb, lat))]
 
 
 def slot_rng(data_seed: int, step: int, slot: int) -> np.random.Generator:

@@ -65,18 +65,26 @@ class Format:
         pre = self.ids(tag) if tag else []
         return [Segment("text", pre + self.ids("<img>")), Segment("image_clean", latents=latents), self.tags("</img>")]
 
-    def source_image(self, rgb: np.ndarray) -> list[Segment]:
+    def source_latents(self, rgb: np.ndarray) -> torch.Tensor | None:
+        """An image-to-image task's source image as latents, encoded once for `source_image` and
+        `gen_source`, where the config has either source flag; None otherwise."""
+        return self.latents([rgb])[0] if self.cfg.source_latents or self.cfg.source_cond else None
+
+    def source_image(self, rgb: np.ndarray, latents: torch.Tensor | None = None) -> list[Segment]:
         """The input image of an image-to-image task (nvs, edit, video): <img> pixel patches </img>,
-        then, where the model's config has source_latents, <img> its clean latents </img>."""
+        then, where the model's config has source_latents, <img> its clean latents </img> (`latents`
+        if given, from `source_latents`)."""
         segs = self.image(rgb)
         if self.cfg.source_latents:
-            segs += self.clean_image(self.latents([rgb])[0])
+            segs += self.clean_image(self.latents([rgb])[0] if latents is None else latents)
         return segs
 
-    def gen_source(self, rgb: np.ndarray) -> torch.Tensor | None:
+    def gen_source(self, rgb: np.ndarray, latents: torch.Tensor | None = None) -> torch.Tensor | None:
         """The source latents an image-to-image task's generated image takes as an input per cell
-        (`Segment.source`), where the config has source_cond; None otherwise."""
-        return self.latents([rgb])[0] if self.cfg.source_cond else None
+        (`Segment.source`), where the config has source_cond; None otherwise (`latents` if given)."""
+        if not self.cfg.source_cond:
+            return None
+        return self.latents([rgb])[0] if latents is None else latents
 
     def visual_block(self, codes: Sequence[int], loss: bool = False) -> list[Segment]:
         return [self.tags("<vis>"), Segment("visual", list(codes), loss=loss), self.tags("</vis>", loss=loss)]
