@@ -298,6 +298,7 @@ def test_spatial_answers_true(data):
             truth = min(angle, key=angle.get)
         assert got == truth, (q, got, truth)
         assert f"{ex.answer}. {got}" in q
+        assert ex.texts["thinking"].endswith(f"that is: {got}, so the answer is {ex.answer}."), ex.texts["thinking"]
         for d in ("up", "down", "left", "right"):
             R = (a @ C.invert(ex.views[f"look_{d}"].w2c))[:3, :3]
             assert math.degrees(np.linalg.norm(C.matrix_to_axis_angle(R))) == pytest.approx(30.0)

@@ -575,8 +575,10 @@ def _spatial(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
         rng.shuffle(options)
         letter = LETTERS[options.index(answer_text)]
         pose = pose_to_text(T)
+        # the thought names the matching option's words before its letter, so the last step reads the letter
+        # off the question (the option written just before) instead of matching a movement to shuffled options
         thinking = " ".join(x for x in (f"the relative pose is {pose}.", pose_step, reason,
-                                         f"so the answer is {letter}.") if x)
+                                         f"that is: {answer_text}, so the answer is {letter}.") if x)
         texts = {"question": f"{question} {options_text(options)}", "thinking": thinking, "answer": letter,
                  "pose": pose, "caption": L.short_caption(st1)}
         spec = {"qtype": qtype, "options": options, "answer_text": answer_text,
