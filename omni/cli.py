@@ -558,6 +558,7 @@ def serve_command(
 @app.command("train")
 @user_errors
 def train(
+    ctx: typer.Context,
     out: str = typer.Option(..., help="Run directory (checkpoints step-*/, log.jsonl, train_config.json)."),
     preset: str = typer.Option("tiny", help="Model preset: tiny or small."),
     steps: int = typer.Option(1000),
@@ -578,6 +579,7 @@ def train(
     form_weights: str = typer.Option("", help='JSON of form weights per task (others 1), e.g. '
                                               '\'{"spatial": {"pose": 3}}\'.'),
     ema: float = typer.Option(0.0, help="EMA decay of the weights (0: off)."),
+    accum: int = typer.Option(1, help="Micro-batches accumulated per optimizer step."),
     max_minutes: float = typer.Option(None, help="Stop after this much wall time, with a checkpoint "
                                                  "(continue with --resume)."),
     fsdp: bool = typer.Option(False, help="Under torchrun: shard weights, gradients and optimizer state "
@@ -593,21 +595,35 @@ def train(
     source_cond: bool = typer.Option(None, "--source-cond/--no-source-cond",
                                      help="A generated nvs, edit or video image takes its source's latent "
                                           "of each cell as an input (default: off)."),
+    model: str = typer.Option("{}", help='JSON of model config fields over the preset\'s, e.g. \'{"d_model": '
+                                         '64}\' (the flags above set theirs).'),
 ):
-    """Train the model natively on the whole world mixture (DDP under torchrun: python -m omni.train)."""
+    """Train the model natively on the whole world mixture. Under torchrun (python -m omni.train, which
+    is this command) it runs DDP, or FSDP with --fsdp."""
     import json
 
     from omni.train import MixtureConfig, train_main
 
     _positive("--steps", steps)
-    overrides = {k: v for k, v in (("visual_cells", visual_cells), ("source_latents", source_latents),
-                                   ("source_cond", source_cond)) if v is not None}
+    try:
+        overrides = json.loads(model)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--model is not JSON ({e.msg}): {model!r}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--model must be a JSON object of model config fields, got {model!r}")
+    for k, v in (("visual_cells", visual_cells), ("source_latents", source_latents), ("source_cond", source_cond)):
+        if v is not None:
+            if overrides.get(k, v) != v:
+                raise ValueError(f"--{k.replace('_', '-')} and --model {k} {json.dumps(overrides[k])} disagree")
+            overrides[k] = v
     mixture = MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift,
                             **MixtureConfig.weights(task_weights, form_weights))
-    last = train_main(out, preset, steps, resume, device, max_minutes=max_minutes, lr=lr, warmup=warmup,
-                      save_every=save_every, keep=keep, workers=workers, threads=threads, ema=ema, fsdp=fsdp,
-                      init_from=init_from, model_overrides=overrides,
-                      mixture=mixture)
+    # the options the command line gave: --resume compares exactly those with the saved run's
+    named = {k for k in ctx.params if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE",
+                                                                                           "ENVIRONMENT")}
+    last = train_main(out, preset, steps, resume, device, max_minutes=max_minutes, named=named, lr=lr,
+                      warmup=warmup, save_every=save_every, keep=keep, workers=workers, threads=threads, ema=ema,
+                      accum=accum, fsdp=fsdp, init_from=init_from, model_overrides=overrides, mixture=mixture)
     typer.echo(json.dumps(last))
 
 

@@ -175,6 +175,44 @@ def test_resume_refuses_options_that_differ_from_the_saved_run(tmp_path):
     assert not (run / "step-0000003").exists()
 
 
+def test_resume_compares_every_option_the_command_line_gave_even_at_its_default(tmp_path):
+    """An option given at its default value used to count as left out, so the saved value silently won
+    (`--lr 0.001` resuming a run saved with 0.5 trained at 0.5). The command knows what it was given:
+    such an option now conflicts, and a bookkeeping option given at its default is taken."""
+    run = tmp_path / "g"
+    train_main(str(run), steps=1, lr=0.5, keep=20, log=quiet, **fast())
+    base = [sys.executable, "-m", "omni.train", "--out", str(run), "--resume", "--workers", "0", "--threads", "1"]
+    r = subprocess.run([*base, "--steps", "2", "--lr", "0.001"], capture_output=True, text=True, timeout=300, env=ENV)
+    assert r.returncode == 2 and "--lr 0.001 (saved: 0.5)" in r.stderr, r.stderr
+    r = subprocess.run([*base, "--steps", "2", "--keep", "2", "--lr", "0.5"], capture_output=True, text=True,
+                       timeout=300, env=ENV)
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["keep"] == 2 and saved["lr"] == 0.5
+
+
+def test_python_m_omni_train_is_omni_train():
+    """The module entry point (for torchrun) is the same command as `omni train`: every option of one is
+    an option of the other, --model and --accum included (they were kept in two lists that drifted)."""
+    from omni.cli import app
+
+    want = {o for p in typer_command(app, "train").params for o in p.opts}
+    assert {"--model", "--accum", "--source-cond", "--device", "--out"} <= want
+    r = subprocess.run([sys.executable, "-m", "omni.train", "--help"], capture_output=True, text=True, timeout=300,
+                       env={**ENV, "COLUMNS": "200"})
+    assert r.returncode == 0 and "Usage: python -m omni.train" in r.stdout
+    assert all(o in r.stdout for o in want), sorted(o for o in want if o not in r.stdout)
+    r = subprocess.run([sys.executable, "-m", "omni.train", "--out", "x", "--model", "{\"source_cond\": false}",
+                        "--source-cond"], capture_output=True, text=True, timeout=300, env=ENV)
+    assert r.returncode == 2 and "--source-cond and --model source_cond false disagree" in r.stderr, r.stderr
+
+
+def typer_command(app, name):
+    import typer
+
+    return typer.main.get_command(app).commands[name]
+
+
 def test_bad_options_are_one_line_and_exit_2_from_both_entry_points(tmp_path):
     for cmd in ([sys.executable, "-m", "omni.cli", "train", "--rows", "0"],
                 [sys.executable, "-m", "omni.train", "--save-every", "0"]):

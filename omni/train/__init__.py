@@ -10,7 +10,7 @@ from .loop import TrainConfig, Trainer, checkpoint_dirs, export, lr_at, resumed_
 
 
 def train_main(out: str, preset: str = "tiny", steps: int = 1000, resume: bool = False, device: str = "cpu",
-               log=print, max_minutes: float | None = None, **overrides) -> dict:
+               log=print, max_minutes: float | None = None, named: set[str] | None = None, **overrides) -> dict:
     """Train (or resume) a run in `out`. Under torchrun (WORLD_SIZE > 1) it joins the process group
     (gloo on the CPU, nccl on CUDA) and runs DDP; every rank builds its own share of the batch.
     max_minutes: stop (with a checkpoint) after that much wall time; `resume` continues.
@@ -18,7 +18,8 @@ def train_main(out: str, preset: str = "tiny", steps: int = 1000, resume: bool =
     Every option is checked (TrainConfig, MixtureConfig) before anything is built. With `resume` and a
     complete checkpoint, the run continues with its saved train_config.json: --steps (0 keeps the saved
     steps) and the per-slice options (loop.PER_SLICE) come from this call, and any other option that
-    differs from both its default and the saved value is an error (loop.resumed_config). With `resume`
+    differs from the saved value is an error (loop.resumed_config): one the command line gave (`named`,
+    the config fields it set), or without `named` one that differs from its default. With `resume`
     and no complete checkpoint it says so and starts a fresh run (so every slice of a sliced run may
     pass --resume)."""
     if max_minutes is not None and not (isinstance(max_minutes, int | float) and max_minutes >= 0):
@@ -47,7 +48,7 @@ def train_main(out: str, preset: str = "tiny", steps: int = 1000, resume: bool =
         else:
             record = read_json(cks[-1] / "config.json").get("training", {}).get("config")
         if record:
-            cfg = resumed_config(cfg, TrainConfig.from_dict(record), keep_steps, log=say)
+            cfg = resumed_config(cfg, TrainConfig.from_dict(record), keep_steps, log=say, named=named)
         at = int(read_json(cks[-1] / "trainer.json")["step"])
         if cfg.steps < at:
             raise ValueError(f"--steps {cfg.steps} is below the step of the checkpoint to resume ({cks[-1]})")

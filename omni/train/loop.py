@@ -144,13 +144,17 @@ def _show(v) -> str:
 
 
 def resumed_config(given: TrainConfig, saved: TrainConfig, keep_steps: bool = False,
-                   log=print) -> TrainConfig:
+                   log=print, named: set[str] | None = None) -> TrainConfig:
     """The config a resumed run continues with: the saved one, with this command line's --steps (unless
     keep_steps) and its per-slice options (PER_SLICE). Any other option given with a value that differs
-    from both its default and the saved value is an error listing them with their saved values (an
-    option at its default counts as not given, so it cannot be told from one left out: the saved value
-    holds)."""
+    from the saved one is an error listing them with their saved values. `named`: the TrainConfig and
+    MixtureConfig fields the command line gave (the CLI knows); None (the Python API) counts an option at
+    its default as not given, since it cannot be told from one left out, so the saved value holds."""
     defaults, conflicts, changes = TrainConfig(), [], {}
+
+    def was_given(name, value, default) -> bool:
+        return name in named if named is not None else value != default
+
     for f in fields(TrainConfig):
         k = f.name
         new, old, dflt = getattr(given, k), getattr(saved, k), getattr(defaults, k)
@@ -159,15 +163,15 @@ def resumed_config(given: TrainConfig, saved: TrainConfig, keep_steps: bool = Fa
         elif k in PER_SLICE:
             changes[k] = new
         elif k in BOOKKEEPING:
-            changes[k] = new if new != dflt else old
+            changes[k] = new if was_given(k, new, dflt) else old
         elif k == "mixture":
             for m in fields(MixtureConfig):
                 a, b, c = getattr(new, m.name), getattr(old, m.name), getattr(dflt, m.name)
-                if a != c and a != b:
+                if was_given(m.name, a, c) and a != b:
                     conflicts.append(f"{option(m.name)} {_show(a)} (saved: {_show(b)})")
         elif k == "model_overrides":
             conflicts += _model_conflicts(new, old, saved.preset)
-        elif new != dflt and new != old:
+        elif was_given(k, new, dflt) and new != old:
             conflicts.append(f"{option(k)} {_show(new)} (saved: {_show(old)})")
     if conflicts:
         raise ValueError("--resume continues the run with its saved train_config.json, and these options differ "
