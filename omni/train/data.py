@@ -78,7 +78,7 @@ class MixtureConfig:
             if v < lo:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
         if not self.t_shift > 0:
-            raise ValueError(f"t_shift must be > 0, got {self.t_shift}")
+            raise ValueError(f"--t-shift must be > 0, got {self.t_shift}")
         _check_weights("task weights", self.task_weights, FORMS)
         if not any(self.task_weights.get(t, 0) > 0 for t in FORMS):
             raise ValueError("task weights: at least one task needs a positive weight")
