@@ -235,3 +235,21 @@ def test_resume_keeps_bookkeeping_options_unless_given(tmp_path):
     train_main(str(run), steps=3, resume=True, keep=5, log=quiet, **fast())
     assert json.loads((run / "train_config.json").read_text())["keep"] == 5
     assert [p.name for p in sorted(run.glob("step-*"))] == ["step-0000001", "step-0000002", "step-0000003"]
+
+
+def test_an_exported_continuation_records_the_run_it_continued(tmp_path, monkeypatch):
+    """A model trained with --init-from and exported carries its source's training record (steps, data
+    seed, config) under training.init, so a shipped continuation says how all of it was trained; the
+    source's path is recorded relative to the working directory, never as this machine's path."""
+    from omni.io import read_json
+    from omni.train import export
+
+    monkeypatch.chdir(tmp_path)
+    train_main("a", steps=1, log=quiet, **fast())
+    export("a", tmp_path / "a_model")
+    train_main("b", steps=2, log=quiet, init_from=str(tmp_path / "a_model"),
+               **fast(mixture=MixtureConfig(rows=1, row_len=512, data_seed=7)))
+    meta = read_json(export("b", tmp_path / "b_model") / "config.json")["training"]
+    assert meta["step"] == 2 and meta["data_seed"] == 7 and meta["config"]["init_from"] == "a_model"
+    assert meta["init"]["training"]["step"] == 1 and meta["init"]["training"]["data_seed"] == 0
+    assert meta["init"]["exported_from"] == "step-0000001" and "init" not in meta["init"]

@@ -576,10 +576,16 @@ def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16") -> Pa
     extra = {k: v for k, v in meta.items() if k not in ("format", "model", "dtype")}
     extra["exported_from"] = src.name
     cfg = extra.get("training", {}).get("config", {})
-    if cfg.get("visual") and Path(cfg["visual"]).is_absolute():  # a shipped record names no machine's paths
-        try:
-            cfg["visual"] = str(Path(cfg["visual"]).relative_to(Path.cwd()))
-        except ValueError:
-            cfg["visual"] = Path(cfg["visual"]).name
+    init = cfg.get("init_from")
+    if init and (Path(init) / "config.json").is_file():  # a continuation records what it continued
+        source = read_json(Path(init) / "config.json")
+        extra["training"]["init"] = {k: source[k] for k in ("training", "exported_from", "weights", "init")
+                                     if k in source}
+    for key in ("visual", "init_from"):  # a shipped record names no machine's paths
+        if cfg.get(key) and Path(cfg[key]).is_absolute():
+            try:
+                cfg[key] = str(Path(cfg[key]).relative_to(Path.cwd()))
+            except ValueError:
+                cfg[key] = Path(cfg[key]).name
     extra["weights"] = "ema" if ema else "raw"
     return model.save_pretrained(dest, dtype=dtype, meta=extra)
