@@ -400,6 +400,31 @@ def eval_steps(
     typer.echo(f"wrote {out}/scores_by_step.json, .md and .png")
 
 
+@eval_app.command("compare")
+@user_errors
+def eval_compare(
+    outputs: list[str] = typer.Argument(..., help="Two or more `omni eval TASK --json` output files of one task "  # noqa: B008
+                                                  "on the same examples (the first is the reference)."),
+    names: str = typer.Option(None, help="Comma-separated row names (default: the file names)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Compare `omni eval` outputs example by example (e.g. two checkpoints): each metric's mean and
+    interval per output, and its Δ against the first, paired, with a 95% bootstrap interval."""
+    import json
+
+    from omni.eval.report import compare_outputs
+    from omni.io import read_json
+
+    labels = list(_csv(names)) if names else [str(p) for p in outputs]
+    if len(labels) != len(outputs) or len(set(labels)) != len(labels):
+        raise ValueError(f"--names must give {len(outputs)} distinct names, got {names!r}")
+    tables = compare_outputs({k: read_json(p) for k, p in zip(labels, outputs, strict=True)})
+    if json_out:
+        typer.echo(json.dumps({k: t.to_json() for k, t in tables.items()}))
+    else:
+        typer.echo("\n".join(t.markdown() for t in tables.values()))
+
+
 @eval_app.command("curves")
 @user_errors
 def eval_curves(

@@ -149,3 +149,37 @@ def test_cli_eval_checker_json():
     bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "checker", "--n", "-1"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1
+
+
+def test_compare_pairs_two_eval_outputs_example_by_example(tmp_path):
+    """`omni eval compare` reads two `omni eval --json` outputs of one task on the same examples and
+    gives each metric's Δ paired per example; errors fall when a model improves (lower is better);
+    outputs of another task or other examples are refused."""
+    import json
+    import subprocess
+    import sys
+
+    from omni.eval.report import compare_outputs
+
+    old = {"task": "depth", "n": 4, "seed_start": 7, "scores": {"delta1": [0.5, 0.6, 0.7, 0.8],
+                                                                 "abs_rel": [0.2, 0.2, 0.3, 0.3]}}
+    new = {**old, "scores": {"delta1": [0.6, 0.7, 0.8, 0.9], "abs_rel": [0.1, 0.1, 0.2, 0.2]}}
+    t = compare_outputs({"old": old, "new": new})
+    assert set(t) == {"delta1", "abs_rel"}
+    assert t["delta1"].rows[1].delta == pytest.approx(0.1) and t["delta1"].rows[1].delta_lo == pytest.approx(0.1)
+    assert t["abs_rel"].rows[1].delta == pytest.approx(-0.1) and not t["abs_rel"].higher_is_better
+    for bad, needle in (({**new, "task": "vqa"}, "task 'vqa' differs"), ({**new, "seed_start": 8}, "seed_start 8"),
+                        ({"task": "depth"}, "no per-example scores")):
+        with pytest.raises(ValueError, match=needle):
+            compare_outputs({"old": old, "bad": bad})
+    with pytest.raises(ValueError, match="at least two"):
+        compare_outputs({"old": old})
+    for name, d in (("a.json", old), ("b.json", new)):
+        (tmp_path / name).write_text(json.dumps(d))
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "compare", str(tmp_path / "a.json"),
+                        str(tmp_path / "b.json"), "--names", "old,new", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["delta1"]["rows"][1]["name"] == "new"
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "compare", str(tmp_path / "a.json"),
+                        str(tmp_path / "b.json"), "--names", "x"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--names must give 2 distinct names" in r.stderr

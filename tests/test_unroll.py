@@ -166,12 +166,20 @@ def test_context_fidelity_against_the_world():
     assert f["estimate_pose:parsed"] == 1 and f["estimate_pose:auc@30"] > 0.95
     assert f["think:exact"] == 1 and f["think:similarity"] == 1 and f["synthesize_views:psnr"] > 30
     assert f["think:answer"] == 1 and f["think:followed"] == 1
+    assert f["think:option"] == 1 and f["think:lookup"] == 1  # the world's thought names its option, then its letter
+    opts = ex.spec["options"]
+    other = next(o for o in opts if o != ex.spec["answer_text"])
+    for letter, lookup in ((ex.answer, 0.0), ("ABCD"[opts.index(other)], 1.0)):  # names a wrong option
+        named = Item("think", "text", text=f"that is: {other}, so the answer is {letter}.")
+        f = fidelity(ex, Result("spatial", [], out, [named]))
+        assert f["think:option"] == 0 and f["think:lookup"] == lookup
     bad = Result("spatial", [], out, [Item("estimate_pose", "pose", text="not a pose"),
                                       Item("synthesize_views", "image", image=np.zeros_like(grid)),
                                       Item("think", "text", text="the sky is green")])
     f = fidelity(ex, bad)
     assert f["estimate_pose:parsed"] == 0 and f["think:exact"] == 0 and f["think:similarity"] < 0.5
     assert f["synthesize_views:psnr"] < 15 and f["think:answer"] == 0 and f["think:followed"] == 0
+    assert f["think:option"] == 0 and f["think:lookup"] == 0  # names no option
     # a thought that states a wrong answer, which the output then follows (or not)
     wrong = next(c for c in "ABCD" if c != ex.answer)
     said = Item("think", "text", text=f"the camera moved. so the answer is {wrong}.")

@@ -12,7 +12,7 @@ from omni.unroll.engine import PLANS, Engine, parse_plan
 from omni.world import sample
 from omni.world.tasks import split_of_range
 
-from .report import AblationTable, ablation_table
+from .report import AblationTable, ablation_table, higher_is_better
 from .run import fidelity, held_out, inputs_of, score
 
 # the score each table reports (and whether higher is better); more columns go into the JSON
@@ -84,7 +84,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
     for key in scores[next(iter(plans))]:
         tables[key] = ablation_table({name: scores[name][key] for name in plans},
                                      title=TITLES.get(task, task), metric=key,
-                                     higher_is_better=higher if key == metric else not key.startswith("abs_rel"),
+                                     higher_is_better=higher if key == metric else higher_is_better(key),
                                      notes=[f"same weights, same {n} {held_out(split)} examples "
                                             f"(seeds {seed_start}..), rows differ only in the plan", how])
     by_group = group_means(groups, {name: {metric: scores[name][metric], **context[name]} for name in plans})

@@ -87,6 +87,32 @@ class AblationTable:
         return {"md": out / f"{stem}.md", "json": out / f"{stem}.json", "png": self.plot(out / f"{stem}.png")}
 
 
+def higher_is_better(metric: str) -> bool:
+    """Errors (abs_rel*, rre, rte) fall as a model gets better; every other score rises."""
+    return not (metric.startswith("abs_rel") or metric in ("rre", "rte"))
+
+
+def compare_outputs(outputs: Mapping[str, Mapping]) -> dict[str, AblationTable]:
+    """`omni eval TASK --json` outputs (name -> the parsed JSON) of one task on the same examples, e.g.
+    two checkpoints: per metric, a table with a row per output and the Δ paired against the first."""
+    if len(outputs) < 2:
+        raise ValueError("compare needs at least two `omni eval --json` outputs")
+    first = next(iter(outputs.values()))
+    for name, out in outputs.items():
+        if not isinstance(out, Mapping) or not isinstance(out.get("scores"), Mapping):
+            raise ValueError(f"{name}: not an `omni eval TASK --json` output (no per-example scores)")
+        for key in ("task", "n", "seed_start"):
+            if out.get(key) != first.get(key):
+                raise ValueError(f"{name}: {key} {out.get(key)!r} differs from the first output's "
+                                 f"{first.get(key)!r}; compare needs the same task on the same examples")
+    keys = [k for k in first["scores"] if all(k in out["scores"] for out in outputs.values())]
+    return {k: ablation_table({name: out["scores"][k] for name, out in outputs.items()},
+                              title=f"{first['task']}: {' vs '.join(outputs)}", metric=k,
+                              higher_is_better=higher_is_better(k),
+                              notes=[f"the same {first['n']} examples (seeds {first['seed_start']}..), "
+                                     "Δ paired per example"]) for k in keys}
+
+
 def ablation_table(rows: Mapping[str, Sequence[float]], title: str = "ablation", metric: str = "score",
                    higher_is_better: bool = True, n_boot: int = 1000, seed: int = 0,
                    notes: Sequence[str] = ()) -> AblationTable:
