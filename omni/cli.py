@@ -628,6 +628,7 @@ def train(
     import json
 
     from omni.train import MixtureConfig, train_main
+    from omni.train.loop import MODEL_FLAGS
 
     _positive("--steps", steps)
     try:
@@ -639,7 +640,7 @@ def train(
     for k, v in (("visual_cells", visual_cells), ("source_latents", source_latents), ("source_cond", source_cond)):
         if v is not None:
             if overrides.get(k, v) != v:
-                raise ValueError(f"--{k.replace('_', '-')} and --model {k} {json.dumps(overrides[k])} disagree")
+                raise ValueError(f"{MODEL_FLAGS[k]} and --model {k} {json.dumps(overrides[k])} disagree")
             overrides[k] = v
     mixture = MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift,
                             **MixtureConfig.weights(task_weights, form_weights))

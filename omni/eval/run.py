@@ -21,7 +21,7 @@ import numpy as np
 
 from omni.unroll.engine import Engine, Inputs, Result, parse_pose
 from omni.world import Example, sample
-from omni.world.tasks import split_of_range
+from omni.world.tasks import LETTERS, split_of_range
 
 from .checker import check
 from .metrics import bootstrap_ci, depth_metrics, pose_errors, psnr, qa_accuracy, ssim
@@ -138,11 +138,11 @@ def fidelity(ex: Example, res: Result) -> dict:
                 out[f"{s}:answer"] = qa_accuracy([said or ""], [ex.answer])["scores"][0] if said else 0.0
                 out[f"{s}:followed"] = (qa_accuracy([res.output.text or ""], [said])["scores"][0]
                                         if said else 0.0)
-            if s == "think" and ex.task == "spatial":  # "that is: <option>, so the answer is <its letter>."
-                m = re.search(r"that is: (.+?), so the answer is", it.text)
-                named, opts = (m.group(1).strip() if m else None), ex.spec["options"]
-                out[f"{s}:option"] = float(named == ex.spec["answer_text"])
-                out[f"{s}:lookup"] = float(named in opts and stated_answer(it.text) == "ABCD"[opts.index(named)])
+                if ex.task == "spatial":  # "that is: <option>, so the answer is <its letter>."
+                    m = re.search(r"that is: (.+?), so the answer is", it.text)
+                    named, opts = (m.group(1).strip() if m else None), ex.spec["options"]
+                    out[f"{s}:option"] = float(named == ex.spec["answer_text"])
+                    out[f"{s}:lookup"] = float(named in opts and said == LETTERS[opts.index(named)])
         elif s == "estimate_pose":
             p = pair_pose_scores(ex, parse_pose(it.text or ""))
             out[f"{s}:parsed"], out[f"{s}:auc@30"] = p["parsed"], p["auc@30"]

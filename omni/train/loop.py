@@ -579,8 +579,7 @@ def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16") -> Pa
     init = cfg.get("init_from")
     if init and (Path(init) / "config.json").is_file():  # a continuation records what it continued
         source = read_json(Path(init) / "config.json")
-        extra["training"]["init"] = {k: source[k] for k in ("training", "exported_from", "weights", "init")
-                                     if k in source}
+        extra["training"]["init"] = {k: source[k] for k in ("training", "exported_from", "weights") if k in source}
     for key in ("visual", "init_from"):  # a shipped record names no machine's paths
         if cfg.get(key) and Path(cfg[key]).is_absolute():
             try:
