@@ -134,6 +134,11 @@ def test_ablation_rows_share_examples(model, tmp_path):
         assert rows["direct"]["n"] == len(idx)
         assert rows["direct"]["accuracy"] == np.mean([r["scores"]["direct"]["accuracy"][i] for i in idx])
     assert "by question family" in markdown(r)
+    # every row's texts, per example: the thought in +thinking, the answer in both
+    saved = json.loads(files["scores"].read_text())["texts"]
+    assert [len(saved[k]) for k in ("direct", "+thinking")] == [2, 2]
+    assert saved["direct"][0]["steps"] == [] and saved["direct"][0]["output"] is not None
+    assert [s for s, _ in saved["+thinking"][1]["steps"]] == ["think"]
 
 
 def test_unroll_cli(model, tmp_path):
@@ -362,6 +367,30 @@ def test_both_source_flags_encode_the_source_once_and_hand_the_same_latents_to_b
         clean = next(s for s in segs if s.kind == "image_clean")
         gen = next(s for s in segs if s.kind == "image_gen")
         assert gen.source is clean.latents
+
+
+def test_engine_encodes_the_source_once_per_run():
+    """The engine asks for an image-to-image source's latents twice, for the context and for the
+    sampler; with both source flags one encode serves both, and the next run encodes its own."""
+    import dataclasses
+
+    from omni.model import OmniModel
+
+    base = random_tiny_model(0)
+    m = OmniModel(dataclasses.replace(base.cfg, source_latents=True, source_cond=True))
+    m.tokenizer = base.tokenizer
+    object.__setattr__(m, "visual", base.visual)
+    e = Engine(m.eval(), flow_steps=2)
+    calls = []
+    encode = e.fmt.latents
+    e.fmt.latents = lambda rgbs: calls.append(len(rgbs)) or encode(rgbs)
+    for task in ("nvs", "edit", "video"):
+        calls.clear()
+        ex = sample(task, [2_000_000_001])[0]
+        a = e.run(inputs_of(ex), "direct").output.image
+        assert calls == [1], (task, calls)
+        b = e.run(inputs_of(sample(task, [2_000_000_002])[0]), "direct").output.image
+        assert calls == [1, 1] and not np.allclose(a, b), task
 
 
 def test_source_cond_reaches_the_generator_in_training_and_sampling():

@@ -13,7 +13,7 @@ from omni.world import sample
 from omni.world.tasks import split_of_range
 
 from .report import AblationTable, ablation_table, higher_is_better
-from .run import fidelity, held_out, inputs_of, score
+from .run import fidelity, held_out, inputs_of, score, texts_of
 
 # the score each table reports (and whether higher is better); more columns go into the JSON
 MAIN_METRIC = {"vqa": ("accuracy", True), "spatial": ("accuracy", True), "t2i": ("pass", True),
@@ -52,6 +52,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
     examples = sample(task, range(seed_start, seed_start + n))
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
     context: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
+    texts: dict[str, list[dict | None]] = {name: [] for name in plans}
     groups = question_types(task, examples)
     seconds = {name: 0.0 for name in plans}
     tokens = {name: 0 for name in plans}
@@ -67,6 +68,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
             res = engine.continue_plan(base.fork(), steps)
             seconds[name] += time.perf_counter() - t + shared
             tokens[name] += sum(it.tokens for it in res.items) + res.output.tokens
+            texts[name].append(texts_of(res))
             for k, v in score(ex, res).items():
                 scores[name].setdefault(k, []).append(v)
             for k, v in fidelity(ex, res).items():
@@ -93,6 +95,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
             "main_metric": metric, "tables": tables, "scores": scores,
             "context_fidelity": {name: {k: float(np.mean(v)) for k, v in c.items()} for name, c in context.items()},
             "groups": groups, "by_group": by_group,
+            "texts": {name: t for name, t in texts.items() if any(t)},
             "seconds_per_example": {k: v / n for k, v in seconds.items()},
             "context_tokens_per_example": {k: v / n for k, v in tokens.items()}}
 

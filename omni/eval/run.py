@@ -105,6 +105,15 @@ def stated_answer(thought: str) -> str | None:
     return m.group(1).strip() if m else None
 
 
+def texts_of(res: Result) -> dict | None:
+    """The text a run wrote, for checking claims about it later: each primitive's text as
+    [step, text] in order, and the output's text; None when it wrote none (an image, a depth map)."""
+    steps = [[it.step, it.text] for it in res.items if it.step != "input" and it.text is not None]
+    if not steps and res.output.text is None:
+        return None
+    return {"steps": steps, "output": res.output.text}
+
+
 def fidelity(ex: Example, res: Result) -> dict:
     """How close each piece of context the model produced is to the world's ground truth — the first
     question when a context does not help (is it produced correctly?). Per step, keyed `step:what`:
@@ -175,9 +184,11 @@ def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Seq
     t0 = time.perf_counter()
     steps = None
     tokens = []
+    texts = []
     for i, ex in enumerate(examples):
         res = engine.run(inputs_of(ex), plan)
         steps = res.plan
+        texts.append(texts_of(res))
         tokens.append(sum(it.tokens for it in res.items) + res.output.tokens)
         for k, v in score(ex, res).items():
             per.setdefault(k, []).append(v)
@@ -185,4 +196,5 @@ def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Seq
             log(f"{task}: {i + 1}/{n}")
     metrics = {k: bootstrap_ci(v) for k, v in per.items()}
     return {"task": task, "plan": steps, "n": n, "seed_start": seed_start, "split": split, "metrics": metrics,
-            "scores": per, "context_tokens": float(np.mean(tokens)), "seconds": round(time.perf_counter() - t0, 1)}
+            "scores": per, "context_tokens": float(np.mean(tokens)), "seconds": round(time.perf_counter() - t0, 1),
+            **({"texts": texts} if any(texts) else {})}

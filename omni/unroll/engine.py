@@ -263,6 +263,7 @@ class Engine:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.fmt = Format(model.tokenizer, model.visual, model.cfg)
+        self._source: tuple[np.ndarray, torch.Tensor | None] | None = None  # the last source image, its latents
         visual_temperature = temperature if visual_temperature is None else visual_temperature
         visual_top_k = top_k if visual_top_k is None else visual_top_k
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
@@ -347,9 +348,9 @@ class Engine:
         elif task in ("spatial", "pose"):
             segs += fmt.image(im["view1"]) + fmt.image(im["view2"])
         elif task == "nvs":
-            segs += fmt.source_image(im["source"])
+            segs += fmt.source_image(im["source"], self.source_latents(im["source"]))
         elif task == "edit":
-            segs += fmt.source_image(im["before"])
+            segs += fmt.source_image(im["before"], self.source_latents(im["before"]))
         if task in ("vqa", "spatial"):
             segs.append(fmt.block("question", inputs.text))
         elif task == "t2i":
@@ -357,7 +358,8 @@ class Engine:
         elif task in ("nvs", "edit"):
             segs.append(fmt.block("instruction", inputs.text))
         elif task == "video":
-            segs += [fmt.block("caption", inputs.text)] + fmt.source_image(im["frame0"])
+            segs += [fmt.block("caption", inputs.text)] + fmt.source_image(im["frame0"],
+                                                                           self.source_latents(im["frame0"]))
         return segs
 
     # -- running ----------------------------------------------------------------------------------
@@ -446,7 +448,18 @@ class Engine:
         image-to-image task's input image where the model has source_cond; None otherwise."""
         if not (self.model.cfg.source_cond and all(x.task in SOURCE_VIEW for x in inputs)):
             return None
-        return torch.stack([self.fmt.gen_source(x.images[SOURCE_VIEW[x.task]]) for x in inputs])
+        return torch.stack([self.fmt.gen_source(rgb, self.source_latents(rgb))
+                            for rgb in (x.images[SOURCE_VIEW[x.task]] for x in inputs)])
+
+    def source_latents(self, rgb: np.ndarray) -> torch.Tensor | None:
+        """An image-to-image input's source latents (`Format.source_latents`), kept for the last
+        source image seen: a run asks for them when it sizes its context, opens it and samples, and
+        one encode serves all three (matched by the pixels, not the array object, which checking
+        the inputs copies)."""
+        src = self._source  # one read: another thread's run may replace it meanwhile
+        if src is None or not np.array_equal(src[0], rgb):
+            src = self._source = (np.array(rgb, copy=True), self.fmt.source_latents(rgb))
+        return src[1]
 
     def gen_images(self, inputs: Sequence[Inputs]) -> list[tuple[np.ndarray, torch.Tensor]]:
         """One image per input, each in its own fresh context (`<gen>` after the input), as
