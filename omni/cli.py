@@ -356,6 +356,8 @@ def eval_context_use(
             raise ValueError(f"--t must be numbers separated by commas, got {t!r}") from None
     res = context_use(_load(checkpoint, device), task, n, seed_start, ts)
     tables, extra = res["tables"], ({"by_group": res["by_group"]} if res["by_group"] else {})
+    if "thought_steps" in res:
+        extra["thought_steps"] = res["thought_steps"]
     if json_out:
         typer.echo(json.dumps({"checkpoint": checkpoint, "task": task, "n": n, "seed_start": seed_start,
                                "tables": {k: v.to_json() for k, v in tables.items()}, **extra}))
@@ -364,6 +366,11 @@ def eval_context_use(
         for g, rows in extra.get("by_group", {}).items():
             typer.echo(f"{g} (n = {next(iter(rows.values()))['n']}): " + ", ".join(
                 f"{name} " + " / ".join(f"{v:.3f}" for k, v in r.items() if k != "n") for name, r in rows.items()))
+        if "thought_steps" in extra:
+            st = extra["thought_steps"]
+            typer.echo("the true thought, step by step (teacher-forced): " + ", ".join(
+                f"{k} {st[k]['mean']:.3f} [{st[k]['lo']:.3f}, {st[k]['hi']:.3f}]" for k in ("option", "letter"))
+                + "; letters stated: " + ", ".join(f"{c} {k}" for c, k in st["letters"].items()))
 
 
 @eval_app.command("steps")

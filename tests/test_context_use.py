@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,6 +94,32 @@ def test_answer_tasks_rows_and_scores(task):
         assert all(set(rows) == set(row_names(task)) for rows in res["by_group"].values())
 
 
+def test_thought_steps_score_the_true_thoughts_option_and_letter():
+    """The sequence is the training think form up to </think>, token for token, with targets on
+    exactly the thought's option words and its letter; a random model states some letter for each."""
+    from omni.eval.context_use import _thought_sequence, thought_steps
+    from omni.model import pack
+    from omni.train.data import Writer
+    from omni.world import sample
+
+    m = tiny()
+    w = Writer(m.tokenizer, m.visual, m.cfg)
+    for ex in sample("spatial", range(1_000_000_000, 1_000_000_012)):
+        seq, spans = _thought_sequence(w, ex)
+        full = [t for sg in w.write(ex, "think", np.random.default_rng(0))
+                if sg.kind == "text" for t in sg.tokens]
+        mine = [t for sg in seq if sg.kind == "text" for t in sg.tokens]
+        assert mine == full[:len(mine)] and m.tokenizer.decode(mine[-1:], skip_special=False) == "</think>"
+        b = pack([seq], m.cfg)
+        tgt = b.target[0][b.target[0] >= 0].tolist()
+        assert [size for size, _ in spans] == [len(m.tokenizer.encode(" " + ex.spec["answer_text"])), 1]
+        assert m.tokenizer.decode(tgt).strip() == f"{ex.spec['answer_text']} {ex.answer}"
+    r = thought_steps(m, 3, 1_000_000_000, batch=2)
+    assert r["n"] == 3 and sum(r["letters"].values()) == 3
+    assert 0 <= r["letter"]["mean"] <= 1 and r["option"]["mean"] == 0  # a random model names no option
+    assert sum(g["n"] for g in r["by_group"].values()) == 3
+
+
 def test_answer_context_use_errors():
     from omni.eval.context_use import answer_context_use
 
@@ -111,6 +138,7 @@ def test_cli_answer_task(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["task"] == "spatial" and list(out["tables"]) == ["accuracy", "answer nll"] and out["by_group"]
+    assert sum(out["thought_steps"]["letters"].values()) == 1
     for args, needle in ((["--task", "pose"], "--task must be"), (["--task", "vqa", "--t", "0.5"], "--t (noise")):
         bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint",
                               str(tmp_path / "ck"), *args], capture_output=True, text=True, timeout=300)

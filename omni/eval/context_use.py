@@ -15,20 +15,23 @@ improves given the true context) from "the context is ignored" (it does not).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from omni.model import OmniModel, pack
+from omni.model.batch import Segment
 from omni.model.config import IMAGE_CLEAN, IMAGE_GEN, IMAGE_IN
 from omni.tokens.image import unpatchify
 from omni.train.data import FORMS, Writer
+from omni.unroll.format import BLOCKS
 from omni.world import WorldConfig, sample
-from omni.world.tasks import split_of_range
+from omni.world.tasks import LETTERS, split_of_range
 
 from .ablate import group_means, question_types
-from .metrics import depth_metrics
+from .metrics import bootstrap_ci, depth_metrics
 from .report import AblationTable, ablation_table
 
 NOISE_LEVELS = (0.5, 0.8, 0.95)
@@ -160,16 +163,88 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
     return {"tables": tables, "by_group": by_group}
 
 
+def _thought_pieces(w: Writer, thought: str) -> list[tuple[list[int], str | None]]:
+    """The world's spatial thought "<reasoning> that is: <option>, so the answer is <letter>." as
+    token runs [(ids, None), (option ids, "option"), (ids, None), (letter ids, "letter"), (ids, None)]
+    whose concatenation is exactly the tokens `Writer.block` writes for its body."""
+    m = re.fullmatch(r"(.* that is:)( .+?)(, so the answer is)( [A-D])(\.)", thought.strip())
+    if m is None:
+        raise AssertionError(f"the world's spatial thought changed shape: {thought[-60:]!r}")
+    parts = [(w.tok.encode(" " + m.group(1)), None), (w.tok.encode(m.group(2)), "option"),
+             (w.tok.encode(m.group(3)), None), (w.tok.encode(m.group(4)), "letter"), (w.tok.encode(m.group(5)), None)]
+    if [t for ids, _ in parts for t in ids] != w.tok.encode(" " + thought.strip()):
+        raise AssertionError("the thought's pieces tokenize differently from the whole; split it elsewhere")
+    return parts
+
+
+def _thought_sequence(w: Writer, ex) -> tuple[list[Segment], list[tuple[int, str]]]:
+    """A spatial example's think form, as training writes it, up to the thought's closing tag, with
+    its loss only on the thought's option and letter; and those spans' (token count, name) in order."""
+    segs = w.write(ex, "think", np.random.default_rng(0))
+    open_tag, close_tag = BLOCKS["think"]
+    at = next(i for i, sg in enumerate(segs) if sg.kind == "text" and list(sg.tokens[:1]) == w.ids(open_tag))
+    body = _thought_pieces(w, ex.texts["thinking"])
+    seq = ([dataclasses.replace(sg, loss=False) for sg in segs[:at]] + [w.tags(open_tag)]
+           + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(close_tag)])
+    return seq, [(len(ids), what) for ids, what in body if what]
+
+
+@torch.no_grad()
+def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8) -> dict:
+    """Where a spatial thought breaks, step by step, given the world's true thought up to each step
+    (teacher-forced, as in training, on n examples from seed_start): `option` — every token of the
+    option it concludes ("that is: <option>") is the argmax given the true reasoning before it (the
+    comparison of the stated angles, distances or motion); `letter` — the letter it then states is
+    the argmax given the true option (the lookup of that option's letter in the question). Returns
+    {"n", "option", "letter": bootstrap mean and 95% interval, "letters": how often each letter is
+    the argmax, "by_group": question type -> {"n", "option", "letter"}}."""
+    _check(model, n, seed_start)
+    model = model.eval()
+    cfg = model.cfg
+    w = Writer(model.tokenizer, model.visual, cfg)
+    exs = sample("spatial", list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size))
+    device = next(model.parameters()).device
+    scores = {"option": [], "letter": []}
+    letters = {c: 0 for c in LETTERS}
+    for lo in range(0, n, batch):
+        chunk = exs[lo:lo + batch]
+        seqs, spans = [], []
+        for ex in chunk:
+            seq, span = _thought_sequence(w, ex)
+            seqs.append(seq)
+            spans.append(span)
+        b = pack(seqs, cfg).to(device)
+        h = model(b)
+        for r in range(len(chunk)):
+            at = torch.nonzero(b.target[r] >= 0).squeeze(1)
+            pred = model.logits(h[r, at], slice(0, cfg.text_vocab)).float().argmax(-1)
+            hit = pred == b.target[r, at]
+            k = 0
+            for size, what in spans[r]:
+                scores[what].append(float(hit[k:k + size].all()))
+                if what == "letter":
+                    guess = w.tok.decode(pred[k:k + size].tolist()).strip()
+                    letters[guess] = letters.get(guess, 0) + 1
+                k += size
+    groups = question_types("spatial", exs)
+    return {"n": n, **{k: bootstrap_ci(v) for k, v in scores.items()}, "letters": letters,
+            "by_group": {g: rows["true"] for g, rows in group_means(groups, {"true": scores}).items()}}
+
+
 def context_use(model: OmniModel, task: str, n: int, seed_start: int,
                 ts: Sequence[float] | None = None) -> dict:
     """Either measure, by task, in one shape: {"tables": name -> AblationTable, "by_group": question
     type -> row -> {"n", metric means}}. t2i: `flow_context_use` at the noise levels ts (default
     NOISE_LEVELS; tables "t=0.95", ...; no question types). vqa / spatial / depth:
-    `answer_context_use` (ts must be None: they have no noise level)."""
+    `answer_context_use` (ts must be None: they have no noise level); spatial adds "thought_steps"
+    (`thought_steps`: where the true thought's last two steps break)."""
     if task == "t2i":
         return {"tables": flow_context_use(model, n, seed_start, NOISE_LEVELS if ts is None else ts),
                 "by_group": {}}
     row_names(task)  # an unknown task fails here, before anything else
     if ts is not None:
         raise ValueError(f"noise levels apply to t2i's context use only, not {task}")
-    return answer_context_use(model, task, n, seed_start)
+    res = answer_context_use(model, task, n, seed_start)
+    if task == "spatial":
+        res["thought_steps"] = thought_steps(model, n, seed_start)
+    return res
