@@ -167,7 +167,7 @@ def _thought_pieces(w: Writer, thought: str) -> list[tuple[list[int], str | None
     """The world's spatial thought "<reasoning> that is: <option>, so the answer is <letter>." as
     token runs [(ids, None), (option ids, "option"), (ids, None), (letter ids, "letter"), (ids, None)]
     whose concatenation is exactly the tokens `Writer.block` writes for its body."""
-    m = re.fullmatch(r"(.* that is:)( .+?)(, so the answer is)( [A-D])(\.)", thought.strip())
+    m = re.fullmatch(rf"(.* that is:)( .+?)(, so the answer is)( [{LETTERS}])(\.)", thought.strip())
     if m is None:
         raise AssertionError(f"the world's spatial thought changed shape: {thought[-60:]!r}")
     parts = [(w.tok.encode(" " + m.group(1)), None), (w.tok.encode(m.group(2)), "option"),
