@@ -86,8 +86,32 @@ def test_shipped_visual_tokenizer_roundtrips_held_out_renders():
 
 @pytest.mark.slow
 def test_shipped_text_tokenizer_is_reproducible(tmp_path):
-    """`omni tokens build-text` rebuilds the shipped tokenizer.json byte for byte."""
-    from omni.tokens.text import DEFAULT_PATH, train_tokenizer, world_corpus
+    """The shipped tokenizer.json is rebuilt byte for byte from the world of the commit it records
+    (SHIPPED_CORPUS_COMMIT: its omni/ package, taken out of this repository's history)."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
 
-    train_tokenizer(world_corpus()).save(str(tmp_path / "tokenizer.json"))
-    assert (tmp_path / "tokenizer.json").read_bytes() == DEFAULT_PATH.read_bytes()
+    from omni.tokens.text import DEFAULT_PATH, SHIPPED_CORPUS_COMMIT
+
+    root = Path(__file__).resolve().parents[1]
+    arch = subprocess.run(["git", "-C", str(root), "archive", SHIPPED_CORPUS_COMMIT, "omni"], capture_output=True)
+    if arch.returncode != 0:
+        pytest.skip(f"no git history with commit {SHIPPED_CORPUS_COMMIT[:10]} here")
+    (tmp_path / "old.tar").write_bytes(arch.stdout)
+    with tarfile.open(tmp_path / "old.tar") as t:
+        t.extractall(tmp_path / "old", filter="data")
+    out = tmp_path / "tokenizer.json"
+    code = ("from omni.tokens.text import train_tokenizer, world_corpus; "
+            f"train_tokenizer(world_corpus()).save({str(out)!r})")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "old", capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path / "old")}, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == DEFAULT_PATH.read_bytes()
+    # today's world gives another tokenizer: build-text will not write it over the shipped one
+    before = DEFAULT_PATH.read_bytes()
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "tokens", "build-text"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 2 and "write it elsewhere with --out" in r.stderr, r.stderr
+    assert DEFAULT_PATH.read_bytes() == before

@@ -16,6 +16,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 DEFAULT_PATH = Path(__file__).with_name("tokenizer.json")
 VOCAB_SIZE = 640
 CORPUS_SEEDS = (0, 500)  # train-split seeds whose texts (every task) train the tokenizer
+# the commit whose world wrote the shipped tokenizer.json's corpus: the world's texts changed after it
+# (the spatial thought names its option, commit 014eb30) and every checkpoint's embeddings index this
+# tokenizer, so it is kept; `omni tokens build-text` run on that commit's omni/ rebuilds it byte for byte
+SHIPPED_CORPUS_COMMIT = "625c79e1891ae5a68f26affc473d19d5808540e4"
 
 # Special tokens: structure, tasks, contexts. Their ids are the first ones, in this order.
 SPECIAL_TOKENS = [
