@@ -175,7 +175,6 @@ def tokens_build_text(
     """Train the byte-level BPE text tokenizer on the world's language (deterministic). The shipped
     tokenizer.json came from the world of commit SHIPPED_CORPUS_COMMIT (omni.tokens.text); a different
     one is never written over it, since every checkpoint's embeddings index it."""
-    import tempfile
     from pathlib import Path
 
     from omni.tokens.text import (
@@ -191,13 +190,11 @@ def tokens_build_text(
     ensure_writable_dir(Path(out).parent)  # before the corpus is built, not after
     corpus = world_corpus()
     tok = train_tokenizer(corpus)
-    if Path(out).resolve() == DEFAULT_PATH.resolve() and DEFAULT_PATH.is_file():
-        with tempfile.TemporaryDirectory() as tmp:
-            tok.save(str(Path(tmp) / "t.json"))
-            if (Path(tmp) / "t.json").read_bytes() != DEFAULT_PATH.read_bytes():
-                raise ValueError(f"this world's texts give another tokenizer than the shipped one, which came from "
-                                 f"commit {SHIPPED_CORPUS_COMMIT[:10]}'s world and which every checkpoint's "
-                                 "embeddings index; write it elsewhere with --out")
+    shipped = Path(out).resolve() == DEFAULT_PATH.resolve() and DEFAULT_PATH.is_file()
+    if shipped and tok.to_str(pretty=True).encode() != DEFAULT_PATH.read_bytes():  # the bytes save() writes
+        raise ValueError(f"this world's texts give another tokenizer than the shipped one, which came from "
+                         f"commit {SHIPPED_CORPUS_COMMIT[:10]}'s world and which every checkpoint's "
+                         "embeddings index; write it elsewhere with --out")
     tok.save(out)
     typer.echo(f"wrote {out}: vocabulary {VOCAB_SIZE}, {len(corpus)} texts from seeds {CORPUS_SEEDS}")
 

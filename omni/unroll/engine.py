@@ -347,10 +347,8 @@ class Engine:
             segs += fmt.image(im["image"])
         elif task in ("spatial", "pose"):
             segs += fmt.image(im["view1"]) + fmt.image(im["view2"])
-        elif task == "nvs":
-            segs += fmt.source_image(im["source"], self.source_latents(im["source"]))
-        elif task == "edit":
-            segs += fmt.source_image(im["before"], self.source_latents(im["before"]))
+        elif task in ("nvs", "edit"):
+            segs += self.source_segments(inputs)
         if task in ("vqa", "spatial"):
             segs.append(fmt.block("question", inputs.text))
         elif task == "t2i":
@@ -358,8 +356,7 @@ class Engine:
         elif task in ("nvs", "edit"):
             segs.append(fmt.block("instruction", inputs.text))
         elif task == "video":
-            segs += [fmt.block("caption", inputs.text)] + fmt.source_image(im["frame0"],
-                                                                           self.source_latents(im["frame0"]))
+            segs += [fmt.block("caption", inputs.text)] + self.source_segments(inputs)
         return segs
 
     # -- running ----------------------------------------------------------------------------------
@@ -450,6 +447,12 @@ class Engine:
             return None
         return torch.stack([self.fmt.gen_source(rgb, self.source_latents(rgb))
                             for rgb in (x.images[SOURCE_VIEW[x.task]] for x in inputs)])
+
+    def source_segments(self, inputs: Inputs) -> list[Segment]:
+        """An image-to-image task's input image as the context writes it (`Format.source_image`),
+        with the latents `source_latents` keeps for it."""
+        rgb = inputs.images[SOURCE_VIEW[inputs.task]]
+        return self.fmt.source_image(rgb, self.source_latents(rgb))
 
     def source_latents(self, rgb: np.ndarray) -> torch.Tensor | None:
         """An image-to-image input's source latents (`Format.source_latents`), kept for the last
