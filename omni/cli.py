@@ -354,7 +354,7 @@ def eval_context_use(
     the true captions and visual codes."""
     import json
 
-    from omni.eval.context_use import ANSWER_TASKS, context_use
+    from omni.eval.context_use import ANSWER_TASKS, STEP_NAMES, context_use
     from omni.world.tasks import split_of_range
 
     _positive("--n", n)
@@ -384,7 +384,7 @@ def eval_context_use(
         if "thought_steps" in extra:
             st = extra["thought_steps"]
             typer.echo("the true thought, step by step (teacher-forced): " + ", ".join(
-                f"{k} {st[k]['mean']:.3f} [{st[k]['lo']:.3f}, {st[k]['hi']:.3f}]" for k in ("option", "letter"))
+                f"{k} {st[k]['mean']:.3f} [{st[k]['lo']:.3f}, {st[k]['hi']:.3f}]" for k in STEP_NAMES)
                 + "; letters stated: " + ", ".join(f"{c} {k}" for c, k in st["letters"].items()))
 
 

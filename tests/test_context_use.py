@@ -94,9 +94,10 @@ def test_answer_tasks_rows_and_scores(task):
         assert all(set(rows) == set(row_names(task)) for rows in res["by_group"].values())
 
 
-def test_thought_steps_score_the_true_thoughts_option_and_letter():
+def test_thought_steps_score_the_true_thoughts_steps():
     """The sequence is the training think form up to </think>, token for token, with targets on
-    exactly the thought's option words and its letter; a random model states some letter for each."""
+    exactly the thought's option, each copied option and its verdict, and the letter; a random model
+    states some letter for each."""
     from omni.eval.context_use import _thought_sequence, thought_steps
     from omni.model import pack
     from omni.train.data import Writer
@@ -112,11 +113,15 @@ def test_thought_steps_score_the_true_thoughts_option_and_letter():
         assert mine == full[:len(mine)] and m.tokenizer.decode(mine[-1:], skip_special=False) == "</think>"
         b = pack([seq], m.cfg)
         tgt = b.target[0][b.target[0] >= 0].tolist()
-        assert [size for size, _ in spans] == [len(m.tokenizer.encode(" " + ex.spec["answer_text"])), 1]
-        assert m.tokenizer.decode(tgt).strip() == f"{ex.spec['answer_text']} {ex.answer}"
+        opts, k = ex.spec["options"], "ABCD".index(ex.answer)
+        assert [what for _, what in spans] == ["option"] + ["copy", "verdict"] * (k + 1) + ["letter"]
+        assert spans[0][0] == len(m.tokenizer.encode(" " + ex.spec["answer_text"]))
+        verdicts = [f"{o} {'yes' if i == k else 'no'}" for i, o in enumerate(opts[:k + 1])]
+        assert m.tokenizer.decode(tgt).strip() == " ".join([ex.spec["answer_text"], *verdicts, ex.answer])
     r = thought_steps(m, 3, 1_000_000_000, batch=2)
     assert r["n"] == 3 and sum(r["letters"].values()) == 3
     assert 0 <= r["letter"]["mean"] <= 1 and r["option"]["mean"] == 0  # a random model names no option
+    assert r["copy"]["mean"] == 0 and set(r["by_group"][next(iter(r["by_group"]))]) >= {"n", "verdict"}
     assert sum(g["n"] for g in r["by_group"].values()) == 3
 
 

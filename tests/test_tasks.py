@@ -298,7 +298,11 @@ def test_spatial_answers_true(data):
             truth = min(angle, key=angle.get)
         assert got == truth, (q, got, truth)
         assert f"{ex.answer}. {got}" in q
-        assert ex.texts["thinking"].endswith(f"that is: {got}, so the answer is {ex.answer}."), ex.texts["thinking"]
+        # the thought's last steps: the option, the options copied in order with verdicts up to it, its letter
+        k = "ABCD".index(ex.answer)
+        items = [f"{'ABCD'[i]}. {opts[i]}: {'yes' if i == k else 'no'}" for i in range(k + 1)]
+        assert ex.texts["thinking"].endswith(f"that is: {got}. {'. '.join(items)}, so the answer is {ex.answer}.")
+        assert all(f"{'ABCD'[i]}. {opts[i]}" in q for i in range(4)) and opts[k] == got
         for d in ("up", "down", "left", "right"):
             R = (a @ C.invert(ex.views[f"look_{d}"].w2c))[:3, :3]
             assert math.degrees(np.linalg.norm(C.matrix_to_axis_angle(R))) == pytest.approx(30.0)

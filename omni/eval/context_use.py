@@ -163,23 +163,39 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
     return {"tables": tables, "by_group": by_group}
 
 
+STEP_NAMES = ("option", "copy", "verdict", "letter")
+_ITEM = re.compile(rf"(\. [{LETTERS}]\.)( [^:.]+)(:)( yes| no)")
+
+
 def _thought_pieces(w: Writer, thought: str) -> list[tuple[list[int], str | None]]:
-    """The world's spatial thought "<reasoning> that is: <option>, so the answer is <letter>." as
-    token runs [(ids, None), (option ids, "option"), (ids, None), (letter ids, "letter"), (ids, None)]
-    whose concatenation is exactly the tokens `Writer.block` writes for its body."""
-    m = re.fullmatch(rf"(.* that is:)( .+?)(, so the answer is)( [{LETTERS}])(\.)", thought.strip())
+    """The world's spatial thought (`omni.world.tasks.spatial_conclusion`) "<reasoning> that is:
+    <option>. A. <option A>: no. B. <option B>: yes, so the answer is B." as token runs, each named by
+    the step it is or None: "option" (the option reasoned to), per listed option "copy" (its words
+    copied from the question) and "verdict" (yes / no: is it the option just stated), "letter" (the
+    one stated). Their concatenation is exactly the tokens `Writer.block` writes for its body."""
+    text = " " + thought.strip()
+    m = re.match(r"(.* that is:)( [^.]+)", text)
     if m is None:
-        raise AssertionError(f"the world's spatial thought changed shape: {thought[-60:]!r}")
-    parts = [(w.tok.encode(" " + m.group(1)), None), (w.tok.encode(m.group(2)), "option"),
-             (w.tok.encode(m.group(3)), None), (w.tok.encode(m.group(4)), "letter"), (w.tok.encode(m.group(5)), None)]
-    if [t for ids, _ in parts for t in ids] != w.tok.encode(" " + thought.strip()):
+        raise AssertionError(f"the world's spatial thought changed shape: {thought[-80:]!r}")
+    pieces: list[tuple[str, str | None]] = [(m.group(1), None), (m.group(2), "option")]
+    pos, said = m.end(), None
+    while said != " yes" and (it := _ITEM.match(text, pos)):
+        pieces += [(it.group(1), None), (it.group(2), "copy"), (it.group(3), None), (it.group(4), "verdict")]
+        pos, said = it.end(), it.group(4)
+    tail = re.fullmatch(rf"(, so the answer is)( [{LETTERS}])(\.)", text[pos:])
+    if said != " yes" or tail is None:
+        raise AssertionError(f"the world's spatial thought changed shape: {thought[-80:]!r}")
+    pieces += [(tail.group(1), None), (tail.group(2), "letter"), (tail.group(3), None)]
+    parts = [(w.tok.encode(p), what) for p, what in pieces]
+    if [t for ids, _ in parts for t in ids] != w.tok.encode(text):
         raise AssertionError("the thought's pieces tokenize differently from the whole; split it elsewhere")
     return parts
 
 
 def _thought_sequence(w: Writer, ex) -> tuple[list[Segment], list[tuple[int, str]]]:
     """A spatial example's think form, as training writes it, up to the thought's closing tag, with
-    its loss only on the thought's option and letter; and those spans' (token count, name) in order."""
+    its loss only on the thought's named steps (`_thought_pieces`); and those spans' (token count,
+    name) in order."""
     segs = w.write(ex, "think", np.random.default_rng(0))
     open_tag, close_tag = BLOCKS["think"]
     at = next(i for i, sg in enumerate(segs) if sg.kind == "text" and list(sg.tokens[:1]) == w.ids(open_tag))
@@ -192,19 +208,21 @@ def _thought_sequence(w: Writer, ex) -> tuple[list[Segment], list[tuple[int, str
 @torch.no_grad()
 def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8) -> dict:
     """Where a spatial thought breaks, step by step, given the world's true thought up to each step
-    (teacher-forced, as in training, on n examples from seed_start): `option` — every token of the
-    option it concludes ("that is: <option>") is the argmax given the true reasoning before it (the
-    comparison of the stated angles, distances or motion); `letter` — the letter it then states is
-    the argmax given the true option (the lookup of that option's letter in the question). Returns
-    {"n", "option", "letter": bootstrap mean and 95% interval, "letters": how often each letter is
-    the argmax, "by_group": question type -> {"n", "option", "letter"}}."""
+    (teacher-forced, as in training, on n examples from seed_start). Per example, a step scores 1
+    when every token of every span of it is the argmax given the true thought before it:
+    `option` — the option it concludes ("that is: <option>"; the comparison of the stated angles,
+    distances or motion); `copy` — each option's words copied from the question after its letter;
+    `verdict` — each yes / no (is the option just copied the one stated?); `letter` — the letter
+    it then states (that of the option it said yes to). Returns {"n", "option", "copy", "verdict",
+    "letter": bootstrap mean and 95% interval, "letters": how often each letter is the argmax,
+    "by_group": question type -> {"n", one mean per step}}."""
     _check(model, n, seed_start)
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
     exs = sample("spatial", list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size))
     device = next(model.parameters()).device
-    scores = {"option": [], "letter": []}
+    scores: dict[str, list[float]] = {k: [] for k in STEP_NAMES}
     letters = {c: 0 for c in LETTERS}
     for lo in range(0, n, batch):
         chunk = exs[lo:lo + batch]
@@ -219,13 +237,15 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8) -> 
             at = torch.nonzero(b.target[r] >= 0).squeeze(1)
             pred = model.logits(h[r, at], slice(0, cfg.text_vocab)).float().argmax(-1)
             hit = pred == b.target[r, at]
-            k = 0
+            k, right = 0, {name: True for name in STEP_NAMES}
             for size, what in spans[r]:
-                scores[what].append(float(hit[k:k + size].all()))
+                right[what] &= bool(hit[k:k + size].all())
                 if what == "letter":
                     guess = w.tok.decode(pred[k:k + size].tolist()).strip()
                     letters[guess] = letters.get(guess, 0) + 1
                 k += size
+            for name in STEP_NAMES:
+                scores[name].append(float(right[name]))
     groups = question_types("spatial", exs)
     return {"n": n, **{k: bootstrap_ci(v) for k, v in scores.items()}, "letters": letters,
             "by_group": {g: rows["true"] for g, rows in group_means(groups, {"true": scores}).items()}}
@@ -237,7 +257,7 @@ def context_use(model: OmniModel, task: str, n: int, seed_start: int,
     type -> row -> {"n", metric means}}. t2i: `flow_context_use` at the noise levels ts (default
     NOISE_LEVELS; tables "t=0.95", ...; no question types). vqa / spatial / depth:
     `answer_context_use` (ts must be None: they have no noise level); spatial adds "thought_steps"
-    (`thought_steps`: where the true thought's last two steps break)."""
+    (`thought_steps`: where the true thought's last steps break)."""
     if task == "t2i":
         return {"tables": flow_context_use(model, n, seed_start, NOISE_LEVELS if ts is None else ts),
                 "by_group": {}}

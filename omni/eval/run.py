@@ -123,7 +123,7 @@ def fidelity(ex: Example, res: Result) -> dict:
       think (vqa, spatial)  also `answer`: the thought states the true answer ("so the answer is X"),
                         and `followed`: the final output is the answer the thought states (0 when it
                         states none) — a thought can be wrong, or right and not followed; spatial
-                        also `option`: it names the true option ("that is: <option>, so ..."), and
+                        also `option`: it names the true option ("that is: <option>. ..."), and
                         `lookup`: the letter it states is that of the option it names
       estimate_pose     `parsed` and `auc@30` of the relative pose, as the pose task scores it
       rollout_visual    t2i: the generation checker's `pass` on the decoded preview; otherwise the
@@ -147,8 +147,8 @@ def fidelity(ex: Example, res: Result) -> dict:
                 out[f"{s}:answer"] = qa_accuracy([said or ""], [ex.answer])["scores"][0] if said else 0.0
                 out[f"{s}:followed"] = (qa_accuracy([res.output.text or ""], [said])["scores"][0]
                                         if said else 0.0)
-                if ex.task == "spatial":  # "that is: <option>, so the answer is <its letter>."
-                    m = re.search(r"that is: (.+?), so the answer is", it.text)
+                if ex.task == "spatial":  # "that is: <option>. A. ...: no. B. ...: yes, so the answer is B."
+                    m = re.search(r"that is: ([^.,]+)[.,]", it.text)
                     named, opts = (m.group(1).strip() if m else None), ex.spec["options"]
                     out[f"{s}:option"] = float(named == ex.spec["answer_text"])
                     out[f"{s}:lookup"] = float(named in opts and said == LETTERS[opts.index(named)])

@@ -77,7 +77,7 @@ class ServeSettings:
     max_artifact_runs: int = 256  # runs whose images are held at once (oldest dropped first)
     flow_steps: int = 20  # Euler steps of the image flow sampler
     cfg_scale: float = 3.0
-    think_tokens: int = 160
+    think_tokens: int = 200
     layout_tokens: int = 200
     score_world: bool = True  # runs on a world seed report scores against its ground truth
 

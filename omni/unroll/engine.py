@@ -236,7 +236,7 @@ class Engine:
     def __init__(self, model: OmniModel, temperature: float = 0.0, top_k: int = 0, seed: int = 0,
                  flow_steps: int = 20, cfg_scale: float = 3.0, cfg_interval: tuple[float, float] = (0.0, 1.0),
                  flow_shift: float = 1.0,
-                 think_tokens: int = 160, layout_tokens: int = 200, reencode: bool | str = False,
+                 think_tokens: int = 200, layout_tokens: int = 200, reencode: bool | str = False,
                  visual_temperature: float | None = VISUAL_SAMPLING[0], visual_top_k: int | None = VISUAL_SAMPLING[1]):
         if not isinstance(model, OmniModel):
             raise TypeError(f"Engine needs an OmniModel (OmniModel.from_pretrained(dir) loads one), "

@@ -504,6 +504,18 @@ def _in_frame(w2c: np.ndarray, p) -> tuple[float, float]:
     return float(c[0]), float(c[2])
 
 
+def spatial_conclusion(options: list[str], answer_text: str) -> str:
+    """The spatial thought's last steps: the option it reasons to, then the question's options copied
+    in order, each with a verdict, up to the matching one, whose letter it states:
+    "that is: <option>. A. <option A>: no. B. <option B>: yes, so the answer is B." Every step is
+    local (copy the next option, compare it with the one just stated, repeat the letter just
+    written); a bare "that is: <option>, so the answer is B." asked the model to find the option
+    among the shuffled ones and read its letter in one token, which omni-tiny never learned."""
+    k = options.index(answer_text)
+    items = ". ".join(f"{LETTERS[i]}. {o}: {'yes' if i == k else 'no'}" for i, o in enumerate(options[:k + 1]))
+    return f"that is: {answer_text}. {items}, so the answer is {LETTERS[k]}."
+
+
 def _spatial(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     opts = cfg.scene
     if opts.max_objects < 2:
@@ -575,10 +587,8 @@ def _spatial(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
         rng.shuffle(options)
         letter = LETTERS[options.index(answer_text)]
         pose = pose_to_text(T)
-        # the thought names the matching option's words before its letter, so the last step reads the letter
-        # off the question (the option written just before) instead of matching a movement to shuffled options
         thinking = " ".join(x for x in (f"the relative pose is {pose}.", pose_step, reason,
-                                         f"that is: {answer_text}, so the answer is {letter}.") if x)
+                                         spatial_conclusion(options, answer_text)) if x)
         texts = {"question": f"{question} {options_text(options)}", "thinking": thinking, "answer": letter,
                  "pose": pose, "caption": L.short_caption(st1)}
         spec = {"qtype": qtype, "options": options, "answer_text": answer_text,
