@@ -394,7 +394,8 @@ def eval_steps(
     run: str = typer.Option(None, help="A training run directory: every complete step-N/ checkpoint is scored."),
     out: str = typer.Option(..., help="Output directory: step-N/TASK.json (reused when present), "
                                       "scores_by_step.json and .png."),
-    tasks: str = typer.Option("vqa,spatial,depth,pose,t2i", help="Tasks, comma-separated."),
+    tasks: str = typer.Option("vqa,spatial,depth,pose,t2i", help="Tasks, comma-separated; spatial-thought "
+                                                              "scores the spatial thought's steps (thought_steps)."),
     n: int = typer.Option(500, help="Held-out examples per task."),
     n_t2i: int = typer.Option(200, help="Held-out examples for t2i (slower: 20 guided flow steps each)."),
     seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),

@@ -49,6 +49,21 @@ def test_every_checkpoint_scored_as_omni_eval_scores_it(run, tmp_path, monkeypat
         steps_mod.scores_by_step(run, out, ["vqa"], n=3)
 
 
+def test_spatial_thought_steps_by_checkpoint(run, tmp_path):
+    """The spatial thought's steps (thought_steps) charted per checkpoint like a task's score."""
+    from omni.eval.context_use import STEP_NAMES
+    from omni.eval.steps import scores_by_step
+
+    r = scores_by_step(run, tmp_path / "o", ["spatial-thought"], n=2)
+    assert sorted(r["steps"]) == [1, 2]
+    for s in (1, 2):
+        m = r["steps"][s]["spatial-thought"]
+        assert set(m) == set(STEP_NAMES) and all(0 <= v["mean"] <= 1 for v in m.values())
+    saved = json.loads((tmp_path / "o" / "step-0000002" / "spatial-thought.json").read_text())
+    assert saved["n"] == 2 and sum(saved["letters"].values()) == 2
+    assert (tmp_path / "o" / "scores_by_step.md").read_text().startswith("| step | spatial-thought verdict (n = 2) |")
+
+
 def test_errors(run, tmp_path):
     from omni.eval.steps import scores_by_step
 

@@ -1,6 +1,7 @@
 """How a run's held-out scores grew with its steps: every complete checkpoint of a training run
 (`step-N/`, its EMA weights exported as the shipped model is, bf16 on disk), scored with the direct
-plan on the same held-out examples as `omni eval TASK`.
+plan on the same held-out examples as `omni eval TASK`; or, as the task `spatial-thought`, by where
+the true spatial thought breaks (`thought_steps`: its option, copy, verdict and letter steps).
 
 Each (step, task) result is written to `out/step-N/TASK.json` (the `omni eval TASK --json` object)
 as soon as it exists and is reused when present, so the command can follow a run that is still
@@ -19,8 +20,26 @@ from omni.io import atomic_write_bytes
 
 # the score each task is charted by (higher is better unless named in LOWER)
 MAIN = {"vqa": "accuracy", "spatial": "accuracy", "depth": "delta1", "pose": "auc@30", "t2i": "pass",
-        "nvs": "psnr", "video": "psnr", "edit": "psnr"}
+        "nvs": "psnr", "video": "psnr", "edit": "psnr", "spatial-thought": "verdict"}
 TASKS = ("vqa", "spatial", "depth", "pose", "t2i")
+# not a task of its own: spatial's true thought step by step (`omni.eval.context_use.thought_steps`),
+# scored per step like the tasks, so a run shows when each step of the thought is learned
+THOUGHT = "spatial-thought"
+
+
+def _score(model, task: str, n: int, seed_start: int) -> dict:
+    """`omni eval TASK --json`'s object for the direct plan, or for THOUGHT one holding
+    thought_steps' steps as its metrics (and its letters and question types)."""
+    from omni.eval.run import evaluate
+    from omni.unroll import Engine
+
+    if task != THOUGHT:  # a fresh engine per task: the same draws as `omni eval TASK`
+        return evaluate(Engine(model), task, n, seed_start, "direct")
+    from omni.eval.context_use import STEP_NAMES, thought_steps
+
+    r = thought_steps(model, n, seed_start)
+    return {"task": task, "n": n, "seed_start": seed_start, "metrics": {k: r[k] for k in STEP_NAMES},
+            "letters": r["letters"], "by_group": r["by_group"]}
 
 
 def run_checkpoints(run_dir: str | Path) -> dict[int, Path]:
@@ -53,14 +72,13 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
     e.g. the shipped model at its last step) on each task, n examples each (n_by_task overrides per
     task), with the direct plan. Returns {"tasks", "n", "seed_start", "steps": {step: {task: {metric:
     {"mean", "lo", "hi"}}}}} and writes it with a plot into `out`."""
-    from omni.eval.run import EVAL_TASKS, evaluate
+    from omni.eval.run import EVAL_TASKS
     from omni.model import OmniModel
-    from omni.unroll import Engine
     from omni.world.tasks import split_of_range
 
-    bad = [t for t in tasks if t not in EVAL_TASKS]
+    bad = [t for t in tasks if t not in (*EVAL_TASKS, THOUGHT)]
     if bad or not tasks:
-        raise ValueError(f"unknown task(s) {bad or tasks!r}; known: {', '.join(EVAL_TASKS)}")
+        raise ValueError(f"unknown task(s) {bad or tasks!r}; known: {', '.join((*EVAL_TASKS, THOUGHT))}")
     sizes = {t: (n_by_task or {}).get(t, n) for t in tasks}
     for t, k in sizes.items():
         if k < 1:
@@ -85,8 +103,8 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
             with tempfile.TemporaryDirectory() as tmp:
                 model_dir = _export_step(d, Path(tmp) / "model") if kind == "run" else d
                 model = OmniModel.from_pretrained(model_dir)
-                for t in todo:  # a fresh engine per task: the same draws as `omni eval TASK`
-                    r = evaluate(Engine(model), t, sizes[t], seed_start, "direct")
+                for t in todo:
+                    r = _score(model, t, sizes[t], seed_start)
                     atomic_write_bytes(where / f"{t}.json", json.dumps(r).encode())
                     if log:
                         log(f"step {s}: {t} " + ", ".join(f"{k} {v['mean']:.4f}" for k, v in r["metrics"].items()))
