@@ -18,13 +18,13 @@ from pathlib import Path
 
 from omni.io import atomic_write_bytes
 
-# the score each task is charted by (higher is better unless named in LOWER)
-MAIN = {"vqa": "accuracy", "spatial": "accuracy", "depth": "delta1", "pose": "auc@30", "t2i": "pass",
-        "nvs": "psnr", "video": "psnr", "edit": "psnr", "spatial-thought": "verdict"}
-TASKS = ("vqa", "spatial", "depth", "pose", "t2i")
 # not a task of its own: spatial's true thought step by step (`omni.eval.context_use.thought_steps`),
 # scored per step like the tasks, so a run shows when each step of the thought is learned
 THOUGHT = "spatial-thought"
+# the score each task is charted by (higher is better unless named in LOWER)
+MAIN = {"vqa": "accuracy", "spatial": "accuracy", "depth": "delta1", "pose": "auc@30", "t2i": "pass",
+        "nvs": "psnr", "video": "psnr", "edit": "psnr", THOUGHT: "verdict"}
+TASKS = ("vqa", "spatial", "depth", "pose", "t2i")
 
 
 def _score(model, task: str, n: int, seed_start: int) -> dict:
