@@ -253,3 +253,38 @@ def test_an_exported_continuation_records_the_run_it_continued(tmp_path, monkeyp
     assert meta["step"] == 2 and meta["data_seed"] == 7 and meta["config"]["init_from"] == "a_model"
     assert meta["init"]["training"]["step"] == 1 and meta["init"]["training"]["data_seed"] == 0
     assert meta["init"]["exported_from"] == "step-0000001" and "init" not in meta["init"]
+
+
+def test_resume_when_the_recorded_visual_tokenizer_is_gone(tmp_path):
+    """A run records its visual tokenizer's absolute path; resuming after that directory was removed
+    (a run started from a temporary checkout) failed with "missing file". It now continues with the copy
+    in its newest checkpoint, kept in the run directory so that rotating checkpoints cannot lose it, and
+    trains as it would have."""
+    import shutil
+
+    vis = tmp_path / "vis"
+    shutil.copytree(DEFAULT_VISUAL, vis)
+    run = tmp_path / "r"
+    train_main(str(run), steps=1, keep=1, visual=str(vis), log=quiet, **fast())
+    shutil.rmtree(vis)
+    said = []
+    last = train_main(str(run), steps=3, resume=True, log=said.append, **fast(keep=1))
+    assert last["step"] == 3 and [p.name for p in run.glob("step-*")] == ["step-0000003"]
+    own = run / "visual-tokenizer"
+    assert any("is gone" in s and str(own) in s for s in said), said
+    assert json.loads((run / "train_config.json").read_text())["visual"] == str(own)
+    a, b = VisualTokenizer.load(DEFAULT_VISUAL), VisualTokenizer.load(own)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    # the same losses as a run that never lost its tokenizer
+    ref = tmp_path / "ref"
+    train_main(str(ref), steps=1, log=quiet, **fast())
+    train_main(str(ref), steps=3, resume=True, log=quiet, **fast())
+    logs = [[json.loads(x)["loss"] for x in (d / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+            for d in (run, ref)]
+    assert logs[0] == logs[1] and len(logs[0]) >= 3, logs
+    # nothing to fall back on: the error still names the missing file
+    shutil.rmtree(own)
+    for d in run.glob("step-*"):
+        (d / "visual_tokenizer.json").unlink()
+    with pytest.raises((FileNotFoundError, ValueError), match="visual_tokenizer.json"):
+        train_main(str(run), steps=4, resume=True, log=quiet, **fast(keep=1))

@@ -49,6 +49,7 @@ def train_main(out: str, preset: str = "tiny", steps: int = 1000, resume: bool =
             record = read_json(cks[-1] / "config.json").get("training", {}).get("config")
         if record:
             cfg = resumed_config(cfg, TrainConfig.from_dict(record), keep_steps, log=say, named=named)
+        cfg = _reachable_visual(cfg, run_dir, cks[-1], say)
         at = int(read_json(cks[-1] / "trainer.json")["step"])
         if cfg.steps < at:
             raise ValueError(f"--steps {cfg.steps} is below the step of the checkpoint to resume ({cks[-1]})")
@@ -69,6 +70,27 @@ def train_main(out: str, preset: str = "tiny", steps: int = 1000, resume: bool =
         dist.barrier()
         dist.destroy_process_group()
     return last
+
+
+def _reachable_visual(cfg: TrainConfig, run_dir: Path, newest: Path, say) -> TrainConfig:
+    """A resumed run whose recorded visual tokenizer is gone (the run was started from a checkout or a
+    temporary copy since removed) continues with the copy its newest checkpoint holds, copied once into
+    the run directory (run_dir/visual-tokenizer/) so that rotating old checkpoints out cannot lose it."""
+    import shutil
+    from dataclasses import replace
+
+    names = ("visual_tokenizer.json", "visual_tokenizer.safetensors")
+    if (Path(cfg.visual) / names[0]).is_file() or not all((newest / n).is_file() for n in names):
+        return cfg  # reachable, or no copy to fall back on (VisualTokenizer.load names the missing file)
+    own = run_dir / "visual-tokenizer"
+    if not all((own / n).is_file() for n in names):
+        own.mkdir(exist_ok=True)
+        for n in names:  # a copy interrupted midway is never taken for a whole one
+            shutil.copyfile(newest / n, own / f".{n}.tmp")
+            os.replace(own / f".{n}.tmp", own / n)
+    say(f"--resume: the run's visual tokenizer {cfg.visual} is gone; continuing with the copy in {newest}, "
+        f"kept as {own}")
+    return replace(cfg, visual=str(own))
 
 
 __all__ = ["FORMS", "Mixture", "MixtureConfig", "TrainConfig", "Trainer", "Writer", "export", "lr_at", "train_main"]
