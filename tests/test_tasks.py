@@ -15,7 +15,16 @@ from omni.world import sample
 from omni.world.language import relative_position
 from omni.world.render import ID_GROUND, render
 from omni.world.scene import Scene
-from omni.world.tasks import SPLITS, T2I_CATEGORIES, TASKS, WorldConfig, split_of
+from omni.world.tasks import (
+    SPLITS,
+    T2I_CATEGORIES,
+    TASKS,
+    WorldConfig,
+    conclusion_pieces,
+    split_of,
+    stated_answer,
+    stated_option,
+)
 
 N = 120
 SEEDS = range(SPLITS["test"][0], SPLITS["test"][0] + N)
@@ -303,6 +312,14 @@ def test_spatial_answers_true(data):
         items = [f"{'ABCD'[i]}. {opts[i]}: {'yes' if i == k else 'no'}" for i in range(k + 1)]
         assert ex.texts["thinking"].endswith(f"that is: {got}. {'. '.join(items)}, so the answer is {ex.answer}.")
         assert all(f"{'ABCD'[i]}. {opts[i]}" in q for i in range(4)) and opts[k] == got
+        # ... and the world's own readers of it give back what it wrote
+        thought = ex.texts["thinking"]
+        assert stated_option(thought) == got and stated_answer(thought) == ex.answer
+        pieces = conclusion_pieces(thought)
+        assert "".join(p for p, _ in pieces) == " " + thought.strip()
+        named = [(p.strip(), what) for p, what in pieces if what]
+        assert named == [(got, "option"), *[x for i in range(k + 1) for x in (
+            (opts[i], "copy"), ("yes" if i == k else "no", "verdict"))], (ex.answer, "letter")]
         for d in ("up", "down", "left", "right"):
             R = (a @ C.invert(ex.views[f"look_{d}"].w2c))[:3, :3]
             assert math.degrees(np.linalg.norm(C.matrix_to_axis_angle(R))) == pytest.approx(30.0)
@@ -385,3 +402,14 @@ def test_options_respected():
         sample("nope", [0])
     with pytest.raises(ValueError):
         WorldConfig(size=4)
+
+
+def test_thought_readers_on_a_models_malformed_or_older_thoughts():
+    """The readers read a model's thoughts too: an older world's form still names its option, a
+    thought that states nothing gives None, and one not of today's shape cannot be cut into steps."""
+    old = "view 2 turned left, that is: moved left and turned left, so the answer is B."
+    assert stated_option(old) == "moved left and turned left" and stated_answer(old) == "B"
+    assert stated_option("the cube is red.") is None and stated_answer("the cube is red.") is None
+    for bad in (old, "that is: x. A. x: no, so the answer is A.", "that is: x. A. x: yes. so the answer is A."):
+        with pytest.raises(ValueError, match="not a spatial thought of the world's shape"):
+            conclusion_pieces(bad)

@@ -15,7 +15,6 @@ improves given the true context) from "the context is ignored" (it does not).
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,7 +27,7 @@ from omni.tokens.image import unpatchify
 from omni.train.data import FORMS, Writer
 from omni.unroll.format import BLOCKS
 from omni.world import WorldConfig, sample
-from omni.world.tasks import LETTERS, split_of_range
+from omni.world.tasks import LETTERS, conclusion_pieces, split_of_range
 
 from .ablate import group_means, question_types
 from .metrics import bootstrap_ci, depth_metrics
@@ -164,28 +163,14 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
 
 
 STEP_NAMES = ("option", "copy", "verdict", "letter")
-_ITEM = re.compile(rf"(\. [{LETTERS}]\.)( [^:.]+)(:)( yes| no)")
 
 
 def _thought_pieces(w: Writer, thought: str) -> list[tuple[list[int], str | None]]:
-    """The world's spatial thought (`omni.world.tasks.spatial_conclusion`) "<reasoning> that is:
-    <option>. A. <option A>: no. B. <option B>: yes, so the answer is B." as token runs, each named by
-    the step it is or None: "option" (the option reasoned to), per listed option "copy" (its words
-    copied from the question) and "verdict" (yes / no: is it the option just stated), "letter" (the
-    one stated). Their concatenation is exactly the tokens `Writer.block` writes for its body."""
+    """The world's spatial thought as token runs, each named by the step it is or None (the world's cut,
+    `omni.world.tasks.conclusion_pieces`: option, copy, verdict, letter). Their concatenation is exactly
+    the tokens `Writer.block` writes for its body."""
     text = " " + thought.strip()
-    m = re.match(r"(.* that is:)( [^.]+)", text)
-    if m is None:
-        raise AssertionError(f"the world's spatial thought changed shape: {thought[-80:]!r}")
-    pieces: list[tuple[str, str | None]] = [(m.group(1), None), (m.group(2), "option")]
-    pos, said = m.end(), None
-    while said != " yes" and (it := _ITEM.match(text, pos)):
-        pieces += [(it.group(1), None), (it.group(2), "copy"), (it.group(3), None), (it.group(4), "verdict")]
-        pos, said = it.end(), it.group(4)
-    tail = re.fullmatch(rf"(, so the answer is)( [{LETTERS}])(\.)", text[pos:])
-    if said != " yes" or tail is None:
-        raise AssertionError(f"the world's spatial thought changed shape: {thought[-80:]!r}")
-    pieces += [(tail.group(1), None), (tail.group(2), "letter"), (tail.group(3), None)]
+    pieces = conclusion_pieces(thought)
     parts = [(w.tok.encode(p), what) for p, what in pieces]
     if [t for ids, _ in parts for t in ids] != w.tok.encode(text):
         raise AssertionError("the thought's pieces tokenize differently from the whole; split it elsewhere")

@@ -13,7 +13,6 @@ the generation checker), and every reported mean carries a 95 % bootstrap interv
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from omni.unroll.engine import Engine, Inputs, Result, parse_pose
 from omni.world import Example, sample
-from omni.world.tasks import LETTERS, split_of_range
+from omni.world.tasks import LETTERS, split_of_range, stated_answer, stated_option
 
 from .checker import check
 from .metrics import bootstrap_ci, depth_metrics, pose_errors, psnr, qa_accuracy, ssim
@@ -98,13 +97,6 @@ _TEXT_TRUTH = {"think": {"vqa": "thinking", "spatial": "thinking", "t2i": "short
                "depth_caption": {"depth": "depth_caption"}}
 
 
-def stated_answer(thought: str) -> str | None:
-    """The answer a thought states in its closing "so the answer is X." (as the world writes its
-    traces), or None when it states none."""
-    m = re.search(r"so the answer is (.+?)\.?\s*$", thought.strip())
-    return m.group(1).strip() if m else None
-
-
 def texts_of(res: Result) -> dict | None:
     """The text a run wrote, for checking claims about it later: each primitive's text as
     [step, text] in order, and the output's text; None when it wrote none (an image, a depth map)."""
@@ -148,8 +140,7 @@ def fidelity(ex: Example, res: Result) -> dict:
                 out[f"{s}:followed"] = (qa_accuracy([res.output.text or ""], [said])["scores"][0]
                                         if said else 0.0)
                 if ex.task == "spatial":  # "that is: <option>. A. ...: no. B. ...: yes, so the answer is B."
-                    m = re.search(r"that is: ([^.,]+)[.,]", it.text)
-                    named, opts = (m.group(1).strip() if m else None), ex.spec["options"]
+                    named, opts = stated_option(it.text), ex.spec["options"]
                     out[f"{s}:option"] = float(named == ex.spec["answer_text"])
                     out[f"{s}:lookup"] = float(named in opts and said == LETTERS[opts.index(named)])
         elif s == "estimate_pose":

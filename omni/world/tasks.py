@@ -11,6 +11,7 @@ rejection does not skew the mix towards easy kinds. An example's random stream d
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -514,6 +515,50 @@ def spatial_conclusion(options: list[str], answer_text: str) -> str:
     k = options.index(answer_text)
     items = ". ".join(f"{LETTERS[i]}. {o}: {'yes' if i == k else 'no'}" for i, o in enumerate(options[:k + 1]))
     return f"that is: {answer_text}. {items}, so the answer is {LETTERS[k]}."
+
+
+# Readers of the thoughts the world writes: the one place, beside their writers, that knows their shape.
+# They read a model's thoughts too, which may be malformed (None then) or follow an older world's form.
+_STATED = re.compile(r"so the answer is (.+?)\.?\s*$")
+_STATED_OPTION = re.compile(r"that is: ([^.,]+)[.,]")  # today's "that is: X. A. ..." and the old "that is: X, so"
+_OPENING = re.compile(r"(.* that is:)( [^.]+)")
+_ITEM = re.compile(rf"(\. [{LETTERS}]\.)( [^:.]+)(:)( yes| no)")
+_CLOSING = re.compile(rf"(, so the answer is)( [{LETTERS}])(\.)")
+
+
+def stated_answer(thought: str) -> str | None:
+    """The answer a thought states in its closing "so the answer is X." (vqa's and spatial's thoughts
+    both end so), or None when it states none."""
+    m = _STATED.search(thought.strip())
+    return m.group(1).strip() if m else None
+
+
+def stated_option(thought: str) -> str | None:
+    """The option a spatial thought reasons to ("that is: <option>. ..."; also the older form
+    "that is: <option>, so the answer is B."), or None when it names none."""
+    m = _STATED_OPTION.search(thought)
+    return m.group(1).strip() if m else None
+
+
+def conclusion_pieces(thought: str) -> list[tuple[str, str | None]]:
+    """The world's spatial thought cut into its steps: text pieces whose concatenation is
+    " " + thought.strip(), each named by the step it is or None: "option" (the option reasoned to), per
+    listed option "copy" (its words, copied from the question) and "verdict" (" yes" / " no": is it the
+    option just stated), and "letter" (the one stated). Each named piece starts with its space, so it
+    tokenizes on its own as in the whole. A thought not of `spatial_conclusion`'s shape is a ValueError."""
+    text = " " + thought.strip()
+    m = _OPENING.match(text)
+    if m is None:
+        raise ValueError(f"not a spatial thought of the world's shape: {thought[-80:]!r}")
+    pieces: list[tuple[str, str | None]] = [(m.group(1), None), (m.group(2), "option")]
+    pos, said = m.end(), None
+    while said != " yes" and (it := _ITEM.match(text, pos)):
+        pieces += [(it.group(1), None), (it.group(2), "copy"), (it.group(3), None), (it.group(4), "verdict")]
+        pos, said = it.end(), it.group(4)
+    tail = _CLOSING.fullmatch(text, pos)
+    if said != " yes" or tail is None:
+        raise ValueError(f"not a spatial thought of the world's shape: {thought[-80:]!r}")
+    return pieces + [(tail.group(1), None), (tail.group(2), "letter"), (tail.group(3), None)]
 
 
 def _spatial(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
