@@ -257,6 +257,8 @@ def _visual_top_k_option():
     return typer.Option(None, help="Sample visual tokens among the k likeliest codes (default 16; 0: all).")
 
 
+# the engine's defaults (omni.unroll.engine.FLOW_STEPS, CFG_SCALE), written here so that the command
+# line loads without torch; tests/test_cli.py checks they agree
 def _cfg_scale_option():
     return typer.Option(3.0, help="Classifier-free guidance scale for generated images.")
 
@@ -550,7 +552,7 @@ def demo_command(
     device: str = _device_option(),
     out: str = typer.Option("omni_demo.png", help="Contact sheet PNG (the traces go beside it as .json)."),
     seed: int = typer.Option(2_000_000_000, help="World seed of each task's example (default: the test split)."),
-    flow_steps: int = typer.Option(20),
+    flow_steps: int = _flow_steps_option(),
 ):
     """Run every task once with its default plan: one contact sheet of inputs, context and outputs."""
     from omni.eval.demo import demo
@@ -574,7 +576,7 @@ def serve_command(
     port: int = typer.Option(8000, help="Port to listen on."),
     queue: int = typer.Option(8, help="Runs that may wait behind the running one (more get HTTP 429)."),
     timeout: float = typer.Option(120.0, help="Seconds a run may take from admission (then HTTP 504)."),
-    flow_steps: int = typer.Option(20, help="Euler steps of the image flow sampler."),
+    flow_steps: int = _flow_steps_option(),
     cfg_scale: float = typer.Option(3.0, help="Guidance of generated images when a request gives none (1: none)."),
     artifact_ttl: float = typer.Option(900.0, help="Seconds a run's images stay available."),
     max_body_mb: float = typer.Option(8.0, help="Largest request body in MiB (HTTP 413 above)."),

@@ -125,3 +125,26 @@ def test_tokenizer_commands_check_options_before_work(tmp_path):
                          (["build-text", "--out", str(tmp_path / "blocker" / "sub" / "tok.json")], "cannot write")]:
         r = omni("tokens", *args)
         assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_command_line_sampler_defaults_are_the_engines():
+    """The command line writes the engine's defaults as literals (it loads without torch); every command's
+    --flow-steps and --cfg-scale default, and the server's settings, must be the engine's own."""
+    import typer
+
+    from omni.cli import app
+    from omni.serve import ServeSettings
+    from omni.unroll.engine import CFG_SCALE, FLOW_STEPS, LAYOUT_TOKENS, THINK_TOKENS
+
+    want = {"flow_steps": FLOW_STEPS, "cfg_scale": CFG_SCALE}
+    seen = set()
+    for name, cmd in typer.main.get_command(app).commands.items():
+        for sub in getattr(cmd, "commands", {}).values() or [cmd]:
+            for p in sub.params:
+                if p.name in want:
+                    assert p.default == want[p.name], (name, sub.name, p.name, p.default)
+                    seen.add(p.name)
+    assert seen == set(want)
+    s = ServeSettings()
+    assert (s.flow_steps, s.cfg_scale, s.think_tokens, s.layout_tokens) == (FLOW_STEPS, CFG_SCALE, THINK_TOKENS,
+                                                                         LAYOUT_TOKENS)

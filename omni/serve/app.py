@@ -36,7 +36,20 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omni.model import OmniModel
-from omni.unroll.engine import DEFAULT_PLAN, NEEDS, PLANS, PRIMITIVES, Engine, Inputs, Item, parse_pose
+from omni.unroll.engine import (
+    CFG_SCALE,
+    DEFAULT_PLAN,
+    FLOW_STEPS,
+    LAYOUT_TOKENS,
+    NEEDS,
+    PLANS,
+    PRIMITIVES,
+    THINK_TOKENS,
+    Engine,
+    Inputs,
+    Item,
+    parse_pose,
+)
 
 from .inputs import TASK_INPUTS, InputError, Prepared, prepare
 from .jobs import ArtifactStore, Cancelled, Job, Runner
@@ -75,10 +88,10 @@ class ServeSettings:
     timeout_s: float = 120.0  # per run, from admission to the last step (504 after)
     artifact_ttl_s: float = 900.0  # how long a run's images stay
     max_artifact_runs: int = 256  # runs whose images are held at once (oldest dropped first)
-    flow_steps: int = 20  # Euler steps of the image flow sampler
-    cfg_scale: float = 3.0
-    think_tokens: int = 200
-    layout_tokens: int = 200
+    flow_steps: int = FLOW_STEPS  # Euler steps of the image flow sampler (the engine's defaults)
+    cfg_scale: float = CFG_SCALE
+    think_tokens: int = THINK_TOKENS
+    layout_tokens: int = LAYOUT_TOKENS
     score_world: bool = True  # runs on a world seed report scores against its ground truth
 
     def validate(self) -> None:

@@ -217,6 +217,10 @@ class Result:
 # Temperature 1, top-k 16: decoded rollouts pass the t2i checker on 14.5 % of 200 validation prompts
 # (top-k 4 / 8 / 32: 11.5 / 13.5 / 10.0 %; temperature 0.7, top-k 8: 10.0 %).
 VISUAL_SAMPLING = (1.0, 16)
+# the engine's defaults, which the server's settings and the command line's options take
+FLOW_STEPS, CFG_SCALE = 20, 3.0  # Euler steps of the image flow sampler; classifier-free guidance
+THINK_TOKENS = 200  # the longest world thought is 174 tokens (the spatial one, with its options copied)
+LAYOUT_TOKENS = 200
 
 
 def _number(name: str, v, lo: float, integer: bool = False, open_below: bool = False) -> None:
@@ -234,9 +238,9 @@ class Engine:
     likeliest codes, by default; None: the text setting)."""
 
     def __init__(self, model: OmniModel, temperature: float = 0.0, top_k: int = 0, seed: int = 0,
-                 flow_steps: int = 20, cfg_scale: float = 3.0, cfg_interval: tuple[float, float] = (0.0, 1.0),
-                 flow_shift: float = 1.0,
-                 think_tokens: int = 200, layout_tokens: int = 200, reencode: bool | str = False,
+                 flow_steps: int = FLOW_STEPS, cfg_scale: float = CFG_SCALE,
+                 cfg_interval: tuple[float, float] = (0.0, 1.0), flow_shift: float = 1.0,
+                 think_tokens: int = THINK_TOKENS, layout_tokens: int = LAYOUT_TOKENS, reencode: bool | str = False,
                  visual_temperature: float | None = VISUAL_SAMPLING[0], visual_top_k: int | None = VISUAL_SAMPLING[1]):
         if not isinstance(model, OmniModel):
             raise TypeError(f"Engine needs an OmniModel (OmniModel.from_pretrained(dir) loads one), "
