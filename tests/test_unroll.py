@@ -431,3 +431,19 @@ def test_source_cond_reaches_the_generator_in_training_and_sampling():
     one = [engine(m).gen_image(engine(m).start(x))[1] for x in sides[:1]]
     together = engine(m).gen_images(sides)
     assert float((together[0][1] - one[0]).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("task,rows", [("vqa", ["direct", "+thinking"]), ("depth", ["baseline", "+depth caption"]),
+                                       ("spatial", ["baseline", "+pose text"])])
+def test_an_ablation_row_is_the_evaluation_of_its_plan(model, task, rows):
+    """A greedy row of `omni ablate` (a fork of the input's one encoding) scores and writes exactly
+    what `omni eval --plan` of the same steps does (a fresh encoding per example)."""
+    from omni.eval.run import evaluate
+
+    r = ablate(engine(model), task, 3, 2_000_000_020, rows={k: PLANS[task][k] for k in rows})
+    for name in rows:
+        e = evaluate(engine(model), task, 3, 2_000_000_020, PLANS[task][name])
+        assert e["plan"] == PLANS[task][name]
+        for k, v in e["scores"].items():
+            np.testing.assert_allclose(r["scores"][name][k], v, rtol=1e-5, atol=1e-6, err_msg=f"{name} {k}")
+        assert r.get("texts", {}).get(name, [None] * 3) == e.get("texts", [None] * 3)
