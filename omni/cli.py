@@ -611,7 +611,8 @@ def train(
     ctx: typer.Context,
     out: str = typer.Option(..., help="Run directory (checkpoints step-*/, log.jsonl, train_config.json)."),
     preset: str = typer.Option("tiny", help="Model preset: tiny or small."),
-    steps: int = typer.Option(1000),
+    steps: int = typer.Option(None, help="Optimizer steps of the whole run (default: 1000; with --resume, the "
+                                         "saved run's)."),
     resume: bool = typer.Option(False, help="Continue from the newest complete checkpoint in --out."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     lr: float = typer.Option(1e-3),
@@ -655,7 +656,8 @@ def train(
     from omni.train import MixtureConfig, train_main
     from omni.train.loop import MODEL_FLAGS
 
-    _positive("--steps", steps)
+    if steps is not None:
+        _positive("--steps", steps)
     try:
         overrides = json.loads(model)
     except json.JSONDecodeError as e:

@@ -193,6 +193,28 @@ def test_resume_compares_every_option_the_command_line_gave_even_at_its_default(
     assert saved["keep"] == 2 and saved["lr"] == 0.5
 
 
+def test_resume_without_steps_keeps_the_saved_steps(tmp_path):
+    """`omni train --resume` without --steps used to take the option's default (1000) as the run's steps,
+    so a 1,200-step run resumed at step 900 decayed its cosine schedule to a 1,000-step end (the lr at
+    step 924 fell from 4.6e-5 to 2.3e-5), said only in a log line. Left out, --steps now keeps the saved
+    run's; given, it still sets them; in a fresh run it is 1000."""
+    run = tmp_path / "s"
+    train_main(str(run), steps=4, max_minutes=0, log=quiet, **fast())  # stops after step 1, with a checkpoint
+    assert [p.name for p in run.glob("step-*")] == ["step-0000001"]
+    r = subprocess.run([sys.executable, "-m", "omni.train", "--out", str(run), "--resume", "--workers", "0",
+                        "--threads", "1", "--max-minutes", "0"], capture_output=True, text=True, timeout=300, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 2 and "--steps" not in r.stderr, r.stderr
+    assert json.loads((run / "train_config.json").read_text())["steps"] == 4
+    said = []  # the Python API likewise: steps left out keep the saved 4
+    assert train_main(str(run), resume=True, log=said.append, **fast())["step"] == 4
+    assert (run / "step-0000004" / "COMPLETE").is_file() and not any("--steps" in s for s in said), said
+    said = []
+    train_main(str(run), steps=5, resume=True, log=said.append, **fast())  # given: it still grows the run
+    assert (run / "step-0000005" / "COMPLETE").is_file() and any("--steps 5 (saved: 4)" in s for s in said)
+    assert TrainConfig.steps == 1000
+
+
 def test_python_m_omni_train_is_omni_train():
     """The module entry point (for torchrun) is the same command as `omni train`: every option of one is
     an option of the other, --model and --accum included (they were kept in two lists that drifted)."""

@@ -9,17 +9,18 @@ from .data import FORMS, Mixture, MixtureConfig, Writer
 from .loop import TrainConfig, Trainer, checkpoint_dirs, export, lr_at, resumed_config
 
 
-def train_main(out: str, preset: str = "tiny", steps: int = 1000, resume: bool = False, device: str = "cpu",
+def train_main(out: str, preset: str = "tiny", steps: int | None = None, resume: bool = False, device: str = "cpu",
                log=print, max_minutes: float | None = None, named: set[str] | None = None, **overrides) -> dict:
     """Train (or resume) a run in `out`. Under torchrun (WORLD_SIZE > 1) it joins the process group
     (gloo on the CPU, nccl on CUDA) and runs DDP; every rank builds its own share of the batch.
     max_minutes: stop (with a checkpoint) after that much wall time; `resume` continues.
 
     Every option is checked (TrainConfig, MixtureConfig) before anything is built. With `resume` and a
-    complete checkpoint, the run continues with its saved train_config.json: --steps (0 keeps the saved
-    steps) and the per-slice options (loop.PER_SLICE) come from this call, and any other option that
-    differs from the saved value is an error (loop.resumed_config): one the command line gave (`named`,
-    the config fields it set), or without `named` one that differs from its default. With `resume`
+    complete checkpoint, the run continues with its saved train_config.json: --steps (None or 0
+    keeps the saved steps; None in a fresh run is TrainConfig's default) and the per-slice options
+    (loop.PER_SLICE) come from this call, and any other option that differs from the saved value is an
+    error (loop.resumed_config): one the command line gave (`named`, the config fields it set), or
+    without `named` one that differs from its default. With `resume`
     and no complete checkpoint it says so and starts a fresh run (so every slice of a sliced run may
     pass --resume)."""
     if max_minutes is not None and not (isinstance(max_minutes, int | float) and max_minutes >= 0):
@@ -31,14 +32,16 @@ def train_main(out: str, preset: str = "tiny", steps: int = 1000, resume: bool =
     from omni.model.checkpoint import check_device
 
     say = log if os.environ.get("RANK", "0") == "0" else (lambda *_: None)  # under torchrun: rank 0 only
-    keep_steps = resume and not steps  # resuming with --steps 0: the saved steps
+    keep_steps = resume and not steps  # resuming without --steps (or with 0): the saved steps
     mixture = overrides.pop("mixture", None) or MixtureConfig(**overrides.pop("mixture_kw", {}))
-    cfg = TrainConfig(preset=preset, steps=1 if keep_steps else steps, device=device, mixture=mixture, **overrides)
+    # no --steps: TrainConfig's default for a fresh run (a resumed one keeps its saved steps, below)
+    n = TrainConfig.steps if steps is None else 1 if keep_steps else steps
+    cfg = TrainConfig(preset=preset, steps=n, device=device, mixture=mixture, **overrides)
     run_dir = Path(out)
     saved = run_dir / "train_config.json"
     cks = checkpoint_dirs(run_dir) if resume else []
     if resume and not cks:
-        if keep_steps:
+        if steps == 0:
             raise ValueError(f"--steps must be >= 1, got {steps} (0 keeps a resumed run's steps, and {run_dir} "
                              "has no complete checkpoint)")
         say(f"--resume: no complete checkpoint in {run_dir}: starting a fresh run")
