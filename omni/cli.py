@@ -327,6 +327,13 @@ def _eval_task_command(task: str):
                    f"plan {r['plan'] or 'direct'}:")
         for k, v in r["metrics"].items():
             typer.echo(f"  {k:<10} {v['mean']:.4f}  95% CI [{v['lo']:.4f}, {v['hi']:.4f}]")
+        if r.get("pose_fit", {}).get("corr"):
+            f = r["pose_fit"]
+            typer.echo("  each number against the truth (correlation; predicted mean ± sd | true mean ± sd):")
+            for i, name in enumerate(f["numbers"]):
+                c = "  —  " if f["corr"][i] is None else f"{f['corr'][i]:+.2f}"
+                typer.echo(f"    {name}  {c}   {f['pred_mean'][i]:+.3f} ± {f['pred_std'][i]:.3f} | "
+                           f"{f['true_mean'][i]:+.3f} ± {f['true_std'][i]:.3f}")
 
     command.__name__ = f"eval_{task}"
     command.__doc__ = f"Run a checkpoint on held-out {task} examples; metrics with 95% intervals."

@@ -212,3 +212,26 @@ def test_image_metrics_read_uint8_and_refuse_other_scales():
         psnr(a8.astype(np.int64), b8)
     with pytest.raises(ValueError, match="NaN"):
         psnr(np.full_like(a, np.nan), b)
+
+
+def test_pose_fit_tells_a_pose_estimate_from_a_constant_guess():
+    """pose_fit correlates each predicted number with the truth: the true pose texts give 1 on all six, one
+    pose guessed for every pair gives None (no spread) though it scores AUC@30 on the pairs it is near,
+    and texts that do not parse are left out and counted."""
+    import numpy as np
+
+    from omni.eval.run import pair_pose_scores, pose_fit
+    from omni.world import sample
+    from omni.world.camera import text_to_pose
+
+    exs = sample("pose", range(60))
+    true = [ex.spec["relative_pose"]["text"] for ex in exs]
+    f = pose_fit(exs, true)
+    assert f["parsed"] == 60 and all(c > 0.999 for c in f["corr"]), f
+    assert np.allclose(f["pred_mean"], f["true_mean"], atol=1e-3)
+    const = pose_fit(exs, [true[0]] * 60)
+    assert const["corr"] == [None] * 6 and max(const["pred_std"]) < 1e-12
+    assert np.mean([pair_pose_scores(ex, text_to_pose(true[0]))["auc@30"] for ex in exs]) > 0
+    noisy = pose_fit(exs, [true[(i + 1) % 60] if i % 2 else "nonsense" for i in range(60)])  # shuffled
+    assert noisy["parsed"] == 30 and all(abs(c) < 0.6 for c in noisy["corr"]), noisy
+    assert pose_fit(exs[:2], [None, "x"]) == {"numbers": ["tx", "ty", "tz", "rx", "ry", "rz"], "parsed": 0}

@@ -301,6 +301,7 @@ def test_eval_cli_on_a_random_tiny_model_every_task(tmp_path):
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out["task"] == task and out["n"] == 1 and out["metrics"]
+        assert ("pose_fit" in out) == (task == "pose")
         for v in out["metrics"].values():
             assert v["lo"] <= v["mean"] <= v["hi"]
     bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "vqa", "--checkpoint", str(tmp_path / "ck"),

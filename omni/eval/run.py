@@ -7,7 +7,9 @@ the generation checker), and every reported mean carries a 95 % bootstrap interv
     t2i           the generation checker: pass (GenEval) and soft score (GenEval-2 style)
     depth         delta1 and AbsRel per image (Marigold protocol): metric (no alignment), and after a
                   least-squares scale and shift per image ("_aligned")
-    pose          AUC@30 over the pairs (each pair's share of the 1..30 degree thresholds it meets)
+    pose          AUC@30 over the pairs (each pair's share of the 1..30 degree thresholds it meets); and
+                  `pose_fit`: how each of the six numbers follows the truth (a constant guess scores
+                  AUC@30 too: see references.py)
     nvs, video, edit  PSNR and SSIM of the generated image, and PSNR of copying the input image
 """
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from omni.unroll.engine import Engine, Inputs, Result, parse_pose
 from omni.world import Example, sample
+from omni.world.camera import matrix_to_axis_angle
 from omni.world.tasks import LETTERS, split_of_range, stated_answer, stated_option
 
 from .checker import check
@@ -61,6 +64,34 @@ def pair_pose_scores(ex: Example, T: np.ndarray | None) -> dict:
     err = max(float(rre[0]), float(rte[0]))
     return {"auc@30": float(np.mean([err < k for k in range(1, 31)])), "rre": float(rre[0]),
             "rte": float(rte[0]), "parsed": float(T is not None)}
+
+
+POSE_NUMBERS = ("tx", "ty", "tz", "rx", "ry", "rz")
+
+
+def pose_fit(examples: Sequence[Example], texts: Sequence[str | None]) -> dict:
+    """Whether predicted poses follow the true ones, number by number (`tx ty tz rx ry rz` as the pose
+    text writes them: translation, axis-angle): the correlation over the pairs whose text parses
+    (None where either side is constant), and each side's mean and standard deviation. A model that
+    guesses one pose for every pair scores AUC@30 well above 0 with correlations near 0."""
+    pred, true = [], []
+    for ex, t in zip(examples, texts, strict=True):
+        T = parse_pose(t or "")
+        if T is not None:
+            pred.append(_pose_numbers(T))
+            true.append(_pose_numbers(np.asarray(ex.spec["relative_pose"]["matrix"], dtype=np.float64)))
+    out = {"numbers": list(POSE_NUMBERS), "parsed": len(pred)}
+    if not pred:
+        return out
+    P, G = np.array(pred), np.array(true)
+    corr = [float(np.corrcoef(P[:, i], G[:, i])[0, 1]) if min(P[:, i].std(), G[:, i].std()) > 1e-9 else None
+            for i in range(6)]
+    return {**out, "corr": corr, "pred_mean": P.mean(0).tolist(), "pred_std": P.std(0).tolist(),
+            "true_mean": G.mean(0).tolist(), "true_std": G.std(0).tolist()}
+
+
+def _pose_numbers(T: np.ndarray) -> list[float]:
+    return [*T[:3, 3].tolist(), *matrix_to_axis_angle(T[:3, :3]).tolist()]
 
 
 def held_out(split: str) -> str:
@@ -186,6 +217,7 @@ def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Seq
         if log and (i + 1) % max(1, n // 10) == 0:
             log(f"{task}: {i + 1}/{n}")
     metrics = {k: bootstrap_ci(v) for k, v in per.items()}
+    fit = {"pose_fit": pose_fit(examples, [t and t["output"] for t in texts])} if task == "pose" else {}
     return {"task": task, "plan": steps, "n": n, "seed_start": seed_start, "split": split, "metrics": metrics,
             "scores": per, "context_tokens": float(np.mean(tokens)), "seconds": round(time.perf_counter() - t0, 1),
-            **({"texts": texts} if any(texts) else {})}
+            **({"texts": texts} if any(texts) else {}), **fit}
