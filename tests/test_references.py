@@ -45,3 +45,21 @@ def test_the_constant_pose_is_fit_on_training_pairs_and_beats_not_moving():
     assert still == 0 and const > 0.05, (const, still)
     with pytest.raises(ValueError, match="at least 2 training pairs"):
         best_constant_pose(range(0, 1))
+
+
+def test_the_pose_probe_learns_what_a_constant_cannot():
+    """omni.eval.probe trains a small CNN on pose pairs only and scores it as `omni eval pose` scores the
+    model: even a short run reads the pose from the pixels (its numbers follow the truth), which a
+    constant guess cannot; bad sizes are errors."""
+    import torch
+
+    from omni.eval.probe import probe
+
+    torch.set_num_threads(1)
+    r = probe(n_train=2000, steps=150, n=60, batch=32)
+    assert set(r["metrics"]) == {"auc@30", "rre", "rte"} and len(r["scores"]["rre"]) == 60
+    assert r["pose_fit"]["parsed"] == 60
+    assert min(r["pose_fit"]["corr"][i] for i in (0, 4)) > 0.3, r["pose_fit"]  # tx and ry: the orbit's side
+    assert r == probe(n_train=2000, steps=150, n=60, batch=32) | {"seconds": r["seconds"]}  # seeded
+    with pytest.raises(ValueError, match="--steps must be positive"):
+        probe(steps=0)

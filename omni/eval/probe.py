@@ -1,0 +1,120 @@
+"""A learned reference for relative pose: what a small convolutional network, trained on nothing but
+the world's pose pairs, reads from the same 32 x 32 pixels the model sees. It tells "the pixels do
+not carry the pose at this resolution" from "the model has not learned to read it": omni-tiny's pose
+texts are a near-constant guess (`pose_fit` in `omni eval pose`), and this probe is scored by the
+same code on the same held-out pairs.
+
+The network sees the two views stacked as 6 channels and regresses the pose text's six numbers
+(`tx ty tz rx ry rz`: translation, axis-angle), standardised on its training pairs, with an MSE loss.
+
+    python -m omni.eval.probe [--train 20000] [--steps 3000] [--n 500] [--seed 0] [--threads 1]
+
+prints one JSON object: the metrics of `omni eval pose` (AUC@30, rotation and translation-direction
+errors, with 95 % intervals), `pose_fit`, and the run's settings and seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from omni.world import sample
+from omni.world.camera import axis_angle_to_matrix
+
+from .metrics import bootstrap_ci
+from .run import _pose_numbers, pair_pose_scores, pose_fit
+
+
+def pose_pairs(seeds: range) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """(n, 6, H, W) the two views stacked, (n, 6) their relative pose numbers, and the examples."""
+    exs = sample("pose", seeds)
+    x = np.stack([np.concatenate([e.views["view1"].rgb, e.views["view2"].rgb], -1) for e in exs])
+    y = np.array([_pose_numbers(np.asarray(e.spec["relative_pose"]["matrix"], dtype=np.float64)) for e in exs])
+    return torch.from_numpy(x).float().permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).float(), exs
+
+
+class PoseNet(nn.Module):
+    """Four stride-2 convolutions (32 -> 2 pixels) and a two-layer head: about 0.4 M parameters."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        w = width
+        layers, c = [], 6
+        for out in (w, 2 * w, 4 * w, 4 * w):
+            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1), nn.GroupNorm(8, out), nn.GELU()]
+            c = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * 4, 256), nn.GELU(), nn.Linear(256, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def probe(n_train: int = 20_000, steps: int = 3000, n: int = 500, seed: int = 0, seed_start: int = 2_000_000_000,
+          batch: int = 64, lr: float = 2e-3, log=None) -> dict:
+    """Train PoseNet on pose pairs of training seeds 0..n_train-1 and score it on n held-out pairs."""
+    for name, v in (("--train", n_train), ("--steps", steps), ("--n", n), ("--batch", batch)):
+        if v <= 0:
+            raise ValueError(f"{name} must be positive, got {v}")
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    x, y, _ = pose_pairs(range(0, n_train))
+    mean, std = y.mean(0), y.std(0).clamp_min(1e-6)
+    yn = (y - mean) / std
+    net = PoseNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for step in range(steps):
+        idx = torch.randint(0, n_train, (batch,), generator=g)
+        loss = nn.functional.mse_loss(net(x[idx]), yn[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if log and (step + 1) % max(1, steps // 10) == 0:
+            log(f"probe: step {step + 1}/{steps}, loss {np.mean(losses[-100:]):.4f}")
+    xt, _, exs = pose_pairs(range(seed_start, seed_start + n))
+    net.eval()
+    with torch.no_grad():
+        pred = (net(xt) * std + mean).double().numpy()
+    texts, per = [], {}
+    for ex, p in zip(exs, pred, strict=True):
+        T = np.eye(4)
+        T[:3, :3] = axis_angle_to_matrix(p[3:])
+        T[:3, 3] = p[:3]
+        texts.append(" ".join(f"{v:.3f}" for v in p))
+        for k, v in pair_pose_scores(ex, T).items():
+            per.setdefault(k, []).append(v)
+    return {"task": "pose", "reference": "PoseNet (omni.eval.probe) trained on pose pairs only",
+            "n": n, "seed_start": seed_start, "train_pairs": n_train, "steps": steps, "seed": seed,
+            "train_loss_last100": float(np.mean(losses[-100:])),
+            "metrics": {k: bootstrap_ci(v) for k, v in per.items() if k != "parsed"},
+            "scores": {k: v for k, v in per.items() if k != "parsed"},
+            "pose_fit": pose_fit(exs, texts), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=int, default=20_000, help="training pose pairs (seeds 0..)")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--n", type=int, default=500, help="held-out pairs scored")
+    ap.add_argument("--seed-start", type=int, default=2_000_000_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    if min(a.train, a.steps, a.n, a.threads) <= 0:
+        ap.error("--train, --steps, --n and --threads must be positive")
+    torch.set_num_threads(a.threads)
+    print(json.dumps(probe(a.train, a.steps, a.n, a.seed, a.seed_start)))
+
+
+if __name__ == "__main__":
+    main()
