@@ -653,6 +653,9 @@ def train(
     source_cond: bool = typer.Option(None, "--source-cond/--no-source-cond",
                                      help="A generated nvs, edit or video image takes its source's latent "
                                           "of each cell as an input (default: off)."),
+    pair_cond: bool = typer.Option(None, "--pair-cond/--no-pair-cond",
+                                   help="The second view of pose and spatial also takes the first view's patch "
+                                        "of each cell as an input (default: off)."),
     model: str = typer.Option("{}", help='JSON of model config fields over the preset\'s, e.g. \'{"d_model": '
                                          '64}\' (the flags above set theirs).'),
 ):
@@ -671,7 +674,8 @@ def train(
         raise ValueError(f"--model is not JSON ({e.msg}): {model!r}") from None
     if not isinstance(overrides, dict):
         raise ValueError(f"--model must be a JSON object of model config fields, got {model!r}")
-    for k, v in (("visual_cells", visual_cells), ("source_latents", source_latents), ("source_cond", source_cond)):
+    for k, v in (("visual_cells", visual_cells), ("source_latents", source_latents), ("source_cond", source_cond),
+                 ("pair_cond", pair_cond)):
         if v is not None:
             if overrides.get(k, v) != v:
                 raise ValueError(f"{MODEL_FLAGS[k]} and --model {k} {json.dumps(overrides[k])} disagree")

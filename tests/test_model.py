@@ -394,6 +394,43 @@ def test_bf16_autocast_losses_and_grads(moe):
     assert torch.isfinite(x).all() and len(ids[0]) == 3
 
 
+def test_pair_cond():
+    """With pair_cond, an input image's patch also takes its paired view's patch of the same cell as an
+    input (Segment.pair, packed per image_in token; zeros where a segment has none): at the map's
+    initial zero the hidden states are the flagless model's; once trained, changing view 1 moves view
+    2's own tokens in the first layer's input, cell by cell. Bad pairs are refused."""
+    cfg = OmniConfig(**SMALL)
+    s, g = cfg.image_size, torch.Generator().manual_seed(0)
+    v1, v2, v1b = (torch.rand(s, s, 3, generator=g) for _ in range(3))
+
+    def seqs(first, pair):
+        return [[Segment("text", [5]), Segment("image_in", pixels=first), Segment("text", [6]),
+                 Segment("image_in", pixels=v2, pair=pair), Segment("text", [7, 8])]]
+
+    assert "pair_in.weight" not in model().state_dict()
+    plain, on = model(), model(pair_cond=True)
+    assert on.pair_in.weight.abs().sum() == 0
+    on.load_state_dict({**plain.state_dict(), "pair_in.weight": on.pair_in.weight}, strict=True)
+    b = pack(seqs(v1, v1), cfg)
+    n = cfg.patch_grid ** 2
+    assert b.pair.shape == b.patches.shape and b.pair[:n].abs().sum() == 0 and torch.equal(b.pair[n:], b.patches[:n])
+    assert (on(b) - plain(b)).abs().max() < 1e-6
+    with torch.no_grad():
+        torch.nn.init.normal_(on.pair_in.weight, std=0.1)
+    x_a, _ = on.embed(pack(seqs(v1, v1), cfg))
+    x_b, _ = on.embed(pack(seqs(v1b, v1b), cfg))
+    second = slice(2 + n, 2 + 2 * n)  # view 2's tokens: they now differ with view 1, by pair_in of its patches
+    d = x_a[0, second] - x_b[0, second]
+    want = on.pair_in(pack(seqs(v1, v1), cfg).patches[:n]) - on.pair_in(pack(seqs(v1b, v1b), cfg).patches[:n])
+    assert d.abs().max() > 1e-3 and torch.allclose(d, want, atol=1e-5)
+    assert torch.equal(x_a[0, 1:1 + n], on.embed(pack(seqs(v1, None), cfg))[0][0, 1:1 + n])  # view 1's own: unchanged
+    for bad, needle in ((Segment("image_in", pixels=v2, pair=v1[:4]), "pair must be pixels of shape"),
+                        (Segment("image_clean", latents=torch.zeros(cfg.latent_grid ** 2, cfg.latent_dim), pair=v1),
+                         "a pair is given to image_in segments only")):
+        with pytest.raises(ValueError, match=needle):
+            pack([[bad]], cfg)
+
+
 def test_source_cond():
     """With source_cond, a generated latent takes its source image's latent of the same cell as an
     input (Segment.source, packed per latent token; zeros where a segment has none): at the map's

@@ -52,11 +52,15 @@ def test_depth_better_than_a_constant(engine):
     assert r["metrics"]["delta1"]["mean"] > np.mean(const) + 0.1
 
 
-def test_pose_text_parses_and_beats_random(engine):
+def test_pose_text_parses_and_lands_near_the_poses_of_the_world(engine):
+    """The pose text parses and lands near the world's poses (random rotations score AUC@30 ≈ 0.004,
+    tests/test_eval_metrics.py). That is all: omni-tiny guesses nearly one pose for every pair, and
+    one constant pose fit on training seeds scores as well (python -m omni.eval.references: 0.205 at
+    n = 500); pose_fit records that its numbers do not follow the truth (README, shipped scores)."""
     r = evaluate(engine, "pose", 16, TEST_SEEDS)
     assert r["metrics"]["parsed"]["mean"] == 1.0
-    # random rotations score AUC@30 ≈ 0.004 (tests/test_eval_metrics.py); the model must do better
     assert r["metrics"]["auc@30"]["mean"] > 0.05
+    assert r["pose_fit"]["parsed"] == 16 and len(r["pose_fit"]["corr"]) == 6
 
 
 def test_generator_uses_true_visual_codes_but_hardly_the_layout(engine):

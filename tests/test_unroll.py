@@ -447,3 +447,35 @@ def test_an_ablation_row_is_the_evaluation_of_its_plan(model, task, rows):
         for k, v in e["scores"].items():
             np.testing.assert_allclose(r["scores"][name][k], v, rtol=1e-5, atol=1e-6, err_msg=f"{name} {k}")
         assert r.get("texts", {}).get(name, [None] * 3) == e.get("texts", [None] * 3)
+
+
+def test_pair_cond_pairs_the_two_views_in_training_and_in_the_engine():
+    """With pair_cond, pose and spatial write view 2 with view 1 as its pair, alike in training and in
+    the engine's workspace (one method, Format.view_pair); other tasks' images and models without the
+    flag have none; at the map's zero the engine's answers are the flagless model's."""
+    import dataclasses
+
+    import torch
+
+    from omni.model import OmniModel
+    from omni.train import Writer
+
+    base = random_tiny_model(0)
+    m = OmniModel(dataclasses.replace(base.cfg, pair_cond=True))
+    m.load_state_dict({**base.state_dict(), "pair_in.weight": m.pair_in.weight})
+    m.tokenizer = base.tokenizer
+    object.__setattr__(m, "visual", base.visual)
+    m.eval()
+    w, e = Writer(m.tokenizer, m.visual, m.cfg), engine(m)
+    for task in ("pose", "spatial"):
+        ex = sample(task, [2_000_000_001])[0]
+        for segs in (w.write(ex, "direct", np.random.default_rng(0)), e.input_segments(inputs_of(ex))):
+            ims = [s for s in segs if s.kind == "image_in"]
+            assert len(ims) == 2 and ims[0].pair is None
+            assert torch.equal(ims[1].pair, torch.from_numpy(ex.views["view1"].rgb).float())
+        plain = Writer(base.tokenizer, base.visual, base.cfg).write(ex, "direct", np.random.default_rng(0))
+        assert all(s.pair is None for s in plain)
+    vqa = sample("vqa", [2_000_000_001])[0]
+    assert all(s.pair is None for s in w.write(vqa, "direct", np.random.default_rng(0)))
+    ex = sample("pose", [2_000_000_002])[0]
+    assert engine(m).run(inputs_of(ex), "direct").output.text == engine(base).run(inputs_of(ex), "direct").output.text

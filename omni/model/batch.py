@@ -45,6 +45,7 @@ class Segment:
     noise: torch.Tensor | None = None  # image_gen training: the noise (drawn by the caller, for determinism)
     cell0: int = 0  # visual: the grid cell of the first code (code i sits in cell (cell0 + i) mod g*g)
     source: torch.Tensor | None = None  # image_gen: the source image's latents, one per cell (source_cond)
+    pair: torch.Tensor | None = None  # image_in: (H, W, 3) pixels of the view it is compared with (pair_cond)
 
     def __post_init__(self):
         if self.kind not in SEGMENT_KINDS:
@@ -77,7 +78,11 @@ class Segment:
                 raise ValueError(f"image_in segment needs pixels of shape ({s}, {s}, 3), got {got}")
             if self.depth is not None and tuple(self.depth.shape) != (s, s):
                 raise ValueError(f"image_in depth must be ({s}, {s}), got {tuple(self.depth.shape)}")
+            if self.pair is not None and tuple(self.pair.shape) != (s, s, 3):
+                raise ValueError(f"image_in pair must be pixels of shape ({s}, {s}, 3), got {tuple(self.pair.shape)}")
         else:
+            if self.pair is not None:
+                raise ValueError(f"a pair is given to image_in segments only, not {self.kind}")
             n = cfg.latent_grid ** 2
             if self.latents is None or tuple(self.latents.shape) != (n, cfg.latent_dim):
                 got = None if self.latents is None else tuple(self.latents.shape)
@@ -110,6 +115,7 @@ class Batch:
     flow_target: torch.Tensor  # (n_latent, latent_dim); rows without a flow loss are ignored
     flow_mask: torch.Tensor  # (n_latent,) bool
     source: torch.Tensor  # (n_latent, latent_dim): an image_gen token's source latent (zero: none)
+    pair: torch.Tensor  # (n_in, p*p*3): an image_in token's paired view's patch of its cell (zero: none)
     depth_target: torch.Tensor  # (n_in, p*p) metres
     depth_mask: torch.Tensor  # (n_in, p*p) bool
     where: list[tuple[int, int, int]] = field(default_factory=list)  # per sequence: row, start, length
@@ -178,7 +184,12 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
     uncond = np.zeros((B, L), dtype=bool)
     target = np.full((B, L), IGNORE, dtype=np.int64)
     # flat inputs are gathered per (row, offset) then ordered row-major at the end
-    patches, depth_t, depth_m, lat, tt, ft, fm, src = [], [], [], [], [], [], [], []
+    patches, depth_t, depth_m, lat, tt, ft, fm, src, pair = [], [], [], [], [], [], [], [], []
+
+    def patchify(px: torch.Tensor) -> torch.Tensor:
+        g, p = cfg.patch_grid, cfg.patch
+        return px.float().reshape(g, p, g, p, 3).permute(0, 2, 1, 3, 4).reshape(g * g, -1)
+
     seg_counter = {}
     end_pos: list[int] = []
     end_seg: list[int] = []
@@ -209,8 +220,8 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
                 p += 1
                 cell[r, sl] = np.arange(n)
                 if k == IMAGE_IN:
-                    patches.append((r, i, s.pixels.float().reshape(cfg.patch_grid, cfg.patch, cfg.patch_grid,
-                                                                   cfg.patch, 3).permute(0, 2, 1, 3, 4).reshape(n, -1)))
+                    patches.append((r, i, patchify(s.pixels)))
+                    pair.append((r, i, torch.zeros(n, cfg.patch_dim) if s.pair is None else patchify(s.pair)))
                     if s.depth is not None:
                         d = s.depth.float().reshape(cfg.patch_grid, cfg.patch, cfg.patch_grid, cfg.patch)
                         d = d.permute(0, 2, 1, 3).reshape(n, -1)
@@ -256,7 +267,7 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
         uncond=torch.from_numpy(uncond), target=torch.from_numpy(target),
         patches=flat(patches, (cfg.patch_dim,)), latents=flat(lat, (cfg.latent_dim,)), t=flat(tt, ()),
         flow_target=flat(ft, (cfg.latent_dim,)), flow_mask=flat(fm, (), torch.bool),
-        source=flat(src, (cfg.latent_dim,)),
+        source=flat(src, (cfg.latent_dim,)), pair=flat(pair, (cfg.patch_dim,)),
         depth_target=flat(depth_t, (cfg.patch * cfg.patch,)), depth_mask=flat(depth_m, (cfg.patch * cfg.patch,),
                                                                             torch.bool),
         where=[(r, off, n) for (r, off), n in zip(place, lengths, strict=True)], end_pos=end_pos, end_seg=end_seg)

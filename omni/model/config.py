@@ -49,6 +49,12 @@ class OmniConfig:
     # input (through a learned map, zero at first), as InstructPix2Pix concatenates the source's
     # latents to the noisy ones: copying a cell needs no attention to be learned first
     source_cond: bool = False
+    # the second input image of a two-view task (pose, spatial: view 2 after view 1) also takes, at
+    # each patch, view 1's patch of the same cell as an input (through a learned map, zero at first),
+    # as a CNN stacks two views channel on channel: a small model that must compare the views need not
+    # first learn to find the matching cell by attention (omni.eval.probe: stacked, a 0.4 M CNN reads
+    # the pose that omni-tiny, attending across the two images, never learned)
+    pair_cond: bool = False
     # losses
     w_text: float = 1.0
     w_visual: float = 1.0

@@ -187,7 +187,7 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class OmniModel(nn.Module):
     # parameters that exist only with an optional feature, each doing nothing at zero (a checkpoint
     # trained without the feature can start a run with it: omni train --init-from)
-    FEATURE_PARAMS = ("cell_vis", "source_in.weight")
+    FEATURE_PARAMS = ("cell_vis", "source_in.weight", "pair_in.weight")
 
     def __init__(self, cfg: OmniConfig):
         super().__init__()
@@ -203,6 +203,8 @@ class OmniModel(nn.Module):
             self.cell_vis = nn.Parameter(torch.zeros(cfg.latent_grid ** 2, d))
         if cfg.source_cond:
             self.source_in = nn.Linear(cfg.latent_dim, d, bias=False)
+        if cfg.pair_cond:
+            self.pair_in = nn.Linear(cfg.patch_dim, d, bias=False)
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
         self.norm_und = RMSNorm(d, cfg.norm_eps)
@@ -238,6 +240,8 @@ class OmniModel(nn.Module):
             nn.init.normal_(p, std=std)
         if self.cfg.source_cond:  # at zero the source changes nothing until training finds a use for it
             nn.init.zeros_(self.source_in.weight)
+        if self.cfg.pair_cond:  # likewise: view 1's patches change nothing until training uses them
+            nn.init.zeros_(self.pair_in.weight)
         nn.init.zeros_(self.final_ada.weight)
         nn.init.zeros_(self.final_ada.bias)
         nn.init.zeros_(self.flow_head.weight)
@@ -277,7 +281,10 @@ class OmniModel(nn.Module):
                 x = x.index_add(0, vis_rows, self.cell_vis[cell[vis_rows]])
         in_rows = torch.nonzero(kind == IMAGE_IN).squeeze(1)
         if len(in_rows):
-            x = x.index_copy(0, in_rows, self.patch_in(b.patches.to(x.dtype)) + self.cell_in[cell[in_rows]])
+            h_in = self.patch_in(b.patches.to(x.dtype)) + self.cell_in[cell[in_rows]]
+            if self.cfg.pair_cond:
+                h_in = h_in + self.pair_in(b.pair.to(x.dtype))
+            x = x.index_copy(0, in_rows, h_in)
         lat_rows = torch.nonzero((kind == IMAGE_GEN) | (kind == IMAGE_CLEAN)).squeeze(1)
         t_all = torch.zeros(B * L, device=x.device)
         if len(lat_rows):

@@ -165,7 +165,7 @@ class Writer(Format):
         return segs + self.gen(self.latents([rgb])[0], rng)
 
     def _spatial(self, ex, blocks, rng):
-        segs = [self.tags("<spatial>"), *self.image(ex.views["view1"].rgb), *self.image(ex.views["view2"].rgb),
+        segs = [self.tags("<spatial>"), *self.view_pair(ex.views["view1"].rgb, ex.views["view2"].rgb),
                 self.block("question", ex.texts["question"])]
         if "pose" in blocks:
             segs.append(self.block("campose", ex.texts["pose"], loss=True))
@@ -190,7 +190,7 @@ class Writer(Format):
         return segs + self.image(v.rgb, v.depth, v.valid, tag="<view>")
 
     def _pose(self, ex, blocks, rng):
-        return [self.tags("<pose>"), *self.image(ex.views["view1"].rgb), *self.image(ex.views["view2"].rgb),
+        return [self.tags("<pose>"), *self.view_pair(ex.views["view1"].rgb, ex.views["view2"].rgb),
                 self.block("campose", ex.texts["pose"], loss=True, eos=True)]
 
     def _image_to_image(self, ex, tag, src, text_block, text_key, tgt, rng):

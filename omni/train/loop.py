@@ -187,7 +187,8 @@ def resumed_config(given: TrainConfig, saved: TrainConfig, keep_steps: bool = Fa
 
 
 # model config fields that `omni train` sets by a flag of their own
-MODEL_FLAGS = {"visual_cells": "--visual-cells", "source_latents": "--source-latents", "source_cond": "--source-cond"}
+MODEL_FLAGS = {"visual_cells": "--visual-cells", "source_latents": "--source-latents", "source_cond": "--source-cond",
+               "pair_cond": "--pair-cond"}
 
 
 def _model_conflicts(new: dict, old: dict, preset_name: str) -> list[str]:

@@ -350,7 +350,7 @@ class Engine:
         if task in ("vqa", "depth"):
             segs += fmt.image(im["image"])
         elif task in ("spatial", "pose"):
-            segs += fmt.image(im["view1"]) + fmt.image(im["view2"])
+            segs += fmt.view_pair(im["view1"], im["view2"])
         elif task in ("nvs", "edit"):
             segs += self.source_segments(inputs)
         if task in ("vqa", "spatial"):

@@ -52,13 +52,20 @@ class Format:
         return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))
 
     def image(self, rgb: np.ndarray, depth: np.ndarray | None = None, valid: np.ndarray | None = None,
-              tag: str | None = None) -> list[Segment]:
-        """[<tag>] <img> pixel patches </img> (with a depth target for training)."""
+              tag: str | None = None, pair: np.ndarray | None = None) -> list[Segment]:
+        """[<tag>] <img> pixel patches </img> (with a depth target for training; `pair`: the pixels
+        of the view this one is compared with, `Segment.pair`)."""
         pre = self.ids(tag) if tag else []
         return [Segment("text", pre + self.ids("<img>")),
                 Segment("image_in", pixels=self.pixels(rgb), depth=None if depth is None else torch.from_numpy(depth),
-                        depth_valid=None if valid is None else torch.from_numpy(valid)),
+                        depth_valid=None if valid is None else torch.from_numpy(valid),
+                        pair=None if pair is None else self.pixels(pair)),
                 self.tags("</img>")]
+
+    def view_pair(self, view1: np.ndarray, view2: np.ndarray) -> list[Segment]:
+        """The two input views of a two-view task (pose, spatial): <img> view 1 </img> <img> view 2
+        </img>, view 2's patches also taking view 1's (`Segment.pair`) where the config has pair_cond."""
+        return self.image(view1) + self.image(view2, pair=view1 if self.cfg.pair_cond else None)
 
     def clean_image(self, latents: torch.Tensor, tag: str | None = None) -> list[Segment]:
         """[<tag>] <img> clean latents </img>: an image written back as context."""
