@@ -235,3 +235,7 @@ def test_pose_fit_tells_a_pose_estimate_from_a_constant_guess():
     noisy = pose_fit(exs, [true[(i + 1) % 60] if i % 2 else "nonsense" for i in range(60)])  # shuffled
     assert noisy["parsed"] == 30 and all(abs(c) < 0.6 for c in noisy["corr"]), noisy
     assert pose_fit(exs[:2], [None, "x"]) == {"numbers": ["tx", "ty", "tz", "rx", "ry", "rz"], "parsed": 0}
+    sp = sample("spatial", range(40))  # the spatial task's pose texts too: y, rx and rz never vary there
+    f = pose_fit(sp, [ex.texts["pose"] for ex in sp])
+    assert [c is None for c in f["corr"]] == [False, True, False, True, False, True]
+    assert all(f["corr"][i] > 0.999 for i in (0, 2, 4)), f

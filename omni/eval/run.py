@@ -22,7 +22,7 @@ import numpy as np
 
 from omni.unroll.engine import Engine, Inputs, Result, parse_pose
 from omni.world import Example, sample
-from omni.world.camera import matrix_to_axis_angle
+from omni.world.camera import matrix_to_axis_angle, text_to_pose
 from omni.world.tasks import LETTERS, split_of_range, stated_answer, stated_option
 
 from .checker import check
@@ -70,16 +70,17 @@ POSE_NUMBERS = ("tx", "ty", "tz", "rx", "ry", "rz")
 
 
 def pose_fit(examples: Sequence[Example], texts: Sequence[str | None]) -> dict:
-    """Whether predicted poses follow the true ones, number by number (`tx ty tz rx ry rz` as the pose
-    text writes them: translation, axis-angle): the correlation over the pairs whose text parses
-    (None where either side is constant), and each side's mean and standard deviation. A model that
-    guesses one pose for every pair scores AUC@30 well above 0 with correlations near 0."""
+    """Whether predicted poses follow the true ones (the world's pose text, of pose or spatial examples),
+    number by number (`tx ty tz rx ry rz`: translation, axis-angle): the correlation over the pairs
+    whose text parses (None where either side is constant), and each side's mean and standard
+    deviation. A model that guesses one pose for every pair scores AUC@30 well above 0 with
+    correlations near 0."""
     pred, true = [], []
     for ex, t in zip(examples, texts, strict=True):
         T = parse_pose(t or "")
         if T is not None:
             pred.append(_pose_numbers(T))
-            true.append(_pose_numbers(np.asarray(ex.spec["relative_pose"]["matrix"], dtype=np.float64)))
+            true.append(_pose_numbers(text_to_pose(ex.texts["pose"])))
     out = {"numbers": list(POSE_NUMBERS), "parsed": len(pred)}
     if not pred:
         return out
