@@ -22,6 +22,21 @@ def engine(model, **kw):
     return Engine(model, flow_steps=2, think_tokens=12, layout_tokens=16, seed=3, **kw)
 
 
+def flagged(**flags):
+    """The random tiny model with config flags switched on: its weights, the flags' new parameters at
+    their initial (zero) maps, the same tokenizers; in eval mode."""
+    import dataclasses
+
+    from omni.model import OmniModel
+
+    base = random_tiny_model(0)
+    m = OmniModel(dataclasses.replace(base.cfg, **flags))
+    m.load_state_dict({**m.state_dict(), **base.state_dict()})
+    m.tokenizer = base.tokenizer
+    object.__setattr__(m, "visual", base.visual)
+    return m.eval()
+
+
 @pytest.mark.parametrize("task,plan,reencode", [
     ("vqa", "+thinking", "primitive"), ("t2i", "+long+visual", "primitive"), ("depth", "default", "primitive"),
     ("spatial", "+novel views", "primitive"), ("pose", "direct", "primitive"),
@@ -372,15 +387,7 @@ def test_both_source_flags_encode_the_source_once_and_hand_the_same_latents_to_b
 def test_engine_encodes_the_source_once_per_run():
     """The engine asks for an image-to-image source's latents twice, for the context and for the
     sampler; with both source flags one encode serves both, and the next run encodes its own."""
-    import dataclasses
-
-    from omni.model import OmniModel
-
-    base = random_tiny_model(0)
-    m = OmniModel(dataclasses.replace(base.cfg, source_latents=True, source_cond=True))
-    m.tokenizer = base.tokenizer
-    object.__setattr__(m, "visual", base.visual)
-    e = Engine(m.eval(), flow_steps=2)
+    e = Engine(flagged(source_latents=True, source_cond=True), flow_steps=2)
     calls = []
     encode = e.fmt.latents
     e.fmt.latents = lambda rgbs: calls.append(len(rgbs)) or encode(rgbs)
@@ -397,19 +404,11 @@ def test_source_cond_reaches_the_generator_in_training_and_sampling():
     """With source_cond, the image being generated for nvs, edit and video takes its source image's
     latents as an input: training writes them on the image_gen segment, the engine hands the same to
     every flow step (one row each when images are sampled together), and they change the image."""
-    import dataclasses
-
     import torch
 
-    from omni.model import OmniModel
     from omni.train import Writer
 
-    base = random_tiny_model(0)
-    m = OmniModel(dataclasses.replace(base.cfg, source_cond=True))
-    m.load_state_dict({**base.state_dict(), "source_in.weight": m.source_in.weight})
-    m.tokenizer = base.tokenizer
-    object.__setattr__(m, "visual", base.visual)
-    m.eval()
+    base, m = random_tiny_model(0), flagged(source_cond=True)
     w, e = Writer(m.tokenizer, m.visual, m.cfg), engine(m)
     for task, src in (("nvs", "source"), ("edit", "before"), ("video", "frame0")):
         ex = sample(task, [2_000_000_001])[0]
@@ -453,19 +452,11 @@ def test_pair_cond_pairs_the_two_views_in_training_and_in_the_engine():
     """With pair_cond, pose and spatial write view 2 with view 1 as its pair, alike in training and in
     the engine's workspace (one method, Format.view_pair); other tasks' images and models without the
     flag have none; at the map's zero the engine's answers are the flagless model's."""
-    import dataclasses
-
     import torch
 
-    from omni.model import OmniModel
     from omni.train import Writer
 
-    base = random_tiny_model(0)
-    m = OmniModel(dataclasses.replace(base.cfg, pair_cond=True))
-    m.load_state_dict({**base.state_dict(), "pair_in.weight": m.pair_in.weight})
-    m.tokenizer = base.tokenizer
-    object.__setattr__(m, "visual", base.visual)
-    m.eval()
+    base, m = random_tiny_model(0), flagged(pair_cond=True)
     w, e = Writer(m.tokenizer, m.visual, m.cfg), engine(m)
     for task in ("pose", "spatial"):
         ex = sample(task, [2_000_000_001])[0]

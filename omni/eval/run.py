@@ -79,8 +79,8 @@ def pose_fit(examples: Sequence[Example], texts: Sequence[str | None]) -> dict:
     for ex, t in zip(examples, texts, strict=True):
         T = parse_pose(t or "")
         if T is not None:
-            pred.append(_pose_numbers(T))
-            true.append(_pose_numbers(text_to_pose(ex.texts["pose"])))
+            pred.append(pose_numbers(T))
+            true.append(pose_numbers(text_to_pose(ex.texts["pose"])))
     out = {"numbers": list(POSE_NUMBERS), "parsed": len(pred)}
     if not pred:
         return out
@@ -91,7 +91,8 @@ def pose_fit(examples: Sequence[Example], texts: Sequence[str | None]) -> dict:
             "true_mean": G.mean(0).tolist(), "true_std": G.std(0).tolist()}
 
 
-def _pose_numbers(T: np.ndarray) -> list[float]:
+def pose_numbers(T: np.ndarray) -> list[float]:
+    """A 4x4 relative pose as the six numbers of its pose text: translation, then axis-angle."""
     return [*T[:3, 3].tolist(), *matrix_to_axis_angle(T[:3, :3]).tolist()]
 
 

@@ -186,9 +186,10 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
     # flat inputs are gathered per (row, offset) then ordered row-major at the end
     patches, depth_t, depth_m, lat, tt, ft, fm, src, pair = [], [], [], [], [], [], [], [], []
 
-    def patchify(px: torch.Tensor) -> torch.Tensor:
+    def patchify(x: torch.Tensor) -> torch.Tensor:
+        """(H, W) or (H, W, C) -> (cells, patch * patch * C), cells row-major, each patch row-major."""
         g, p = cfg.patch_grid, cfg.patch
-        return px.float().reshape(g, p, g, p, 3).permute(0, 2, 1, 3, 4).reshape(g * g, -1)
+        return x.reshape(g, p, g, p, -1).permute(0, 2, 1, 3, 4).reshape(g * g, -1)
 
     seg_counter = {}
     end_pos: list[int] = []
@@ -220,14 +221,13 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
                 p += 1
                 cell[r, sl] = np.arange(n)
                 if k == IMAGE_IN:
-                    patches.append((r, i, patchify(s.pixels)))
-                    pair.append((r, i, torch.zeros(n, cfg.patch_dim) if s.pair is None else patchify(s.pair)))
+                    patches.append((r, i, patchify(s.pixels.float())))
+                    pair.append((r, i, torch.zeros(n, cfg.patch_dim) if s.pair is None else
+                                 patchify(s.pair.float())))
                     if s.depth is not None:
-                        d = s.depth.float().reshape(cfg.patch_grid, cfg.patch, cfg.patch_grid, cfg.patch)
-                        d = d.permute(0, 2, 1, 3).reshape(n, -1)
+                        d = patchify(s.depth.float())
                         v = (torch.ones_like(d, dtype=torch.bool) if s.depth_valid is None else
-                             s.depth_valid.reshape(cfg.patch_grid, cfg.patch, cfg.patch_grid, cfg.patch)
-                             .permute(0, 2, 1, 3).reshape(n, -1).bool())
+                             patchify(s.depth_valid.bool()))
                         depth_t.append((r, i, d))
                         depth_m.append((r, i, v & (d > 0)))
                     else:
