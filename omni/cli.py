@@ -306,6 +306,8 @@ def _eval_task_command(task: str):
         flow_shift: float = _flow_shift_option(),
         visual_temperature: float | None = _visual_temperature_option(),
         visual_top_k: int | None = _visual_top_k_option(),
+        pose_decoder: str = typer.Option("head", help="Where the model has a pose head: write its pose texts "
+                                                      "from the head ('head') or decode their digits ('text')."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ):
         import json
@@ -318,7 +320,9 @@ def _eval_task_command(task: str):
         parse_plan(task, plan)  # a bad plan fails before the model loads
         split_of_range(seed_start, n)
         sampling = _sampling(0.0, 0, visual_temperature, visual_top_k) | _flow(cfg_scale, flow_steps, flow_shift)
-        engine = Engine(_load(checkpoint, device), seed=seed, **sampling)
+        if pose_decoder not in ("head", "text"):  # omni.unroll.engine.POSE_DECODERS, checked before the model loads
+            raise ValueError(f"--pose-decoder must be head or text, not {pose_decoder!r}")
+        engine = Engine(_load(checkpoint, device), seed=seed, pose_decoder=pose_decoder, **sampling)
         r = evaluate(engine, task, n, seed_start, plan, log=None if json_out else lambda m: typer.echo(m, err=True))
         if json_out:
             typer.echo(json.dumps(r))
@@ -656,6 +660,9 @@ def train(
     pair_cond: bool = typer.Option(None, "--pair-cond/--no-pair-cond",
                                    help="The second view of pose and spatial also takes the first view's patch "
                                         "of each cell as an input (default: off)."),
+    pose_head: bool = typer.Option(None, "--pose-head/--no-pose-head",
+                                   help="A pose head reads the six pose numbers off the <campose> token, trained "
+                                        "by a regression loss beside the text's (default: off)."),
     model: str = typer.Option("{}", help='JSON of model config fields over the preset\'s, e.g. \'{"d_model": '
                                          '64}\' (the flags above set theirs).'),
 ):
@@ -675,7 +682,7 @@ def train(
     if not isinstance(overrides, dict):
         raise ValueError(f"--model must be a JSON object of model config fields, got {model!r}")
     for k, v in (("visual_cells", visual_cells), ("source_latents", source_latents), ("source_cond", source_cond),
-                 ("pair_cond", pair_cond)):
+                 ("pair_cond", pair_cond), ("pose_head", pose_head)):
         if v is not None:
             if overrides.get(k, v) != v:
                 raise ValueError(f"{MODEL_FLAGS[k]} and --model {k} {json.dumps(overrides[k])} disagree")

@@ -107,6 +107,19 @@ def test_pose_text_roundtrip_within_1e3():
         assert np.abs(b_back[:3, :4] - b[:3, :4]).max() < 1e-3
 
 
+def test_pose_numbers_round_trip_and_bad_numbers():
+    """pose_to_numbers / numbers_to_pose are the pose text's six numbers (the pose head's targets and
+    outputs), numbers_to_text writes them as the world does."""
+    rng = np.random.default_rng(3)
+    T = C.relative_pose(C.orbit_camera(30, 30, 5, np.zeros(3)), C.orbit_camera(80, 40, 6, rng.uniform(-0.5, 0.5, 3)))
+    v = C.pose_to_numbers(T)
+    assert v.shape == (6,) and np.allclose(C.numbers_to_pose(v), T, atol=1e-9)
+    assert C.numbers_to_text(v) == C.pose_to_text(T) and C.numbers_to_text([-1e-5] * 6).split()[0] == "0.000"
+    for bad in ([1, 2, 3], [0, 0, 0, 0, 0, float("nan")]):
+        with pytest.raises(ValueError, match="six finite numbers"):
+            C.numbers_to_pose(bad)
+
+
 def test_pose_text_rejects_garbage():
     for bad in ("", "1 2 3", "1 2 3 4 5 6 7", "a b c d e f", "<campose>1 2 3 4 5</campose>"):
         with pytest.raises(ValueError):

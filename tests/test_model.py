@@ -431,6 +431,49 @@ def test_pair_cond():
             pack([[bad]], cfg)
 
 
+def test_pose_head():
+    """With pose_head, a text segment's pose target (Segment.pose) is packed at the segment's first
+    token (the <campose> that opens a pose text) and a smooth-L1 loss trains a head on that token's
+    hidden state, weighted by w_pose; at the head's initial zero nothing else changes and its
+    gradient reaches the layers once the head is not zero. Bad targets are refused."""
+    import torch.nn.functional as F
+
+    cfg = OmniConfig(**SMALL)
+    s, g = cfg.image_size, torch.Generator().manual_seed(0)
+    v1, v2 = (torch.rand(s, s, 3, generator=g) for _ in range(2))
+    target = torch.tensor([1.5, -0.2, 0.3, 0.0, -0.6, 0.1])
+
+    def seqs():
+        return [[Segment("text", [5]), Segment("image_in", pixels=v1), Segment("image_in", pixels=v2),
+                 Segment("text", [19, 30, 31, 32], loss=True, pose=target)],
+                [Segment("text", [7, 8, 9], loss=True)]]
+
+    plain, on = model(), model(pose_head=True)
+    assert "pose_head.weight" not in plain.state_dict() and on.pose_head.weight.abs().sum() == 0
+    on.load_state_dict({**on.state_dict(), **plain.state_dict()}, strict=True)
+    b = pack(seqs(), cfg, row_len=200)
+    first = 1 + 2 * cfg.patch_grid ** 2  # the pose text's first token, row 0
+    assert b.pose_rows.tolist() == [first] and torch.equal(b.pose_target, target[None])
+    assert b.token.reshape(-1)[first] == 19
+    lp, lo = plain.losses(b), on.losses(b)
+    assert float(lp["pose"].detach()) == 0.0 and torch.allclose(lo["pose"], F.smooth_l1_loss(torch.zeros(6), target))
+    for k in ("text_ce", "depth", "flow_mse"):
+        assert torch.allclose(lp[k], lo[k])
+    assert torch.allclose(lo["loss"], lp["loss"] + on.cfg.w_pose * lo["pose"])
+    with torch.no_grad():
+        torch.nn.init.normal_(on.pose_head.weight, std=0.1)
+    h = on(b).reshape(-1, cfg.d_model)[first]
+    out = on.losses(b)
+    assert torch.allclose(out["pose"], F.smooth_l1_loss(on.pose(h), target))
+    out["pose"].backward()
+    assert on.layers[0].experts[0].proj.weight.grad.abs().sum() > 0  # it shapes the hidden states
+    with pytest.raises(ValueError, match="no pose head"):
+        plain.pose(h)
+    for bad in (Segment("text", [19, 30], pose=target[:5]), Segment("image_in", pixels=v1, pose=target)):
+        with pytest.raises(ValueError, match="a pose target is given to text segments only"):
+            pack([[bad]], cfg)
+
+
 def test_source_cond():
     """With source_cond, a generated latent takes its source image's latent of the same cell as an
     input (Segment.source, packed per latent token; zeros where a segment has none): at the map's

@@ -211,6 +211,15 @@ def test_init_from_a_checkpoint_adds_a_feature_at_zero(tmp_path):
     with torch.no_grad():
         assert float(new.model(b, losses=True)["loss"]) == pytest.approx(float(src.model(b, losses=True)["loss"]),
                                                                           rel=1e-5)
+    # the pose head likewise: at zero it adds its own loss and changes no other
+    said = []
+    posed = Trainer(TrainConfig(model_overrides={**small, "pose_head": True}, init_from=str(tmp_path / "src"),
+                                workers=0, seed=1, mixture=mix), tmp_path / "p", log=said.append)
+    assert "pose_head.weight" in said[0] and "pose_head.bias" in said[0]
+    assert not any(p.abs().sum() for p in posed.model.pose_head.parameters())
+    with torch.no_grad():
+        a, c = src.model(b, losses=True), posed.model(b, losses=True)
+    assert all(float(a[k]) == pytest.approx(float(c[k]), rel=1e-5, abs=1e-7) for k in ("text_ce", "flow_mse", "depth"))
     with pytest.raises(ValueError, match="shape"):
         Trainer(TrainConfig(model_overrides={**small, "d_model": 32}, init_from=str(tmp_path / "src"), workers=0,
                             mixture=mix), tmp_path / "c", log=lambda *_: None)

@@ -470,3 +470,47 @@ def test_pair_cond_pairs_the_two_views_in_training_and_in_the_engine():
     assert all(s.pair is None for s in w.write(vqa, "direct", np.random.default_rng(0)))
     ex = sample("pose", [2_000_000_002])[0]
     assert engine(m).run(inputs_of(ex), "direct").output.text == engine(base).run(inputs_of(ex), "direct").output.text
+
+
+def test_pose_head_targets_in_training_and_pose_texts_in_the_engine():
+    """With pose_head, every pose text of the training mixture (the pose task, spatial's pose and
+    novel-view forms) carries its six numbers as the head's target on its <campose> token; the engine
+    writes the head's numbers as the pose text (pose task and estimate_pose alike, the same tokens as
+    training writes), cached and re-encoded alike, and decodes the digits with pose_decoder="text"."""
+    import torch
+
+    from omni.train import Writer
+    from omni.world.camera import numbers_to_text, pose_to_numbers, text_to_pose
+
+    base, m = random_tiny_model(0), flagged(pose_head=True)
+    w = Writer(m.tokenizer, m.visual, m.cfg)
+    for task, form in (("pose", "direct"), ("spatial", "pose"), ("spatial", "views")):
+        ex = sample(task, [2_000_000_001])[0]
+        segs = w.write(ex, form, np.random.default_rng(0))
+        poses = [s for s in segs if s.pose is not None]
+        assert len(poses) == 1 and poses[0].tokens[0] == m.tokenizer.id("<campose>")
+        want = torch.tensor(pose_to_numbers(text_to_pose(ex.texts["pose"])), dtype=torch.float32)
+        assert torch.allclose(poses[0].pose, want, atol=1e-6)
+        plain = Writer(base.tokenizer, base.visual, base.cfg).write(ex, form, np.random.default_rng(0))
+        assert all(s.pose is None for s in plain)
+    assert all(s.pose is None for s in w.write(sample("spatial", [2_000_000_001])[0], "think",
+                                                np.random.default_rng(0)))
+    vals = [1.25, -0.5, 2.0, 0.125, -0.75, 0.0625]
+    with torch.no_grad():
+        m.pose_head.bias.copy_(torch.tensor(vals))
+    text = numbers_to_text(vals)
+    ex, sp = sample("pose", [2_000_000_002])[0], sample("spatial", [2_000_000_002])[0]
+    res = engine(m).run(inputs_of(ex), "direct")
+    assert res.output.text == text and res.output.data["valid"]
+    assert engine(m, reencode="primitive").run(inputs_of(ex), "direct").output.text == text
+    step = engine(m).run(inputs_of(sp), "+pose text").items[-1]
+    assert step.step == "estimate_pose" and step.text == text
+    # the workspace holds what training writes: <campose> numbers </campose>
+    ws = engine(m).start(inputs_of(ex))
+    ws.write_pose()
+    block = Writer(m.tokenizer, m.visual, m.cfg).pose_block(text)
+    assert [t for seg in ws.record[-2:] for t in seg.tokens] == list(block.tokens)
+    decoded = engine(m, pose_decoder="text").run(inputs_of(ex), "direct").output.text
+    assert decoded == engine(base).run(inputs_of(ex), "direct").output.text  # the same weights' digits
+    with pytest.raises(ValueError, match="pose_decoder must be one of"):
+        engine(m, pose_decoder="regress")

@@ -24,17 +24,17 @@ import torch
 from torch import nn
 
 from omni.world import sample
-from omni.world.camera import axis_angle_to_matrix
+from omni.world.camera import axis_angle_to_matrix, pose_to_numbers
 
 from .metrics import bootstrap_ci
-from .run import pair_pose_scores, pose_fit, pose_numbers
+from .run import pair_pose_scores, pose_fit
 
 
 def pose_pairs(seeds: range) -> tuple[torch.Tensor, torch.Tensor, list]:
     """(n, 6, H, W) the two views stacked, (n, 6) their relative pose numbers, and the examples."""
     exs = sample("pose", seeds)
     x = np.stack([np.concatenate([e.views["view1"].rgb, e.views["view2"].rgb], -1) for e in exs])
-    y = np.array([pose_numbers(np.asarray(e.spec["relative_pose"]["matrix"], dtype=np.float64)) for e in exs])
+    y = np.array([pose_to_numbers(np.asarray(e.spec["relative_pose"]["matrix"], dtype=np.float64)) for e in exs])
     return torch.from_numpy(x).float().permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).float(), exs
 
 

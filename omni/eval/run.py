@@ -22,7 +22,7 @@ import numpy as np
 
 from omni.unroll.engine import Engine, Inputs, Result, parse_pose
 from omni.world import Example, sample
-from omni.world.camera import matrix_to_axis_angle, text_to_pose
+from omni.world.camera import pose_to_numbers, text_to_pose
 from omni.world.tasks import LETTERS, split_of_range, stated_answer, stated_option
 
 from .checker import check
@@ -79,8 +79,8 @@ def pose_fit(examples: Sequence[Example], texts: Sequence[str | None]) -> dict:
     for ex, t in zip(examples, texts, strict=True):
         T = parse_pose(t or "")
         if T is not None:
-            pred.append(pose_numbers(T))
-            true.append(pose_numbers(text_to_pose(ex.texts["pose"])))
+            pred.append(pose_to_numbers(T))
+            true.append(pose_to_numbers(text_to_pose(ex.texts["pose"])))
     out = {"numbers": list(POSE_NUMBERS), "parsed": len(pred)}
     if not pred:
         return out
@@ -89,11 +89,6 @@ def pose_fit(examples: Sequence[Example], texts: Sequence[str | None]) -> dict:
             for i in range(6)]
     return {**out, "corr": corr, "pred_mean": P.mean(0).tolist(), "pred_std": P.std(0).tolist(),
             "true_mean": G.mean(0).tolist(), "true_std": G.std(0).tolist()}
-
-
-def pose_numbers(T: np.ndarray) -> list[float]:
-    """A 4x4 relative pose as the six numbers of its pose text: translation, then axis-angle."""
-    return [*T[:3, 3].tolist(), *matrix_to_axis_angle(T[:3, :3]).tolist()]
 
 
 def held_out(split: str) -> str:
@@ -222,4 +217,5 @@ def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Seq
     fit = {"pose_fit": pose_fit(examples, [t and t["output"] for t in texts])} if task == "pose" else {}
     return {"task": task, "plan": steps, "n": n, "seed_start": seed_start, "split": split, "metrics": metrics,
             "scores": per, "context_tokens": float(np.mean(tokens)), "seconds": round(time.perf_counter() - t0, 1),
-            **({"texts": texts} if any(texts) else {}), **fit}
+            **({"texts": texts} if any(texts) else {}), **fit,
+            **({"pose_decoder": engine.pose_decoder} if engine.model.cfg.pose_head else {})}

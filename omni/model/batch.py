@@ -46,6 +46,7 @@ class Segment:
     cell0: int = 0  # visual: the grid cell of the first code (code i sits in cell (cell0 + i) mod g*g)
     source: torch.Tensor | None = None  # image_gen: the source image's latents, one per cell (source_cond)
     pair: torch.Tensor | None = None  # image_in: (H, W, 3) pixels of the view it is compared with (pair_cond)
+    pose: torch.Tensor | None = None  # text: (6,) the pose numbers its first token predicts (pose_head)
 
     def __post_init__(self):
         if self.kind not in SEGMENT_KINDS:
@@ -65,6 +66,9 @@ class Segment:
 
     def check(self, cfg: OmniConfig) -> None:
         k = self.kind_id
+        if self.pose is not None and (k != TEXT or tuple(self.pose.shape) != (6,)):
+            raise ValueError(f"a pose target is given to text segments only, as 6 numbers; got "
+                             f"{tuple(self.pose.shape)} on {self.kind}")
         if k in (TEXT, VISUAL):
             if not self.tokens:
                 raise ValueError(f"{self.kind} segment has no tokens")
@@ -118,6 +122,8 @@ class Batch:
     pair: torch.Tensor  # (n_in, p*p*3): an image_in token's paired view's patch of its cell (zero: none)
     depth_target: torch.Tensor  # (n_in, p*p) metres
     depth_mask: torch.Tensor  # (n_in, p*p) bool
+    pose_rows: torch.Tensor  # (n_pose,) flat token index (row * L + offset) of each pose target's token
+    pose_target: torch.Tensor  # (n_pose, 6) tx ty tz rx ry rz
     where: list[tuple[int, int, int]] = field(default_factory=list)  # per sequence: row, start, length
     end_pos: list[int] = field(default_factory=list)  # per sequence: the next free rotary position
     end_seg: list[int] = field(default_factory=list)  # per sequence: the next segment id
@@ -184,7 +190,7 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
     uncond = np.zeros((B, L), dtype=bool)
     target = np.full((B, L), IGNORE, dtype=np.int64)
     # flat inputs are gathered per (row, offset) then ordered row-major at the end
-    patches, depth_t, depth_m, lat, tt, ft, fm, src, pair = [], [], [], [], [], [], [], [], []
+    patches, depth_t, depth_m, lat, tt, ft, fm, src, pair, poses = [], [], [], [], [], [], [], [], [], []
 
     def patchify(x: torch.Tensor) -> torch.Tensor:
         """(H, W) or (H, W, C) -> (cells, patch * patch * C), cells row-major, each patch row-major."""
@@ -210,6 +216,8 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
                 if k == VISUAL:
                     cell[r, sl] = (s.cell0 + np.arange(n)) % cfg.latent_grid ** 2
                 p += n
+                if s.pose is not None:
+                    poses.append((r, i, s.pose.float()[None]))
                 if s.loss:
                     # position j predicts token j + 1; the first token is predicted by the token before
                     # the segment (when there is one in this sequence and it is not a generated image)
@@ -270,6 +278,8 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
         source=flat(src, (cfg.latent_dim,)), pair=flat(pair, (cfg.patch_dim,)),
         depth_target=flat(depth_t, (cfg.patch * cfg.patch,)), depth_mask=flat(depth_m, (cfg.patch * cfg.patch,),
                                                                             torch.bool),
+        pose_rows=torch.tensor(sorted(r * row_len + i for r, i, _ in poses), dtype=torch.long),
+        pose_target=flat(poses, (6,)),
         where=[(r, off, n) for (r, off), n in zip(place, lengths, strict=True)], end_pos=end_pos, end_seg=end_seg)
 
 

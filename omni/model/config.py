@@ -55,11 +55,17 @@ class OmniConfig:
     # first learn to find the matching cell by attention (omni.eval.probe: stacked, a 0.4 M CNN reads
     # the pose that omni-tiny, attending across the two images, never learned)
     pair_cond: bool = False
+    # a pose head: a linear map from the hidden state of the <campose> token that opens a pose text to
+    # its six numbers, trained by a regression loss (w_pose) beside the text's own CE, which only
+    # reaches the pose through the digits' tokens; the engine writes the head's numbers as the pose
+    # text (VGGT reads its cameras off a head likewise). Zero at first.
+    pose_head: bool = False
     # losses
     w_text: float = 1.0
     w_visual: float = 1.0
     w_flow: float = 1.0
     w_depth: float = 1.0
+    w_pose: float = 1.0  # the pose head's smooth-L1 loss (pose_head)
     w_moe_balance: float = 0.01
     depth_loss: str = "silog"  # "silog" (scale-invariant log, lambda 0.85) or "l1_log"
 
@@ -137,7 +143,7 @@ class OmniConfig:
 DEPTH_LOSSES = ("silog", "l1_log")
 POSITIVE_INTS = ("d_model", "n_layers", "n_heads", "max_seq", "text_vocab", "codebook_size", "image_size", "patch",
                  "latent_grid", "latent_dim")
-LOSS_WEIGHTS = ("w_text", "w_visual", "w_flow", "w_depth", "w_moe_balance")
+LOSS_WEIGHTS = ("w_text", "w_visual", "w_flow", "w_depth", "w_pose", "w_moe_balance")
 # what a checkpoint's config.json must name: every field that sets the weights' shapes or what they
 # mean. Not required: the preset's name, the training losses' settings, and feature flags added after
 # checkpoints were shipped whose default (off) is what those checkpoints were trained with.

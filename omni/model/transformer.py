@@ -187,7 +187,7 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class OmniModel(nn.Module):
     # parameters that exist only with an optional feature, each doing nothing at zero (a checkpoint
     # trained without the feature can start a run with it: omni train --init-from)
-    FEATURE_PARAMS = ("cell_vis", "source_in.weight", "pair_in.weight")
+    FEATURE_PARAMS = ("cell_vis", "source_in.weight", "pair_in.weight", "pose_head.weight", "pose_head.bias")
 
     def __init__(self, cfg: OmniConfig):
         super().__init__()
@@ -212,6 +212,8 @@ class OmniModel(nn.Module):
         self.final_ada = nn.Linear(d, 2 * d)
         self.flow_head = nn.Linear(d, cfg.latent_dim)
         self.depth_head = nn.Linear(d, cfg.patch * cfg.patch)
+        if cfg.pose_head:
+            self.pose_head = nn.Linear(d, 6)
         self._init()
         # tokenizers travel with the model (set by from_pretrained / the training code); the visual
         # tokenizer is frozen and saved in its own file, so it is kept out of the module tree
@@ -248,6 +250,9 @@ class OmniModel(nn.Module):
         nn.init.zeros_(self.flow_head.bias)
         nn.init.zeros_(self.depth_head.weight)
         nn.init.constant_(self.depth_head.bias, math.log(5.0))
+        if self.cfg.pose_head:  # at zero it predicts "did not move" and its loss leaves the rest alone
+            nn.init.zeros_(self.pose_head.weight)
+            nn.init.zeros_(self.pose_head.bias)
 
     def save_pretrained(self, directory, **kw):
         """config.json, model.safetensors, tokenizer.json, visual_tokenizer.* (see checkpoint.py)."""
@@ -347,9 +352,16 @@ class OmniModel(nn.Module):
     def log_depth(self, h_in: torch.Tensor) -> torch.Tensor:
         return self.depth_head(h_in)
 
+    def pose(self, h: torch.Tensor) -> torch.Tensor:
+        """The six pose numbers (tx ty tz rx ry rz) read off hidden states of <campose> tokens (pose_head)."""
+        if not self.cfg.pose_head:
+            raise ValueError("this model has no pose head (OmniConfig.pose_head is off)")
+        return self.pose_head(h)
+
     def losses(self, b: Batch) -> dict[str, torch.Tensor]:
         """Weighted sum (`loss`) of: next-token CE on text and on visual tokens, flow-matching MSE on
-        image_gen latents (velocity noise - x0), a depth loss on image_in pixels, MoE balance."""
+        image_gen latents (velocity noise - x0), a depth loss on image_in pixels, the pose head's
+        smooth-L1 loss on the pose texts' numbers (pose_head), MoE balance."""
         cfg = self.cfg
         h = self.run(b, attention_mask(b)).reshape(-1, cfg.d_model)
         out: dict[str, torch.Tensor] = {}
@@ -379,12 +391,18 @@ class OmniModel(nn.Module):
             out["depth"] = self._depth_loss(pred, b, in_rows)
         else:
             out["depth"] = zero
+        if self.cfg.pose_head and len(b.pose_rows):
+            pred = self.pose(h.index_select(0, b.pose_rows))
+            out["pose"] = F.smooth_l1_loss(pred.float(), b.pose_target.float())
+        else:
+            out["pose"] = zero
         out["moe_balance"] = torch.stack(self._moe_aux).mean() if self._moe_aux else zero
         if self.full_graph:  # the heads and embeddings this batch left unused (the layers ran in full)
             out["moe_balance"] = out["moe_balance"] + sum(
                 p.sum() for n, p in self.named_parameters() if not n.startswith("layers.")) * 0.0
         out["loss"] = (cfg.w_text * out["text_ce"] + cfg.w_visual * out["visual_ce"] + cfg.w_flow * out["flow_mse"]
-                       + cfg.w_depth * out["depth"] + cfg.w_moe_balance * out["moe_balance"])
+                       + cfg.w_depth * out["depth"] + cfg.w_pose * out["pose"]
+                       + cfg.w_moe_balance * out["moe_balance"])
         return out
 
     def _depth_loss(self, pred: torch.Tensor, b: Batch, in_rows: torch.Tensor) -> torch.Tensor:

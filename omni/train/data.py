@@ -168,7 +168,7 @@ class Writer(Format):
         segs = [self.tags("<spatial>"), *self.view_pair(ex.views["view1"].rgb, ex.views["view2"].rgb),
                 self.block("question", ex.texts["question"])]
         if "pose" in blocks:
-            segs.append(self.block("campose", ex.texts["pose"], loss=True))
+            segs.append(self.pose_block(ex.texts["pose"]))
         if "views" in blocks:
             dirs = tuple(VIEW_TAGS)
             lat = self.latents([ex.views[f"look_{d}"].rgb for d in dirs])
@@ -191,7 +191,7 @@ class Writer(Format):
 
     def _pose(self, ex, blocks, rng):
         return [self.tags("<pose>"), *self.view_pair(ex.views["view1"].rgb, ex.views["view2"].rgb),
-                self.block("campose", ex.texts["pose"], loss=True, eos=True)]
+                self.pose_block(ex.texts["pose"], eos=True)]
 
     def _image_to_image(self, ex, tag, src, text_block, text_key, tgt, rng):
         """<tag> <img>src</img> [<img>src latents</img>] <text_block>text</text_block> <gen>target</gen> (nvs,

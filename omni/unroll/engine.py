@@ -26,7 +26,7 @@ from omni.model.config import TEXT
 from omni.model.sampling import generate_tokens, sample_latents
 from omni.model.transformer import decode_step
 from omni.tokens.image import as_unit_rgb, unpatchify
-from omni.world.camera import text_to_pose
+from omni.world.camera import numbers_to_text, text_to_pose
 
 from .format import BLOCKS, SOURCE_VIEW, VIEW_TAGS, Format
 
@@ -122,6 +122,22 @@ class Workspace:
         body = [i for i in ids if i not in stop]
         self.record.append(Segment("text", body + [close]))
         return fmt.tok.decode(body).strip(), self.cache.length - before
+
+    def write_pose(self) -> tuple[str, int]:
+        """<campose> tx ty tz rx ry rz </campose>: the pose head's numbers, read off the opening
+        tag's hidden state and written as the world writes pose texts (the same tokens as in
+        training), where the model has a pose head and the engine's pose_decoder is "head"; else
+        the text the model decodes. Returns the pose text and the tokens added."""
+        engine, fmt = self.engine, self.engine.fmt
+        if not (engine.model.cfg.pose_head and engine.pose_decoder == "head"):
+            return self.generate_block("campose", 60)
+        before = self.cache.length
+        self.append([fmt.tags("<campose>")])
+        with torch.no_grad():
+            vals = engine.model.pose(self.cache.last_hidden[:1]).float()[0].cpu().numpy()
+        text = numbers_to_text(vals)
+        self.append([Segment("text", fmt.tok.encode(" " + text) + fmt.ids("</campose>"))])
+        return text, self.cache.length - before
 
     def generate_visual(self, n: int) -> list[int]:
         """n visual tokens written by the model (all enter the context)."""
@@ -221,6 +237,7 @@ VISUAL_SAMPLING = (1.0, 16)
 FLOW_STEPS, CFG_SCALE = 20, 3.0  # Euler steps of the image flow sampler; classifier-free guidance
 THINK_TOKENS = 200  # the longest world thought is 174 tokens (the spatial one, with its options copied)
 LAYOUT_TOKENS = 200
+POSE_DECODERS = ("head", "text")  # how a pose text is written where the model has a pose head
 
 
 def _number(name: str, v, lo: float, integer: bool = False, open_below: bool = False) -> None:
@@ -241,7 +258,8 @@ class Engine:
                  flow_steps: int = FLOW_STEPS, cfg_scale: float = CFG_SCALE,
                  cfg_interval: tuple[float, float] = (0.0, 1.0), flow_shift: float = 1.0,
                  think_tokens: int = THINK_TOKENS, layout_tokens: int = LAYOUT_TOKENS, reencode: bool | str = False,
-                 visual_temperature: float | None = VISUAL_SAMPLING[0], visual_top_k: int | None = VISUAL_SAMPLING[1]):
+                 visual_temperature: float | None = VISUAL_SAMPLING[0], visual_top_k: int | None = VISUAL_SAMPLING[1],
+                 pose_decoder: str = "head"):
         if not isinstance(model, OmniModel):
             raise TypeError(f"Engine needs an OmniModel (OmniModel.from_pretrained(dir) loads one), "
                             f"got {type(model).__name__}")
@@ -275,6 +293,11 @@ class Engine:
         self.flow_steps, self.cfg_scale, self.cfg_interval = flow_steps, cfg_scale, (lo, hi)
         self.flow_shift = flow_shift
         self.think_tokens, self.layout_tokens = think_tokens, layout_tokens
+        if pose_decoder not in POSE_DECODERS:
+            raise ValueError(f"pose_decoder must be one of {', '.join(POSE_DECODERS)}, not {pose_decoder!r}")
+        # a pose text is the pose head's six numbers where the model has one ("head"), else (or with
+        # "text") the digits the model decodes token by token
+        self.pose_decoder = pose_decoder
         if reencode not in (False, True, "primitive", "step"):
             raise ValueError(f"reencode must be False, 'primitive' or 'step', not {reencode!r}")
         # the baselines the workspace's cache is measured against: re-encode the whole context
@@ -530,7 +553,7 @@ _text_primitive("depth_caption", "depthcap", "layout_tokens")
 
 @register("estimate_pose", needs=_needs_images("view1", "view2"))
 def estimate_pose(engine: Engine, ws: Workspace) -> Item:
-    text, n = ws.generate_block("campose", 60)
+    text, n = ws.write_pose()
     return Item("estimate_pose", "pose", text=text, tokens=n, data={"valid": parse_pose(text) is not None})
 
 
@@ -592,7 +615,7 @@ def _depth(engine: Engine, ws: Workspace) -> Item:
 
 
 def _pose(engine: Engine, ws: Workspace) -> Item:
-    text, n = ws.generate_block("campose", 60)
+    text, n = ws.write_pose()
     return Item("output", "pose", text=text, tokens=n, data={"valid": parse_pose(text) is not None})
 
 

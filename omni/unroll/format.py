@@ -17,6 +17,7 @@ from omni.model.batch import Segment
 from omni.model.config import OmniConfig
 from omni.tokens.text import TextTokenizer
 from omni.tokens.visual import VisualTokenizer
+from omni.world.camera import pose_to_numbers, text_to_pose
 
 # the image-to-image tasks: the input image the generated image starts from
 SOURCE_VIEW = {"nvs": "source", "edit": "before", "video": "frame0"}
@@ -46,6 +47,14 @@ class Format:
         open_tag, close_tag = BLOCKS[name]
         ids = self.ids(open_tag) + self.tok.encode(" " + body.strip()) + self.ids(close_tag)
         return Segment("text", ids + ([self.tok.eos] if eos else []), loss=loss)
+
+    def pose_block(self, text: str, eos: bool = False) -> Segment:
+        """<campose> tx ty tz rx ry rz </campose> [<eos>] with its CE loss; where the config has a pose
+        head, its opening token also carries the six numbers as the head's target."""
+        seg = self.block("campose", text, loss=True, eos=eos)
+        if self.cfg.pose_head:
+            seg.pose = torch.from_numpy(pose_to_numbers(text_to_pose(text))).float()
+        return seg
 
     @staticmethod
     def pixels(rgb: np.ndarray) -> torch.Tensor:

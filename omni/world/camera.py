@@ -135,14 +135,35 @@ def matrix_to_axis_angle(R: np.ndarray) -> np.ndarray:
     return a * theta
 
 
-def pose_to_text(T: np.ndarray, decimals: int = POSE_DECIMALS) -> str:
-    """`tx ty tz rx ry rz` for a 4x4 relative pose, fixed decimals (no tags)."""
-    vals = list(T[:3, 3]) + list(matrix_to_axis_angle(T[:3, :3]))
+def pose_to_numbers(T: np.ndarray) -> np.ndarray:
+    """A 4x4 relative pose as the six numbers of its pose text: translation, then axis-angle."""
+    T = np.asarray(T, dtype=np.float64)
+    return np.concatenate([T[:3, 3], matrix_to_axis_angle(T[:3, :3])])
+
+
+def numbers_to_pose(vals) -> np.ndarray:
+    """The 4x4 pose of six numbers `tx ty tz rx ry rz`."""
+    vals = np.asarray(vals, dtype=np.float64)
+    if vals.shape != (6,) or not np.isfinite(vals).all():
+        raise ValueError(f"a pose is six finite numbers tx ty tz rx ry rz, got {vals.tolist()}")
+    T = np.eye(4)
+    T[:3, :3] = axis_angle_to_matrix(vals[3:])
+    T[:3, 3] = vals[:3]
+    return T
+
+
+def numbers_to_text(vals, decimals: int = POSE_DECIMALS) -> str:
+    """`tx ty tz rx ry rz` with fixed decimals (no tags), as the world writes pose texts."""
     out = []
-    for x in vals:
+    for x in np.asarray(vals, dtype=np.float64).reshape(-1):
         s = f"{x:.{decimals}f}"
         out.append(s[1:] if s.startswith("-") and float(s) == 0.0 else s)  # no "-0.000"
     return " ".join(out)
+
+
+def pose_to_text(T: np.ndarray, decimals: int = POSE_DECIMALS) -> str:
+    """`tx ty tz rx ry rz` for a 4x4 relative pose, fixed decimals (no tags)."""
+    return numbers_to_text(pose_to_numbers(T), decimals)
 
 
 _NUM = r"[-+]?\d+(?:\.\d+)?"
@@ -154,11 +175,7 @@ def text_to_pose(text: str) -> np.ndarray:
     m = _POSE_RE.match(text)
     if not m:
         raise ValueError(f"not a pose text (want 6 numbers 'tx ty tz rx ry rz'): {text!r}")
-    vals = [float(x) for x in m.group(1).split()]
-    T = np.eye(4)
-    T[:3, :3] = axis_angle_to_matrix(vals[3:])
-    T[:3, 3] = vals[:3]
-    return T
+    return numbers_to_pose([float(x) for x in m.group(1).split()])
 
 
 def pixel_rays(K: np.ndarray, height: int, width: int) -> np.ndarray:
