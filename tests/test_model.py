@@ -434,9 +434,12 @@ def test_pair_cond():
 def test_pose_head():
     """With pose_head, a text segment's pose target (Segment.pose) is packed at the segment's first
     token (the <campose> that opens a pose text) and a smooth-L1 loss trains a head on that token's
-    hidden state, weighted by w_pose; at the head's initial zero nothing else changes and its
-    gradient reaches the layers once the head is not zero. Bad targets are refused."""
+    hidden state to the target standardised by the world's pose spread, weighted by w_pose; at the
+    head's initial zero nothing else changes and its gradient reaches the layers once the head is not
+    zero. Bad targets are refused."""
     import torch.nn.functional as F
+
+    from omni.world.tasks import POSE_CENTRE, POSE_SPREAD
 
     cfg = OmniConfig(**SMALL)
     s, g = cfg.image_size, torch.Generator().manual_seed(0)
@@ -455,8 +458,9 @@ def test_pose_head():
     first = 1 + 2 * cfg.patch_grid ** 2  # the pose text's first token, row 0
     assert b.pose_rows.tolist() == [first] and torch.equal(b.pose_target, target[None])
     assert b.token.reshape(-1)[first] == 19
+    z = (target - torch.tensor(POSE_CENTRE)) / torch.tensor(POSE_SPREAD)  # the head's standardised target
     lp, lo = plain.losses(b), on.losses(b)
-    assert float(lp["pose"].detach()) == 0.0 and torch.allclose(lo["pose"], F.smooth_l1_loss(torch.zeros(6), target))
+    assert float(lp["pose"].detach()) == 0.0 and torch.allclose(lo["pose"], F.smooth_l1_loss(torch.zeros(6), z))
     for k in ("text_ce", "depth", "flow_mse"):
         assert torch.allclose(lp[k], lo[k])
     assert torch.allclose(lo["loss"], lp["loss"] + on.cfg.w_pose * lo["pose"])
@@ -464,7 +468,9 @@ def test_pose_head():
         torch.nn.init.normal_(on.pose_head.weight, std=0.1)
     h = on(b).reshape(-1, cfg.d_model)[first]
     out = on.losses(b)
-    assert torch.allclose(out["pose"], F.smooth_l1_loss(on.pose(h), target))
+    assert torch.allclose(out["pose"], F.smooth_l1_loss(on.pose(h, standardised=True), z))
+    assert torch.allclose(on.pose(h), on.pose(h, standardised=True) * torch.tensor(POSE_SPREAD)
+                          + torch.tensor(POSE_CENTRE))
     out["pose"].backward()
     assert on.layers[0].experts[0].proj.weight.grad.abs().sum() > 0  # it shapes the hidden states
     with pytest.raises(ValueError, match="no pose head"):

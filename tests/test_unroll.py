@@ -481,6 +481,7 @@ def test_pose_head_targets_in_training_and_pose_texts_in_the_engine():
 
     from omni.train import Writer
     from omni.world.camera import numbers_to_text, pose_to_numbers, text_to_pose
+    from omni.world.tasks import POSE_CENTRE, POSE_SPREAD
 
     base, m = random_tiny_model(0), flagged(pose_head=True)
     w = Writer(m.tokenizer, m.visual, m.cfg)
@@ -496,8 +497,8 @@ def test_pose_head_targets_in_training_and_pose_texts_in_the_engine():
     assert all(s.pose is None for s in w.write(sample("spatial", [2_000_000_001])[0], "think",
                                                 np.random.default_rng(0)))
     vals = [1.25, -0.5, 2.0, 0.125, -0.75, 0.0625]
-    with torch.no_grad():
-        m.pose_head.bias.copy_(torch.tensor(vals))
+    with torch.no_grad():  # the head predicts standardised numbers
+        m.pose_head.bias.copy_((torch.tensor(vals) - torch.tensor(POSE_CENTRE)) / torch.tensor(POSE_SPREAD))
     text = numbers_to_text(vals)
     ex, sp = sample("pose", [2_000_000_002])[0], sample("spatial", [2_000_000_002])[0]
     res = engine(m).run(inputs_of(ex), "direct")

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omni.world.tasks import POSE_CENTRE, POSE_SPREAD
+
 from .batch import IGNORE, Batch, Segment, attention_mask
 from .config import EXPERT_OF_KIND, GEN, IMAGE_CLEAN, IMAGE_GEN, IMAGE_IN, TEXT, UND, VISUAL, OmniConfig
 
@@ -352,16 +354,20 @@ class OmniModel(nn.Module):
     def log_depth(self, h_in: torch.Tensor) -> torch.Tensor:
         return self.depth_head(h_in)
 
-    def pose(self, h: torch.Tensor) -> torch.Tensor:
-        """The six pose numbers (tx ty tz rx ry rz) read off hidden states of <campose> tokens (pose_head)."""
+    def pose(self, h: torch.Tensor, standardised: bool = False) -> torch.Tensor:
+        """The six pose numbers (tx ty tz rx ry rz) read off hidden states of <campose> tokens
+        (pose_head): the head predicts them standardised by the world's pose spread (POSE_CENTRE,
+        POSE_SPREAD), so that a tilt of 0.1 rad weighs as much as a shift of 2.5 m; returned in the
+        pose text's units unless `standardised`."""
         if not self.cfg.pose_head:
             raise ValueError("this model has no pose head (OmniConfig.pose_head is off)")
-        return self.pose_head(h)
+        z = self.pose_head(h)
+        return z if standardised else z * z.new_tensor(POSE_SPREAD) + z.new_tensor(POSE_CENTRE)
 
     def losses(self, b: Batch) -> dict[str, torch.Tensor]:
         """Weighted sum (`loss`) of: next-token CE on text and on visual tokens, flow-matching MSE on
         image_gen latents (velocity noise - x0), a depth loss on image_in pixels, the pose head's
-        smooth-L1 loss on the pose texts' numbers (pose_head), MoE balance."""
+        smooth-L1 loss on the pose texts' standardised numbers (pose_head), MoE balance."""
         cfg = self.cfg
         h = self.run(b, attention_mask(b)).reshape(-1, cfg.d_model)
         out: dict[str, torch.Tensor] = {}
@@ -392,8 +398,9 @@ class OmniModel(nn.Module):
         else:
             out["depth"] = zero
         if self.cfg.pose_head and len(b.pose_rows):
-            pred = self.pose(h.index_select(0, b.pose_rows))
-            out["pose"] = F.smooth_l1_loss(pred.float(), b.pose_target.float())
+            z = self.pose(h.index_select(0, b.pose_rows), standardised=True).float()
+            tgt = b.pose_target.float()
+            out["pose"] = F.smooth_l1_loss(z, (tgt - tgt.new_tensor(POSE_CENTRE)) / tgt.new_tensor(POSE_SPREAD))
         else:
             out["pose"] = zero
         out["moe_balance"] = torch.stack(self._moe_aux).mean() if self._moe_aux else zero
