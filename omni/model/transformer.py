@@ -252,7 +252,7 @@ class OmniModel(nn.Module):
         nn.init.zeros_(self.flow_head.bias)
         nn.init.zeros_(self.depth_head.weight)
         nn.init.constant_(self.depth_head.bias, math.log(5.0))
-        if self.cfg.pose_head:  # at zero it predicts "did not move" and its loss leaves the rest alone
+        if self.cfg.pose_head:  # at zero it predicts the centre pose and its loss leaves the rest alone
             nn.init.zeros_(self.pose_head.weight)
             nn.init.zeros_(self.pose_head.bias)
 
