@@ -313,15 +313,15 @@ def _eval_task_command(task: str):
         import json
 
         from omni.eval.run import evaluate, held_out
-        from omni.unroll.engine import Engine, parse_plan
+        from omni.unroll.engine import POSE_DECODERS, Engine, parse_plan
         from omni.world.tasks import split_of_range
 
         _positive("--n", n)
         parse_plan(task, plan)  # a bad plan fails before the model loads
         split_of_range(seed_start, n)
         sampling = _sampling(0.0, 0, visual_temperature, visual_top_k) | _flow(cfg_scale, flow_steps, flow_shift)
-        if pose_decoder not in ("head", "text"):  # omni.unroll.engine.POSE_DECODERS, checked before the model loads
-            raise ValueError(f"--pose-decoder must be head or text, not {pose_decoder!r}")
+        if pose_decoder not in POSE_DECODERS:  # checked before the model loads
+            raise ValueError(f"--pose-decoder must be {' or '.join(POSE_DECODERS)}, not {pose_decoder!r}")
         engine = Engine(_load(checkpoint, device), seed=seed, pose_decoder=pose_decoder, **sampling)
         r = evaluate(engine, task, n, seed_start, plan, log=None if json_out else lambda m: typer.echo(m, err=True))
         if json_out:

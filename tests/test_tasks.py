@@ -419,10 +419,10 @@ def test_pose_centre_and_spread_are_the_pose_tasks():
     """POSE_CENTRE / POSE_SPREAD, by which a pose head standardises its numbers, are the pose task's
     own: on 1,000 training seeds each mean lies within 0.1 spread of the centre and each standard
     deviation within 10 % of the spread."""
-    from omni.world.camera import pose_to_numbers, text_to_pose
+    from omni.world.camera import text_to_numbers
     from omni.world.tasks import POSE_CENTRE, POSE_SPREAD
 
-    v = np.array([pose_to_numbers(text_to_pose(e.texts["pose"])) for e in sample("pose", range(1000))])
+    v = np.array([text_to_numbers(e.texts["pose"]) for e in sample("pose", range(1000))])
     spread = np.array(POSE_SPREAD)
     assert np.all(np.abs(v.mean(0) - np.array(POSE_CENTRE)) <= 0.1 * spread), v.mean(0)
     assert np.all(np.abs(v.std(0) / spread - 1) <= 0.1), v.std(0)

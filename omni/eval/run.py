@@ -22,7 +22,7 @@ import numpy as np
 
 from omni.unroll.engine import Engine, Inputs, Result, parse_pose
 from omni.world import Example, sample
-from omni.world.camera import pose_to_numbers, text_to_pose
+from omni.world.camera import pose_to_numbers, text_to_numbers
 from omni.world.tasks import LETTERS, split_of_range, stated_answer, stated_option
 
 from .checker import check
@@ -80,7 +80,7 @@ def pose_fit(examples: Sequence[Example], texts: Sequence[str | None]) -> dict:
         T = parse_pose(t or "")
         if T is not None:
             pred.append(pose_to_numbers(T))
-            true.append(pose_to_numbers(text_to_pose(ex.texts["pose"])))
+            true.append(text_to_numbers(ex.texts["pose"]))
     out = {"numbers": list(POSE_NUMBERS), "parsed": len(pred)}
     if not pred:
         return out

@@ -17,7 +17,7 @@ from omni.model.batch import Segment
 from omni.model.config import OmniConfig
 from omni.tokens.text import TextTokenizer
 from omni.tokens.visual import VisualTokenizer
-from omni.world.camera import pose_to_numbers, text_to_pose
+from omni.world.camera import text_to_numbers
 
 # the image-to-image tasks: the input image the generated image starts from
 SOURCE_VIEW = {"nvs": "source", "edit": "before", "video": "frame0"}
@@ -53,7 +53,7 @@ class Format:
         head, its opening token also carries the six numbers as the head's target."""
         seg = self.block("campose", text, loss=True, eos=eos)
         if self.cfg.pose_head:
-            seg.pose = torch.from_numpy(pose_to_numbers(text_to_pose(text))).float()
+            seg.pose = torch.from_numpy(text_to_numbers(text)).float()
         return seg
 
     @staticmethod

@@ -170,12 +170,17 @@ _NUM = r"[-+]?\d+(?:\.\d+)?"
 _POSE_RE = re.compile(rf"^\s*(?:<campose>)?\s*({_NUM}(?:\s+{_NUM}){{5}})\s*(?:</campose>)?\s*$")
 
 
-def text_to_pose(text: str) -> np.ndarray:
-    """Parse `tx ty tz rx ry rz` (optionally inside <campose> tags) back into a 4x4 pose."""
+def text_to_numbers(text: str) -> np.ndarray:
+    """The six numbers of a pose text `tx ty tz rx ry rz` (optionally inside <campose> tags)."""
     m = _POSE_RE.match(text)
     if not m:
         raise ValueError(f"not a pose text (want 6 numbers 'tx ty tz rx ry rz'): {text!r}")
-    return numbers_to_pose([float(x) for x in m.group(1).split()])
+    return np.array([float(x) for x in m.group(1).split()])
+
+
+def text_to_pose(text: str) -> np.ndarray:
+    """Parse `tx ty tz rx ry rz` (optionally inside <campose> tags) back into a 4x4 pose."""
+    return numbers_to_pose(text_to_numbers(text))
 
 
 def pixel_rays(K: np.ndarray, height: int, width: int) -> np.ndarray:
