@@ -663,6 +663,9 @@ def train(
     pose_head: bool = typer.Option(None, "--pose-head/--no-pose-head",
                                    help="A pose head reads the six pose numbers off the <campose> token, trained "
                                         "by a regression loss beside the text's (default: off)."),
+    rope_2d: bool = typer.Option(None, "--rope-2d/--no-rope-2d",
+                                 help="Image tokens' rotary angles also carry their cell's row and column "
+                                      "(default: off)."),
     model: str = typer.Option("{}", help='JSON of model config fields over the preset\'s, e.g. \'{"d_model": '
                                          '64}\' (the flags above set theirs).'),
 ):
@@ -682,7 +685,7 @@ def train(
     if not isinstance(overrides, dict):
         raise ValueError(f"--model must be a JSON object of model config fields, got {model!r}")
     for k, v in (("visual_cells", visual_cells), ("source_latents", source_latents), ("source_cond", source_cond),
-                 ("pair_cond", pair_cond), ("pose_head", pose_head)):
+                 ("pair_cond", pair_cond), ("pose_head", pose_head), ("rope_2d", rope_2d)):
         if v is not None:
             if overrides.get(k, v) != v:
                 raise ValueError(f"{MODEL_FLAGS[k]} and --model {k} {json.dumps(overrides[k])} disagree")

@@ -5,7 +5,16 @@ import sys
 import numpy as np
 import pytest
 
-from omni.eval.checker import Detection, check, checker_for, degrade, evaluate_spec, mismatched_specs, validate_on_world
+from omni.eval.checker import (
+    Detection,
+    check,
+    checker_for,
+    degrade,
+    evaluate_spec,
+    mismatched_specs,
+    validate_on_examples,
+    validate_on_world,
+)
 from omni.eval.report import ablation_table
 from omni.world import SPLITS, T2I_CATEGORIES, WorldConfig, sample
 
@@ -13,8 +22,19 @@ HELD_OUT = SPLITS["test"][0] + 100_000  # 2,000 held-out seeds
 
 
 @pytest.fixture(scope="module")
-def clean():
-    return validate_on_world(2000, HELD_OUT)
+def rendered():
+    return sample("t2i", range(HELD_OUT, HELD_OUT + 2000))
+
+
+@pytest.fixture(scope="module")
+def clean(rendered):
+    return validate_on_examples(rendered)
+
+
+def test_validate_on_world_is_validate_on_examples_of_its_renders(rendered):
+    r = validate_on_world(100, HELD_OUT, noise=0.03, blur=1)
+    same = validate_on_examples(rendered[:100], noise=0.03, blur=1)
+    assert r == {"n": 100, "seed_start": HELD_OUT, "size": 32, **same}
 
 
 def test_checker_on_ground_truth(clean):
@@ -30,9 +50,9 @@ def test_checker_rejects_mismatched_specs(clean):
         assert v["n"] >= 150 and v["pass"] <= 0.20, (cat, v)
 
 
-def test_checker_robust_to_noise_and_blur():
+def test_checker_robust_to_noise_and_blur(rendered):
     """Gaussian noise sigma 0.03 after a 1-pixel blur (binomial kernel of radius 1)."""
-    r = validate_on_world(2000, HELD_OUT, noise=0.03, blur=1)
+    r = validate_on_examples(rendered, noise=0.03, blur=1)
     for cat, v in r["matched"]["categories"].items():
         assert v["pass"] >= 0.95, (cat, v)
     for cat, v in r["mismatched"]["categories"].items():

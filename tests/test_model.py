@@ -431,6 +431,45 @@ def test_pair_cond():
             pack([[bad]], cfg)
 
 
+def test_rope_2d():
+    """rope_2d: a zero offset is 1D rotary; an image token's angles carry its cell's row and column,
+    so the angle between two image tokens depends only on their positions' and cells' differences;
+    text-only sequences run as without the flag, images do not; the cache still equals one call."""
+    from omni.model.transformer import cell_offsets, rope_tables
+
+    pos = torch.arange(7)[None]
+    flat, zero = rope_tables(pos, 16, 1e4), rope_tables(pos, 16, 1e4, torch.zeros(1, 7, 2))
+    assert all(torch.equal(a, b) for a, b in zip(flat, zero, strict=True))
+
+    def ang(p, r, c):
+        cos, sin = rope_tables(torch.tensor([p]), 16, 1e4, torch.tensor([[r, c]], dtype=torch.float32))
+        return torch.atan2(sin, cos)[0]
+
+    wrap = lambda a: torch.remainder(a + math.pi, 2 * math.pi) - math.pi  # noqa: E731
+    same = wrap(ang(9, 1.5, -0.5) - ang(4, 0.5, 2.5)), wrap(ang(15, 2.5, 0.5) - ang(10, 1.5, 3.5))
+    assert torch.allclose(*same, atol=1e-4)  # both: 5 positions, one row down, three columns left
+    other = wrap(ang(15, 2.5, 1.5) - ang(10, 1.5, 3.5))  # two columns left: only the column frequencies move
+    moved = ~torch.isclose(other, same[0], atol=1e-4)
+    assert moved.tolist() == [i % 3 == 2 for i in range(8)]
+
+    plain, on = model(), model(rope_2d=True)
+    on.load_state_dict(plain.state_dict())
+    segs = mixed_sequence(on.cfg)
+    b = pack([segs], on.cfg)
+    off = cell_offsets(b, on.cfg)[0]
+    kinds = b.kind[0]
+    assert off[kinds == 0].abs().sum() == 0 and off[kinds == 4].abs().sum() == 0  # text, visual: none
+    first = (kinds == 1).nonzero()[0, 0]
+    g = on.cfg.patch_grid
+    assert off[first].tolist() == [-(g - 1) / 2] * 2 and off[first + g + 1].tolist() == [-(g - 3) / 2] * 2
+    with torch.no_grad():
+        text_only = pack([[Segment("text", list(range(10, 30)))]], on.cfg)
+        assert torch.equal(on(text_only), plain(text_only))
+        full = on(b)[0]
+        assert (full - plain(b)[0]).abs().max() > 1e-3
+        assert (run_incremental(on, segs, True) - full).abs().max() < 1e-4
+
+
 def test_pose_head():
     """With pose_head, a text segment's pose target (Segment.pose) is packed at the segment's first
     token (the <campose> that opens a pose text) and a smooth-L1 loss trains a head on that token's

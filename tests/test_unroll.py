@@ -472,6 +472,19 @@ def test_pair_cond_pairs_the_two_views_in_training_and_in_the_engine():
     assert engine(m).run(inputs_of(ex), "direct").output.text == engine(base).run(inputs_of(ex), "direct").output.text
 
 
+@pytest.mark.parametrize("task,plan", [("spatial", "+novel views"), ("t2i", "+long+visual")])
+def test_rope_2d_cached_equals_reencoding(task, plan):
+    """With rope_2d, images (input, generated, written back) keep their cells' rotary angles in the
+    cache: the cached workspace makes the re-encoding baseline's choices."""
+    m = flagged(rope_2d=True)
+    ex = sample(task, [2_000_000_001])[0]
+    a = engine(m).run(inputs_of(ex), plan)
+    b = engine(m, reencode="step").run(inputs_of(ex), plan)
+    assert [it.text for it in a.items] == [it.text for it in b.items]
+    if task == "t2i":
+        assert np.abs(a.output.image - b.output.image).max() < 1e-3
+
+
 def test_pose_head_targets_in_training_and_pose_texts_in_the_engine():
     """With pose_head, every pose text of the training mixture (the pose task, spatial's pose and
     novel-view forms) carries its six numbers as the head's target on its <campose> token; the engine

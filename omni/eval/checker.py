@@ -174,7 +174,7 @@ def classify_pixels(img: np.ndarray) -> np.ndarray:
 
 def shading(img: np.ndarray, color: str) -> np.ndarray:
     """(..., H, W) shading factor s of pixels read as the palette colour: projection onto its albedo."""
-    a = np.asarray(PALETTE[color])
+    a = np.asarray(PALETTE[color], dtype=img.dtype if img.dtype.kind == "f" else np.float64)
     return (img @ a) / (a @ a)
 
 
@@ -472,12 +472,19 @@ def validate_on_world(n: int, seed_start: int, size: int = 32, noise: float = 0.
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
     exs = sample("t2i", range(seed_start, seed_start + n), WorldConfig(size=size))
+    return {"n": n, "seed_start": seed_start, "size": size,
+            **validate_on_examples(exs, noise, blur, blur_sigma, seed)}
+
+
+def validate_on_examples(exs: list, noise: float = 0.0, blur: int = 0, blur_sigma: float = 0.0,
+                         seed: int = 0) -> dict:
+    """validate_on_world on t2i examples already rendered (all of one size)."""
     imgs = degrade(np.stack([e.views["target"].rgb for e in exs]), noise, blur, blur_sigma, seed)
     specs = [e.spec for e in exs]
-    ck = checker_for(size)
+    ck = checker_for(imgs.shape[1])
     dets = ck.detect_many(imgs)
     matched = [evaluate_spec(d, s) for d, s in zip(dets, specs, strict=True)]
     wrong = [(d, m) for d, m in zip(dets, mismatched_specs(specs), strict=True) if m is not None]
     mismatched = [evaluate_spec(d, m) for d, m in wrong]
-    return {"n": n, "seed_start": seed_start, "size": size, "noise": noise, "blur": blur, "blur_sigma": blur_sigma,
+    return {"noise": noise, "blur": blur, "blur_sigma": blur_sigma,
             "matched": summarize(matched), "mismatched": summarize(mismatched)}

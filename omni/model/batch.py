@@ -10,8 +10,9 @@ A sequence is a list of segments. Each segment is one kind:
     image_clean  a generated image written back as context: clean latents (full within)
 
 Positions (rotary, 1D): every text or visual token takes the next position; an image takes one
-position for all its tokens (2D placement inside an image comes from learned cell embeddings; a
-visual token's cell, code i of its block in cell i, is used when OmniConfig.visual_cells is on).
+position for all its tokens (2D placement inside an image comes from learned cell embeddings, and
+with OmniConfig.rope_2d from the cell's row and column in the rotary angles; a visual token's cell,
+code i of its block in cell i, is used when OmniConfig.visual_cells is on).
 
 `pack` lays sequences into rows of a fixed length (first fit, never split), producing per-token
 index tensors and the flat inputs of each kind; `attention_mask` turns them into the boolean mask

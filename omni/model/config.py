@@ -60,6 +60,14 @@ class OmniConfig:
     # reaches the pose through the digits' tokens; the engine writes the head's numbers as the pose
     # text (VGGT reads its cameras off a head likewise). Zero at first.
     pose_head: bool = False
+    # rotary positions in 2D for image tokens (interleaved M-RoPE, as Qwen2-VL / Qwen3-VL): of each
+    # head's rotary frequencies, every third turns with the image's position plus the token's row
+    # offset from the image's centre, every third with its column offset, the rest with the position
+    # alone; text and visual tokens turn every frequency with their position, as 1D rotary does. So
+    # attention between two images sees their cells' relative offset (cell (r, c) of view 2 meets
+    # view 1's cells (r, c +- 1) at a fixed rotation) instead of finding it through the learned cell
+    # embeddings. No weights: a checkpoint trained without it loads and runs with it (differently)
+    rope_2d: bool = False
     # losses
     w_text: float = 1.0
     w_visual: float = 1.0

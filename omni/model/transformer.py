@@ -5,7 +5,8 @@ understanding expert (text, input images) and the generation expert (images bein
 written back, visual tokens) — and one self-attention shared over the whole packed sequence.
 The generation expert's norms are modulated by the noise level (adaLN-zero), so it knows how noisy
 the latents it reads are. Rotary positions are 1D (an image takes one position; learned cell
-embeddings place its tokens in 2D). Optional: each expert's MLP a mixture of MLPs (top-k routing,
+embeddings place its tokens in 2D; with rope_2d its tokens' rotary angles also carry their row and
+column). Optional: each expert's MLP a mixture of MLPs (top-k routing,
 load-balancing loss), as the paper's model is MoE.
 
 Heads: a language-model head tied to the token embedding over text + visual codes; a flow head
@@ -37,11 +38,30 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-def rope_tables(pos: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (*pos.shape, dim / 2) for rotary embeddings at integer positions."""
+def rope_tables(pos: torch.Tensor, dim: int, theta: float,
+                offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (*pos.shape, dim / 2) for rotary embeddings at integer positions. `offset`
+    (*pos.shape, 2), an image token's row and column offset from its image's centre (rope_2d): the
+    frequencies i with i % 3 == 1 turn with pos + row offset, those with i % 3 == 2 with pos + column
+    offset, the rest with pos (a zero offset is 1D rotary)."""
     inv = 1.0 / (theta ** (torch.arange(0, dim, 2, device=pos.device, dtype=torch.float32) / dim))
-    ang = pos.float()[..., None] * inv
+    p = pos.float()[..., None]
+    if offset is not None:
+        axis = torch.arange(dim // 2, device=pos.device) % 3
+        p = p + torch.where(axis == 1, offset[..., :1], torch.where(axis == 2, offset[..., 1:], 0.0))
+    ang = p * inv
     return ang.cos(), ang.sin()
+
+
+def cell_offsets(b: Batch, cfg: OmniConfig) -> torch.Tensor:
+    """(B, L, 2) float: each image token's row and column offset from its image's centre (input
+    images on the patch grid, latents on the latent grid); zero for text, visual tokens, padding."""
+    off = torch.zeros(*b.kind.shape, 2, device=b.kind.device)
+    for kinds, g in (((IMAGE_IN,), cfg.patch_grid), ((IMAGE_GEN, IMAGE_CLEAN), cfg.latent_grid)):
+        m = torch.isin(b.kind, torch.tensor(kinds, device=b.kind.device))
+        rc = torch.stack([b.cell // g, b.cell % g], dim=-1).float() - (g - 1) / 2
+        off = torch.where(m[..., None], rc, off)
+    return off
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -321,7 +341,7 @@ class OmniModel(nn.Module):
         present = [e for e in (UND, GEN) if len(rows[e])]
         c_gen = (cond.reshape(B * L, -1).index_select(0, rows[GEN]) if len(rows[GEN]) or self.full_graph
                  else None)
-        cos, sin = rope_tables(b.pos, cfg.head_dim, cfg.rope_theta)
+        cos, sin = rope_tables(b.pos, cfg.head_dim, cfg.rope_theta, cell_offsets(b, cfg) if cfg.rope_2d else None)
         r = Routing(rows, present, c_gen, cos, sin, mask, cache, store, full_graph=self.full_graph)
         for li, layer in enumerate(self.layers):
             x = layer(x, r, li)

@@ -188,7 +188,7 @@ def resumed_config(given: TrainConfig, saved: TrainConfig, keep_steps: bool = Fa
 
 # model config fields that `omni train` sets by a flag of their own
 MODEL_FLAGS = {"visual_cells": "--visual-cells", "source_latents": "--source-latents", "source_cond": "--source-cond",
-               "pair_cond": "--pair-cond", "pose_head": "--pose-head"}
+               "pair_cond": "--pair-cond", "pose_head": "--pose-head", "rope_2d": "--rope-2d"}
 
 
 def _model_conflicts(new: dict, old: dict, preset_name: str) -> list[str]:
