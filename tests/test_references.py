@@ -63,3 +63,27 @@ def test_the_pose_probe_learns_what_a_constant_cannot():
     assert r == probe(n_train=2000, steps=150, n=60, batch=32) | {"seconds": r["seconds"]}  # seeded
     with pytest.raises(ValueError, match="--steps must be positive"):
         probe(steps=0)
+
+
+def test_the_vit_probe_sees_omnis_tokens():
+    """PoseViT cuts each view into the patches omni's pack gives an input image (same cells, same
+    order within a patch); its probe runs and says which network it trained; an unknown one is an error."""
+    import torch
+
+    from omni.eval.probe import ARCHS, PoseViT, probe
+    from omni.model import OmniConfig, Segment, pack
+
+    cfg = OmniConfig()
+    img = torch.rand(cfg.image_size, cfg.image_size, 3)
+    net = PoseViT(cfg.image_size, cfg.patch)
+    mine = net.tokens(img.permute(2, 0, 1)[None])[0]
+    assert torch.equal(mine, pack([[Segment("image_in", pixels=img)]], cfg).patches)
+    stacked = PoseViT(stacked=True).tokens(torch.cat([img, img], -1).permute(2, 0, 1)[None])[0]
+    assert stacked.shape == (cfg.patch_grid ** 2, 2 * cfg.patch_dim)
+    x = torch.rand(2, 6, cfg.image_size, cfg.image_size)
+    assert all(ARCHS[a]()(x).shape == (2, 6) for a in ARCHS)
+    torch.set_num_threads(1)
+    r = probe(n_train=64, steps=2, n=8, batch=8, arch="vit-stacked")
+    assert r["arch"] == "vit-stacked" and "PoseViT" in r["reference"] and len(r["scores"]["auc@30"]) == 8
+    with pytest.raises(ValueError, match="unknown --arch 'rnn'"):
+        probe(steps=1, arch="rnn")

@@ -6,8 +6,15 @@ same code on the same held-out pairs.
 
 The network sees the two views stacked as 6 channels and regresses the pose text's six numbers
 (`tx ty tz rx ry rz`: translation, axis-angle), standardised on its training pairs, with an MSE loss.
+`--arch vit` trains instead a small transformer that sees the views as omni does, 4 x 4 pixel patches
+through a linear map plus a learned embedding of each patch's cell (and of its view), the two views'
+128 tokens attending to one another; `--arch vit-stacked` gives each cell's token both views' patches
+(omni's `pair_cond`); `--arch vit-conv` puts an early-convolution stem before each view's patches. Same
+data, loss and schedule: whether omni's way of seeing two images, not its training, is what keeps it
+from the pose.
 
-    python -m omni.eval.probe [--train 20000] [--steps 3000] [--n 500] [--seed 0] [--threads 1]
+    python -m omni.eval.probe [--arch cnn|vit|vit-stacked|vit-conv] [--train 20000] [--steps 3000] [--n 500] [--seed 0]
+                              [--threads 1]
 
 prints one JSON object: the metrics of `omni eval pose` (AUC@30, rotation and translation-direction
 errors, with 95 % intervals), `pose_fit`, and the run's settings and seconds.
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -55,18 +63,65 @@ class PoseNet(nn.Module):
         return self.head(self.features(x))
 
 
+class PoseViT(nn.Module):
+    """Two views as omni's tokens: p x p patches (row-major cells) through a linear map, plus learned
+    cell and view embeddings; pre-norm transformer layers over both views' tokens; the mean token to
+    the six numbers. stacked: one token per cell holding both views' patches (omni's pair_cond)."""
+
+    def __init__(self, size: int = 32, patch: int = 4, width: int = 128, layers: int = 4, heads: int = 4,
+                 stacked: bool = False, conv: int = 0):
+        super().__init__()
+        self.patch, self.grid, self.stacked = patch, size // patch, stacked
+        cells = self.grid ** 2
+        c = 6 if stacked else 3
+        self.embed = nn.Linear(patch * patch * c, width)
+        # conv > 0: an early-convolution stem (Xiao et al. 2021) of two 3 x 3 convolutions of `conv`
+        # channels, full resolution, before the patches; a patch token then sees its neighbours' edges
+        self.stem = (nn.Sequential(nn.Conv2d(c, conv, 3, padding=1), nn.GELU(), nn.Conv2d(conv, c, 3, padding=1))
+                     if conv else None)
+        self.cell = nn.Parameter(torch.randn(cells, width) * 0.02)
+        self.view = nn.Parameter(torch.zeros(1 if stacked else 2, 1, width))
+        block = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 6))
+
+    def tokens(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, cells, p * p * C), cells and each patch row-major (omni's patchify)."""
+        B, C = img.shape[:2]
+        g, p = self.grid, self.patch
+        return img.reshape(B, C, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(B, g * g, p * p * C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stem is not None:
+            x = x + self.stem(x) if self.stacked else torch.cat([v + self.stem(v) for v in x.split(3, 1)], 1)
+        if self.stacked:
+            h = self.embed(self.tokens(x)) + self.cell + self.view[0]
+        else:
+            h = torch.cat([self.embed(self.tokens(x[:, 3 * v:3 * v + 3])) + self.cell + self.view[v]
+                           for v in (0, 1)], dim=1)
+        return self.head(self.layers(h).mean(1))
+
+
+ARCHS = {"cnn": PoseNet, "vit": PoseViT, "vit-stacked": lambda: PoseViT(stacked=True),
+         "vit-conv": lambda: PoseViT(conv=32)}
+
+
 def probe(n_train: int = 20_000, steps: int = 3000, n: int = 500, seed: int = 0, seed_start: int = 2_000_000_000,
-          batch: int = 64, lr: float = 2e-3, log=None) -> dict:
-    """Train PoseNet on pose pairs of training seeds 0..n_train-1 and score it on n held-out pairs."""
+          batch: int = 64, lr: float = 2e-3, log=None, arch: str = "cnn") -> dict:
+    """Train the probe network `arch` (PoseNet, or PoseViT whole or stacked) on pose pairs of training
+    seeds 0..n_train-1 and score it on n held-out pairs."""
     for name, v in (("--train", n_train), ("--steps", steps), ("--n", n), ("--batch", batch)):
         if v <= 0:
             raise ValueError(f"{name} must be positive, got {v}")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown --arch {arch!r}; known: {', '.join(ARCHS)}")
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     x, y, _ = pose_pairs(range(0, n_train))
     mean, std = y.mean(0), y.std(0).clamp_min(1e-6)
     yn = (y - mean) / std
-    net = PoseNet()
+    net = ARCHS[arch]()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     g = torch.Generator().manual_seed(seed)
@@ -93,8 +148,9 @@ def probe(n_train: int = 20_000, steps: int = 3000, n: int = 500, seed: int = 0,
         texts.append(" ".join(f"{v:.3f}" for v in p))
         for k, v in pair_pose_scores(ex, T).items():
             per.setdefault(k, []).append(v)
-    return {"task": "pose", "reference": "PoseNet (omni.eval.probe) trained on pose pairs only",
-            "n": n, "seed_start": seed_start, "train_pairs": n_train, "steps": steps, "seed": seed,
+    return {"task": "pose",
+            "reference": f"{type(net).__name__} (omni.eval.probe --arch {arch}) trained on pose pairs only",
+            "arch": arch, "n": n, "seed_start": seed_start, "train_pairs": n_train, "steps": steps, "seed": seed,
             "train_loss_last100": float(np.mean(losses[-100:])),
             "metrics": {k: bootstrap_ci(v) for k, v in per.items() if k != "parsed"},
             "scores": {k: v for k, v in per.items() if k != "parsed"},
@@ -109,11 +165,14 @@ def main(argv=None) -> None:
     ap.add_argument("--seed-start", type=int, default=2_000_000_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--arch", choices=list(ARCHS), default="cnn")
+    ap.add_argument("--lr", type=float, default=2e-3)
     a = ap.parse_args(argv)
     if min(a.train, a.steps, a.n, a.threads) <= 0:
         ap.error("--train, --steps, --n and --threads must be positive")
     torch.set_num_threads(a.threads)
-    print(json.dumps(probe(a.train, a.steps, a.n, a.seed, a.seed_start)))
+    print(json.dumps(probe(a.train, a.steps, a.n, a.seed, a.seed_start, lr=a.lr, arch=a.arch,
+                           log=lambda m: print(m, file=sys.stderr))))
 
 
 if __name__ == "__main__":
