@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from omni.tokens.image import patchify
 from omni.world import sample
 from omni.world.camera import axis_angle_to_matrix, pose_to_numbers
 
@@ -71,8 +72,8 @@ class PoseViT(nn.Module):
     def __init__(self, size: int = 32, patch: int = 4, width: int = 128, layers: int = 4, heads: int = 4,
                  stacked: bool = False, conv: int = 0):
         super().__init__()
-        self.patch, self.grid, self.stacked = patch, size // patch, stacked
-        cells = self.grid ** 2
+        self.patch, self.stacked = patch, stacked
+        cells = (size // patch) ** 2
         c = 6 if stacked else 3
         self.embed = nn.Linear(patch * patch * c, width)
         # conv > 0: an early-convolution stem (Xiao et al. 2021) of two 3 x 3 convolutions of `conv`
@@ -88,9 +89,7 @@ class PoseViT(nn.Module):
 
     def tokens(self, img: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, cells, p * p * C), cells and each patch row-major (omni's patchify)."""
-        B, C = img.shape[:2]
-        g, p = self.grid, self.patch
-        return img.reshape(B, C, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(B, g * g, p * p * C)
+        return patchify(img.permute(0, 2, 3, 1), self.patch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stem is not None:

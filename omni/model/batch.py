@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from omni.tokens.image import patchify as image_patches
+
 from .config import FULL_ATTENTION_KINDS, IMAGE_GEN, IMAGE_IN, PAD, SEGMENT_KINDS, TEXT, VISUAL, OmniConfig
 
 IGNORE = -100
@@ -195,8 +197,7 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
 
     def patchify(x: torch.Tensor) -> torch.Tensor:
         """(H, W) or (H, W, C) -> (cells, patch * patch * C), cells row-major, each patch row-major."""
-        g, p = cfg.patch_grid, cfg.patch
-        return x.reshape(g, p, g, p, -1).permute(0, 2, 1, 3, 4).reshape(g * g, -1)
+        return image_patches(x.reshape(1, *x.shape[:2], -1), cfg.patch)[0]
 
     seg_counter = {}
     end_pos: list[int] = []
