@@ -78,3 +78,24 @@ def test_errors(run, tmp_path):
     r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "steps", "--out", str(tmp_path / "o"),
                         "--also", "x=y"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--also takes STEP=MODEL_DIR" in r.stderr, r.stderr
+
+
+def test_pose_correlations_by_step(run, tmp_path):
+    """With pose, each step also records how each of its six numbers follows the truth (the
+    orbit's direction, tx and ry, is what the pose runs wait for), as a column and a panel."""
+    from omni.eval.run import POSE_NUMBERS
+    from omni.eval.steps import plot_scores_by_step, scores_by_step, steps_markdown
+
+    r = scores_by_step(run, tmp_path / "o", ["pose"], n=2)
+    assert sorted(r["pose_corr"]) == [1, 2] and all(len(c) == 6 for c in r["pose_corr"].values())
+    saved = json.loads((tmp_path / "o" / "step-0000002" / "pose.json").read_text())
+    assert r["pose_corr"][2] == (saved["pose_fit"].get("corr") or [None] * 6)
+    md = (tmp_path / "o" / "scores_by_step.md").read_text().splitlines()
+    assert md[0] == "| step | pose auc@30 (n = 2) | pose corr " + " ".join(POSE_NUMBERS) + " |"
+    # the column as it reads once correlations exist, and — where a number was constant
+    summary = {"tasks": ["pose"], "n": {"pose": 500}, "seed_start": 0,
+               "steps": {"10": {"pose": {"auc@30": {"mean": 0.25, "lo": 0.2, "hi": 0.3}}}},
+               "pose_corr": {"10": [0.614, None, -0.05, 0.9, 0.6, 0.59]}}
+    assert steps_markdown(summary).splitlines()[2] == "| 10 | 0.250 [0.200, 0.300] | 0.61 — -0.05 0.90 0.60 0.59 |"
+    assert plot_scores_by_step(summary, tmp_path / "p.png").stat().st_size > 1000
+    assert "pose_corr" not in scores_by_step(run, tmp_path / "v", ["vqa"], n=1)

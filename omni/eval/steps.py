@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from omni.eval.run import POSE_NUMBERS
 from omni.io import atomic_write_bytes
 
 # not a task of its own: spatial's true thought step by step (`omni.eval.context_use.thought_steps`),
@@ -94,6 +95,7 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     steps: dict[int, dict] = {}
+    fits: dict[int, list] = {}  # pose: how each of the six numbers follows the truth, per step
     for s in sorted(points):
         kind, d = points[s]
         where = out / f"step-{s:07d}"
@@ -115,7 +117,10 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
                 raise ValueError(f"{where / f'{t}.json'} scores n={r.get('n')} from seed {r.get('seed_start')}, "
                                  f"not n={sizes[t]} from {seed_start}: remove it or use another --out")
             steps[s][t] = r["metrics"]
-    summary = {"tasks": list(tasks), "n": sizes, "seed_start": seed_start, "steps": steps}
+            if t == "pose":
+                fits[s] = r.get("pose_fit", {}).get("corr") or [None] * 6
+    summary = {"tasks": list(tasks), "n": sizes, "seed_start": seed_start, "steps": steps,
+               **({"pose_corr": fits} if fits else {})}
     atomic_write_bytes(out / "scores_by_step.json", json.dumps(summary, indent=1).encode())
     atomic_write_bytes(out / "scores_by_step.md", steps_markdown(summary).encode())
     plot_scores_by_step(summary, out / "scores_by_step.png")
@@ -123,21 +128,29 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
 
 
 def steps_markdown(summary: dict) -> str:
-    """The summary as a Markdown table: one row per step, each task's main score with its 95% interval."""
+    """The summary as a Markdown table: one row per step, each task's main score with its 95% interval
+    (and, with pose, the correlation of each of its six numbers with the truth: — where constant)."""
     tasks = summary["tasks"]
-    head = "| step | " + " | ".join(f"{t} {MAIN[t]} (n = {summary['n'][t]})" for t in tasks) + " |"
-    lines = [head, "|---" * (len(tasks) + 1) + "|"]
+    corr = summary.get("pose_corr")
+    heads = [f"{t} {MAIN[t]} (n = {summary['n'][t]})" for t in tasks]
+    if corr:
+        heads.append("pose corr " + " ".join(POSE_NUMBERS))
+    lines = ["| step | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     for s in sorted(summary["steps"], key=int):
         cells = []
         for t in tasks:
             m = summary["steps"][s][t][MAIN[t]]
             cells.append(f"{m['mean']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]")
+        if corr:
+            c = corr[s] if s in corr else corr[str(s)]
+            cells.append(" ".join("—" if v is None else f"{v:.2f}" for v in c))
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot_scores_by_step(summary: dict, path: str | Path) -> Path:
-    """One panel per task: its main score at each step with the 95% interval."""
+    """One panel per task: its main score at each step with the 95% interval; with pose, one more:
+    the correlation of each of its six numbers with the truth."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,9 +159,21 @@ def plot_scores_by_step(summary: dict, path: str | Path) -> Path:
     from .report import _save_figure
 
     tasks = summary["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(2.9 * len(tasks), 2.7), dpi=110, squeeze=False)
+    corr = summary.get("pose_corr")
+    panels = len(tasks) + bool(corr)
+    fig, axes = plt.subplots(1, panels, figsize=(2.9 * panels, 2.7), dpi=110, squeeze=False)
     steps = sorted(int(s) for s in summary["steps"])
-    for ax, t in zip(axes[0], tasks, strict=True):
+    if corr:
+        ax = axes[0][-1]
+        for i, name in enumerate(POSE_NUMBERS):
+            c = [(corr[s] if s in corr else corr[str(s)])[i] for s in steps]
+            ax.plot(steps, [float("nan") if v is None else v for v in c], marker="o", ms=3, label=name)
+        ax.set_title("pose: correlation with the truth", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.2, 1.0)
+        ax.legend(fontsize=6, ncol=2)
+        ax.grid(alpha=0.3)
+    for ax, t in zip(axes[0], tasks, strict=False):
         key = MAIN[t]
         ms = [summary["steps"][s if s in summary["steps"] else str(s)][t][key] for s in steps]
         y = [m["mean"] for m in ms]
