@@ -493,9 +493,13 @@ def ablate_command(
     flow_steps: int = _flow_steps_option(),
     flow_shift: float = _flow_shift_option(),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run kept in OUT/TASK_partial.json "
+                                "(same arguments and checkpoint): the same results as a run that never stopped."),
 ):
-    """The paper's rows for TASK on the same held-out examples: a table, its JSON and a plot."""
+    """The paper's rows for TASK on the same held-out examples: a table, its JSON and a plot. Progress
+    is kept in OUT/TASK_partial.json until the run ends."""
     import json
+    from pathlib import Path
 
     from omni.eval.ablate import ablate, markdown, save_ablation
     from omni.unroll.engine import PLANS, Engine
@@ -517,9 +521,15 @@ def ablate_command(
                                                                                          flow_shift)
     split_of_range(seed_start, n)
     ensure_writable_dir(out)  # before hours of work, not after
+    partial = Path(out) / f"{task}_partial.json"
+    if partial.exists() and not resume:
+        raise ValueError(f"{partial} keeps an unfinished run: --resume continues it (same arguments and "
+                         "checkpoint); remove the file to start again")
     engine = Engine(_load(checkpoint, device), seed=seed, **sampling)
-    r = ablate(engine, task, n, seed_start, rows=chosen, log=None if json_out else lambda m: typer.echo(m, err=True))
+    r = ablate(engine, task, n, seed_start, rows=chosen, log=None if json_out else lambda m: typer.echo(m, err=True),
+               partial=partial, resume=resume)
     files = save_ablation(r, out)
+    partial.unlink()
     if json_out:
         tables = {k: t.to_json() for k, t in r["tables"].items()}
         typer.echo(json.dumps({k: v for k, v in r.items() if k != "tables"} | {"tables": tables}))

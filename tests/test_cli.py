@@ -83,6 +83,7 @@ def test_unwritable_output_dir(tmp_path):
     (["demo", "--flow-steps", "0"], "--flow-steps must be positive"),
     (["demo", "--out", "blocker.d"], "--out must be an image file name"),
     (["ablate", "vqa", "--n", "1", "--out", "blocker/x"], "cannot write"),
+    (["ablate", "vqa", "--n", "1", "--out", "busy"], "keeps an unfinished run: --resume continues it"),
     (["serve", "--max-body-mb", "nan"], "--max-body-mb must be positive"),
     (["eval", "vqa", "--n", "1", "--device", "gpu"], "unknown device 'gpu'"),
     (["ablate", "vqa", "--n", "1", "--out", "o", "--device", "cuda:7"], "device 'cuda:7'"),
@@ -93,6 +94,8 @@ def test_unwritable_output_dir(tmp_path):
 def test_bad_options_fail_before_the_model_loads(tmp_path, args, needle):
     """Each is refused with one line before any checkpoint is read (there is none to read here)."""
     (tmp_path / "blocker").write_text("x")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "vqa_partial.json").write_text("{}")
     r = omni(*args, "--checkpoint", str(tmp_path / "no-such-checkpoint"), cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and needle in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
@@ -149,3 +152,33 @@ def test_command_line_sampler_defaults_are_the_engines():
     s = ServeSettings()
     assert (s.flow_steps, s.cfg_scale, s.think_tokens, s.layout_tokens) == (FLOW_STEPS, CFG_SCALE, THINK_TOKENS,
                                                                          LAYOUT_TOKENS)
+
+
+def test_ablate_resume_continues_a_stopped_run(tmp_path):
+    """`omni ablate` keeps its progress in OUT/TASK_partial.json and removes it when done; `--resume`
+    continues a run stopped half-way (here stopped by the library, with the CLI's engine) to the
+    same table as one uninterrupted command."""
+    from omni.cli import DEFAULT_CHECKPOINT
+    from omni.eval.ablate import ablate
+    from omni.model import OmniModel
+    from omni.unroll import Engine
+
+    args = ("ablate", "vqa", "--n", "2", "--seed-start", "2000000040", "--json")
+    whole = omni(*args, "--out", str(tmp_path / "a"))
+    assert whole.returncode == 0, whole.stderr
+    assert not (tmp_path / "a" / "vqa_partial.json").exists() and (tmp_path / "a" / "vqa.md").is_file()
+
+    class Stop(Exception):
+        pass
+
+    (tmp_path / "b").mkdir()
+    engine = Engine(OmniModel.from_pretrained(DEFAULT_CHECKPOINT), seed=0)
+    with pytest.raises(Stop):
+        ablate(engine, "vqa", 2, 2_000_000_040, log=lambda _m: (_ for _ in ()).throw(Stop()),
+               partial=tmp_path / "b" / "vqa_partial.json", save_every=0)
+    assert json.loads((tmp_path / "b" / "vqa_partial.json").read_text())["done"] == 1
+    resumed = omni(*args, "--out", str(tmp_path / "b"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = json.loads(whole.stdout), json.loads(resumed.stdout)
+    assert a["scores"] == b["scores"] and a["texts"] == b["texts"] and a["tables"] == b["tables"]
+    assert not (tmp_path / "b" / "vqa_partial.json").exists()

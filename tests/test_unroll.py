@@ -528,3 +528,54 @@ def test_pose_head_targets_in_training_and_pose_texts_in_the_engine():
     assert decoded == engine(base).run(inputs_of(ex), "direct").output.text  # the same weights' digits
     with pytest.raises(ValueError, match="pose_decoder must be one of"):
         engine(m, pose_decoder="regress")
+
+
+def test_an_ablation_resumes_with_the_draws_of_a_run_that_never_stopped(model, tmp_path):
+    """Stopped after two of three examples and resumed by a fresh engine from its partial file, a
+    sampled ablation (the novel views' flow noise) scores and writes exactly what one run does, and
+    only with the stopped run's random state; a partial file of other arguments, settings or weights
+    is refused."""
+    import torch
+
+    from omni.model.checkpoint import weights_digest
+
+    rows = {k: PLANS["spatial"][k] for k in ("baseline", "+novel views")}
+    args = ("spatial", 3, 2_000_000_030)
+    whole = ablate(engine(model), *args, rows=rows)
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def stop_after_two(_msg):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Stop
+
+    partial = tmp_path / "spatial_partial.json"
+    with pytest.raises(Stop):
+        ablate(engine(model), *args, rows=rows, log=stop_after_two, partial=partial, save_every=0)
+    kept = json.loads(partial.read_text())
+    assert kept["done"] == 2
+    resumed = ablate(engine(model), *args, rows=rows, partial=partial, resume=True)
+    for key in ("scores", "texts", "context_fidelity", "tables"):
+        assert resumed[key] == whole[key], key
+    # the random state matters: resumed with a fresh engine's, the third example's views differ
+    import base64
+    fresh = base64.b64encode(engine(model).generator.get_state().numpy().tobytes()).decode()
+    partial.write_text(json.dumps({**kept, "generator": fresh}))
+    other = ablate(engine(model), *args, rows=rows, partial=partial, resume=True)
+    psnr = "synthesize_views:psnr"
+    assert other["context_fidelity"]["+novel views"][psnr] != whole["context_fidelity"]["+novel views"][psnr]
+    partial.write_text(json.dumps(kept))
+    for n, rws, kw, what in ((4, rows, {}, "n"), (3, dict(reversed(rows.items())), {}, "rows"),
+                             (3, rows, {"temperature": 0.5}, "engine")):
+        with pytest.raises(ValueError, match=f"another ablation's progress \\({what} differ"):
+            ablate(engine(model, **kw), "spatial", n, 2_000_000_030, rows=rws, partial=partial, resume=True)
+    changed = flagged()
+    with torch.no_grad():
+        changed.tok_emb.weight[0, 0] += 1e-3
+    assert weights_digest(changed) != weights_digest(model) == weights_digest(flagged())
+    with pytest.raises(ValueError, match="weights differ"):
+        ablate(engine(changed), *args, rows=rows, partial=partial, resume=True)

@@ -1,12 +1,20 @@
 """The paper's ablations: every row of a task's table (a plan) on the same held-out examples, with the
-same weights; the input is encoded once per example and each row continues from a fork of it."""
+same weights; the input is encoded once per example and each row continues from a fork of it.
+
+A long ablation (t2i: eight rows of 500 prompts, two hours of this CPU) can keep its progress in a
+partial file (`ablate(..., partial=PATH)`, `omni ablate` writes OUT/TASK_partial.json): the examples
+done, their scores and texts, and the engine's random state, so `resume=True` (`omni ablate
+--resume`) continues it where it stopped with the same draws as a run that never stopped, on the
+same weights and settings only."""
 
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from omni.unroll.engine import PLANS, Engine, parse_plan
 from omni.world import sample
@@ -43,9 +51,25 @@ TITLES = {"vqa": "Understanding: VQA", "t2i": "Generation: t2i (checker pass rat
           "spatial": "Spatial: two-view questions", "depth": "Depth: delta1"}
 
 
+def engine_settings(engine: Engine) -> dict:
+    """Everything of an engine that its results depend on, besides the model and its random state."""
+    return {"temperature": engine.temperature, "top_k": engine.top_k, "visual_temperature": engine.visual_temperature,
+            "visual_top_k": engine.visual_top_k, "seed": engine.seed, "cfg_scale": engine.cfg_scale,
+            "cfg_interval": list(engine.cfg_interval), "flow_steps": engine.flow_steps,
+            "flow_shift": engine.flow_shift, "think_tokens": engine.think_tokens,
+            "layout_tokens": engine.layout_tokens, "pose_decoder": engine.pose_decoder, "reencode": engine.reencode}
+
+
 def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, list[str]] | None = None,
-           log=None) -> dict:
-    """Per-example scores of every row on the same examples, and a table per reported score."""
+           log=None, partial: str | Path | None = None, resume: bool = False, save_every: float = 10.0) -> dict:
+    """Per-example scores of every row on the same examples, and a table per reported score.
+
+    partial: a file that keeps the progress (written atomically at most every `save_every` seconds and
+    after the last example); with resume=True and that file present, the run continues from it (a
+    ValueError if it is another ablation's: other task, examples, rows, settings or weights)."""
+    from omni.io import read_json, write_json
+    from omni.model.checkpoint import weights_digest
+
     rows = rows or PLANS[task]
     plans = {name: parse_plan(task, steps) for name, steps in rows.items()}
     split = split_of_range(seed_start, n)
@@ -56,7 +80,27 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
     groups = question_types(task, examples)
     seconds = {name: 0.0 for name in plans}
     tokens = {name: 0 for name in plans}
-    for i, ex in enumerate(examples):
+    done = 0
+    if partial is not None:
+        partial = Path(partial)
+        which = {"task": task, "n": n, "seed_start": seed_start, "rows": [[k, v] for k, v in plans.items()],
+                 "engine": engine_settings(engine),
+                 "weights": weights_digest(engine.model)}
+        if resume and partial.is_file():
+            saved = read_json(partial)
+            differ = [k for k, v in which.items() if saved.get(k) != v]
+            if differ:
+                raise ValueError(f"{partial} keeps another ablation's progress ({', '.join(differ)} differ): "
+                                 "remove it, or resume with the same arguments and checkpoint")
+            done = saved["done"]
+            scores, context, texts = saved["scores"], saved["context"], saved["texts"]
+            seconds, tokens = saved["seconds"], saved["tokens"]
+            engine.generator.set_state(torch.frombuffer(bytearray(base64.b64decode(saved["generator"])),
+                                                        dtype=torch.uint8))
+            if log:
+                log(f"{task}: resumed after {done}/{n} examples from {partial}")
+    written = time.perf_counter()
+    for i, ex in enumerate(examples[done:], done):
         inputs = inputs_of(ex)
         for steps in plans.values():  # every row can run on this input, before any compute
             parse_plan(task, steps, inputs)
@@ -73,6 +117,11 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
                 scores[name].setdefault(k, []).append(v)
             for k, v in fidelity(ex, res).items():
                 context[name].setdefault(k, []).append(v)
+        if partial is not None and (i + 1 == n or time.perf_counter() - written >= save_every):
+            state = base64.b64encode(engine.generator.get_state().numpy().tobytes()).decode()
+            write_json(partial, {**which, "done": i + 1, "scores": scores, "context": context, "texts": texts,
+                                 "seconds": seconds, "tokens": tokens, "generator": state})
+            written = time.perf_counter()
         if log and (i + 1) % max(1, n // 10) == 0:
             log(f"{task}: {i + 1}/{n} examples")
     metric, higher = MAIN_METRIC[task]

@@ -201,3 +201,16 @@ def from_pretrained(directory: str | Path, device: str = "cpu", with_tokenizers:
 
 def describe(directory: str | Path) -> str:
     return json.dumps(read_json(Path(directory) / "config.json"), indent=2)
+
+
+def weights_digest(model: OmniModel) -> str:
+    """A SHA-256 of the model's weights as they are in memory (each tensor's name, dtype, shape and
+    bytes, in the state dict's order): the same weights give the same digest, any change another."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
