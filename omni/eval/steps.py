@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from omni.eval.run import POSE_NUMBERS
+from omni.eval.run import EVAL_TASKS, POSE_NUMBERS
 from omni.io import atomic_write_bytes
 
 # not a task of its own: spatial's true thought step by step (`omni.eval.context_use.thought_steps`),
@@ -73,7 +73,6 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
     e.g. the shipped model at its last step) on each task, n examples each (n_by_task overrides per
     task), with the direct plan. Returns {"tasks", "n", "seed_start", "steps": {step: {task: {metric:
     {"mean", "lo", "hi"}}}}} and writes it with a plot into `out`."""
-    from omni.eval.run import EVAL_TASKS
     from omni.model import OmniModel
     from omni.world.tasks import split_of_range
 
@@ -127,6 +126,12 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
     return summary
 
 
+def _at(by_step: Mapping, step: int | str):
+    """A per-step entry of a summary, whose step keys are ints as built and strings once read back
+    from its JSON."""
+    return by_step[step] if step in by_step else by_step[str(step)]
+
+
 def steps_markdown(summary: dict) -> str:
     """The summary as a Markdown table: one row per step, each task's main score with its 95% interval
     (and, with pose, the correlation of each of its six numbers with the truth: — where constant)."""
@@ -142,7 +147,7 @@ def steps_markdown(summary: dict) -> str:
             m = summary["steps"][s][t][MAIN[t]]
             cells.append(f"{m['mean']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]")
         if corr:
-            c = corr[s] if s in corr else corr[str(s)]
+            c = _at(corr, s)
             cells.append(" ".join("—" if v is None else f"{v:.2f}" for v in c))
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -166,7 +171,7 @@ def plot_scores_by_step(summary: dict, path: str | Path) -> Path:
     if corr:
         ax = axes[0][-1]
         for i, name in enumerate(POSE_NUMBERS):
-            c = [(corr[s] if s in corr else corr[str(s)])[i] for s in steps]
+            c = [_at(corr, s)[i] for s in steps]
             ax.plot(steps, [float("nan") if v is None else v for v in c], marker="o", ms=3, label=name)
         ax.set_title("pose: correlation with the truth", fontsize=9)
         ax.set_xlabel("step")
@@ -175,7 +180,7 @@ def plot_scores_by_step(summary: dict, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     for ax, t in zip(axes[0], tasks, strict=False):
         key = MAIN[t]
-        ms = [summary["steps"][s if s in summary["steps"] else str(s)][t][key] for s in steps]
+        ms = [_at(summary["steps"], s)[t][key] for s in steps]
         y = [m["mean"] for m in ms]
         err = [[m["mean"] - m["lo"] for m in ms], [m["hi"] - m["mean"] for m in ms]]
         ax.errorbar(steps, y, yerr=err, marker="o", ms=3, capsize=2, color="#4c72b0")
