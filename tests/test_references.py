@@ -85,5 +85,17 @@ def test_the_vit_probe_sees_omnis_tokens():
     torch.set_num_threads(1)
     r = probe(n_train=64, steps=2, n=8, batch=8, arch="vit-stacked")
     assert r["arch"] == "vit-stacked" and "PoseViT" in r["reference"] and len(r["scores"]["auc@30"]) == 8
+    assert r["batch"] == 8 and "size" not in r
+    # omni-sized (or any size): the network it reports is the one it trained
+    small = probe(n_train=64, steps=2, n=8, batch=4, arch="vit", size={"width": 32, "layers": 1, "heads": 2})
+    assert small["size"] == {"width": 32, "layers": 1, "heads": 2} and small["batch"] == 4
+    assert small["parameters"] == sum(p.numel() for p in PoseViT(width=32, layers=1, heads=2).parameters())
+    assert small["parameters"] < r["parameters"]
     with pytest.raises(ValueError, match="unknown --arch 'rnn'"):
         probe(steps=1, arch="rnn")
+    with pytest.raises(ValueError, match="the cnn none"):
+        probe(steps=1, arch="cnn", size={"width": 64})
+    with pytest.raises(ValueError, match="not a multiple of --heads 3"):
+        probe(steps=1, arch="vit", size={"width": 64, "heads": 3})
+    with pytest.raises(ValueError, match="--layers must be positive"):
+        probe(steps=1, arch="vit", size={"layers": 0})

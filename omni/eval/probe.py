@@ -14,7 +14,7 @@ data, loss and schedule: whether omni's way of seeing two images, not its traini
 from the pose.
 
     python -m omni.eval.probe [--arch cnn|vit|vit-stacked|vit-conv] [--train 20000] [--steps 3000] [--n 500] [--seed 0]
-                              [--threads 1]
+                              [--threads 1] [--lr 2e-3] [--batch 64] [--width 128 --layers 4 --heads 4]
 
 prints one JSON object: the metrics of `omni eval pose` (AUC@30, rotation and translation-direction
 errors, with 95 % intervals), `pose_fit`, and the run's settings and seconds.
@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -102,25 +103,33 @@ class PoseViT(nn.Module):
         return self.head(self.layers(h).mean(1))
 
 
-ARCHS = {"cnn": PoseNet, "vit": PoseViT, "vit-stacked": lambda: PoseViT(stacked=True),
-         "vit-conv": lambda: PoseViT(conv=32)}
+ARCHS = {"cnn": PoseNet, "vit": PoseViT, "vit-stacked": partial(PoseViT, stacked=True),
+         "vit-conv": partial(PoseViT, conv=32)}
+VIT_SIZES = ("width", "layers", "heads")  # what --width, --layers and --heads set in the vit probes
 
 
 def probe(n_train: int = 20_000, steps: int = 3000, n: int = 500, seed: int = 0, seed_start: int = 2_000_000_000,
-          batch: int = 64, lr: float = 2e-3, log=None, arch: str = "cnn") -> dict:
+          batch: int = 64, lr: float = 2e-3, log=None, arch: str = "cnn", size: dict | None = None) -> dict:
     """Train the probe network `arch` (PoseNet, or PoseViT whole or stacked) on pose pairs of training
-    seeds 0..n_train-1 and score it on n held-out pairs."""
-    for name, v in (("--train", n_train), ("--steps", steps), ("--n", n), ("--batch", batch)):
+    seeds 0..n_train-1 and score it on n held-out pairs. size: a PoseViT's width, layers and heads
+    over its defaults (e.g. omni-tiny's 256, 6, 4)."""
+    size = {k: v for k, v in (size or {}).items() if v is not None}
+    for name, v in (("--train", n_train), ("--steps", steps), ("--n", n), ("--batch", batch),
+                    *((f"--{k}", v) for k, v in size.items())):
         if v <= 0:
             raise ValueError(f"{name} must be positive, got {v}")
     if arch not in ARCHS:
         raise ValueError(f"unknown --arch {arch!r}; known: {', '.join(ARCHS)}")
+    if set(size) - set(VIT_SIZES) or (size and arch == "cnn"):
+        raise ValueError(f"size {sorted(size)}: the vit probes take {', '.join(VIT_SIZES)}; the cnn none")
+    if size.get("width", 128) % size.get("heads", 4):
+        raise ValueError(f"--width {size.get('width', 128)} is not a multiple of --heads {size.get('heads', 4)}")
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     x, y, _ = pose_pairs(range(0, n_train))
     mean, std = y.mean(0), y.std(0).clamp_min(1e-6)
     yn = (y - mean) / std
-    net = ARCHS[arch]()
+    net = ARCHS[arch](**size)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     g = torch.Generator().manual_seed(seed)
@@ -149,7 +158,9 @@ def probe(n_train: int = 20_000, steps: int = 3000, n: int = 500, seed: int = 0,
             per.setdefault(k, []).append(v)
     return {"task": "pose",
             "reference": f"{type(net).__name__} (omni.eval.probe --arch {arch}) trained on pose pairs only",
-            "arch": arch, "n": n, "seed_start": seed_start, "train_pairs": n_train, "steps": steps, "seed": seed,
+            "arch": arch, **({"size": size} if size else {}), "batch": batch, "lr": lr,
+            "parameters": sum(p.numel() for p in net.parameters()), "n": n, "seed_start": seed_start,
+            "train_pairs": n_train, "steps": steps, "seed": seed,
             "train_loss_last100": float(np.mean(losses[-100:])),
             "metrics": {k: bootstrap_ci(v) for k, v in per.items() if k != "parsed"},
             "scores": {k: v for k, v in per.items() if k != "parsed"},
@@ -166,12 +177,15 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--arch", choices=list(ARCHS), default="cnn")
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch", type=int, default=64, help="pairs per step")
+    for k in VIT_SIZES:
+        ap.add_argument(f"--{k}", type=int, help=f"the vit probes' {k} (default: PoseViT's)")
     a = ap.parse_args(argv)
-    if min(a.train, a.steps, a.n, a.threads) <= 0:
-        ap.error("--train, --steps, --n and --threads must be positive")
+    if min(a.train, a.steps, a.n, a.threads, a.batch) <= 0:
+        ap.error("--train, --steps, --n, --threads and --batch must be positive")
     torch.set_num_threads(a.threads)
-    print(json.dumps(probe(a.train, a.steps, a.n, a.seed, a.seed_start, lr=a.lr, arch=a.arch,
-                           log=lambda m: print(m, file=sys.stderr))))
+    print(json.dumps(probe(a.train, a.steps, a.n, a.seed, a.seed_start, lr=a.lr, arch=a.arch, batch=a.batch,
+                           size={k: getattr(a, k) for k in VIT_SIZES}, log=lambda m: print(m, file=sys.stderr))))
 
 
 if __name__ == "__main__":
