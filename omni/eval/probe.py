@@ -73,6 +73,8 @@ class PoseViT(nn.Module):
     def __init__(self, size: int = 32, patch: int = 4, width: int = 128, layers: int = 4, heads: int = 4,
                  stacked: bool = False, conv: int = 0):
         super().__init__()
+        if width % heads:
+            raise ValueError(f"--width {width} is not a multiple of --heads {heads}")
         self.patch, self.stacked = patch, stacked
         cells = (size // patch) ** 2
         c = 6 if stacked else 3
@@ -122,14 +124,12 @@ def probe(n_train: int = 20_000, steps: int = 3000, n: int = 500, seed: int = 0,
         raise ValueError(f"unknown --arch {arch!r}; known: {', '.join(ARCHS)}")
     if set(size) - set(VIT_SIZES) or (size and arch == "cnn"):
         raise ValueError(f"size {sorted(size)}: the vit probes take {', '.join(VIT_SIZES)}; the cnn none")
-    if size.get("width", 128) % size.get("heads", 4):
-        raise ValueError(f"--width {size.get('width', 128)} is not a multiple of --heads {size.get('heads', 4)}")
     t0 = time.perf_counter()
     torch.manual_seed(seed)
+    net = ARCHS[arch](**size)  # before the pairs are rendered: a size PoseViT refuses costs nothing
     x, y, _ = pose_pairs(range(0, n_train))
     mean, std = y.mean(0), y.std(0).clamp_min(1e-6)
     yn = (y - mean) / std
-    net = ARCHS[arch](**size)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     g = torch.Generator().manual_seed(seed)
