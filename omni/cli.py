@@ -306,8 +306,8 @@ def _eval_task_command(task: str):
         flow_shift: float = _flow_shift_option(),
         visual_temperature: float | None = _visual_temperature_option(),
         visual_top_k: int | None = _visual_top_k_option(),
-        pose_decoder: str = typer.Option("head", help="Where the model has a pose head: write its pose texts "
-                                                      "from the head ('head') or decode their digits ('text')."),
+        pose_decoder: str = typer.Option("text", help="Where the model has a pose head: decode its pose texts' "
+                                                      "digits ('text') or write the head's numbers ('head')."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ):
         import json

@@ -77,7 +77,7 @@ def test_unwritable_output_dir(tmp_path):
     (["eval", "t2i", "--n", "1", "--cfg-scale", "-5"], "--cfg-scale must be >= 0"),
     (["eval", "t2i", "--n", "1", "--visual-temperature", "nan"], "--visual-temperature must be >= 0"),
     (["eval", "t2i", "--n", "1", "--flow-shift", "nan"], "--flow-shift must be positive"),
-    (["eval", "pose", "--n", "1", "--pose-decoder", "regress"], "--pose-decoder must be head or text"),
+    (["eval", "pose", "--n", "1", "--pose-decoder", "regress"], "--pose-decoder must be text or head"),
     (["eval", "context-use", "--n", "1", "--seed-start", "1500000000"], "lies in no split"),
     (["unroll", "vqa", "--seed", "1500000000", "--out", "o"], "lies in no split"),
     (["demo", "--flow-steps", "0"], "--flow-steps must be positive"),
@@ -112,6 +112,11 @@ def test_curves_read_a_log_being_written_and_name_bad_lines(tmp_path):
     assert Image.open(tmp_path / "c.png").width > 100
     assert sorted(read_log(log)) == list(range(1, 40)) and read_log(log)[2] == {"step": 2, "text_ce": 1.5,
                                                                                   "flow_mse": 0.5}
+    # a run with a pose head logged its loss: a fifth panel
+    posed = tmp_path / "posed.jsonl"
+    posed.write_text("\n".join(json.dumps({"step": s, "text_ce": 1.0, "pose": 0.3}) for s in range(1, 40)))
+    assert omni("eval", "curves", "--log", str(posed), "--out", str(tmp_path / "p.png")).returncode == 0
+    assert Image.open(tmp_path / "p.png").width > 1.2 * Image.open(tmp_path / "c.png").width
     for body, needle in [(good[0] + "\n{oops\n" + good[1], "log.jsonl:2: not JSON"),
                          ('{"loss": 1}', "log.jsonl:1: an entry needs an integer 'step'"),
                          (good[0] + '\n{"step": 2, "loss": [1]}', "log.jsonl:2: values must be numbers"),

@@ -489,7 +489,8 @@ def test_pose_head_targets_in_training_and_pose_texts_in_the_engine():
     """With pose_head, every pose text of the training mixture (the pose task, spatial's pose and
     novel-view forms) carries its six numbers as the head's target on its <campose> token; the engine
     writes the head's numbers as the pose text (pose task and estimate_pose alike, the same tokens as
-    training writes), cached and re-encoded alike, and decodes the digits with pose_decoder="text"."""
+    training writes) with pose_decoder="head", cached and re-encoded alike, and by default decodes the
+    digits, as the same weights without the head do."""
     import torch
 
     from omni.train import Writer
@@ -514,18 +515,20 @@ def test_pose_head_targets_in_training_and_pose_texts_in_the_engine():
         m.pose_head.bias.copy_((torch.tensor(vals) - torch.tensor(POSE_CENTRE)) / torch.tensor(POSE_SPREAD))
     text = numbers_to_text(vals)
     ex, sp = sample("pose", [2_000_000_002])[0], sample("spatial", [2_000_000_002])[0]
-    res = engine(m).run(inputs_of(ex), "direct")
+    res = engine(m, pose_decoder="head").run(inputs_of(ex), "direct")
     assert res.output.text == text and res.output.data["valid"]
-    assert engine(m, reencode="primitive").run(inputs_of(ex), "direct").output.text == text
-    step = engine(m).run(inputs_of(sp), "+pose text").items[-1]
+    assert engine(m, reencode="primitive", pose_decoder="head").run(inputs_of(ex), "direct").output.text == text
+    step = engine(m, pose_decoder="head").run(inputs_of(sp), "+pose text").items[-1]
     assert step.step == "estimate_pose" and step.text == text
     # the workspace holds what training writes: <campose> numbers </campose>
-    ws = engine(m).start(inputs_of(ex))
+    ws = engine(m, pose_decoder="head").start(inputs_of(ex))
     ws.write_pose()
     block = Writer(m.tokenizer, m.visual, m.cfg).pose_block(text)
     assert [t for seg in ws.record[-2:] for t in seg.tokens] == list(block.tokens)
-    decoded = engine(m, pose_decoder="text").run(inputs_of(ex), "direct").output.text
-    assert decoded == engine(base).run(inputs_of(ex), "direct").output.text  # the same weights' digits
+    decoded = engine(m).run(inputs_of(ex), "direct").output.text
+    assert decoded != text  # not the head's numbers: the same weights' digits
+    assert decoded == engine(m, pose_decoder="text").run(inputs_of(ex), "direct").output.text
+    assert decoded == engine(base).run(inputs_of(ex), "direct").output.text
     with pytest.raises(ValueError, match="pose_decoder must be one of"):
         engine(m, pose_decoder="regress")
 

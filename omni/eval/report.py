@@ -167,10 +167,14 @@ def read_log(log_path: str | Path) -> dict[int, dict]:
     return rows
 
 
-def plot_training(log_path: str | Path, out: str | Path, keys=("text_ce", "visual_ce", "flow_mse", "depth"),
+LOSS_CURVES = ("text_ce", "visual_ce", "flow_mse", "depth")
+
+
+def plot_training(log_path: str | Path, out: str | Path, keys: Sequence[str] | None = None,
                   window: int = 25) -> Path:
     """Loss curves from a run's log.jsonl (moving average over `window` steps; a batch mixes tasks,
-    so single steps are noisy). Zero entries — a loss absent from that batch — are skipped."""
+    so single steps are noisy). Zero entries — a loss absent from that batch — are skipped. By
+    default the four losses every run has, and the pose head's where the run logged one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,6 +182,8 @@ def plot_training(log_path: str | Path, out: str | Path, keys=("text_ce", "visua
 
     rows = read_log(log_path)
     steps = sorted(rows)
+    if keys is None:
+        keys = LOSS_CURVES + (("pose",) if any(r.get("pose", 0) > 0 for r in rows.values()) else ())
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), dpi=110)
     for ax, k in zip(np.atleast_1d(axes), keys, strict=True):
         xs = np.array([s for s in steps if rows[s].get(k, 0) > 0])
