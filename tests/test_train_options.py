@@ -231,6 +231,53 @@ def test_python_m_omni_train_is_omni_train():
     assert r.returncode == 2 and "--source-cond and --model source_cond false disagree" in r.stderr, r.stderr
 
 
+def documented_train_commands() -> list[tuple[str, list[str]]]:
+    """Every `omni train` / `python -m omni.train` / `torchrun ... -m omni.train` command written in the
+    README and docs/*.md, continuation lines joined, as (file:line, its arguments after the command).
+    Alternatives written `[--a | --b]` are all kept."""
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        lines = path.read_text().splitlines()
+        i = 0
+        while i < len(lines):
+            start, text = i, lines[i].strip()
+            while text.endswith("\\") and i + 1 < len(lines):
+                i += 1
+                text = text[:-1] + " " + lines[i].strip()
+            i += 1
+            m = re.match(r"(?:omni train|python -m omni\.train|torchrun .*?-m omni\.train)\s(.*)", text)
+            if m is None:
+                continue
+            words = shlex.split(m.group(1), comments=True)
+            # `[--a | --b]` writes alternatives: each must be an option, so keep them all
+            words = [w.strip("[]") for w in words if w != "|"]
+            found.append((f"{path.name}:{start + 1}", words))
+    return found
+
+
+def test_every_documented_train_command_parses():
+    """The training commands the README and docs/gpu_training.md tell people to run name only options
+    the command has, with values of the right type, and --model gets a JSON object: a renamed or
+    dropped flag fails here instead of on a lent GPU's first slice."""
+    from omni.cli import app
+
+    command = typer_command(app, "train")
+    found = documented_train_commands()
+    assert len(found) >= 10 and any(w == "gpu_training.md" for w in (f.split(":")[0] for f, _ in found))
+    for where, words in found:
+        try:
+            ctx = command.make_context("train", list(words))
+        except Exception as e:
+            raise AssertionError(f"{where}: {e}") from e
+        model = ctx.params.get("model")
+        if model:
+            assert isinstance(json.loads(model), dict), where
+
+
 def typer_command(app, name):
     import typer
 
