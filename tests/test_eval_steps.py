@@ -49,6 +49,26 @@ def test_every_checkpoint_scored_as_omni_eval_scores_it(run, tmp_path, monkeypat
         steps_mod.scores_by_step(run, out, ["vqa"], n=3)
 
 
+def test_export_a_chosen_step(run, tmp_path):
+    """export(step=N) ships that checkpoint's EMA weights, not the newest, says which in its record,
+    and refuses a step the run did not keep."""
+    import torch
+
+    from omni.model import OmniModel
+    from omni.train import export
+
+    one = export(run, tmp_path / "one", dtype="float32", step=1)
+    two = export(run, tmp_path / "two", dtype="float32")
+    assert json.loads((one / "config.json").read_text())["exported_from"] == "step-0000001"
+    assert json.loads((two / "config.json").read_text())["exported_from"] == "step-0000002"
+    a, b = (OmniModel.from_pretrained(d).state_dict() for d in (one, two))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], v) for k, v in OmniModel.from_pretrained(
+        export(run, tmp_path / "again", dtype="float32", step=1)).state_dict().items())
+    with pytest.raises(FileNotFoundError, match=r"no complete checkpoint of step 7 .*\[1, 2\]"):
+        export(run, tmp_path / "x", step=7)
+
+
 def test_spatial_thought_steps_by_checkpoint(run, tmp_path):
     """The spatial thought's steps (thought_steps) charted per checkpoint like a task's score."""
     from omni.eval.context_use import STEP_NAMES

@@ -57,13 +57,10 @@ def run_checkpoints(run_dir: str | Path) -> dict[int, Path]:
 
 
 def _export_step(step_dir: Path, dest: Path) -> Path:
-    """The checkpoint `step_dir` as a shippable model in `dest` (export reads a run's newest
-    checkpoint: it is given a run directory holding this one alone)."""
+    """The checkpoint `step_dir` (a run's `step-N`) as a shippable model in `dest`."""
     from omni.train import export
 
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / step_dir.name).symlink_to(step_dir.resolve(), target_is_directory=True)
-        return export(tmp, dest, dtype="bfloat16")
+    return export(step_dir.parent, dest, dtype="bfloat16", step=int(step_dir.name.split("-")[1]))
 
 
 def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[str] = TASKS, n: int = 500,

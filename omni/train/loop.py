@@ -557,14 +557,20 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16") -> Path:
-    """Copy the newest complete checkpoint of a run into `dest` as a shippable model (EMA weights
-    if the run kept them), in `dtype` on disk, with the training record in its config.json."""
+def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16", step: int | None = None) -> Path:
+    """Copy the newest complete checkpoint of a run (or its checkpoint of `step`) into `dest` as a
+    shippable model (EMA weights if the run kept them), in `dtype` on disk, with the training record
+    in its config.json."""
     from omni.model import OmniModel as _M
 
     run_dir = Path(run_dir)
     cks = sorted(run_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     cks = [p for p in cks if (p / "COMPLETE").is_file()]
+    if step is not None:
+        kept = [int(p.name.split("-")[1]) for p in cks]
+        cks = [p for p in cks if int(p.name.split("-")[1]) == step]
+        if not cks:
+            raise FileNotFoundError(f"no complete checkpoint of step {step} in {run_dir} (complete: {kept})")
     if not cks:
         raise FileNotFoundError(f"no complete checkpoint in {run_dir}")
     src = cks[-1]
