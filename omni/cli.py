@@ -647,6 +647,9 @@ def train(
     data_seed: int = typer.Option(0),
     t_shift: float = typer.Option(1.0, help="Shift generated images' training noise levels toward pure "
                                             "noise (1: logit-normal, unshifted)."),
+    pose_motions: str = typer.Option("orbit", help="The pose task's camera motions, comma-separated: orbit "
+                                                   "(the world's default) and/or move_turn (moved like the "
+                                                   "spatial task's second view)."),
     task_weights: str = typer.Option("", help='JSON of task weights over the defaults, e.g. \'{"spatial": 2}\'.'),
     form_weights: str = typer.Option("", help='JSON of form weights per task (others 1), e.g. '
                                               '\'{"spatial": {"pose": 3}}\'.'),
@@ -701,6 +704,7 @@ def train(
                 raise ValueError(f"{MODEL_FLAGS[k]} and --model {k} {json.dumps(overrides[k])} disagree")
             overrides[k] = v
     mixture = MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift,
+                            pose_motions=tuple(m.strip() for m in pose_motions.split(",")),
                             **MixtureConfig.weights(task_weights, form_weights))
     # the options the command line gave: --resume compares exactly those with the saved run's
     named = {k for k in ctx.params if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE",

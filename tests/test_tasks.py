@@ -426,3 +426,25 @@ def test_pose_centre_and_spread_are_the_pose_tasks():
     spread = np.array(POSE_SPREAD)
     assert np.all(np.abs(v.mean(0) - np.array(POSE_CENTRE)) <= 0.1 * spread), v.mean(0)
     assert np.all(np.abs(v.std(0) / spread - 1) <= 0.1), v.std(0)
+
+
+def test_pose_motions_default_stream_unchanged_and_move_turn_like_spatial():
+    """WorldConfig.pose_motions: orbit alone (the default) draws the pose examples it always drew;
+    with move_turn too, each example records its motion, and the move_turn pairs move like the spatial
+    task's second view (same height, no tilt or roll; step and turn independent), unlike orbits, whose
+    sideways move and turn are one motion."""
+    seeds = range(SPLITS["test"][0], SPLITS["test"][0] + 60)
+    default, explicit = sample("pose", seeds), sample("pose", seeds, WorldConfig(pose_motions=("orbit",)))
+    assert [e.texts["pose"] for e in default] == [e.texts["pose"] for e in explicit]
+    assert all(e.spec["motion"] == "orbit" for e in default)
+    mixed = sample("pose", seeds, WorldConfig(pose_motions=("orbit", "move_turn")))
+    kinds = [e.spec["motion"] for e in mixed]
+    assert 10 < kinds.count("move_turn") < 50
+    nums = {k: np.array([C.text_to_numbers(e.texts["pose"]) for e in mixed if e.spec["motion"] == k])
+            for k in ("orbit", "move_turn")}
+    mt, orb = nums["move_turn"], nums["orbit"]
+    assert np.abs(mt[:, [1, 3, 5]]).max() < 0.01 and np.abs(orb[:, 1]).max() > 0.1  # ty, rx, rz
+    assert abs(np.corrcoef(mt[:, 0], mt[:, 4])[0, 1]) < 0.5 < abs(np.corrcoef(orb[:, 0], orb[:, 4])[0, 1])
+    assert sample("pose", seeds[:5], WorldConfig(pose_motions="move_turn"))[0].spec["motion"] == "move_turn"
+    with pytest.raises(ValueError, match="pose motions must be distinct names among orbit, move_turn"):
+        WorldConfig(pose_motions=("zoom",))

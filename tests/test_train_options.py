@@ -78,10 +78,25 @@ def test_train_config_rejects_bad_values_naming_the_option(kw, needle):
     ({"data_seed": -1}, "--data-seed must be >= 0, got -1"),
     ({"t_shift": 0.0}, "--t-shift must be > 0, got 0.0"),
     ({"t_shift": float("nan")}, "--t-shift must be > 0, got nan"),
+    ({"pose_motions": ("orbit", "spin")}, "--pose-motions: pose motions must be distinct names among orbit, "
+                                          "move_turn, got ('orbit', 'spin')"),
+    ({"pose_motions": ()}, "--pose-motions: pose motions must be distinct names"),
+    ({"pose_motions": ("orbit", "orbit")}, "--pose-motions: pose motions must be distinct names"),
 ])
 def test_mixture_config_rejects_bad_values_naming_the_option(kw, needle):
     with pytest.raises(ValueError, match=re.escape(needle)):
         MixtureConfig(**kw)
+
+
+def test_pose_motions_reach_the_mixtures_world_and_survive_the_saved_config(writer):
+    """--pose-motions orbit,move_turn: a tuple in the config, the same after the JSON round trip of
+    train_config.json (so --resume compares equal values), and the world the mixture samples from."""
+    mix = MixtureConfig(pose_motions=["orbit", "move_turn"])
+    assert mix.pose_motions == ("orbit", "move_turn") and MixtureConfig().pose_motions == ("orbit",)
+    cfg = TrainConfig(mixture=mix)
+    back = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back.mixture == mix and back.mixture.pose_motions == ("orbit", "move_turn")
+    assert Mixture(mix, writer).world.pose_motions == ("orbit", "move_turn")
 
 
 def test_train_main_checks_before_building_anything(tmp_path, monkeypatch):

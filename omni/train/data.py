@@ -69,6 +69,9 @@ class MixtureConfig:
     # image_gen noise levels: shift_t(u, s) of a logit-normal u (omni.model.batch); s > 1 puts more of them
     # near pure noise (s = 3: 14 % above t = 0.9 instead of 1.4 %)
     t_shift: float = 1.0
+    # the pose task's camera motions (omni.world.WorldConfig.pose_motions): "orbit" alone is the world's
+    # default; "orbit", "move_turn" adds pairs moved like the spatial task's
+    pose_motions: tuple[str, ...] = ("orbit",)
 
     def __post_init__(self):
         for name, lo in (("data_seed", 0), ("rows", 1), ("row_len", 1), ("image_size", 1)):
@@ -79,6 +82,11 @@ class MixtureConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
         if not self.t_shift > 0:
             raise ValueError(f"--t-shift must be > 0, got {self.t_shift}")
+        try:
+            motions = WorldConfig(pose_motions=self.pose_motions).pose_motions
+        except ValueError as e:
+            raise ValueError(f"--pose-motions: {e}") from None
+        object.__setattr__(self, "pose_motions", motions)  # a tuple, also when read back from JSON
         _check_weights("task weights", self.task_weights, FORMS)
         if not any(self.task_weights.get(t, 0) > 0 for t in FORMS):
             raise ValueError("task weights: at least one task needs a positive weight")
@@ -228,7 +236,7 @@ class Mixture:
         self.task_p = p / p.sum()
         lo, hi = SPLITS["train"]
         self.seed_range = (lo, hi)
-        self.world = WorldConfig(size=mix.image_size)
+        self.world = WorldConfig(size=mix.image_size, pose_motions=mix.pose_motions)
 
     def form_lengths(self, n: int = PROBE_EXAMPLES) -> dict[tuple[str, str], tuple[int, int]]:
         """The shortest and longest sequence, in tokens, of every (task, form) this mixture draws, over n

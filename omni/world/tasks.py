@@ -39,6 +39,7 @@ T2I_CATEGORIES = ("single_object", "two_object", "counting", "colors", "position
 LETTERS = "ABCD"
 MAX_SIZE = 1024  # the renderer holds a few float arrays of size^2 per view: beyond this, memory runs out
 VIEW_DIRECTIONS = ("up", "down", "left", "right")
+POSE_MOTIONS = ("orbit", "move_turn")
 
 
 def split_of(seed: int) -> str:
@@ -72,12 +73,23 @@ class WorldConfig:
     novel_view_deg: float = 30.0  # look up / down / left / right angle of synthesized views
     video_frames: int = 8
     max_attempts: int = 200
+    # how the pose task's second camera moves: "orbit" (around the scene: its sideways move and its
+    # turn are one motion) and/or "move_turn" (the spatial task's: a sideways step and a turn drawn
+    # independently, at the same height). The default, orbit alone, draws exactly the pose examples it
+    # always drew; with both, each example picks one at random.
+    pose_motions: tuple[str, ...] = ("orbit",)
 
     def __post_init__(self):
         if not 8 <= self.size <= MAX_SIZE:
             raise ValueError(f"image size must lie in 8..{MAX_SIZE} px, got {self.size}")
         if self.video_frames < 2:
             raise ValueError("a video needs at least 2 frames")
+        motions = (self.pose_motions,) if isinstance(self.pose_motions, str) else tuple(self.pose_motions)
+        bad = [m for m in motions if m not in POSE_MOTIONS]
+        if not motions or bad or len(set(motions)) != len(motions):
+            raise ValueError(f"pose motions must be distinct names among {', '.join(POSE_MOTIONS)}, "
+                             f"got {self.pose_motions!r}")
+        object.__setattr__(self, "pose_motions", motions)
 
     @property
     def K(self) -> np.ndarray:
@@ -561,6 +573,14 @@ def conclusion_pieces(thought: str) -> list[tuple[str, str | None]]:
     return pieces + [(tail.group(1), None), (tail.group(2), "letter"), (tail.group(3), None)]
 
 
+def move_and_turn(rng: np.random.Generator, w2c: np.ndarray) -> np.ndarray:
+    """The spatial task's second camera: 0.4-1.2 m to either side and up to 0.6 m forward or back,
+    then turned 15-40 degrees left or right, the step and the turn drawn independently."""
+    offset = np.array([rng.choice([-1, 1]) * rng.uniform(0.4, 1.2), 0.0, rng.uniform(-0.6, 0.6)])
+    turn = str(rng.choice(["left", "right"]))
+    return rotate_view(move_view(w2c, offset), turn, float(rng.uniform(15, 40)))
+
+
 def _spatial(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     opts = cfg.scene
     if opts.max_objects < 2:
@@ -569,9 +589,7 @@ def _spatial(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
                          opts.place_half)
     scene = sample_scene(rng, opts2, unique=True)
     w2c1, _ = random_camera(rng)
-    offset = np.array([rng.choice([-1, 1]) * rng.uniform(0.4, 1.2), 0.0, rng.uniform(-0.6, 0.6)])
-    turn = str(rng.choice(["left", "right"]))
-    w2c2 = rotate_view(move_view(w2c1, offset), turn, float(rng.uniform(15, 40)))
+    w2c2 = move_and_turn(rng, w2c1)
     cams = {"view1": ("main", w2c1), "view2": ("main", w2c2)}
     for d in VIEW_DIRECTIONS:
         cams[f"look_{d}"] = ("main", rotate_view(w2c1, d, cfg.novel_view_deg))
@@ -675,18 +693,23 @@ POSE_SPREAD = (2.5, 0.6, 0.6, 0.1, 0.5, 0.4)
 def _pose(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     scene = sample_scene(rng, cfg.scene)
     w2c_a, orbit = random_camera(rng)
-    orbit_b = {"azimuth": orbit["azimuth"] + float(rng.choice([-1, 1]) * rng.uniform(10, 60)),
-               "elevation": float(np.clip(orbit["elevation"] + rng.uniform(-10, 10), 15, 50)),
-               "distance": orbit["distance"] + float(rng.uniform(-0.7, 0.7)),
-               "target": [t + float(rng.uniform(-0.3, 0.3)) for t in orbit["target"][:2]] + [0.35]}
-    w2c_b = orbit_camera(**orbit_b)
+    motions = cfg.pose_motions  # one motion draws nothing: the default stream stays as it was
+    motion = memo.setdefault("motion", motions[0] if len(motions) == 1 else str(rng.choice(motions)))
+    if motion == "move_turn":
+        w2c_b = move_and_turn(rng, w2c_a)
+    else:
+        orbit_b = {"azimuth": orbit["azimuth"] + float(rng.choice([-1, 1]) * rng.uniform(10, 60)),
+                   "elevation": float(np.clip(orbit["elevation"] + rng.uniform(-10, 10), 15, 50)),
+                   "distance": orbit["distance"] + float(rng.uniform(-0.7, 0.7)),
+                   "target": [t + float(rng.uniform(-0.3, 0.3)) for t in orbit["target"][:2]] + [0.35]}
+        w2c_b = orbit_camera(**orbit_b)
 
     def finish(views):
         for name in ("view1", "view2"):
             if not L.object_stats(scene, views[name].ids, views[name].depth):
                 return None
         T = relative_pose(w2c_a, w2c_b)
-        return {"pose": pose_to_text(T)}, pose_to_text(T), {"relative_pose": rel_pose_dict(T)}
+        return {"pose": pose_to_text(T)}, pose_to_text(T), {"relative_pose": rel_pose_dict(T), "motion": motion}
 
     return Draft({"main": scene}, {"view1": ("main", w2c_a), "view2": ("main", w2c_b)}, finish)
 
