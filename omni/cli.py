@@ -308,22 +308,30 @@ def _eval_task_command(task: str):
         visual_top_k: int | None = _visual_top_k_option(),
         pose_decoder: str = typer.Option("text", help="Where the model has a pose head: decode its pose texts' "
                                                       "digits ('text') or write the head's numbers ('head')."),
+        pose_motions: str = typer.Option("orbit", help="pose only: the pairs' camera motions, comma-separated: "
+                                                       "orbit (the benchmark) and/or move_turn (moved like "
+                                                       "the spatial task's second view)."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ):
         import json
 
         from omni.eval.run import evaluate, held_out
         from omni.unroll.engine import POSE_DECODERS, Engine, parse_plan
+        from omni.world import WorldConfig
         from omni.world.tasks import split_of_range
 
         _positive("--n", n)
         parse_plan(task, plan)  # a bad plan fails before the model loads
         split_of_range(seed_start, n)
+        motions = WorldConfig(pose_motions=tuple(m.strip() for m in pose_motions.split(","))).pose_motions
+        if task != "pose" and motions != ("orbit",):
+            raise ValueError(f"--pose-motions applies to the pose task only, not {task}")
         sampling = _sampling(0.0, 0, visual_temperature, visual_top_k) | _flow(cfg_scale, flow_steps, flow_shift)
         if pose_decoder not in POSE_DECODERS:  # checked before the model loads
             raise ValueError(f"--pose-decoder must be {' or '.join(POSE_DECODERS)}, not {pose_decoder!r}")
         engine = Engine(_load(checkpoint, device), seed=seed, pose_decoder=pose_decoder, **sampling)
-        r = evaluate(engine, task, n, seed_start, plan, log=None if json_out else lambda m: typer.echo(m, err=True))
+        r = evaluate(engine, task, n, seed_start, plan, log=None if json_out else lambda m: typer.echo(m, err=True),
+                     pose_motions=motions)
         if json_out:
             typer.echo(json.dumps(r))
             return

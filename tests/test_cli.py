@@ -78,6 +78,8 @@ def test_unwritable_output_dir(tmp_path):
     (["eval", "t2i", "--n", "1", "--visual-temperature", "nan"], "--visual-temperature must be >= 0"),
     (["eval", "t2i", "--n", "1", "--flow-shift", "nan"], "--flow-shift must be positive"),
     (["eval", "pose", "--n", "1", "--pose-decoder", "regress"], "--pose-decoder must be text or head"),
+    (["eval", "pose", "--n", "1", "--pose-motions", "orbit,spin"], "pose motions must be distinct names among"),
+    (["eval", "vqa", "--n", "1", "--pose-motions", "move_turn"], "--pose-motions applies to the pose task only"),
     (["eval", "context-use", "--n", "1", "--seed-start", "1500000000"], "lies in no split"),
     (["unroll", "vqa", "--seed", "1500000000", "--out", "o"], "lies in no split"),
     (["demo", "--flow-steps", "0"], "--flow-steps must be positive"),

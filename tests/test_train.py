@@ -313,6 +313,13 @@ def test_eval_cli_on_a_random_tiny_model_every_task(tmp_path):
         assert ("pose_fit" in out) == (task == "pose")
         for v in out["metrics"].values():
             assert v["lo"] <= v["mean"] <= v["hi"]
+    # pose pairs moved like spatial's second view: a different benchmark, named in the output
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "pose", "--checkpoint", str(tmp_path / "ck"),
+                        "--n", "2", "--pose-motions", "move_turn", "--json"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["pose_motions"] == ["move_turn"] and out["n"] == 2 and "auc@30" in out["metrics"]
     bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "vqa", "--checkpoint", str(tmp_path / "ck"),
                           "--plan", "dance"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown primitive" in bad.stderr

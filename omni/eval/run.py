@@ -23,7 +23,7 @@ import numpy as np
 from omni.unroll.engine import Engine, Inputs, Result, parse_pose
 from omni.world import Example, sample
 from omni.world.camera import pose_to_numbers, text_to_numbers
-from omni.world.tasks import LETTERS, split_of_range, stated_answer, stated_option
+from omni.world.tasks import LETTERS, WorldConfig, split_of_range, stated_answer, stated_option
 
 from .checker import check
 from .metrics import bootstrap_ci, depth_metrics, pose_errors, psnr, qa_accuracy, ssim
@@ -190,15 +190,19 @@ def fidelity(ex: Example, res: Result) -> dict:
 
 
 def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Sequence[str] | None = None,
-             log=None) -> dict:
+             log=None, pose_motions: Sequence[str] = ("orbit",)) -> dict:
     """Run `plan` on n examples of `task` (seeds seed_start ...) and summarise every score with its
-    95 % bootstrap interval; per-example scores are kept for paired comparisons."""
+    95 % bootstrap interval; per-example scores are kept for paired comparisons. `pose_motions`
+    (pose only) draws the pairs from other camera motions than the orbits of the default benchmark."""
     if task not in EVAL_TASKS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(EVAL_TASKS)}")
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
+    world = WorldConfig(pose_motions=tuple(pose_motions))
+    if task != "pose" and world.pose_motions != ("orbit",):
+        raise ValueError(f"pose motions apply to the pose task only, not {task}")
     split = split_of_range(seed_start, n)
-    examples = sample(task, range(seed_start, seed_start + n))
+    examples = sample(task, range(seed_start, seed_start + n), world)
     per: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     steps = None
@@ -218,4 +222,5 @@ def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Seq
     return {"task": task, "plan": steps, "n": n, "seed_start": seed_start, "split": split, "metrics": metrics,
             "scores": per, "context_tokens": float(np.mean(tokens)), "seconds": round(time.perf_counter() - t0, 1),
             **({"texts": texts} if any(texts) else {}), **fit,
-            **({"pose_decoder": engine.pose_decoder} if engine.model.cfg.pose_head else {})}
+            **({"pose_decoder": engine.pose_decoder} if engine.model.cfg.pose_head else {}),
+            **({"pose_motions": list(world.pose_motions)} if world.pose_motions != ("orbit",) else {})}
