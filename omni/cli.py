@@ -315,17 +315,14 @@ def _eval_task_command(task: str):
     ):
         import json
 
-        from omni.eval.run import evaluate, held_out
+        from omni.eval.run import eval_world, evaluate, held_out
         from omni.unroll.engine import POSE_DECODERS, Engine, parse_plan
-        from omni.world import WorldConfig
         from omni.world.tasks import split_of_range
 
         _positive("--n", n)
         parse_plan(task, plan)  # a bad plan fails before the model loads
         split_of_range(seed_start, n)
-        motions = WorldConfig(pose_motions=tuple(m.strip() for m in pose_motions.split(","))).pose_motions
-        if task != "pose" and motions != ("orbit",):
-            raise ValueError(f"--pose-motions applies to the pose task only, not {task}")
+        motions = eval_world(task, _csv(pose_motions)).pose_motions  # checked before the model loads
         sampling = _sampling(0.0, 0, visual_temperature, visual_top_k) | _flow(cfg_scale, flow_steps, flow_shift)
         if pose_decoder not in POSE_DECODERS:  # checked before the model loads
             raise ValueError(f"--pose-decoder must be {' or '.join(POSE_DECODERS)}, not {pose_decoder!r}")
@@ -712,7 +709,7 @@ def train(
                 raise ValueError(f"{MODEL_FLAGS[k]} and --model {k} {json.dumps(overrides[k])} disagree")
             overrides[k] = v
     mixture = MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift,
-                            pose_motions=tuple(m.strip() for m in pose_motions.split(",")),
+                            pose_motions=_csv(pose_motions),
                             **MixtureConfig.weights(task_weights, form_weights))
     # the options the command line gave: --resume compares exactly those with the saved run's
     named = {k for k in ctx.params if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE",

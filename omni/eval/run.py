@@ -189,6 +189,15 @@ def fidelity(ex: Example, res: Result) -> dict:
     return out
 
 
+def eval_world(task: str, pose_motions: Sequence[str] = ("orbit",)) -> WorldConfig:
+    """The world `evaluate` samples `task` from: the benchmark's, or for pose other camera motions
+    (a ValueError for unknown motions, or motions other than the orbits for any other task)."""
+    world = WorldConfig(pose_motions=tuple(pose_motions))
+    if task != "pose" and world.pose_motions != ("orbit",):
+        raise ValueError(f"--pose-motions applies to the pose task only, not {task}")
+    return world
+
+
 def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Sequence[str] | None = None,
              log=None, pose_motions: Sequence[str] = ("orbit",)) -> dict:
     """Run `plan` on n examples of `task` (seeds seed_start ...) and summarise every score with its
@@ -198,9 +207,7 @@ def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Seq
         raise ValueError(f"unknown task {task!r}; known: {', '.join(EVAL_TASKS)}")
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    world = WorldConfig(pose_motions=tuple(pose_motions))
-    if task != "pose" and world.pose_motions != ("orbit",):
-        raise ValueError(f"pose motions apply to the pose task only, not {task}")
+    world = eval_world(task, pose_motions)
     split = split_of_range(seed_start, n)
     examples = sample(task, range(seed_start, seed_start + n), world)
     per: dict[str, list[float]] = {}

@@ -564,16 +564,12 @@ def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16", step:
     from omni.model import OmniModel as _M
 
     run_dir = Path(run_dir)
-    cks = sorted(run_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    cks = [p for p in cks if (p / "COMPLETE").is_file()]
-    if step is not None:
-        kept = [int(p.name.split("-")[1]) for p in cks]
-        cks = [p for p in cks if int(p.name.split("-")[1]) == step]
-        if not cks:
-            raise FileNotFoundError(f"no complete checkpoint of step {step} in {run_dir} (complete: {kept})")
+    cks = {int(p.name.split("-")[1]): p for p in checkpoint_dirs(run_dir)}
+    if step is not None and step not in cks:
+        raise FileNotFoundError(f"no complete checkpoint of step {step} in {run_dir} (complete: {list(cks)})")
     if not cks:
         raise FileNotFoundError(f"no complete checkpoint in {run_dir}")
-    src = cks[-1]
+    src = cks[max(cks) if step is None else step]
     model = _M.from_pretrained(src)
     meta = read_json(src / "config.json")
     tensors = read_safetensors(src / "trainer.safetensors")
