@@ -84,6 +84,18 @@ def test_batches_are_a_function_of_seed_and_step(writer):
     assert a.kind.shape == (2, 512)
 
 
+def test_a_wide_batch_draws_enough_examples_to_fill_its_rows(writer):
+    # 48 draws fill about 9 rows of 1,024 tokens; --rows 32 (the GPU plan's) was two-thirds padding
+    narrow = Mixture(MixtureConfig(rows=8, row_len=1024), writer)
+    wide = Mixture(MixtureConfig(rows=24, row_len=1024), writer)
+    assert narrow.slots() == 48 and wide.slots() == 144
+    _, info = wide.batch(0)
+    assert info["tokens"] > 0.8 * 24 * 1024, info["tokens"]
+    # up to 8 rows the draws are unchanged: the first sequences of a step are the same
+    seqs8, seqs2 = narrow.sequences(3), Mixture(MixtureConfig(rows=2, row_len=1024), writer).sequences(3)
+    assert [(t, f) for t, f, _ in seqs2] == [(t, f) for t, f, _ in seqs8[:len(seqs2)]]
+
+
 def test_t_shift_moves_generated_images_noise_levels_toward_pure_noise(writer, tmp_path):
     import numpy as np
 

@@ -284,9 +284,16 @@ class Mixture:
         seed = int(rng.integers(*self.seed_range))
         return task, form, seed, rng
 
-    def sequences(self, step: int, slots: int = 48) -> list[tuple[str, str, list[Segment]]]:
-        """Sequences for one step: `slots` examples are drawn (rendered in one batched call per
-        task) and placed first-fit into the rows, in slot order, until one does not fit."""
+    def slots(self) -> int:
+        """Examples drawn per batch: 48, which fill about 9 rows of 1,024 tokens (~200 tokens an
+        example), and 6 a row beyond 8 rows, so a wide GPU batch is filled too (--rows 32 with 48
+        slots was two-thirds padding). Up to 8 rows the draws are what they always were."""
+        return max(48, 6 * self.mix.rows)
+
+    def sequences(self, step: int, slots: int | None = None) -> list[tuple[str, str, list[Segment]]]:
+        """Sequences for one step: `slots` examples (default `self.slots()`) are drawn (rendered in one
+        batched call per task) and placed first-fit into the rows, in slot order, until one does not fit."""
+        slots = self.slots() if slots is None else slots
         cfg = self.w.cfg
         drawn = [self.draw(step, slot) for slot in range(slots)]
         by_task: dict[str, list[int]] = {}
