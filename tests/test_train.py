@@ -356,3 +356,19 @@ def test_training_steps_under_bf16_autocast(tmp_path, monkeypatch):
     assert all(v.dtype == torch.float32 for v in after.values() if v.dtype.is_floating_point)
     assert any(not torch.equal(before[k], after[k]) for k in after)
     assert all(torch.isfinite(v).all() for v in tr.ema.values() if v.dtype.is_floating_point)
+
+
+def test_a_runs_checkpoints_are_its_complete_step_dirs_only(tmp_path):
+    from omni.eval.steps import run_checkpoints as eval_listing
+    from omni.train.loop import checkpoint_dirs, run_checkpoints
+
+    for name, complete in [("step-0000500", True), ("step-0000250", True), ("step-0000750", False),
+                           ("step-0000250-backup", True), (".tmp-step-0001000", True), ("step-x", True)]:
+        (tmp_path / name).mkdir()
+        if complete:
+            (tmp_path / name / "COMPLETE").write_text("ok\n")
+    assert run_checkpoints(tmp_path) == {250: tmp_path / "step-0000250", 500: tmp_path / "step-0000500"}
+    assert checkpoint_dirs(tmp_path) == [tmp_path / "step-0000250", tmp_path / "step-0000500"]
+    assert eval_listing(tmp_path) == run_checkpoints(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run directory not found"):
+        eval_listing(tmp_path / "missing")

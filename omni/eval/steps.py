@@ -11,7 +11,6 @@ training, be stopped, and be run again. `out/scores_by_step.json` and `.png` sum
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -44,16 +43,12 @@ def _score(model, task: str, n: int, seed_start: int) -> dict:
 
 
 def run_checkpoints(run_dir: str | Path) -> dict[int, Path]:
-    """A run's complete checkpoints, step -> directory."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run}")
-    out = {}
-    for d in run.glob("step-*"):
-        m = re.fullmatch(r"step-(\d+)", d.name)
-        if m and (d / "COMPLETE").is_file():
-            out[int(m.group(1))] = d
-    return dict(sorted(out.items()))
+    """A run's complete checkpoints, step -> directory (omni.train's listing); a missing run is an error."""
+    from omni.train.loop import run_checkpoints as listing
+
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    return listing(run_dir)
 
 
 def _export_step(step_dir: Path, dest: Path) -> Path:

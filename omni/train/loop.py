@@ -14,6 +14,7 @@ import json
 import math
 import numbers
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -238,10 +239,20 @@ def _collate(x):
     return x
 
 
+def run_checkpoints(run_dir: str | Path) -> dict[int, Path]:
+    """A run's complete checkpoints (step-N/ with COMPLETE), step -> directory, oldest first. Other
+    names (a copy such as step-N-backup, an unfinished .tmp-step-N) are not checkpoints."""
+    out = {}
+    for d in Path(run_dir).glob("step-*"):
+        m = re.fullmatch(r"step-(\d+)", d.name)
+        if m and (d / "COMPLETE").is_file():
+            out[int(m.group(1))] = d
+    return dict(sorted(out.items()))
+
+
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
-    """A run's complete checkpoints (step-N/ with COMPLETE), oldest first."""
-    ck = sorted(Path(run_dir).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return [p for p in ck if (p / "COMPLETE").is_file()]
+    """A run's complete checkpoints, oldest first."""
+    return list(run_checkpoints(run_dir).values())
 
 
 def ddp_info() -> tuple[int, int]:
@@ -564,7 +575,7 @@ def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16", step:
     from omni.model import OmniModel as _M
 
     run_dir = Path(run_dir)
-    cks = {int(p.name.split("-")[1]): p for p in checkpoint_dirs(run_dir)}
+    cks = run_checkpoints(run_dir)
     if step is not None and step not in cks:
         raise FileNotFoundError(f"no complete checkpoint of step {step} in {run_dir} (complete: {list(cks)})")
     if not cks:
