@@ -367,7 +367,8 @@ def eval_context_use(
 ):
     """Does the model use each context? Its output given the world's true contexts (as in training)
     against none: for t2i the generator's teacher-forced flow loss given the true short thought,
-    layout text and visual codes (same targets and noise); for vqa / spatial the answer's greedy
+    layout text and visual codes (same targets and noise), and the rollout's visual codes given the
+    true short thought and layout text; for vqa / spatial the answer's greedy
     correctness and loss given the true thought, pose text and views; for depth the depth map given
     the true captions and visual codes."""
     import json

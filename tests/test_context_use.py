@@ -60,7 +60,7 @@ def test_cli_json_and_errors(tmp_path):
                         "--n", "1", "--t", "0.7", "--json"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert list(out["tables"]) == ["t=0.7"] and out["n"] == 1
+    assert list(out["tables"]) == ["t=0.7", "codes nll", "codes accuracy"] and out["n"] == 1
     for args, needle in ((["--t", "high"], "--t must be numbers"), (["--t", "2"], "noise levels"),
                          (["--n", "0"], "--n must be positive")):
         bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint",
@@ -156,7 +156,7 @@ def test_context_use_one_shape_for_every_task():
 
     m = tiny()
     t2i = context_use(m, "t2i", 1, 1_000_000_000, ts=(0.9,))
-    assert list(t2i["tables"]) == ["t=0.9"] and t2i["by_group"] == {}
+    assert list(t2i["tables"]) == ["t=0.9", "codes nll", "codes accuracy"] and t2i["by_group"] == {}
     assert [r.name for r in t2i["tables"]["t=0.9"].rows] == row_names("t2i")
     sp = context_use(m, "spatial", 2, 1_000_000_000)
     assert list(sp["tables"]) == ["accuracy", "answer nll"] and sp["by_group"]
@@ -164,3 +164,25 @@ def test_context_use_one_shape_for_every_task():
         context_use(m, "vqa", 1, 0, ts=(0.5,))
     with pytest.raises(ValueError, match="context use is measured"):
         context_use(m, "pose", 1, 0)
+
+
+def test_rollout_rows_are_paired_and_read_the_text():
+    """The rollout's codes are the same targets in every row: with one example its "other prompt" is
+    its own, so that row equals the prompt row exactly; with three, the text before the codes reaches
+    their logits (the layout and another prompt change each example's loss: the paired differences
+    are not all zero), and the scores are in range."""
+    from omni.eval.context_use import ROLLOUT_FORMS, rollout_context_use
+
+    m = tiny()
+    one = {k: {r.name: r.mean for r in t.rows} for k, t in rollout_context_use(m, 1, 1_000_000_000).items()}
+    assert list(one) == ["codes nll", "codes accuracy"]
+    for rows in one.values():
+        assert list(rows) == list(ROLLOUT_FORMS) and rows["other prompt"] == rows["prompt"]
+    tabs = rollout_context_use(m, 3, 1_000_000_000, batch=2)
+    nll = {r.name: r for r in tabs["codes nll"].rows}
+    acc = {r.name: r.mean for r in tabs["codes accuracy"].rows}
+    assert tabs["codes nll"].n == 3 and not tabs["codes nll"].higher_is_better
+    assert tabs["codes accuracy"].higher_is_better
+    assert all(r.mean > 0 for r in nll.values()) and all(0 <= v <= 1 for v in acc.values())
+    for name in ("+short", "+long", "other prompt"):
+        assert nll[name].delta_hi - nll[name].delta_lo > 1e-6, name

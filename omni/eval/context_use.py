@@ -1,5 +1,6 @@
 """Is a context used? The model's teacher-forced output on held-out examples, given each ground-truth
-context the mixture trains it with: for t2i the generator's flow loss, for vqa / spatial the answer
+context the mixture trains it with: for t2i the generator's flow loss (and the visual-token
+rollout's code loss, `rollout_context_use`), for vqa / spatial the answer
 (`answer_context_use`: its greedy correctness and loss), for depth the depth head's map.
 
 Every row holds the same target latents, noise level t and noise; rows differ only in what precedes
@@ -91,6 +92,54 @@ def flow_context_use(model: OmniModel, n: int, seed_start: int, ts: Sequence[flo
                 scores[t][name].append(float(err[m & (row_of == r)].mean()))
     return {f"t={t:g}": ablation_table(scores[t], title=f"t2i flow loss given each true context, t = {t:g}",
                                        metric="flow mse", higher_is_better=False) for t in ts}
+
+
+ROLLOUT_FORMS = {"prompt": "visual", "+short": "short+visual", "+long": "long+visual", "other prompt": "visual"}
+
+
+@torch.no_grad()
+def rollout_context_use(model: OmniModel, n: int, seed_start: int, batch: int = 8) -> dict[str, AblationTable]:
+    """Does the visual-token rollout read the text before it? The target image's visual codes,
+    teacher-forced after the prompt alone ("prompt"), after the world's short thought ("+short") and
+    after its layout text ("+long"), written exactly as the mixture's visual forms write them, and
+    after another example's prompt ("other prompt": the next example's, the last taking the first's;
+    how much the prompt itself decides), on n t2i examples from seed_start. Per example: `codes nll`
+    (nats per code, over the visual vocabulary, as the rollout samples) and `codes accuracy` (the
+    fraction of codes that are the argmax given the true codes before them). The layout states each
+    object's cell, so a rollout that reads it predicts the codes better with it; equal rows mean the
+    rollout draws the image from the prompt alone, and the layout can reach the image only through
+    the generator."""
+    _check(model, n, seed_start)
+    model = model.eval()
+    cfg = model.cfg
+    w = Writer(model.tokenizer, model.visual, cfg)
+    exs = sample("t2i", list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size))
+    names = list(ROLLOUT_FORMS)
+    scores = {k: {name: [] for name in names} for k in ("codes nll", "codes accuracy")}
+    device = next(model.parameters()).device
+    vis = slice(cfg.text_vocab, cfg.vocab_size)
+    for lo in range(0, n, batch):
+        seqs = []
+        for i, ex in enumerate(exs[lo:lo + batch], lo):
+            other = exs[(i + 1) % n].texts["prompt"]
+            for name, form in ROLLOUT_FORMS.items():
+                this = dataclasses.replace(ex, texts={**ex.texts, "prompt": other}) if name == "other prompt" else ex
+                segs = w.write(this, form, np.random.default_rng([i]))
+                at = next(j for j, s in enumerate(segs) if s.kind == "visual")  # the codes; nothing after them
+                seqs.append([dataclasses.replace(s, loss=j == at) for j, s in enumerate(segs[:at + 1])])
+        b = pack(seqs, cfg).to(device)
+        h = model(b)
+        for r in range(len(seqs)):
+            at = torch.nonzero(b.target[r] >= 0).squeeze(1)
+            tgt = b.target[r, at] - cfg.text_vocab
+            if len(at) != cfg.latent_grid ** 2 or bool((tgt < 0).any()):
+                raise AssertionError("the visual form's codes changed shape; update rollout_context_use")
+            lg = model.logits(h[r, at], vis).float()
+            name = names[r % len(names)]
+            scores["codes nll"][name].append(float(torch.nn.functional.cross_entropy(lg, tgt)))
+            scores["codes accuracy"][name].append(float((lg.argmax(-1) == tgt).float().mean()))
+    return {k: ablation_table(v, title="t2i: the rollout's visual codes given the text before them",
+                              metric=k, higher_is_better=k == "codes accuracy") for k, v in scores.items()}
 
 
 def _answer_only(w: Writer, segs: list) -> list:
@@ -240,11 +289,13 @@ def context_use(model: OmniModel, task: str, n: int, seed_start: int,
                 ts: Sequence[float] | None = None) -> dict:
     """Either measure, by task, in one shape: {"tables": name -> AblationTable, "by_group": question
     type -> row -> {"n", metric means}}. t2i: `flow_context_use` at the noise levels ts (default
-    NOISE_LEVELS; tables "t=0.95", ...; no question types). vqa / spatial / depth:
+    NOISE_LEVELS; tables "t=0.95", ...; no question types), then `rollout_context_use` (tables "codes
+    nll", "codes accuracy"). vqa / spatial / depth:
     `answer_context_use` (ts must be None: they have no noise level); spatial adds "thought_steps"
     (`thought_steps`: where the true thought's last steps break)."""
     if task == "t2i":
-        return {"tables": flow_context_use(model, n, seed_start, NOISE_LEVELS if ts is None else ts),
+        return {"tables": {**flow_context_use(model, n, seed_start, NOISE_LEVELS if ts is None else ts),
+                           **rollout_context_use(model, n, seed_start)},
                 "by_group": {}}
     row_names(task)  # an unknown task fails here, before anything else
     if ts is not None:
