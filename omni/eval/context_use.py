@@ -94,6 +94,13 @@ def flow_context_use(model: OmniModel, n: int, seed_start: int, ts: Sequence[flo
                                        metric="flow mse", higher_is_better=False) for t in ts}
 
 
+def _target_logits(model: OmniModel, b, h: torch.Tensor, r: int, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row r's teacher-forced prediction at each of its loss positions: the fp32 logits over the
+    vocabulary columns `cols` (text or visual ids) and the true next ids, counted from cols.start."""
+    at = torch.nonzero(b.target[r] >= 0).squeeze(1)
+    return model.logits(h[r, at], cols).float(), b.target[r, at] - cols.start
+
+
 ROLLOUT_FORMS = {"prompt": "visual", "+short": "short+visual", "+long": "long+visual", "other prompt": "visual"}
 
 
@@ -130,11 +137,9 @@ def rollout_context_use(model: OmniModel, n: int, seed_start: int, batch: int = 
         b = pack(seqs, cfg).to(device)
         h = model(b)
         for r in range(len(seqs)):
-            at = torch.nonzero(b.target[r] >= 0).squeeze(1)
-            tgt = b.target[r, at] - cfg.text_vocab
-            if len(at) != cfg.latent_grid ** 2 or bool((tgt < 0).any()):
+            lg, tgt = _target_logits(model, b, h, r, vis)
+            if len(tgt) != cfg.latent_grid ** 2 or bool((tgt < 0).any()):
                 raise AssertionError("the visual form's codes changed shape; update rollout_context_use")
-            lg = model.logits(h[r, at], vis).float()
             name = names[r % len(names)]
             scores["codes nll"][name].append(float(torch.nn.functional.cross_entropy(lg, tgt)))
             scores["codes accuracy"][name].append(float((lg.argmax(-1) == tgt).float().mean()))
@@ -199,9 +204,7 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
                 scores["delta1"][name].append(m["delta1"])
                 scores["abs_rel"][name].append(m["abs_rel"])
             else:
-                at = torch.nonzero(b.target[r] >= 0).squeeze(1)
-                lg = model.logits(h[r, at], slice(0, cfg.text_vocab)).float()
-                tgt = b.target[r, at]
+                lg, tgt = _target_logits(model, b, h, r, slice(0, cfg.text_vocab))
                 scores["accuracy"][name].append(float((lg.argmax(-1) == tgt).all()))
                 scores["answer nll"][name].append(float(torch.nn.functional.cross_entropy(lg, tgt)))
     better = {"delta1": True, "abs_rel": False, "accuracy": True, "answer nll": False}
@@ -268,9 +271,9 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8) -> 
         b = pack(seqs, cfg).to(device)
         h = model(b)
         for r in range(len(chunk)):
-            at = torch.nonzero(b.target[r] >= 0).squeeze(1)
-            pred = model.logits(h[r, at], slice(0, cfg.text_vocab)).float().argmax(-1)
-            hit = pred == b.target[r, at]
+            lg, tgt = _target_logits(model, b, h, r, slice(0, cfg.text_vocab))
+            pred = lg.argmax(-1)
+            hit = pred == tgt
             k, right = 0, {name: True for name in STEP_NAMES}
             for size, what in spans[r]:
                 right[what] &= bool(hit[k:k + size].all())
