@@ -470,10 +470,11 @@ def eval_compare(
 @eval_app.command("curves")
 @user_errors
 def eval_curves(
-    log: str = typer.Option(..., help="A run's log.jsonl."),
+    log: list[str] = typer.Option(..., help="A run's log.jsonl; repeated, the logs of a stage's slices "  # noqa: B008
+                                    "(each run from the one before's weights), plotted end to end."),
     out: str = typer.Option("training_curves.png", help="Output PNG."),
 ):
-    """Plot a training run's loss curves from its JSONL log."""
+    """Plot a training run's loss curves from its JSONL log (or several runs' logs, chained)."""
     from omni.eval.report import plot_training
 
     _image_file("--out", out)

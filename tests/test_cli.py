@@ -128,6 +128,23 @@ def test_curves_read_a_log_being_written_and_name_bad_lines(tmp_path):
         assert r.returncode == 2 and needle in r.stderr, r.stderr
 
 
+def test_curves_chain_the_logs_of_a_stage_trained_in_slices(tmp_path):
+    from omni.eval.report import chain_logs
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(json.dumps({"step": s, "text_ce": 2.0}) for s in range(1, 31)))
+    b.write_text("\n".join(json.dumps({"step": s, "text_ce": 1.0}) for s in range(1, 21)))
+    rows, starts = chain_logs([a, b])
+    assert sorted(rows) == list(range(1, 51)) and starts == [30]
+    assert rows[30]["text_ce"] == 2.0 and rows[31]["text_ce"] == 1.0
+    r = omni("eval", "curves", "--log", str(a), "--log", str(b), "--out", str(tmp_path / "ab.png"))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "ab.png").width > 100
+    b.write_text("")
+    r = omni("eval", "curves", "--log", str(a), "--log", str(b), "--out", str(tmp_path / "ab.png"))
+    assert r.returncode == 2 and "b.jsonl: no log entries" in r.stderr, r.stderr
+
+
 def test_tokenizer_commands_check_options_before_work(tmp_path):
     (tmp_path / "blocker").write_text("x")
     for args, needle in [(["train-visual", "--out", str(tmp_path / "v"), "--size", "30"], "not divisible"),

@@ -170,17 +170,37 @@ def read_log(log_path: str | Path) -> dict[int, dict]:
 LOSS_CURVES = ("text_ce", "visual_ce", "flow_mse", "depth")
 
 
-def plot_training(log_path: str | Path, out: str | Path, keys: Sequence[str] | None = None,
-                  window: int = 25) -> Path:
+def chain_logs(log_paths: Sequence[str | Path]) -> tuple[dict[int, dict], list[int]]:
+    """Several runs' logs end to end, as one stage trained in slices, each from the one before's
+    weights (a run that starts again at step 1): each log's steps are shifted by the last step of the
+    logs before it. Returns the chained step -> metrics and the step where each later log starts."""
+    if not log_paths:
+        raise ValueError("no log given")
+    rows: dict[int, dict] = {}
+    starts: list[int] = []
+    offset = 0
+    for i, path in enumerate(log_paths):
+        part = read_log(path)
+        if i:
+            starts.append(offset)
+        rows.update({offset + s: m for s, m in part.items()})
+        offset += max(part)
+    return rows, starts
+
+
+def plot_training(log_path: str | Path | Sequence[str | Path], out: str | Path,
+                  keys: Sequence[str] | None = None, window: int = 25) -> Path:
     """Loss curves from a run's log.jsonl (moving average over `window` steps; a batch mixes tasks,
     so single steps are noisy). Zero entries — a loss absent from that batch — are skipped. By
-    default the four losses every run has, and the pose head's where the run logged one."""
+    default the four losses every run has, and the pose head's where the run logged one. Several
+    logs are chained end to end (`chain_logs`), a dashed line where each later one starts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_log(log_path)
+    paths = [log_path] if isinstance(log_path, (str, Path)) else list(log_path)
+    rows, starts = chain_logs(paths)
     steps = sorted(rows)
     if keys is None:
         keys = LOSS_CURVES + (("pose",) if any(r.get("pose", 0) > 0 for r in rows.values()) else ())
@@ -193,6 +213,8 @@ def plot_training(log_path: str | Path, out: str | Path, keys: Sequence[str] | N
             smooth = np.convolve(ys, np.ones(w) / w, mode="valid")
             ax.plot(xs, ys, color="#c0c8d8", lw=0.6)
             ax.plot(xs[w - 1:], smooth, color="#4c72b0", lw=1.5)
+        for x in starts:
+            ax.axvline(x, color="#888888", lw=0.8, ls="--")
         ax.set_title(k)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
