@@ -85,3 +85,57 @@ def test_bad_options():
     with pytest.raises(ValueError):
         sample_scene(np.random.default_rng(0), SceneOptions(shapes=("cube",), colors=("red",)), n=2,
                      unique=True)
+
+
+def _place_one_at_a_time(rng, scene, obj, opts, tries=200, region=None):
+    """`place` as it was first written: one spot drawn and the whole scene checked at a time (the
+    reference the vectorized `place` must agree with, draw for draw)."""
+    from omni.world.scene import GAP
+
+    x0, x1, y0, y1 = region or (-opts.place_half, opts.place_half, -opts.place_half, opts.place_half)
+    for _ in range(tries):
+        obj.x, obj.y = float(rng.uniform(x0, x1)), float(rng.uniform(y0, y1))
+        if Scene(scene.objects + [obj]).valid(GAP):
+            scene.objects.append(obj)
+            return True
+    return False
+
+
+def test_vectorized_place_decides_and_draws_as_one_spot_at_a_time():
+    """The same spot, the same answer and the generator left in the same state, on crowded scenes,
+    tight regions (many spots rejected, some calls failing), scenes that are already invalid (every
+    spot fails) and spots just at the gap's threshold."""
+    import copy
+
+    from omni.world.scene import GAP, place, random_object
+
+    opts = SceneOptions()
+    outcomes = set()
+    for s in range(400):
+        rng = np.random.default_rng([11, s])
+        base = sample_scene(rng, opts, n=int(rng.integers(0, 6)) or None)
+        if s % 50 == 0:  # two objects overlapping: no spot can make this scene valid
+            base.objects = base.objects[:1] * 2
+        half = float(rng.choice([0.3, 0.8, 1.5, 3.0]))
+        cx, cy = rng.uniform(-1, 1, 2)
+        region = None if s % 3 == 0 else (cx - half, cx + half, cy - half, cy + half)
+        obj = random_object(rng, opts)
+        tries = int(rng.choice([0, 1, 5, 200]))
+        a, b = copy.deepcopy(base), copy.deepcopy(base)
+        oa, ob = copy.deepcopy(obj), copy.deepcopy(obj)
+        ra, rb = np.random.default_rng([12, s]), np.random.default_rng([12, s])
+        got = place(ra, a, oa, opts, tries=tries, region=region)
+        want = _place_one_at_a_time(rb, b, ob, opts, tries=tries, region=region)
+        assert got == want and (oa.x, oa.y) == (ob.x, ob.y) and a == b, s
+        assert ra.random() == rb.random(), s  # the generator where one-at-a-time leaves it
+        outcomes.add((got, tries))
+    assert {(True, 200), (False, 200), (False, 0), (True, 1)} <= outcomes
+    # a spot exactly at the threshold: the distance equals footprint + footprint + gap
+    scene = Scene([Obj("sphere", "red", "small", 0.0, 0.0)])
+    new = Obj("sphere", "blue", "small", 0.0, 0.0)
+    edge = 0.4 + 0.4 + GAP
+    from omni.world.scene import _free_spots
+
+    spots = np.array([[edge, 0.0], [np.nextafter(edge, 0), 0.0], [0.0, -edge]])
+    want = [Scene([scene.objects[0], Obj("sphere", "blue", "small", x, y)]).valid(GAP) for x, y in spots]
+    assert _free_spots(scene, new, spots).tolist() == want == [True, False, True]
