@@ -271,13 +271,20 @@ def _flow_shift_option():
     return typer.Option(1.0, help="Shift the flow sampler's steps toward pure noise (1: uniform).")
 
 
-def _flow(cfg_scale: float, flow_steps: int, flow_shift: float) -> dict:
+def _flow_start_option():
+    return typer.Option(1.0, help="nvs, video, edit: start the flow at this noise level from the input image "
+                                  "(SDEdit; 1: from pure noise).")
+
+
+def _flow(cfg_scale: float, flow_steps: int, flow_shift: float, flow_start: float = 1.0) -> dict:
     """Engine keyword arguments for the image sampler's options, checked before any model loads."""
     _positive("--flow-steps", flow_steps)
     _positive("--flow-shift", flow_shift)
     if not 0 <= cfg_scale < float("inf"):
         raise ValueError(f"--cfg-scale must be >= 0, got {cfg_scale}")
-    return {"cfg_scale": cfg_scale, "flow_steps": flow_steps, "flow_shift": flow_shift}
+    if not 0 < flow_start <= 1:
+        raise ValueError(f"--flow-start must be in (0, 1], got {flow_start}")
+    return {"cfg_scale": cfg_scale, "flow_steps": flow_steps, "flow_shift": flow_shift, "flow_start": flow_start}
 
 
 def _sampling(temperature: float, top_k: int, visual_temperature: float | None, visual_top_k: int | None) -> dict:
@@ -304,6 +311,7 @@ def _eval_task_command(task: str):
         cfg_scale: float = _cfg_scale_option(),
         flow_steps: int = _flow_steps_option(),
         flow_shift: float = _flow_shift_option(),
+        flow_start: float = _flow_start_option(),
         visual_temperature: float | None = _visual_temperature_option(),
         visual_top_k: int | None = _visual_top_k_option(),
         pose_decoder: str = typer.Option("text", help="Where the model has a pose head: decode its pose texts' "
@@ -323,7 +331,8 @@ def _eval_task_command(task: str):
         parse_plan(task, plan)  # a bad plan fails before the model loads
         split_of_range(seed_start, n)
         motions = eval_world(task, _csv(pose_motions)).pose_motions  # checked before the model loads
-        sampling = _sampling(0.0, 0, visual_temperature, visual_top_k) | _flow(cfg_scale, flow_steps, flow_shift)
+        sampling = _sampling(0.0, 0, visual_temperature, visual_top_k) | _flow(cfg_scale, flow_steps, flow_shift,
+                                                                               flow_start)
         if pose_decoder not in POSE_DECODERS:  # checked before the model loads
             raise ValueError(f"--pose-decoder must be {' or '.join(POSE_DECODERS)}, not {pose_decoder!r}")
         engine = Engine(_load(checkpoint, device), seed=seed, pose_decoder=pose_decoder, **sampling)

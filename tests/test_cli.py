@@ -77,6 +77,8 @@ def test_unwritable_output_dir(tmp_path):
     (["eval", "t2i", "--n", "1", "--cfg-scale", "-5"], "--cfg-scale must be >= 0"),
     (["eval", "t2i", "--n", "1", "--visual-temperature", "nan"], "--visual-temperature must be >= 0"),
     (["eval", "t2i", "--n", "1", "--flow-shift", "nan"], "--flow-shift must be positive"),
+    (["eval", "edit", "--n", "1", "--flow-start", "0"], "--flow-start must be in (0, 1]"),
+    (["eval", "edit", "--n", "1", "--flow-start", "1.5"], "--flow-start must be in (0, 1]"),
     (["eval", "pose", "--n", "1", "--pose-decoder", "regress"], "--pose-decoder must be text or head"),
     (["eval", "pose", "--n", "1", "--pose-motions", "orbit,spin"], "pose motions must be distinct names among"),
     (["eval", "vqa", "--n", "1", "--pose-motions", "move_turn"], "--pose-motions applies to the pose task only"),

@@ -8,6 +8,7 @@ from omni.eval.metrics import (
     auc_from_errors,
     bootstrap_ci,
     depth_metrics,
+    edit_regions,
     extract_letter,
     pose_auc,
     pose_errors,
@@ -169,6 +170,35 @@ def test_psnr_ssim_equal_skimage():
         psnr(np.zeros((4, 4)), np.zeros((4, 5)))
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim(np.zeros((8, 8)), np.zeros((8, 8)))
+
+
+def test_edit_regions_score_the_changed_pixels_apart_from_the_rest():
+    rng = np.random.default_rng(7)
+    before = rng.random((16, 16, 3))
+    after = before.copy()
+    after[4:8, 4:8] = [1.0, 1.0, 0.0]  # a 4x4 patch recoloured: 16 of 256 pixels change
+    changed = np.zeros((16, 16), bool)
+    changed[4:8, 4:8] = True
+    copy = edit_regions(before, before, after)  # copying the input draws nothing of the change
+    assert copy["change_drawn"] == pytest.approx(0.0) and copy["psnr_unchanged"] == float("inf")
+    assert copy["psnr_changed"] == pytest.approx(copy["copy_psnr_changed"])
+    assert copy["copy_psnr_changed"] == pytest.approx(psnr(before[changed], after[changed]))
+    exact = edit_regions(after, before, after)
+    assert exact["change_drawn"] == 1.0 and exact["psnr_changed"] == float("inf")
+    half = before + 0.5 * (after - before)  # half way in colour: a quarter of the squared error left
+    assert edit_regions(half, before, after)["change_drawn"] == pytest.approx(0.75)
+    # the change drawn but the rest blurred: the changed region scores, the rest falls
+    blurred = after.copy()
+    blurred[~changed] = np.clip(blurred[~changed] + 0.1, 0, 1)
+    r = edit_regions(blurred, before, after)
+    assert r["change_drawn"] == 1.0 and r["psnr_unchanged"] < 25
+    wrong = before.copy()
+    wrong[4:8, 4:8] = 1.0 - after[4:8, 4:8]  # a different colour than asked: worse than copying
+    assert edit_regions(wrong, before, after)["change_drawn"] < 0
+    with pytest.raises(ValueError, match="must differ in some pixels"):
+        edit_regions(before, before, before)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        edit_regions(before[:8], before, after)
 
 
 def test_qa_accuracy():

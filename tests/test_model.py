@@ -549,3 +549,42 @@ def test_source_cond():
                         (Segment("image_clean", latents=x, source=src), "image_gen segments only")):
         with pytest.raises(ValueError, match=needle):
             pack([[bad]], cfg)
+
+
+def test_flow_sampler_starts_from_the_noised_source():
+    """start < 1 (SDEdit): the flow begins at t0 from (1 - t0) source + t0 noise and steps over the grid
+    from start down to 0; start 1 is the plain sampler; a start near 0 keeps the source; start < 1
+    without a source, or outside (0, 1], is an error."""
+    import omni.model.sampling as sampling
+
+    m = model()
+    cfg = m.cfg
+    c = KVCache(cfg)
+    extend(m, c, [Segment("text", [5, 6, 7])])
+    src = torch.randn(1, cfg.latent_grid ** 2, cfg.latent_dim, generator=torch.Generator().manual_seed(4))
+    plain = sample_latents(m, c.fork(), steps=3, generator=torch.Generator().manual_seed(1))
+    same = sample_latents(m, c.fork(), steps=3, generator=torch.Generator().manual_seed(1), start=1.0)
+    assert torch.equal(plain, same)
+    seen = []
+    real = sampling.extend
+
+    def spy(model_, cache, segs, **kw):
+        seen.append((round(segs[0][0].t, 6), segs[0][0].latents.clone()))
+        return real(model_, cache, segs, **kw)
+
+    noise = torch.randn(1, cfg.latent_grid ** 2, cfg.latent_dim, generator=torch.Generator().manual_seed(2))
+    sampling.extend = spy
+    try:
+        sample_latents(m, c.fork(), steps=4, noise=noise, source=src, start=0.5)
+    finally:
+        sampling.extend = real
+    assert [t for t, _ in seen] == [0.5, 0.375, 0.25, 0.125]
+    assert torch.allclose(seen[0][1], 0.5 * src[0] + 0.5 * noise[0])
+    near = sample_latents(m, c.fork(), steps=2, generator=torch.Generator().manual_seed(1), source=src, start=1e-4)
+    far = sample_latents(m, c.fork(), steps=2, generator=torch.Generator().manual_seed(1), source=src)
+    assert (near - src).abs().max() < 0.05 < (far - src).abs().max()
+    with pytest.raises(ValueError, match="needs source"):
+        sample_latents(m, c.fork(), steps=2, start=0.5)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="start must be in"):
+            sample_latents(m, c.fork(), steps=2, source=src, start=bad)

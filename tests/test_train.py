@@ -323,6 +323,7 @@ def test_eval_cli_on_a_random_tiny_model_every_task(tmp_path):
         out = json.loads(r.stdout)
         assert out["task"] == task and out["n"] == 1 and out["metrics"]
         assert ("pose_fit" in out) == (task == "pose")
+        assert ("change_drawn" in out["metrics"]) == (task == "edit")  # edits also scored by region
         for v in out["metrics"].values():
             assert v["lo"] <= v["mean"] <= v["hi"]
     # pose pairs moved like spatial's second view: a different benchmark, named in the output

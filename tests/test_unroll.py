@@ -582,3 +582,27 @@ def test_an_ablation_resumes_with_the_draws_of_a_run_that_never_stopped(model, t
     assert weights_digest(changed) != weights_digest(model) == weights_digest(flagged())
     with pytest.raises(ValueError, match="weights differ"):
         ablate(engine(changed), *args, rows=rows, partial=partial, resume=True)
+
+
+def test_flow_start_draws_image_to_image_outputs_from_their_source():
+    """flow_start < 1 starts nvs / video / edit's flow from their noised source (SDEdit): near 0 the
+    output is the source's own decoded latents; t2i (no source) samples as before; a flow_start outside
+    (0, 1] is an error before anything runs."""
+    m = flagged(source_cond=True)
+    ex = sample("edit", [2_000_000_002])[0]
+    src = ex.views["before"].rgb
+    recon = m.visual.decode_latents(engine(m).fmt.latents([src]))[0].numpy()
+    kept = engine(m, flow_start=1e-4).run(inputs_of(ex), "direct").output.image
+    drawn = engine(m).run(inputs_of(ex), "direct").output.image
+    assert np.abs(kept - recon).max() < 0.02 < np.abs(drawn - recon).max()
+    t2i = inputs_of(sample("t2i", [2_000_000_001])[0])
+    assert np.array_equal(engine(m, flow_start=0.5).run(t2i, "direct").output.image,
+                          engine(m).run(t2i, "direct").output.image)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="flow_start"):
+            engine(m, flow_start=bad)
+    from omni.eval.run import evaluate
+
+    r = evaluate(engine(m, flow_start=0.5), "edit", 1, 2_000_000_000)  # an evaluation records it
+    assert r["flow_start"] == 0.5 and "change_drawn" in r["metrics"]
+    assert "flow_start" not in evaluate(engine(m, flow_start=0.5), "t2i", 1, 2_000_000_000)

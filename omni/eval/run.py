@@ -10,7 +10,9 @@ the generation checker), and every reported mean carries a 95 % bootstrap interv
     pose          AUC@30 over the pairs (each pair's share of the 1..30 degree thresholds it meets); and
                   `pose_fit`: how each of the six numbers follows the truth (a constant guess scores
                   AUC@30 too: see references.py)
-    nvs, video, edit  PSNR and SSIM of the generated image, and PSNR of copying the input image
+    nvs, video, edit  PSNR and SSIM of the generated image, and PSNR of copying the input image;
+                  edit also split by region (metrics.edit_regions): PSNR over the pixels the edit
+                  changes and over the rest, and `change_drawn`, the share of the change's error removed
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from omni.world.camera import pose_to_numbers, text_to_numbers
 from omni.world.tasks import LETTERS, WorldConfig, split_of_range, stated_answer, stated_option
 
 from .checker import check
-from .metrics import bootstrap_ci, depth_metrics, pose_errors, psnr, qa_accuracy, ssim
+from .metrics import bootstrap_ci, depth_metrics, edit_regions, pose_errors, psnr, qa_accuracy, ssim
 
 EVAL_TASKS = ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit")
+SOURCE_TASKS = ("nvs", "video", "edit")  # image-to-image: an input image the output is drawn from
 
 
 def inputs_of(ex: Example) -> Inputs:
@@ -116,7 +119,9 @@ def score(ex: Example, res: Result) -> dict:
     src = {"nvs": "source", "video": "frame0", "edit": "before"}[task]
     tgt = {"nvs": "target", "video": "frame1", "edit": "after"}[task]
     gt = ex.views[tgt].rgb
-    return {"psnr": psnr(out.image, gt), "ssim": ssim(out.image, gt), "copy_psnr": psnr(ex.views[src].rgb, gt)}
+    regions = edit_regions(out.image, ex.views[src].rgb, gt) if task == "edit" else {}
+    return {"psnr": psnr(out.image, gt), "ssim": ssim(out.image, gt), "copy_psnr": psnr(ex.views[src].rgb, gt),
+            **regions}
 
 
 # the world's ground truth for each text primitive, per task: (texts key)
@@ -230,4 +235,5 @@ def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Seq
             "scores": per, "context_tokens": float(np.mean(tokens)), "seconds": round(time.perf_counter() - t0, 1),
             **({"texts": texts} if any(texts) else {}), **fit,
             **({"pose_decoder": engine.pose_decoder} if engine.model.cfg.pose_head else {}),
+            **({"flow_start": engine.flow_start} if task in SOURCE_TASKS and engine.flow_start != 1 else {}),
             **({"pose_motions": list(world.pose_motions)} if world.pose_motions != ("orbit",) else {})}

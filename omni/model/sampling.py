@@ -72,12 +72,15 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
 def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg_scale: float = 1.0,
                    cfg_interval: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
                    noise: torch.Tensor | None = None, advance: bool = True, flow_shift: float = 1.0,
-                   source: torch.Tensor | None = None) -> torch.Tensor:
+                   source: torch.Tensor | None = None, start: float = 1.0) -> torch.Tensor:
     """Generate one image per cache row: latents (rows, g*g, latent_dim) by Euler steps of the flow
     from t = 1 to 0. The image_gen segment is never stored; with advance=True the cache then moves
     one position past it, as in training. cache=None: unconditional, one image. `source` (rows, g*g,
     latent_dim): each row's source image latents, an input of every step (both guidance branches)
-    for a model with source_cond."""
+    for a model with source_cond. `start` < 1 (needs `source`; SDEdit, Meng et al. 2022): the flow
+    starts from the source noised as training noises a target, x = (1 - t0) source + t0 noise at
+    t0 = the first level of the grid from `start` down to 0 (shifted by flow_shift), so what the image
+    keeps of its source need not be redrawn from pure noise; the same noise is drawn either way."""
     cfg = model.cfg
     rows = cache.rows if cache is not None else 1
     n = cfg.latent_grid ** 2
@@ -85,10 +88,17 @@ def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg
     x = (torch.randn((rows, n, cfg.latent_dim), generator=generator) if noise is None else noise.clone()).to(device)
     if not flow_shift > 0:
         raise ValueError(f"flow_shift must be > 0, got {flow_shift}")
-    ts = shift_t(torch.linspace(1.0, 0.0, steps + 1), flow_shift)
+    if not 0.0 < start <= 1.0:
+        raise ValueError(f"start must be in (0, 1], got {start}")
+    if start < 1.0 and source is None:
+        raise ValueError("start < 1 starts the flow from the source image's latents: it needs source")
+    ts = shift_t(torch.linspace(start, 0.0, steps + 1), flow_shift)
     lo, hi = cfg_interval
     if source is not None and tuple(source.shape) != (rows, n, cfg.latent_dim):
         raise ValueError(f"source latents must be ({rows}, {n}, {cfg.latent_dim}), got {tuple(source.shape)}")
+    if start < 1.0:
+        t0 = float(ts[0])
+        x = (1.0 - t0) * source.to(device=device, dtype=x.dtype) + t0 * x
     srcs = [None] * rows if source is None else list(source.cpu())
     for i in range(steps):
         t, t_next = float(ts[i]), float(ts[i + 1])

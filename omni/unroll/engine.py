@@ -259,7 +259,7 @@ class Engine:
 
     def __init__(self, model: OmniModel, temperature: float = 0.0, top_k: int = 0, seed: int = 0,
                  flow_steps: int = FLOW_STEPS, cfg_scale: float = CFG_SCALE,
-                 cfg_interval: tuple[float, float] = (0.0, 1.0), flow_shift: float = 1.0,
+                 cfg_interval: tuple[float, float] = (0.0, 1.0), flow_shift: float = 1.0, flow_start: float = 1.0,
                  think_tokens: int = THINK_TOKENS, layout_tokens: int = LAYOUT_TOKENS, reencode: bool | str = False,
                  visual_temperature: float | None = VISUAL_SAMPLING[0], visual_top_k: int | None = VISUAL_SAMPLING[1],
                  pose_decoder: str = "text"):
@@ -277,6 +277,9 @@ class Engine:
         _number("flow_steps", flow_steps, 1, integer=True)
         _number("cfg_scale", cfg_scale, 0)
         _number("flow_shift", flow_shift, 0, open_below=True)
+        _number("flow_start", flow_start, 0, open_below=True)
+        if flow_start > 1:
+            raise ValueError(f"flow_start must be <= 1, got {flow_start}")
         _number("think_tokens", think_tokens, 1, integer=True)
         _number("layout_tokens", layout_tokens, 1, integer=True)
         try:
@@ -295,6 +298,9 @@ class Engine:
         self.visual_temperature, self.visual_top_k = visual_temperature, visual_top_k
         self.flow_steps, self.cfg_scale, self.cfg_interval = flow_steps, cfg_scale, (lo, hi)
         self.flow_shift = flow_shift
+        # image-to-image generations (nvs, video, edit on a source_cond model) start their flow at this
+        # noise level from the source image (sample_latents' `start`); 1: from pure noise, as trained
+        self.flow_start = flow_start
         self.think_tokens, self.layout_tokens = think_tokens, layout_tokens
         if pose_decoder not in POSE_DECODERS:
             raise ValueError(f"pose_decoder must be one of {', '.join(POSE_DECODERS)}, not {pose_decoder!r}")
@@ -463,9 +469,11 @@ class Engine:
         """<gen> then an image by flow sampling (CFG) against the workspace: pixels, latents and the
         tokens that entered the context (the <gen> tag; the generated image takes a position only)."""
         n = ws.append([self.fmt.tags("<gen>")])
+        source = self.gen_sources([ws.inputs])
         lat = sample_latents(self.model, ws.cache, steps=self.flow_steps, cfg_scale=self.cfg_scale,
                              cfg_interval=self.cfg_interval, generator=self.generator, advance=False,
-                             flow_shift=self.flow_shift, source=self.gen_sources([ws.inputs]))
+                             flow_shift=self.flow_shift, source=source,
+                             start=1.0 if source is None else self.flow_start)
         ws.advance()
         img = self.model.visual.decode_latents(lat.cpu())[0].numpy()
         return img, lat[0], n
@@ -509,9 +517,11 @@ class Engine:
             return out
         cache = self.new_cache(rows=len(rows))
         extend(self.model, cache, rows)
+        source = self.gen_sources(inputs)
         lat = sample_latents(self.model, cache, steps=self.flow_steps, cfg_scale=self.cfg_scale,
                              cfg_interval=self.cfg_interval, generator=self.generator, advance=False,
-                             flow_shift=self.flow_shift, source=self.gen_sources(inputs))
+                             flow_shift=self.flow_shift, source=source,
+                             start=1.0 if source is None else self.flow_start)
         imgs = self.model.visual.decode_latents(lat.cpu()).numpy()
         return [(imgs[r], lat[r]) for r in range(len(rows))]
 
