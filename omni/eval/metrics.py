@@ -206,7 +206,11 @@ def _image_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
 def psnr(a, b) -> float:
     """Peak signal-to-noise ratio for data range 1: 10 log10(1 / MSE) (inf for identical images)."""
     x, y = _image_pair(a, b)
-    mse = float(np.mean((x - y) ** 2))
+    return _db(float(np.mean((x - y) ** 2)))
+
+
+def _db(mse: float) -> float:
+    """PSNR of a mean squared error, for data range 1 (inf for 0)."""
     return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
 
 
@@ -231,11 +235,7 @@ def edit_regions(pred, before, after) -> dict:
         raise ValueError(f"before and after must differ in some pixels and agree in others; "
                          f"{int(changed.sum())} of {changed.size} differ")
     mse_c, mse_r, mse_copy = float(err[changed].mean()), float(err[~changed].mean()), float(copy[changed].mean())
-
-    def db(mse: float) -> float:
-        return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
-
-    return {"psnr_changed": db(mse_c), "psnr_unchanged": db(mse_r), "copy_psnr_changed": db(mse_copy),
+    return {"psnr_changed": _db(mse_c), "psnr_unchanged": _db(mse_r), "copy_psnr_changed": _db(mse_copy),
             "change_drawn": 1.0 - mse_c / mse_copy}
 
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from omni.unroll.engine import Engine, Inputs, Result, parse_pose
+from omni.unroll.format import SOURCE_VIEW, VIEW_TAGS
 from omni.world import Example, sample
 from omni.world.camera import pose_to_numbers, text_to_numbers
 from omni.world.tasks import LETTERS, WorldConfig, split_of_range, stated_answer, stated_option
@@ -31,7 +32,6 @@ from .checker import check
 from .metrics import bootstrap_ci, depth_metrics, edit_regions, pose_errors, psnr, qa_accuracy, ssim
 
 EVAL_TASKS = ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit")
-SOURCE_TASKS = ("nvs", "video", "edit")  # image-to-image: an input image the output is drawn from
 
 
 def inputs_of(ex: Example) -> Inputs:
@@ -116,7 +116,7 @@ def score(ex: Example, res: Result) -> dict:
                 "abs_rel_aligned": a["abs_rel"]}
     if task == "pose":
         return pair_pose_scores(ex, parse_pose(out.text or ""))
-    src = {"nvs": "source", "video": "frame0", "edit": "before"}[task]
+    src = SOURCE_VIEW[task]
     tgt = {"nvs": "target", "video": "frame1", "edit": "after"}[task]
     gt = ex.views[tgt].rgb
     regions = edit_regions(out.image, ex.views[src].rgb, gt) if task == "edit" else {}
@@ -156,8 +156,6 @@ def fidelity(ex: Example, res: Result) -> dict:
       synthesize_views  `psnr` of the four generated views against the world's renders
     """
     import difflib
-
-    from omni.unroll.format import VIEW_TAGS
 
     out: dict[str, float] = {}
     for it in res.items:
@@ -235,5 +233,5 @@ def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Seq
             "scores": per, "context_tokens": float(np.mean(tokens)), "seconds": round(time.perf_counter() - t0, 1),
             **({"texts": texts} if any(texts) else {}), **fit,
             **({"pose_decoder": engine.pose_decoder} if engine.model.cfg.pose_head else {}),
-            **({"flow_start": engine.flow_start} if task in SOURCE_TASKS and engine.flow_start != 1 else {}),
+            **({"flow_start": engine.flow_start} if task in SOURCE_VIEW and engine.flow_start != 1 else {}),
             **({"pose_motions": list(world.pose_motions)} if world.pose_motions != ("orbit",) else {})}

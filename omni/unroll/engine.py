@@ -469,14 +469,20 @@ class Engine:
         """<gen> then an image by flow sampling (CFG) against the workspace: pixels, latents and the
         tokens that entered the context (the <gen> tag; the generated image takes a position only)."""
         n = ws.append([self.fmt.tags("<gen>")])
-        source = self.gen_sources([ws.inputs])
-        lat = sample_latents(self.model, ws.cache, steps=self.flow_steps, cfg_scale=self.cfg_scale,
-                             cfg_interval=self.cfg_interval, generator=self.generator, advance=False,
-                             flow_shift=self.flow_shift, source=source,
-                             start=1.0 if source is None else self.flow_start)
+        lat = self.sample_flow(ws.cache, [ws.inputs])
         ws.advance()
         img = self.model.visual.decode_latents(lat.cpu())[0].numpy()
         return img, lat[0], n
+
+    def sample_flow(self, cache, inputs: Sequence[Inputs]) -> torch.Tensor:
+        """Latents of one image per cache row (`inputs[r]` is row r's), by the engine's flow sampler
+        settings; image-to-image rows start from their source where flow_start < 1. The cache does
+        not advance."""
+        source = self.gen_sources(inputs)
+        return sample_latents(self.model, cache, steps=self.flow_steps, cfg_scale=self.cfg_scale,
+                              cfg_interval=self.cfg_interval, generator=self.generator, advance=False,
+                              flow_shift=self.flow_shift, source=source,
+                              start=1.0 if source is None else self.flow_start)
 
     def gen_sources(self, inputs: Sequence[Inputs]) -> torch.Tensor | None:
         """Each input's source latents for the generated image (rows, g*g, latent_dim): an
@@ -517,11 +523,7 @@ class Engine:
             return out
         cache = self.new_cache(rows=len(rows))
         extend(self.model, cache, rows)
-        source = self.gen_sources(inputs)
-        lat = sample_latents(self.model, cache, steps=self.flow_steps, cfg_scale=self.cfg_scale,
-                             cfg_interval=self.cfg_interval, generator=self.generator, advance=False,
-                             flow_shift=self.flow_shift, source=source,
-                             start=1.0 if source is None else self.flow_start)
+        lat = self.sample_flow(cache, inputs)
         imgs = self.model.visual.decode_latents(lat.cpu()).numpy()
         return [(imgs[r], lat[r]) for r in range(len(rows))]
 

@@ -177,15 +177,16 @@ def place(rng: np.random.Generator, scene: Scene, obj: Obj, opts: SceneOptions, 
     state = rng.bit_generator.state
     spots = rng.uniform((x0, y0), (x1, y1), size=(tries, 2))  # the same numbers as 2 x tries scalar draws
     free = _free_spots(scene, obj, spots)
-    k = int(np.argmax(free)) if free.any() else tries - 1
-    if free.any() and k + 1 < tries:  # rewind: only the spots up to the first free one were drawn
+    if not free.any():  # every spot drawn and tried; obj left at the last, as one at a time leaves it
+        obj.x, obj.y = float(spots[-1, 0]), float(spots[-1, 1])
+        return False
+    k = int(np.argmax(free))
+    if k + 1 < tries:  # rewind: only the spots up to the first free one were drawn
         rng.bit_generator.state = state
         rng.uniform((x0, y0), (x1, y1), size=(k + 1, 2))
     obj.x, obj.y = float(spots[k, 0]), float(spots[k, 1])
-    if free[k]:
-        scene.objects.append(obj)
-        return True
-    return False
+    scene.objects.append(obj)
+    return True
 
 
 def _free_spots(scene: Scene, obj: Obj, spots: np.ndarray) -> np.ndarray:
