@@ -127,3 +127,10 @@ def test_pose_text_rejects_garbage():
     T = np.eye(4)
     T[0, 3] = -1e-5
     assert C.pose_to_text(T).split()[0] == "0.000"  # no negative zero
+
+
+def test_cross_is_numpys_to_the_bit():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        a, b = rng.normal(size=3) * rng.uniform(0, 10), rng.normal(size=3)
+        assert np.array_equal(C._cross(a, b), np.cross(a, b))

@@ -139,3 +139,14 @@ def test_vectorized_place_decides_and_draws_as_one_spot_at_a_time():
     spots = np.array([[edge, 0.0], [np.nextafter(edge, 0), 0.0], [0.0, -edge]])
     want = [Scene([scene.objects[0], Obj("sphere", "blue", "small", x, y)]).valid(GAP) for x, y in spots]
     assert _free_spots(scene, new, spots).tolist() == want == [True, False, True]
+
+
+def test_pick_draws_as_rng_choice():
+    """random_object's `_pick` takes the same value and leaves the generator where `rng.choice` does."""
+    from omni.world.scene import _pick
+
+    for n in (1, 2, 3, 4, 8):
+        options = tuple(f"o{i}" for i in range(n))
+        a, b = np.random.default_rng([3, n]), np.random.default_rng([3, n])
+        assert [_pick(a, options) for _ in range(300)] == [str(b.choice(options)) for _ in range(300)]
+        assert a.random() == b.random()

@@ -39,21 +39,46 @@ class ObjectStats:
 
 def object_stats(scene: Scene, ids: np.ndarray, depth: np.ndarray,
                  amodal: np.ndarray | None = None) -> list[ObjectStats]:
-    """Stats for every object with at least one visible pixel, in scene order."""
+    """Stats for every object with at least one visible pixel, in scene order.
+
+    All objects in one pass (the data loader computes these for every view it renders): the pixels
+    sorted by (object, depth) once, then per object its count, box, centroid (the mean of its
+    integer pixel coordinates: exact sums, so the same floats as np.mean), median depth (the middle
+    of its sorted depths, or the float mean of the middle two, as np.median) and nearest depth."""
+    K = len(scene.objects)
+    flat_ids = np.asarray(ids).reshape(-1).astype(np.int64)
+    d_flat = np.asarray(depth).reshape(-1)
+    on = np.flatnonzero((flat_ids >= 0) & (flat_ids < K))  # raster order, as np.nonzero gives
+    if not len(on):
+        return []
+    k_of = flat_ids[on]
+    counts = np.bincount(k_of, minlength=K)
+    W = ids.shape[1]
+    rows, cols = on // W, on % W
+    by_k = np.argsort(k_of, kind="stable")  # per object, its pixels in raster order
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    nz = counts > 0
+    seg = starts[nz]  # reduceat offsets of the objects seen
+    r_s, c_s = rows[by_k], cols[by_k]
+    c_min, c_max = np.minimum.reduceat(c_s, seg), np.maximum.reduceat(c_s, seg)
+    r_min, r_max = np.minimum.reduceat(r_s, seg), np.maximum.reduceat(r_s, seg)
+    c_sum, r_sum = np.add.reduceat(c_s, seg), np.add.reduceat(r_s, seg)
+    by_kd = np.lexsort((d_flat[on], k_of))  # per object, its depths ascending
+    d_sorted = d_flat[on][by_kd]
+    amodal_n = (np.asarray(amodal).reshape(len(amodal), -1).sum(1) if amodal is not None else None)
     out = []
-    for k, obj in enumerate(scene.objects):
-        m = ids == k
-        n = int(m.sum())
-        if n == 0:
-            continue
-        rows, cols = np.nonzero(m)
-        d = depth[m]
+    for j, k in enumerate(np.flatnonzero(nz)):
+        k = int(k)
+        n, a = int(counts[k]), int(starts[k])
+        mid = a + n // 2
+        med = d_sorted[mid] if n % 2 else np.mean(d_sorted[mid - 1:mid + 1])
         out.append(ObjectStats(
-            index=k, obj=obj, pixels=n,
-            amodal_pixels=int(amodal[k].sum()) if amodal is not None else n,
-            box=(int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1),
-            centroid=(float(cols.mean()) + 0.5, float(rows.mean()) + 0.5),
-            median_depth=float(np.median(d)), min_depth=float(d.min())))
+            index=k, obj=scene.objects[k], pixels=n,
+            amodal_pixels=int(amodal_n[k]) if amodal_n is not None else n,
+            box=(int(c_min[j]), int(r_min[j]), int(c_max[j]) + 1, int(r_max[j]) + 1),
+            centroid=(float(c_sum[j] / n) + 0.5, float(r_sum[j] / n) + 0.5),
+            median_depth=float(med), min_depth=float(d_sorted[a])))
     return out
 
 

@@ -163,60 +163,106 @@ class SceneOptions:
             )
 
 
+# How many spots `place` draws in its first passes: half of the data loader's placements take the
+# first spot drawn, so it is tried alone; then a small vectorized block, then all that are left.
+_PLACE_BLOCKS = (1, 15)
+
+
 def place(rng: np.random.Generator, scene: Scene, obj: Obj, opts: SceneOptions, tries: int = 200,
           region: tuple[float, float, float, float] | None = None) -> bool:
     """Put `obj` at a random free spot (inside `region` = x0, x1, y0, y1 if given); False if none.
 
     Rejection sampling: up to `tries` spots drawn uniformly, the first where the scene with `obj`
-    stays `valid(GAP)` taken. The spots are drawn and checked in one vectorized pass (the hot path of
-    the data loader), then the generator is left exactly where drawing them one at a time would
-    leave it (two draws per spot tried): every decision is `Scene.valid`'s, so scenes are the same."""
+    stays `valid(GAP)` taken. The spots are drawn and checked in a few passes (one spot, then
+    vectorized blocks: this is the hot path of the data loader), and the generator is left exactly
+    where drawing them one at a time would leave it (two draws per spot tried): every decision is
+    `Scene.valid`'s, so scenes are the same."""
     x0, x1, y0, y1 = region or (-opts.place_half, opts.place_half, -opts.place_half, opts.place_half)
+    lo, hi = (x0, y0), (x1, y1)
     if tries <= 0:
         return False
-    state = rng.bit_generator.state
-    spots = rng.uniform((x0, y0), (x1, y1), size=(tries, 2))  # the same numbers as 2 x tries scalar draws
-    free = _free_spots(scene, obj, spots)
-    if not free.any():  # every spot drawn and tried; obj left at the last, as one at a time leaves it
+    if not Scene(list(scene.objects)).valid(GAP):  # no spot can help: every one drawn and rejected
+        spots = rng.uniform(lo, hi, size=(tries, 2))
         obj.x, obj.y = float(spots[-1, 0]), float(spots[-1, 1])
         return False
-    k = int(np.argmax(free))
-    if k + 1 < tries:  # rewind: only the spots up to the first free one were drawn
-        rng.bit_generator.state = state
-        rng.uniform((x0, y0), (x1, y1), size=(k + 1, 2))
-    obj.x, obj.y = float(spots[k, 0]), float(spots[k, 1])
+    test, drawn, k = None, 0, -1
+    for block in (*_PLACE_BLOCKS, tries):  # the last pass draws whatever is left
+        n = min(block, tries - drawn)
+        if n <= 0:
+            break
+        state = rng.bit_generator.state if n > 1 else None
+        spots = rng.uniform(lo, hi, size=(n, 2))  # the same numbers as 2 x n scalar draws
+        drawn += n
+        if n == 1:
+            k = 0 if _free_one(scene, obj, float(spots[0, 0]), float(spots[0, 1])) else -1
+        else:
+            test = test or _spot_test(scene, obj)
+            free = test(spots)
+            k = int(np.argmax(free)) if free.any() else -1
+            if 0 <= k < n - 1:  # rewind: only the spots up to the first free one were drawn
+                rng.bit_generator.state = state
+                rng.uniform(lo, hi, size=(k + 1, 2))
+        if k >= 0:
+            break
+    obj.x, obj.y = float(spots[k, 0]), float(spots[k, 1])  # k = -1: left at the last, as one at a time leaves it
+    if k < 0:
+        return False
     scene.objects.append(obj)
     return True
 
 
+def _free_one(scene: Scene, obj: Obj, x: float, y: float) -> bool:
+    """Would the valid `scene` with `obj` at (x, y) stay `valid(GAP)`? Its tests of the new object,
+    in its order and arithmetic."""
+    f = obj.footprint
+    if abs(x) + f > GROUND_HALF or abs(y) + f > GROUND_HALF:
+        return False
+    return not any(math.hypot(o.x - x, o.y - y) < o.footprint + f + GAP for o in scene.objects)
+
+
 def _free_spots(scene: Scene, obj: Obj, spots: np.ndarray) -> np.ndarray:
-    """For each spot (N, 2): would `Scene(scene.objects + [obj at the spot]).valid(GAP)` hold? The
-    same floating-point tests, vectorized; the few distances within 1e-9 of their threshold are
-    recomputed with math.hypot, as `valid` computes them, so no decision differs from its."""
+    """For each spot (N, 2): would `Scene(scene.objects + [obj at the spot]).valid(GAP)` hold?"""
     if not Scene(list(scene.objects)).valid(GAP):
         return np.zeros(len(spots), bool)
+    return _spot_test(scene, obj)(spots)
+
+
+def _spot_test(scene: Scene, obj: Obj):
+    """`_free_spots` for a valid `scene`, its objects read once: a function of the spots (N, 2). The
+    same floating-point tests as `Scene.valid`, vectorized; the few distances within 1e-9 of their
+    threshold are recomputed with math.hypot, as `valid` computes them, so no decision differs."""
     f = obj.footprint
-    x, y = spots[:, 0], spots[:, 1]
-    free = ~((np.abs(x) + f > GROUND_HALF) | (np.abs(y) + f > GROUND_HALF))
-    if not scene.objects:
-        return free
     ox = np.array([o.x for o in scene.objects])
     oy = np.array([o.y for o in scene.objects])
     thr = np.array([o.footprint for o in scene.objects]) + f + GAP  # (a.footprint + b.footprint) + gap
-    dx, dy = ox[None, :] - x[:, None], oy[None, :] - y[:, None]
-    d = np.hypot(dx, dy)
-    near = np.abs(d - thr) <= 1e-9 * thr
-    for i, j in zip(*np.nonzero(near), strict=True):
-        d[i, j] = math.hypot(dx[i, j], dy[i, j])
-    return free & ~(d < thr).any(1)
+
+    def test(spots: np.ndarray) -> np.ndarray:
+        x, y = spots[:, 0], spots[:, 1]
+        free = ~((np.abs(x) + f > GROUND_HALF) | (np.abs(y) + f > GROUND_HALF))
+        if not len(ox):
+            return free
+        dx, dy = ox[None, :] - x[:, None], oy[None, :] - y[:, None]
+        d = np.hypot(dx, dy)
+        near = np.abs(d - thr) <= 1e-9 * thr
+        for i, j in zip(*np.nonzero(near), strict=True):
+            d[i, j] = math.hypot(dx[i, j], dy[i, j])
+        return free & ~(d < thr).any(1)
+
+    return test
+
+
+def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
+    """`str(rng.choice(options))`, the same draw (one integer below len(options)), without the
+    array conversion that makes `choice` five times slower in the loader's hot path."""
+    return options[int(rng.integers(0, len(options)))]
 
 
 def random_object(rng: np.random.Generator, opts: SceneOptions, shape: str | None = None,
                   color: str | None = None, size: str | None = None) -> Obj:
-    shape = shape or str(rng.choice(opts.shapes))
+    shape = shape or _pick(rng, opts.shapes)
     yaw = float(rng.uniform(0.0, math.pi / 2)) if shape == "cube" else 0.0
-    return Obj(shape=shape, color=color or str(rng.choice(opts.colors)),
-               size=size or str(rng.choice(opts.sizes)), x=0.0, y=0.0, yaw=yaw)
+    return Obj(shape=shape, color=color or _pick(rng, opts.colors),
+               size=size or _pick(rng, opts.sizes), x=0.0, y=0.0, yaw=yaw)
 
 
 def sample_scene(rng: np.random.Generator, opts: SceneOptions = SceneOptions(),
