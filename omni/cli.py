@@ -667,7 +667,7 @@ def train(
                                                    "(the world's default) and/or move_turn (moved like the "
                                                    "spatial task's second view)."),
     task_weights: str = typer.Option("", help='JSON of task weights over the defaults, e.g. \'{"spatial": 2}\'.'),
-    form_weights: str = typer.Option("", help='JSON of form weights per task (others 1), e.g. '
+    form_weights: str = typer.Option("", help='JSON of form weights per task (others 1, drills 0), e.g. '
                                               '\'{"spatial": {"pose": 3}}\'.'),
     ema: float = typer.Option(0.0, help="EMA decay of the weights (0: off)."),
     accum: int = typer.Option(1, help="Micro-batches accumulated per optimizer step."),

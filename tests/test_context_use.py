@@ -73,7 +73,7 @@ def test_answer_tasks_rows_and_scores(task):
     """Every true-context form of the task is a row, on the same examples; the scores are what the
     task reports (a random model answers nothing right, and its depth is far from the truth)."""
     from omni.eval.context_use import answer_context_use
-    from omni.train.data import FORMS
+    from omni.train.data import DRILLS, FORMS
 
     res = answer_context_use(tiny(), task, 3, 1_000_000_000, batch=2)
     tabs = res["tables"]
@@ -81,7 +81,7 @@ def test_answer_tasks_rows_and_scores(task):
     assert list(tabs) == keys
     for tab in tabs.values():
         assert [r.name for r in tab.rows] == row_names(task) and tab.n == 3
-        assert len(tab.rows) == len(FORMS[task])
+        assert len(tab.rows) == len(FORMS[task]) - len(DRILLS.get(task, ()))  # drills are no context
     if task == "depth":
         assert all(0 <= r.mean < 0.9 for r in tabs["delta1"].rows)
     else:
@@ -123,6 +123,33 @@ def test_thought_steps_score_the_true_thoughts_steps():
     assert 0 <= r["letter"]["mean"] <= 1 and r["option"]["mean"] == 0  # a random model names no option
     assert r["copy"]["mean"] == 0 and set(r["by_group"][next(iter(r["by_group"]))]) >= {"n", "verdict"}
     assert sum(g["n"] for g in r["by_group"].values()) == 3
+    words = r["copy_words"]
+    assert sum(len(v) > 0 for v in words.values()) >= 1 and all(0 <= x <= 1 for v in words.values() for x in v)
+
+
+def test_thought_steps_on_the_conclusion_drill():
+    """drill=True scores the drill's text: its training sequence up to </think>, the targets exactly the
+    copies, verdicts and letter (the option is context there, so its step always counts as right)."""
+    from omni.eval.context_use import _thought_sequence, thought_steps
+    from omni.model import pack
+    from omni.train.data import Writer
+    from omni.world import sample
+
+    m = tiny()
+    w = Writer(m.tokenizer, m.visual, m.cfg)
+    for ex in sample("spatial", range(1_000_000_000, 1_000_000_008)):
+        seq, spans = _thought_sequence(w, ex, drill=True)
+        drill = [t for sg in w.write(ex, "conclusion", np.random.default_rng(0)) for t in sg.tokens]
+        mine = [t for sg in seq for t in sg.tokens]
+        assert {sg.kind for sg in seq} == {"text"} and mine == drill[:len(mine)]
+        assert m.tokenizer.decode(mine[-1:], skip_special=False) == "</think>"
+        k, opts = "ABCD".index(ex.answer), ex.spec["options"]
+        assert [what for _, what in spans] == ["copy", "verdict"] * (k + 1) + ["letter"]
+        tgt = pack([seq], m.cfg).target[0]
+        verdicts = [f"{o} {'yes' if i == k else 'no'}" for i, o in enumerate(opts[:k + 1])]
+        assert m.tokenizer.decode(tgt[tgt >= 0].tolist()).strip() == " ".join([*verdicts, ex.answer])
+    r = thought_steps(m, 3, 1_000_000_000, batch=2, drill=True)
+    assert r["option"]["mean"] == 1 and sum(r["letters"].values()) == 3 and r["copy_words"]
 
 
 def test_answer_context_use_errors():

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from omni.model import preset
 from omni.tokens.text import TextTokenizer
 from omni.tokens.visual import VisualTokenizer
 from omni.train import FORMS, Mixture, MixtureConfig, Writer, lr_at
+from omni.train.data import DRILLS
 from omni.train.loop import DEFAULT_VISUAL, TrainConfig
 
 SMALL = json.dumps({"d_model": 64, "n_layers": 2, "n_heads": 4})
@@ -44,7 +46,7 @@ def writer():
 def test_mixture_yields_every_context_variant(writer):
     mix = Mixture(MixtureConfig(), writer)
     seen = Counter((t, f) for s in range(60) for slot in range(40) for t, f, _, _ in [mix.draw(s, slot)])
-    assert set(seen) == {(t, f) for t, forms in FORMS.items() for f in forms}
+    assert set(seen) == {(t, f) for t, forms in FORMS.items() for f in forms if f not in DRILLS.get(t, ())}
     tok = writer.tok
     from omni.world import sample
 
@@ -373,3 +375,29 @@ def test_a_runs_checkpoints_are_its_complete_step_dirs_only(tmp_path):
     assert eval_listing(tmp_path) == run_checkpoints(tmp_path)
     with pytest.raises(FileNotFoundError, match="run directory not found"):
         eval_listing(tmp_path / "missing")
+
+
+def test_spatial_conclusion_drill(writer):
+    """The drill is off unless named; named, it is drawn and written as text alone: the question, the
+    thought from its stated option on (no loss on the option) with a loss on the copies, verdicts and
+    letter, then the answer; its tokens are the thought's own."""
+    from omni.world import sample
+
+    assert Mixture(MixtureConfig(), writer).mix.forms("spatial")[1][-1] == 0.0
+    mix = Mixture(MixtureConfig(**MixtureConfig.weights("", '{"spatial": {"conclusion": 2}}')), writer)
+    names, p = mix.mix.forms("spatial")
+    assert names[-1] == "conclusion" and abs(p[-1] - 2 / 6) < 1e-12
+    for ex in sample("spatial", range(40, 52)):
+        segs = writer.write(ex, "conclusion", np.random.default_rng(0))
+        assert {s.kind for s in segs} == {"text"}
+        text = [writer.tok.decode(list(s.tokens)) for s in segs]
+        assert [s.loss for s in segs] == [False, False, False, True, True]
+        c = ex.texts["thinking"]
+        c = c[c.rindex("that is:"):]
+        assert text[2].endswith("that is: " + ex.spec["answer_text"])
+        assert (text[2] + text[3]).strip() == c  # the tags are special tokens, not decoded
+        assert segs[3].tokens[-1] == writer.ids("</think>")[0]
+        assert text[4].strip() == ex.answer and segs[4].tokens[-1] == writer.tok.eos
+        # the same tokens as the thought written whole (the think form's block, from "that is:" on)
+        whole = writer.block("think", c).tokens
+        assert list(segs[2].tokens) + list(segs[3].tokens) == list(whole)

@@ -25,7 +25,7 @@ from omni.model import OmniModel, pack
 from omni.model.batch import Segment
 from omni.model.config import IMAGE_CLEAN, IMAGE_GEN, IMAGE_IN
 from omni.tokens.image import unpatchify
-from omni.train.data import FORMS, Writer
+from omni.train.data import DRILLS, FORMS, Writer
 from omni.unroll.format import BLOCKS
 from omni.world import WorldConfig, sample
 from omni.world.tasks import LETTERS, conclusion_pieces, split_of_range
@@ -38,14 +38,19 @@ NOISE_LEVELS = (0.5, 0.8, 0.95)
 ANSWER_TASKS = ("vqa", "spatial", "depth")  # tasks whose output is read off the context, not generated
 
 
+def context_forms(task: str) -> list[str]:
+    """The forms of FORMS[task] that write a context a plan writes: all but its drills (DRILLS)."""
+    return [f for f in FORMS[task] if f not in DRILLS.get(task, ())]
+
+
 def row_names(task: str = "t2i") -> list[str]:
     """t2i: 'prompt' (the direct form), 'none' (unconditional), then '+form' for each context form;
     the answer tasks: 'direct', then '+form'."""
     if task == "t2i":
-        return ["prompt", "none", *(f"+{f}" for f in FORMS["t2i"] if f != "direct")]
+        return ["prompt", "none", *(f"+{f}" for f in context_forms("t2i") if f != "direct")]
     if task not in ANSWER_TASKS:
         raise ValueError(f"context use is measured for t2i, {', '.join(ANSWER_TASKS)}; got {task!r}")
-    return ["direct", *(f"+{f}" for f in FORMS[task] if f != "direct")]
+    return ["direct", *(f"+{f}" for f in context_forms(task) if f != "direct")]
 
 
 def _check(model: OmniModel, n: int, seed_start: int) -> None:
@@ -74,7 +79,7 @@ def flow_context_use(model: OmniModel, n: int, seed_start: int, ts: Sequence[flo
     device = next(model.parameters()).device
     for i, ex in enumerate(exs):
         rng = np.random.default_rng([seed, i])
-        seqs = {("prompt" if f == "direct" else f"+{f}"): w.write(ex, f, rng) for f in FORMS["t2i"]}
+        seqs = {("prompt" if f == "direct" else f"+{f}"): w.write(ex, f, rng) for f in context_forms("t2i")}
         seqs["none"] = seqs["prompt"]
         shape = next(s for s in seqs["prompt"] if s.kind == "image_gen").latents.shape
         noise = torch.from_numpy(rng.standard_normal(tuple(shape)).astype(np.float32))
@@ -182,7 +187,7 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
     keys = ("delta1", "abs_rel") if task == "depth" else ("accuracy", "answer nll")
     scores = {k: {name: [] for name in names} for k in keys}
     device = next(model.parameters()).device
-    forms = list(FORMS[task])
+    forms = context_forms(task)
     for lo in range(0, n, batch):
         chunk = exs[lo:lo + batch]
         seqs = []
@@ -229,12 +234,19 @@ def _thought_pieces(w: Writer, thought: str) -> list[tuple[list[int], str | None
     return parts
 
 
-def _thought_sequence(w: Writer, ex) -> tuple[list[Segment], list[tuple[int, str]]]:
+def _thought_sequence(w: Writer, ex, drill: bool = False) -> tuple[list[Segment], list[tuple[int, str]]]:
     """A spatial example's think form, as training writes it, up to the thought's closing tag, with
     its loss only on the thought's named steps (`_thought_pieces`); and those spans' (token count,
-    name) in order."""
-    segs = w.write(ex, "think", np.random.default_rng(0))
+    name) in order. drill: its conclusion drill instead (text alone; the thought from its option on,
+    which is context there, so no "option" span)."""
     open_tag, close_tag = BLOCKS["think"]
+    if drill:
+        segs = w.write(ex, "conclusion", np.random.default_rng(0))
+        head, thought = segs[:3], ex.texts["thinking"]
+        body = _thought_pieces(w, thought[thought.rindex("that is:"):])[2:]
+        seq = head + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(close_tag)]
+        return seq, [(len(ids), what) for ids, what in body if what]
+    segs = w.write(ex, "think", np.random.default_rng(0))
     at = next(i for i, sg in enumerate(segs) if sg.kind == "text" and list(sg.tokens[:1]) == w.ids(open_tag))
     body = _thought_pieces(w, ex.texts["thinking"])
     seq = ([dataclasses.replace(sg, loss=False) for sg in segs[:at]] + [w.tags(open_tag)]
@@ -243,16 +255,20 @@ def _thought_sequence(w: Writer, ex) -> tuple[list[Segment], list[tuple[int, str
 
 
 @torch.no_grad()
-def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8) -> dict:
+def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, drill: bool = False) -> dict:
     """Where a spatial thought breaks, step by step, given the world's true thought up to each step
     (teacher-forced, as in training, on n examples from seed_start). Per example, a step scores 1
     when every token of every span of it is the argmax given the true thought before it:
     `option` — the option it concludes ("that is: <option>"; the comparison of the stated angles,
     distances or motion); `copy` — each option's words copied from the question after its letter;
     `verdict` — each yes / no (is the option just copied the one stated?); `letter` — the letter
-    it then states (that of the option it said yes to). Returns {"n", "option", "copy", "verdict",
-    "letter": bootstrap mean and 95% interval, "letters": how often each letter is the argmax,
-    "by_group": question type -> {"n", one mean per step}}."""
+    it then states (that of the option it said yes to). drill=True scores the same steps on the
+    spatial conclusion drill's text (`omni.train.data.DRILLS`: the question, then the thought from its
+    option on, no images; its "option" is context there, so always 1). Returns {"n", "option", "copy",
+    "verdict", "letter": bootstrap mean and 95% interval, "letters": how often each letter is the
+    argmax, "by_group": question type -> {"n", one mean per step}, "copy_words": question type -> the
+    fraction of the copied options' j-th words (tokens) that are the argmax, j = 0, 1, ...: where
+    in an option the copy goes wrong}."""
     _check(model, n, seed_start)
     model = model.eval()
     cfg = model.cfg
@@ -261,11 +277,12 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8) -> 
     device = next(model.parameters()).device
     scores: dict[str, list[float]] = {k: [] for k in STEP_NAMES}
     letters = {c: 0 for c in LETTERS}
+    words: dict[str, dict[int, list[float]]] = {}
     for lo in range(0, n, batch):
         chunk = exs[lo:lo + batch]
         seqs, spans = [], []
         for ex in chunk:
-            seq, span = _thought_sequence(w, ex)
+            seq, span = _thought_sequence(w, ex, drill)
             seqs.append(seq)
             spans.append(span)
         b = pack(seqs, cfg).to(device)
@@ -275,8 +292,12 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8) -> 
             pred = lg.argmax(-1)
             hit = pred == tgt
             k, right = 0, {name: True for name in STEP_NAMES}
+            by_word = words.setdefault(chunk[r].spec["qtype"], {})
             for size, what in spans[r]:
                 right[what] &= bool(hit[k:k + size].all())
+                if what == "copy":
+                    for j in range(size):
+                        by_word.setdefault(j, []).append(float(hit[k + j]))
                 if what == "letter":
                     guess = w.tok.decode(pred[k:k + size].tolist()).strip()
                     letters[guess] = letters.get(guess, 0) + 1
@@ -285,7 +306,8 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8) -> 
                 scores[name].append(float(right[name]))
     groups = question_types("spatial", exs)
     return {"n": n, **{k: bootstrap_ci(v) for k, v in scores.items()}, "letters": letters,
-            "by_group": {g: rows["true"] for g, rows in group_means(groups, {"true": scores}).items()}}
+            "by_group": {g: rows["true"] for g, rows in group_means(groups, {"true": scores}).items()},
+            "copy_words": {g: [float(np.mean(by[j])) for j in sorted(by)] for g, by in sorted(words.items())}}
 
 
 def context_use(model: OmniModel, task: str, n: int, seed_start: int,

@@ -35,15 +35,17 @@ import numpy as np
 import torch
 
 from omni.model.batch import Batch, Segment, pack, shift_t
-from omni.unroll.format import VIEW_TAGS, Format
+from omni.unroll.format import BLOCKS, VIEW_TAGS, Format
 from omni.world import SPLITS, Example, WorldConfig, sample
+from omni.world.tasks import conclusion_pieces
 
 # the context forms of each task; each is a set of context blocks (the first form is the direct one)
 FORMS: dict[str, dict[str, tuple[str, ...]]] = {
     "vqa": {"direct": (), "think": ("think",)},
     "t2i": {"direct": (), "short": ("short",), "long": ("long",), "visual": ("visual",),
             "short+visual": ("short", "visual"), "long+visual": ("long", "visual")},
-    "spatial": {"direct": (), "think": ("think",), "pose": ("pose",), "views": ("pose", "views", "think")},
+    "spatial": {"direct": (), "think": ("think",), "pose": ("pose",), "views": ("pose", "views", "think"),
+                "conclusion": ("conclusion",)},
     "depth": {"direct": (), "detailed": ("detailed",), "depthcap": ("depthcap",),
               "depthcap+visual": ("depthcap", "visual")},
     "pose": {"direct": ()},
@@ -51,6 +53,13 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
     "video": {"direct": ()},
     "edit": {"direct": ()},
 }
+# drills: forms no plan writes at inference, exercises of one step of a context on text alone; off (weight
+# 0) unless --form-weights names them, so a mixture that does not name them draws what it always drew.
+#   spatial "conclusion": <spatial> <question>q + options</question> <think>that is: <option>. A. <option A>:
+#   no. B. ...: yes, so the answer is B.</think> <answer>B</answer>, the thought's last steps alone (copy each
+#   option from the question, compare it with the one stated, state its letter; README, "Where the spatial
+#   thought breaks"), the loss from the first option copied on, with no images to read or reason from
+DRILLS: dict[str, tuple[str, ...]] = {"spatial": ("conclusion",)}
 DEFAULT_TASK_WEIGHTS = {"vqa": 1.0, "t2i": 1.5, "spatial": 1.0, "depth": 1.0, "pose": 0.75, "nvs": 0.75,
                         "video": 0.5, "edit": 0.5}
 COND_DROPOUT = 0.1
@@ -96,14 +105,14 @@ class MixtureConfig:
             if task not in FORMS:
                 raise ValueError(f"form weights: unknown task {task!r}; known: {', '.join(FORMS)}")
             _check_weights(f"form weights of {task}", w, FORMS[task])
-            if not any(w.get(f, 1.0) > 0 for f in FORMS[task]):
+            if not any(w.get(f, default_form_weight(task, f)) > 0 for f in FORMS[task]):
                 raise ValueError(f"form weights of {task}: at least one form needs a positive weight")
 
     @staticmethod
     def weights(task_weights: str = "", form_weights: str = "") -> dict:
         """MixtureConfig keyword arguments from the command line's JSON: task weights merged onto
         DEFAULT_TASK_WEIGHTS ('{"spatial": 2}'), form weights per task ('{"spatial": {"pose": 3}}',
-        forms not named keep weight 1). Checked when the MixtureConfig is made."""
+        forms not named keep weight 1, drills 0). Checked when the MixtureConfig is made."""
         import json
 
         out = {}
@@ -122,8 +131,14 @@ class MixtureConfig:
 
     def forms(self, task: str) -> tuple[list[str], np.ndarray]:
         names = list(FORMS[task])
-        w = np.array([self.form_weights.get(task, {}).get(f, 1.0) for f in names], dtype=np.float64)
+        w = np.array([self.form_weights.get(task, {}).get(f, default_form_weight(task, f)) for f in names],
+                     dtype=np.float64)
         return names, w / w.sum()
+
+
+def default_form_weight(task: str, form: str) -> float:
+    """A form's weight where --form-weights does not name it: 1, and 0 for drills (DRILLS)."""
+    return 0.0 if form in DRILLS.get(task, ()) else 1.0
 
 
 def _check_weights(what: str, w, known) -> None:
@@ -173,6 +188,9 @@ class Writer(Format):
         return segs + self.gen(self.latents([rgb])[0], rng)
 
     def _spatial(self, ex, blocks, rng):
+        if "conclusion" in blocks:  # the drill: text alone (DRILLS)
+            return [self.tags("<spatial>"), self.block("question", ex.texts["question"]),
+                    *self.conclusion(ex.texts["thinking"]), self.block("answer", ex.answer, loss=True, eos=True)]
         segs = [self.tags("<spatial>"), *self.view_pair(ex.views["view1"].rgb, ex.views["view2"].rgb),
                 self.block("question", ex.texts["question"])]
         if "pose" in blocks:
@@ -185,6 +203,17 @@ class Writer(Format):
         if "think" in blocks:
             segs.append(self.block("think", ex.texts["thinking"], loss=True))
         return segs + [self.block("answer", ex.answer, loss=True, eos=True)]
+
+    def conclusion(self, thought: str) -> list[Segment]:
+        """<think> that is: <option> + the rest of a spatial thought's conclusion </think>: the option it
+        reasons to as context, a loss on what follows (the copies, verdicts, letter and closing tag)."""
+        c = thought[thought.rindex("that is:"):]
+        pieces = conclusion_pieces(c)
+        head = self.ids(BLOCKS["think"][0]) + self.tok.encode("".join(p for p, _ in pieces[:2]))
+        rest = self.tok.encode("".join(p for p, _ in pieces[2:]))
+        if head[1:] + rest != self.tok.encode(" " + c.strip()):
+            raise ValueError(f"the conclusion's option and steps tokenize differently from the whole: {c!r}")
+        return [Segment("text", head), Segment("text", rest + self.ids(BLOCKS["think"][1]), loss=True)]
 
     def _depth(self, ex, blocks, rng):
         v = ex.views["image"]
