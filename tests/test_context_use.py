@@ -127,8 +127,9 @@ def test_thought_steps_score_the_true_thoughts_steps():
     assert sum(len(v) > 0 for v in words.values()) >= 1 and all(0 <= x <= 1 for v in words.values() for x in v)
 
 
-def test_thought_steps_on_the_conclusion_drill():
-    """drill=True scores the drill's text: its training sequence up to </think>, the targets exactly the
+@pytest.mark.parametrize("drill", ["conclusion", "reasoned"])
+def test_thought_steps_on_the_conclusion_drills(drill):
+    """drill= scores the drill's text: its training sequence up to </think>, the targets exactly the
     copies, verdicts and letter (the option is context there, so its step always counts as right)."""
     from omni.eval.context_use import _thought_sequence, thought_steps
     from omni.model import pack
@@ -138,17 +139,20 @@ def test_thought_steps_on_the_conclusion_drill():
     m = tiny()
     w = Writer(m.tokenizer, m.visual, m.cfg)
     for ex in sample("spatial", range(1_000_000_000, 1_000_000_008)):
-        seq, spans = _thought_sequence(w, ex, drill=True)
-        drill = [t for sg in w.write(ex, "conclusion", np.random.default_rng(0)) for t in sg.tokens]
+        seq, spans = _thought_sequence(w, ex, drill=drill)
+        written = [t for sg in w.write(ex, drill, np.random.default_rng(0)) for t in sg.tokens]
         mine = [t for sg in seq for t in sg.tokens]
-        assert {sg.kind for sg in seq} == {"text"} and mine == drill[:len(mine)]
+        assert {sg.kind for sg in seq} == {"text"} and mine == written[:len(mine)]
         assert m.tokenizer.decode(mine[-1:], skip_special=False) == "</think>"
         k, opts = "ABCD".index(ex.answer), ex.spec["options"]
         assert [what for _, what in spans] == ["copy", "verdict"] * (k + 1) + ["letter"]
+        if drill == "reasoned":  # the whole thought, as the think form writes it
+            body = [t for sg in seq[2:] for t in sg.tokens]  # after <spatial> and the question
+            assert body[1:-1] == w.tok.encode(" " + ex.texts["thinking"].strip())
         tgt = pack([seq], m.cfg).target[0]
         verdicts = [f"{o} {'yes' if i == k else 'no'}" for i, o in enumerate(opts[:k + 1])]
         assert m.tokenizer.decode(tgt[tgt >= 0].tolist()).strip() == " ".join([*verdicts, ex.answer])
-    r = thought_steps(m, 3, 1_000_000_000, batch=2, drill=True)
+    r = thought_steps(m, 3, 1_000_000_000, batch=2, drill=drill)
     assert r["option"]["mean"] == 1 and sum(r["letters"].values()) == 3 and r["copy_words"]
 
 

@@ -383,10 +383,11 @@ def test_spatial_conclusion_drill(writer):
     letter, then the answer; its tokens are the thought's own."""
     from omni.world import sample
 
-    assert Mixture(MixtureConfig(), writer).mix.forms("spatial")[1][-1] == 0.0
+    names, p = Mixture(MixtureConfig(), writer).mix.forms("spatial")
+    assert names[-2:] == ["conclusion", "reasoned"] and list(p[-2:]) == [0.0, 0.0]
     mix = Mixture(MixtureConfig(**MixtureConfig.weights("", '{"spatial": {"conclusion": 2}}')), writer)
     names, p = mix.mix.forms("spatial")
-    assert names[-1] == "conclusion" and abs(p[-1] - 2 / 6) < 1e-12
+    assert abs(p[names.index("conclusion")] - 2 / 6) < 1e-12 and p[-1] == 0
     for ex in sample("spatial", range(40, 52)):
         segs = writer.write(ex, "conclusion", np.random.default_rng(0))
         assert {s.kind for s in segs} == {"text"}
@@ -401,3 +402,7 @@ def test_spatial_conclusion_drill(writer):
         # the same tokens as the thought written whole (the think form's block, from "that is:" on)
         whole = writer.block("think", c).tokens
         assert list(segs[2].tokens) + list(segs[3].tokens) == list(whole)
+        # "reasoned": the same, with the whole thought before the option as context
+        r = writer.write(ex, "reasoned", np.random.default_rng(0))
+        assert [s.loss for s in r] == [s.loss for s in segs] and r[3].tokens == segs[3].tokens
+        assert list(r[2].tokens) + list(r[3].tokens) == list(writer.block("think", ex.texts["thinking"]).tokens)

@@ -234,16 +234,18 @@ def _thought_pieces(w: Writer, thought: str) -> list[tuple[list[int], str | None
     return parts
 
 
-def _thought_sequence(w: Writer, ex, drill: bool = False) -> tuple[list[Segment], list[tuple[int, str]]]:
+def _thought_sequence(w: Writer, ex, drill: str | None = None) -> tuple[list[Segment], list[tuple[int, str]]]:
     """A spatial example's think form, as training writes it, up to the thought's closing tag, with
     its loss only on the thought's named steps (`_thought_pieces`); and those spans' (token count,
-    name) in order. drill: its conclusion drill instead (text alone; the thought from its option on,
-    which is context there, so no "option" span)."""
+    name) in order. drill: that drill form instead ("conclusion" or "reasoned": text alone, the option
+    context there, so no "option" span)."""
     open_tag, close_tag = BLOCKS["think"]
     if drill:
-        segs = w.write(ex, "conclusion", np.random.default_rng(0))
+        if drill not in DRILLS["spatial"]:
+            raise ValueError(f"unknown spatial drill {drill!r}; known: {', '.join(DRILLS['spatial'])}")
+        segs = w.write(ex, drill, np.random.default_rng(0))
         head, thought = segs[:3], ex.texts["thinking"]
-        body = _thought_pieces(w, thought[thought.rindex("that is:"):])[2:]
+        body = _thought_pieces(w, thought if drill == "reasoned" else thought[thought.rindex("that is:"):])[2:]
         seq = head + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(close_tag)]
         return seq, [(len(ids), what) for ids, what in body if what]
     segs = w.write(ex, "think", np.random.default_rng(0))
@@ -255,20 +257,20 @@ def _thought_sequence(w: Writer, ex, drill: bool = False) -> tuple[list[Segment]
 
 
 @torch.no_grad()
-def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, drill: bool = False) -> dict:
+def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, drill: str | None = None) -> dict:
     """Where a spatial thought breaks, step by step, given the world's true thought up to each step
     (teacher-forced, as in training, on n examples from seed_start). Per example, a step scores 1
     when every token of every span of it is the argmax given the true thought before it:
     `option` — the option it concludes ("that is: <option>"; the comparison of the stated angles,
     distances or motion); `copy` — each option's words copied from the question after its letter;
     `verdict` — each yes / no (is the option just copied the one stated?); `letter` — the letter
-    it then states (that of the option it said yes to). drill=True scores the same steps on the
-    spatial conclusion drill's text (`omni.train.data.DRILLS`: the question, then the thought from its
-    option on, no images; its "option" is context there, so always 1). Returns {"n", "option", "copy",
-    "verdict", "letter": bootstrap mean and 95% interval, "letters": how often each letter is the
-    argmax, "by_group": question type -> {"n", one mean per step}, "copy_words": question type -> the
-    fraction of the copied options' j-th words (tokens) that are the argmax, j = 0, 1, ...: where
-    in an option the copy goes wrong}."""
+    it then states (that of the option it said yes to). drill="conclusion" or "reasoned" scores the
+    same steps on that drill's text (`omni.train.data.DRILLS`: the question, then the thought from its
+    option on, or the whole thought, no images; its "option" is context there, so always 1).
+    Returns {"n", "option", "copy", "verdict", "letter": bootstrap mean and 95% interval, "letters":
+    how often each letter is the argmax, "by_group": question type -> {"n", one mean per step},
+    "copy_words": question type -> the fraction of the copied options' j-th words (tokens) that are
+    the argmax, j = 0, 1, ...: where in an option the copy goes wrong}."""
     _check(model, n, seed_start)
     model = model.eval()
     cfg = model.cfg

@@ -45,7 +45,7 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
     "t2i": {"direct": (), "short": ("short",), "long": ("long",), "visual": ("visual",),
             "short+visual": ("short", "visual"), "long+visual": ("long", "visual")},
     "spatial": {"direct": (), "think": ("think",), "pose": ("pose",), "views": ("pose", "views", "think"),
-                "conclusion": ("conclusion",)},
+                "conclusion": ("conclusion",), "reasoned": ("conclusion", "reasoning")},
     "depth": {"direct": (), "detailed": ("detailed",), "depthcap": ("depthcap",),
               "depthcap+visual": ("depthcap", "visual")},
     "pose": {"direct": ()},
@@ -59,7 +59,9 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
 #   no. B. ...: yes, so the answer is B.</think> <answer>B</answer>, the thought's last steps alone (copy each
 #   option from the question, compare it with the one stated, state its letter; README, "Where the spatial
 #   thought breaks"), the loss from the first option copied on, with no images to read or reason from
-DRILLS: dict[str, tuple[str, ...]] = {"spatial": ("conclusion",)}
+#   spatial "reasoned": the same with the whole thought before its option as context (no loss), so the
+#   copies are made as far from the question as in the think form
+DRILLS: dict[str, tuple[str, ...]] = {"spatial": ("conclusion", "reasoned")}
 DEFAULT_TASK_WEIGHTS = {"vqa": 1.0, "t2i": 1.5, "spatial": 1.0, "depth": 1.0, "pose": 0.75, "nvs": 0.75,
                         "video": 0.5, "edit": 0.5}
 COND_DROPOUT = 0.1
@@ -190,7 +192,8 @@ class Writer(Format):
     def _spatial(self, ex, blocks, rng):
         if "conclusion" in blocks:  # the drill: text alone (DRILLS)
             return [self.tags("<spatial>"), self.block("question", ex.texts["question"]),
-                    *self.conclusion(ex.texts["thinking"]), self.block("answer", ex.answer, loss=True, eos=True)]
+                    *self.conclusion(ex.texts["thinking"], "reasoning" in blocks),
+                    self.block("answer", ex.answer, loss=True, eos=True)]
         segs = [self.tags("<spatial>"), *self.view_pair(ex.views["view1"].rgb, ex.views["view2"].rgb),
                 self.block("question", ex.texts["question"])]
         if "pose" in blocks:
@@ -204,10 +207,11 @@ class Writer(Format):
             segs.append(self.block("think", ex.texts["thinking"], loss=True))
         return segs + [self.block("answer", ex.answer, loss=True, eos=True)]
 
-    def conclusion(self, thought: str) -> list[Segment]:
+    def conclusion(self, thought: str, reasoning: bool = False) -> list[Segment]:
         """<think> that is: <option> + the rest of a spatial thought's conclusion </think>: the option it
-        reasons to as context, a loss on what follows (the copies, verdicts, letter and closing tag)."""
-        c = thought[thought.rindex("that is:"):]
+        reasons to as context (with `reasoning`, the whole thought up to it), a loss on what follows
+        (the copies, verdicts, letter and closing tag)."""
+        c = thought if reasoning else thought[thought.rindex("that is:"):]
         pieces = conclusion_pieces(c)
         head = self.ids(BLOCKS["think"][0]) + self.tok.encode("".join(p for p, _ in pieces[:2]))
         rest = self.tok.encode("".join(p for p, _ in pieces[2:]))
