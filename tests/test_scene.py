@@ -134,11 +134,11 @@ def test_vectorized_place_decides_and_draws_as_one_spot_at_a_time():
     scene = Scene([Obj("sphere", "red", "small", 0.0, 0.0)])
     new = Obj("sphere", "blue", "small", 0.0, 0.0)
     edge = 0.4 + 0.4 + GAP
-    from omni.world.scene import _free_spots
+    from omni.world.scene import _spot_test
 
     spots = np.array([[edge, 0.0], [np.nextafter(edge, 0), 0.0], [0.0, -edge]])
     want = [Scene([scene.objects[0], Obj("sphere", "blue", "small", x, y)]).valid(GAP) for x, y in spots]
-    assert _free_spots(scene, new, spots).tolist() == want == [True, False, True]
+    assert _spot_test(scene, new)(spots).tolist() == want == [True, False, True]
 
 
 def test_pick_draws_as_rng_choice():

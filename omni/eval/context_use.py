@@ -25,7 +25,7 @@ from omni.model import OmniModel, pack
 from omni.model.batch import Segment
 from omni.model.config import IMAGE_CLEAN, IMAGE_GEN, IMAGE_IN
 from omni.tokens.image import unpatchify
-from omni.train.data import DRILLS, FORMS, Writer
+from omni.train.data import DRILLS, FORMS, Writer, conclusion_text
 from omni.unroll.format import BLOCKS
 from omni.world import WorldConfig, sample
 from omni.world.tasks import LETTERS, conclusion_pieces, split_of_range
@@ -244,9 +244,8 @@ def _thought_sequence(w: Writer, ex, drill: str | None = None) -> tuple[list[Seg
         if drill not in DRILLS["spatial"]:
             raise ValueError(f"unknown spatial drill {drill!r}; known: {', '.join(DRILLS['spatial'])}")
         segs = w.write(ex, drill, np.random.default_rng(0))
-        head, thought = segs[:3], ex.texts["thinking"]
-        body = _thought_pieces(w, thought if drill == "reasoned" else thought[thought.rindex("that is:"):])[2:]
-        seq = head + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(close_tag)]
+        body = _thought_pieces(w, conclusion_text(ex.texts["thinking"], "reasoning" in FORMS["spatial"][drill]))[2:]
+        seq = segs[:3] + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(close_tag)]
         return seq, [(len(ids), what) for ids, what in body if what]
     segs = w.write(ex, "think", np.random.default_rng(0))
     at = next(i for i, sg in enumerate(segs) if sg.kind == "text" and list(sg.tokens[:1]) == w.ids(open_tag))

@@ -62,6 +62,12 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
 #   spatial "reasoned": the same with the whole thought before its option as context (no loss), so the
 #   copies are made as far from the question as in the think form
 DRILLS: dict[str, tuple[str, ...]] = {"spatial": ("conclusion", "reasoned")}
+
+
+def conclusion_text(thought: str, reasoning: bool) -> str:
+    """What of a spatial thought a conclusion drill writes: from "that is: <option>" on, or (reasoning,
+    the "reasoned" drill) all of it."""
+    return thought if reasoning else thought[thought.rindex("that is:"):]
 DEFAULT_TASK_WEIGHTS = {"vqa": 1.0, "t2i": 1.5, "spatial": 1.0, "depth": 1.0, "pose": 0.75, "nvs": 0.75,
                         "video": 0.5, "edit": 0.5}
 COND_DROPOUT = 0.1
@@ -211,7 +217,7 @@ class Writer(Format):
         """<think> that is: <option> + the rest of a spatial thought's conclusion </think>: the option it
         reasons to as context (with `reasoning`, the whole thought up to it), a loss on what follows
         (the copies, verdicts, letter and closing tag)."""
-        c = thought if reasoning else thought[thought.rindex("that is:"):]
+        c = conclusion_text(thought, reasoning)
         pieces = conclusion_pieces(c)
         head = self.ids(BLOCKS["think"][0]) + self.tok.encode("".join(p for p, _ in pieces[:2]))
         rest = self.tok.encode("".join(p for p, _ in pieces[2:]))

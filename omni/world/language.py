@@ -64,8 +64,8 @@ def object_stats(scene: Scene, ids: np.ndarray, depth: np.ndarray,
     c_min, c_max = np.minimum.reduceat(c_s, seg), np.maximum.reduceat(c_s, seg)
     r_min, r_max = np.minimum.reduceat(r_s, seg), np.maximum.reduceat(r_s, seg)
     c_sum, r_sum = np.add.reduceat(c_s, seg), np.add.reduceat(r_s, seg)
-    by_kd = np.lexsort((d_flat[on], k_of))  # per object, its depths ascending
-    d_sorted = d_flat[on][by_kd]
+    d_on = d_flat[on]
+    d_sorted = d_on[np.lexsort((d_on, k_of))]  # per object, its depths ascending
     amodal_n = (np.asarray(amodal).reshape(len(amodal), -1).sum(1) if amodal is not None else None)
     out = []
     for j, k in enumerate(np.flatnonzero(nz)):

@@ -220,16 +220,10 @@ def _free_one(scene: Scene, obj: Obj, x: float, y: float) -> bool:
     return not any(math.hypot(o.x - x, o.y - y) < o.footprint + f + GAP for o in scene.objects)
 
 
-def _free_spots(scene: Scene, obj: Obj, spots: np.ndarray) -> np.ndarray:
-    """For each spot (N, 2): would `Scene(scene.objects + [obj at the spot]).valid(GAP)` hold?"""
-    if not Scene(list(scene.objects)).valid(GAP):
-        return np.zeros(len(spots), bool)
-    return _spot_test(scene, obj)(spots)
-
-
 def _spot_test(scene: Scene, obj: Obj):
-    """`_free_spots` for a valid `scene`, its objects read once: a function of the spots (N, 2). The
-    same floating-point tests as `Scene.valid`, vectorized; the few distances within 1e-9 of their
+    """For a valid `scene`, its objects read once: a function of spots (N, 2) saying for each whether
+    `Scene(scene.objects + [obj at the spot]).valid(GAP)` holds. The same floating-point tests as
+    `Scene.valid`, vectorized; the few distances within 1e-9 of their
     threshold are recomputed with math.hypot, as `valid` computes them, so no decision differs."""
     f = obj.footprint
     ox = np.array([o.x for o in scene.objects])
