@@ -382,7 +382,7 @@ def eval_context_use(
     the true captions and visual codes."""
     import json
 
-    from omni.eval.context_use import ANSWER_TASKS, STEP_NAMES, context_use
+    from omni.eval.context_use import ANSWER_TASKS, IMAGES, STEP_NAMES, context_use
     from omni.world.tasks import split_of_range
 
     _positive("--n", n)
@@ -409,7 +409,13 @@ def eval_context_use(
         for g, rows in extra.get("by_group", {}).items():
             typer.echo(f"{g} (n = {next(iter(rows.values()))['n']}): " + ", ".join(
                 f"{name} " + " / ".join(f"{v:.3f}" for k, v in r.items() if k != "n") for name, r in rows.items()))
-        if "thought_steps" in extra:
+        if "thought_steps" in extra and task == "vqa":
+            st = extra["thought_steps"]
+            for im in (im for im in IMAGES if im in st):
+                typer.echo(f"the true thought, piece by piece, {im} (teacher-forced): " + ", ".join(
+                    f"{k} {v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" for k, v in st[im].items()))
+            typer.echo("chance: " + ", ".join(f"{k} {v:.3f}" for k, v in st["chance"].items()))
+        elif "thought_steps" in extra:
             st = extra["thought_steps"]
             typer.echo("the true thought, step by step (teacher-forced): " + ", ".join(
                 f"{k} {st[k]['mean']:.3f} [{st[k]['lo']:.3f}, {st[k]['hi']:.3f}]" for k in STEP_NAMES)

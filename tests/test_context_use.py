@@ -156,6 +156,42 @@ def test_thought_steps_on_the_conclusion_drills(drill):
     assert r["option"]["mean"] == 1 and sum(r["letters"].values()) == 3 and r["copy_words"]
 
 
+def test_vqa_thought_steps_score_the_true_thoughts_pieces():
+    """The sequence is the training think form up to the thought's last token, with targets on exactly
+    its named pieces; "other image" changes the image and nothing else; a random model gets the answer
+    wrong and every rate lies in [0, 1], for both images and per family."""
+    from omni.eval.context_use import IMAGES, _vqa_thought_sequence, vqa_thought_steps
+    from omni.model import pack
+    from omni.train.data import Writer
+    from omni.world import sample
+    from omni.world.tasks import vqa_thought_pieces
+
+    m = tiny()
+    w = Writer(m.tokenizer, m.visual, m.cfg)
+    exs = sample("vqa", range(1_000_000_000, 1_000_000_006))
+    for ex, other in zip(exs, exs[1:], strict=False):
+        seq, spans = _vqa_thought_sequence(w, ex)
+        full = [t for sg in w.write(ex, "think", np.random.default_rng(0)) if sg.kind == "text" for t in sg.tokens]
+        mine = [t for sg in seq if sg.kind == "text" for t in sg.tokens]
+        assert mine == full[:len(mine)] and full[len(mine)] == w.ids("</think>")[0]
+        named = [(p, what) for p, what in vqa_thought_pieces(ex.texts["thinking"]) if what]
+        assert [what for _, what in spans] == [what for _, what in named]
+        tgt = pack([seq], m.cfg).target[0]
+        assert m.tokenizer.decode(tgt[tgt >= 0].tolist()) == "".join(p for p, _ in named)
+        swapped, spans2 = _vqa_thought_sequence(w, ex, image_of=other)
+        imgs = [i for i, sg in enumerate(seq) if sg.kind == "image_in"]
+        assert spans2 == spans and [sg.kind for sg in swapped] == [sg.kind for sg in seq]
+        assert all(torch.equal(swapped[i].pixels, w.pixels(other.views["image"].rgb)) for i in imgs)
+        assert all(a.tokens == b.tokens for a, b in zip(swapped, seq, strict=True) if a.kind == "text")
+    r = vqa_thought_steps(m, 5, 1_000_000_000, batch=2)
+    assert r["n"] == 5 and set(IMAGES) <= set(r) and r["chance"]["colour"] == 1 / 8
+    for im in IMAGES:
+        assert set(r[im]) == {"count", "size", "colour", "shape", "position", "step", "answer", "listing"}
+        assert all(0 <= v["mean"] <= 1 for v in r[im].values()) and r[im]["answer"]["mean"] == 0
+    assert sum(g["own image"]["n"] for g in r["by_group"].values()) == 5
+    assert set(vqa_thought_steps(m, 1, 1_000_000_000)) == {"n", "own image", "chance", "by_group"}
+
+
 def test_answer_context_use_errors():
     from omni.eval.context_use import answer_context_use
 
@@ -175,6 +211,10 @@ def test_cli_answer_task(tmp_path):
     out = json.loads(r.stdout)
     assert out["task"] == "spatial" and list(out["tables"]) == ["accuracy", "answer nll"] and out["by_group"]
     assert sum(out["thought_steps"]["letters"].values()) == 1
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint", str(tmp_path / "ck"),
+                        "--task", "vqa", "--n", "2"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "piece by piece, other image" in r.stdout and "chance: size 0.500" in r.stdout
     for args, needle in ((["--task", "pose"], "--task must be"), (["--task", "vqa", "--t", "0.5"], "--t (noise")):
         bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint",
                               str(tmp_path / "ck"), *args], capture_output=True, text=True, timeout=300)

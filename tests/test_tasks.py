@@ -24,6 +24,7 @@ from omni.world.tasks import (
     split_of,
     stated_answer,
     stated_option,
+    vqa_thought_pieces,
 )
 
 N = 120
@@ -413,6 +414,34 @@ def test_thought_readers_on_a_models_malformed_or_older_thoughts():
     for bad in (old, "that is: x. A. x: no, so the answer is A.", "that is: x. A. x: yes. so the answer is A."):
         with pytest.raises(ValueError, match="not a spatial thought of the world's shape"):
             conclusion_pieces(bad)
+
+
+def test_vqa_thought_pieces_name_what_the_thought_states():
+    """The cut gives back the whole thought, and its named pieces are what it states: the number of
+    objects, each one's size, colour, shape and position word (the objects the short caption names, in
+    its order), the step and the answer."""
+    from omni.world.scene import COLORS, SHAPES, SIZES
+
+    for ex in sample("vqa", SEEDS[:60]):
+        thought = ex.texts["thinking"]
+        pieces = vqa_thought_pieces(thought)
+        assert "".join(p for p, _ in pieces) == " " + thought.strip()
+        assert all(p.startswith(" ") for p, what in pieces if what)
+        named = [(what, p.strip()) for p, what in pieces if what]
+        n = int(named[0][1])
+        assert [w for w, _ in named] == ["count", *["size", "colour", "shape", "position"] * n, "step", "answer"]
+        listed = [tuple(v for _, v in named[1 + 4 * i:5 + 4 * i]) for i in range(n)]
+        assert all(s in SIZES and c in COLORS and sh in SHAPES for s, c, sh, _ in listed)
+        assert ex.texts["caption"].startswith(f"{n} object")
+        assert ex.texts["caption"].endswith(", ".join(f"{c} {sh}" for _, c, sh, _ in listed[-1:]) + ".")
+        assert all(f"{c} {sh}" in ex.texts["caption"] for _, c, sh, _ in listed)
+        assert named[-1][1] == ex.answer and thought.endswith(f"{named[-2][1]} so the answer is {ex.answer}.")
+    for bad in ("the cube is red. so the answer is red.",
+                "i see 1 object: a huge red cube on the left. x. so the answer is 1.",
+                "i see 1 object: a large red cube on the left. so the answer is 1. more",
+                "i see 1 object: a large red cube on the left. so the answer is 1."):  # no step
+        with pytest.raises(ValueError, match="not a vqa thought of the world's shape"):
+            vqa_thought_pieces(bad)
 
 
 def test_pose_centre_and_spread_are_the_pose_tasks():

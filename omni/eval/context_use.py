@@ -28,7 +28,7 @@ from omni.tokens.image import unpatchify
 from omni.train.data import DRILLS, FORMS, Writer, conclusion_text
 from omni.unroll.format import BLOCKS
 from omni.world import WorldConfig, sample
-from omni.world.tasks import LETTERS, conclusion_pieces, split_of_range
+from omni.world.tasks import LETTERS, VQA_PIECES, conclusion_pieces, split_of_range, vqa_thought_pieces
 
 from .ablate import group_means, question_types
 from .metrics import bootstrap_ci, depth_metrics
@@ -311,6 +311,84 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, dri
             "copy_words": {g: [float(np.mean(by[j])) for j in sorted(by)] for g, by in sorted(words.items())}}
 
 
+IMAGES = ("own image", "other image")
+
+
+def _vqa_thought_sequence(w: Writer, ex, image_of=None) -> tuple[list[Segment], list[tuple[int, str]]]:
+    """A vqa example's think form, as training writes it, up to the thought's last token, with its loss
+    only on the thought's named pieces (`vqa_thought_pieces`); and those pieces' (token count, name)
+    in order. image_of: another example whose image replaces the example's own (the text unchanged)."""
+    open_tag = BLOCKS["think"][0]
+    segs = w.write(ex, "think", np.random.default_rng(0))
+    if image_of is not None:
+        segs = [*w.write(image_of, "direct", np.random.default_rng(0))[:3], *segs[3:]]
+    at = next(j for j, sg in enumerate(segs) if sg.kind == "text" and list(sg.tokens[:1]) == w.ids(open_tag))
+    pieces = [(w.tok.encode(p), what) for p, what in vqa_thought_pieces(ex.texts["thinking"])]
+    if [t for ids, _ in pieces for t in ids] != w.tok.encode(" " + ex.texts["thinking"].strip()):
+        raise AssertionError("the vqa thought's pieces tokenize differently from the whole; split it elsewhere")
+    seq = ([dataclasses.replace(sg, loss=False) for sg in segs[:at]] + [w.tags(open_tag)]
+           + [Segment("text", ids, loss=what is not None) for ids, what in pieces])
+    return seq, [(len(ids), what) for ids, what in pieces if what]
+
+
+@torch.no_grad()
+def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8) -> dict:
+    """Where a vqa thought breaks, piece by piece, given the world's true thought up to each piece
+    (teacher-forced, as in training, on n examples from seed_start): the number of objects seen, each
+    listed object's size, colour, shape and position word, the question's step and the answer
+    (`omni.world.tasks.vqa_thought_pieces`; a piece is right when every token of it is the argmax).
+    Scored twice: with the example's own image ("own image") and, the text unchanged, with the next
+    example's image (the last takes the first's; "other image", where n >= 2): what the thought gets
+    from the image is the difference, and what it gets without it lies at or above the chance rate of
+    guessing among the world's words ("chance").
+    Returns {"n", image -> piece -> bootstrap mean and 95% interval of the per-example rate of that
+    piece ("listing": 1 when every listed word is right), "chance", "by_group": vqa family -> image ->
+    {"n", piece means}}."""
+    _check(model, n, seed_start)
+    model = model.eval()
+    cfg = model.cfg
+    w = Writer(model.tokenizer, model.visual, cfg)
+    wc = WorldConfig(size=cfg.image_size)
+    exs = sample("vqa", list(range(seed_start, seed_start + n)), wc)
+    device = next(model.parameters()).device
+    names = (*VQA_PIECES, "listing")
+    images = IMAGES if n >= 2 else IMAGES[:1]
+    rates: dict[str, dict[str, list[float]]] = {im: {k: [] for k in names} for im in images}
+    for lo in range(0, n, batch):
+        chunk = exs[lo:lo + batch]
+        seqs, spans, kept = [], [], []
+        for im in images:
+            for i, ex in enumerate(chunk):
+                seq, span = _vqa_thought_sequence(w, ex, exs[(lo + i + 1) % n] if im == "other image" else None)
+                seqs.append(seq)
+                spans.append(span)
+                kept.append(im)
+        b = pack(seqs, cfg).to(device)
+        h = model(b)
+        for r, im in enumerate(kept):
+            lg, tgt = _target_logits(model, b, h, r, slice(0, cfg.text_vocab))
+            hit = lg.argmax(-1) == tgt
+            k, got = 0, {}
+            for size, what in spans[r]:
+                got.setdefault(what, []).append(bool(hit[k:k + size].all()))
+                k += size
+            for name in VQA_PIECES:  # every thought has each piece (at least one object is listed)
+                rates[im][name].append(float(np.mean(got[name])))
+            rates[im]["listing"].append(float(all(x for p in ("size", "colour", "shape", "position") for x in got[p])))
+    out = {"n": n}
+    for im in images:
+        out[im] = {k: bootstrap_ci(v) for k, v in rates[im].items()}
+    out["chance"] = {"size": 1 / len(wc.scene.sizes), "colour": 1 / len(wc.scene.colors),
+                     "shape": 1 / len(wc.scene.shapes)}
+    groups = question_types("vqa", exs)
+    out["by_group"] = {}
+    for im in images:
+        for g, rows in group_means(groups, {im: {k: rates[im][k] for k in ("count", "colour", "shape", "listing",
+                                                                         "step", "answer")}}).items():
+            out["by_group"].setdefault(g, {}).update(rows)
+    return out
+
+
 def context_use(model: OmniModel, task: str, n: int, seed_start: int,
                 ts: Sequence[float] | None = None) -> dict:
     """Either measure, by task, in one shape: {"tables": name -> AblationTable, "by_group": question
@@ -329,4 +407,6 @@ def context_use(model: OmniModel, task: str, n: int, seed_start: int,
     res = answer_context_use(model, task, n, seed_start)
     if task == "spatial":
         res["thought_steps"] = thought_steps(model, n, seed_start)
+    if task == "vqa":
+        res["thought_steps"] = vqa_thought_steps(model, n, seed_start)
     return res

@@ -29,7 +29,7 @@ from .camera import (
     rotate_view,
 )
 from .render import render
-from .scene import Obj, Scene, SceneOptions, place, random_object, sample_scene
+from .scene import COLORS, SHAPES, SIZES, Obj, Scene, SceneOptions, place, random_object, sample_scene
 
 TASKS = ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit")
 SPLITS = {"train": (0, 1_000_000_000), "val": (1_000_000_000, 1_001_000_000),
@@ -178,6 +178,39 @@ def objects_sentence(stats: list[L.ObjectStats], size: int) -> str:
     items = [f"{L.article(s.obj.size)} {L.full_name(s.obj)} {L.horizontal_word(s, size)}"
              for s in L.by_position(stats)]
     return f"i see {L.count_phrase(len(stats), 'object')}: {L.join(items)}."
+
+
+_WORDS = {"size": SIZES, "colour": COLORS, "shape": SHAPES}
+_VQA_OPENING = re.compile(r"( i see)( \d+)( objects?:)")
+_VQA_ITEM = re.compile(r"(,| and)?( an?)( {size})( {colour})( {shape})( on the left| in the center| on the right)"
+                       .format(**{k: "(?:" + "|".join(v) + ")" for k, v in _WORDS.items()}))
+_VQA_CLOSING = re.compile(r"( so the answer is)( [^.]+)(\.)")
+VQA_PIECES = ("count", "size", "colour", "shape", "position", "step", "answer")
+
+
+def vqa_thought_pieces(thought: str) -> list[tuple[str, str | None]]:
+    """The world's vqa thought (`objects_sentence`, then its family's step, then "so the answer is X.")
+    cut into text pieces whose concatenation is " " + thought.strip(), each named by what it states or
+    None: "count" (the objects seen), per object listed "size", "colour", "shape" and "position" (" on
+    the left", ...), "step" (the question's step, one piece) and "answer". Each named piece starts with
+    its space. A thought not of that shape is a ValueError."""
+    text = " " + thought.strip()
+    m = _VQA_OPENING.match(text)
+    if m is None:
+        raise ValueError(f"not a vqa thought of the world's shape: {thought[:80]!r}")
+    pieces: list[tuple[str, str | None]] = [(m.group(1), None), (m.group(2), "count"), (m.group(3), None)]
+    pos = m.end()
+    while it := _VQA_ITEM.match(text, pos):
+        pieces += [(it.group(1) or "", None), (it.group(2), None), (it.group(3), "size"), (it.group(4), "colour"),
+                   (it.group(5), "shape"), (it.group(6), "position")]
+        pos = it.end()
+    end = _VQA_CLOSING.search(text, pos)
+    if (pos == m.end() or not text.startswith(". ", pos) or end is None or end.start() <= pos + 1
+            or end.end() != len(text)):
+        raise ValueError(f"not a vqa thought of the world's shape: {thought[:80]!r}")
+    pieces += [(".", None), (text[pos + 1:end.start()], "step"), (end.group(1), None), (end.group(2), "answer"),
+               (end.group(3), None)]
+    return [(p, what) for p, what in pieces if p]
 
 
 def options_text(options: list[str]) -> str:
