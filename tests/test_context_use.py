@@ -186,7 +186,8 @@ def test_vqa_thought_steps_score_the_true_thoughts_pieces():
     r = vqa_thought_steps(m, 5, 1_000_000_000, batch=2)
     assert r["n"] == 5 and set(IMAGES) <= set(r) and r["chance"]["colour"] == 1 / 8
     for im in IMAGES:
-        assert set(r[im]) == {"count", "size", "colour", "shape", "position", "step", "answer", "listing"}
+        assert set(r[im]) == {"count", "size", "colour", "shape", "position", "step", "step colour", "step shape",
+                              "answer", "listing"}
         assert all(0 <= v["mean"] <= 1 for v in r[im].values()) and r[im]["answer"]["mean"] == 0
     assert sum(g["own image"]["n"] for g in r["by_group"].values()) == 5
     assert set(vqa_thought_steps(m, 1, 1_000_000_000)) == {"n", "own image", "chance", "by_group"}

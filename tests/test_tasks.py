@@ -429,13 +429,19 @@ def test_vqa_thought_pieces_name_what_the_thought_states():
         assert all(p.startswith(" ") for p, what in pieces if what)
         named = [(what, p.strip()) for p, what in pieces if what]
         n = int(named[0][1])
-        assert [w for w, _ in named] == ["count", *["size", "colour", "shape", "position"] * n, "step", "answer"]
+        step = named[1 + 4 * n:-1]
+        assert [w for w, _ in named[:1 + 4 * n]] == ["count", *["size", "colour", "shape", "position"] * n]
+        assert named[-1][0] == "answer" and step and {w for w, _ in step} <= {"step", "step colour", "step shape"}
+        # the step word by word, its colour and shape words named as such
+        assert all((w == "step colour") == (v.rstrip(".,;:") in COLORS) for w, v in step)
+        assert all((w == "step shape") == (v.rstrip(".,;:") in SHAPES) for w, v in step)
         listed = [tuple(v for _, v in named[1 + 4 * i:5 + 4 * i]) for i in range(n)]
         assert all(s in SIZES and c in COLORS and sh in SHAPES for s, c, sh, _ in listed)
         assert ex.texts["caption"].startswith(f"{n} object")
         assert ex.texts["caption"].endswith(", ".join(f"{c} {sh}" for _, c, sh, _ in listed[-1:]) + ".")
         assert all(f"{c} {sh}" in ex.texts["caption"] for _, c, sh, _ in listed)
-        assert named[-1][1] == ex.answer and thought.endswith(f"{named[-2][1]} so the answer is {ex.answer}.")
+        assert named[-1][1] == ex.answer
+        assert thought.endswith(f"{' '.join(v for _, v in step)} so the answer is {ex.answer}.")
     for bad in ("the cube is red. so the answer is red.",
                 "i see 1 object: a huge red cube on the left. x. so the answer is 1.",
                 "i see 1 object: a large red cube on the left. so the answer is 1. more",

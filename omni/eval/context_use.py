@@ -335,15 +335,16 @@ def _vqa_thought_sequence(w: Writer, ex, image_of=None) -> tuple[list[Segment], 
 def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8) -> dict:
     """Where a vqa thought breaks, piece by piece, given the world's true thought up to each piece
     (teacher-forced, as in training, on n examples from seed_start): the number of objects seen, each
-    listed object's size, colour, shape and position word, the question's step and the answer
-    (`omni.world.tasks.vqa_thought_pieces`; a piece is right when every token of it is the argmax).
+    listed object's size, colour, shape and position word, the question's step (all of it; and its
+    colour and shape words alone, most of them copies) and the answer (`omni.world.tasks.
+    vqa_thought_pieces`; a piece is right when every token of it is the argmax).
     Scored twice: with the example's own image ("own image") and, the text unchanged, with the next
     example's image (the last takes the first's; "other image", where n >= 2): what the thought gets
     from the image is the difference, and what it gets without it lies at or above the chance rate of
     guessing among the world's words ("chance").
     Returns {"n", image -> piece -> bootstrap mean and 95% interval of the per-example rate of that
-    piece ("listing": 1 when every listed word is right), "chance", "by_group": vqa family -> image ->
-    {"n", piece means}}."""
+    piece, over the examples that have one ("step": 1 when every word of the step is right; "listing":
+    every listed word), "chance", "by_group": vqa family -> image -> {"n", piece means}}."""
     _check(model, n, seed_start)
     model = model.eval()
     cfg = model.cfg
@@ -353,7 +354,7 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8)
     device = next(model.parameters()).device
     names = (*VQA_PIECES, "listing")
     images = IMAGES if n >= 2 else IMAGES[:1]
-    rates: dict[str, dict[str, list[float]]] = {im: {k: [] for k in names} for im in images}
+    rates: dict[str, dict[str, list[float | None]]] = {im: {k: [] for k in names} for im in images}
     for lo in range(0, n, batch):
         chunk = exs[lo:lo + batch]
         seqs, spans, kept = [], [], []
@@ -372,20 +373,24 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8)
             for size, what in spans[r]:
                 got.setdefault(what, []).append(bool(hit[k:k + size].all()))
                 k += size
-            for name in VQA_PIECES:  # every thought has each piece (at least one object is listed)
-                rates[im][name].append(float(np.mean(got[name])))
+            for name in VQA_PIECES:  # None where a thought has no such piece (a step without a colour)
+                rates[im][name].append(float(np.mean(got[name])) if name in got else None)
+            rates[im]["step"][-1] = float(all(x for p in ("step", "step colour", "step shape") for x in got.get(p, ())))
             rates[im]["listing"].append(float(all(x for p in ("size", "colour", "shape", "position") for x in got[p])))
     out = {"n": n}
     for im in images:
-        out[im] = {k: bootstrap_ci(v) for k, v in rates[im].items()}
+        out[im] = {k: bootstrap_ci([x for x in v if x is not None]) for k, v in rates[im].items()}
     out["chance"] = {"size": 1 / len(wc.scene.sizes), "colour": 1 / len(wc.scene.colors),
                      "shape": 1 / len(wc.scene.shapes)}
     groups = question_types("vqa", exs)
     out["by_group"] = {}
-    for im in images:
-        for g, rows in group_means(groups, {im: {k: rates[im][k] for k in ("count", "colour", "shape", "listing",
-                                                                         "step", "answer")}}).items():
-            out["by_group"].setdefault(g, {}).update(rows)
+    keys = ("count", "colour", "shape", "listing", "step", "step colour", "step shape", "answer")
+    for g in sorted(set(groups)):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        out["by_group"][g] = {}
+        for im in images:
+            vals = {k: [rates[im][k][i] for i in idx if rates[im][k][i] is not None] for k in keys}
+            out["by_group"][g][im] = {"n": len(idx), **{k: float(np.mean(v)) for k, v in vals.items() if v}}
     return out
 
 

@@ -185,15 +185,17 @@ _VQA_OPENING = re.compile(r"( i see)( \d+)( objects?:)")
 _VQA_ITEM = re.compile(r"(,| and)?( an?)( {size})( {colour})( {shape})( on the left| in the center| on the right)"
                        .format(**{k: "(?:" + "|".join(v) + ")" for k, v in _WORDS.items()}))
 _VQA_CLOSING = re.compile(r"( so the answer is)( [^.]+)(\.)")
-VQA_PIECES = ("count", "size", "colour", "shape", "position", "step", "answer")
+VQA_PIECES = ("count", "size", "colour", "shape", "position", "step", "step colour", "step shape", "answer")
+_STEP_WORDS = {**{c: "step colour" for c in COLORS}, **{sh: "step shape" for sh in SHAPES}}
 
 
 def vqa_thought_pieces(thought: str) -> list[tuple[str, str | None]]:
     """The world's vqa thought (`objects_sentence`, then its family's step, then "so the answer is X.")
     cut into text pieces whose concatenation is " " + thought.strip(), each named by what it states or
     None: "count" (the objects seen), per object listed "size", "colour", "shape" and "position" (" on
-    the left", ...), "step" (the question's step, one piece) and "answer". Each named piece starts with
-    its space. A thought not of that shape is a ValueError."""
+    the left", ...), the question's step word by word ("step colour" and "step shape" for the colour
+    and shape words in it, mostly copied from the question or the listing, "step" for the others) and
+    "answer". Each named piece starts with its space. A thought not of that shape is a ValueError."""
     text = " " + thought.strip()
     m = _VQA_OPENING.match(text)
     if m is None:
@@ -208,8 +210,8 @@ def vqa_thought_pieces(thought: str) -> list[tuple[str, str | None]]:
     if (pos == m.end() or not text.startswith(". ", pos) or end is None or end.start() <= pos + 1
             or end.end() != len(text)):
         raise ValueError(f"not a vqa thought of the world's shape: {thought[:80]!r}")
-    pieces += [(".", None), (text[pos + 1:end.start()], "step"), (end.group(1), None), (end.group(2), "answer"),
-               (end.group(3), None)]
+    step = [(" " + word, _STEP_WORDS.get(word.rstrip(".,;:"), "step")) for word in text[pos + 2:end.start()].split(" ")]
+    pieces += [(".", None), *step, (end.group(1), None), (end.group(2), "answer"), (end.group(3), None)]
     return [(p, what) for p, what in pieces if p]
 
 
