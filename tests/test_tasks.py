@@ -438,7 +438,7 @@ def test_vqa_thought_pieces_name_what_the_thought_states():
         listed = [tuple(v for _, v in named[1 + 4 * i:5 + 4 * i]) for i in range(n)]
         assert all(s in SIZES and c in COLORS and sh in SHAPES for s, c, sh, _ in listed)
         assert ex.texts["caption"].startswith(f"{n} object")
-        assert ex.texts["caption"].endswith(", ".join(f"{c} {sh}" for _, c, sh, _ in listed[-1:]) + ".")
+        assert ex.texts["caption"].endswith(f"{listed[-1][1]} {listed[-1][2]}.")
         assert all(f"{c} {sh}" in ex.texts["caption"] for _, c, sh, _ in listed)
         assert named[-1][1] == ex.answer
         assert thought.endswith(f"{' '.join(v for _, v in step)} so the answer is {ex.answer}.")

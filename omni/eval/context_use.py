@@ -222,13 +222,12 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
 STEP_NAMES = ("option", "copy", "verdict", "letter")
 
 
-def _thought_pieces(w: Writer, thought: str) -> list[tuple[list[int], str | None]]:
-    """The world's spatial thought as token runs, each named by the step it is or None (the world's cut,
-    `omni.world.tasks.conclusion_pieces`: option, copy, verdict, letter). Their concatenation is exactly
-    the tokens `Writer.block` writes for its body."""
+def _thought_pieces(w: Writer, thought: str, cut=conclusion_pieces) -> list[tuple[list[int], str | None]]:
+    """A world thought as token runs, each named by the piece it is or None (the world's cut: for
+    spatial `omni.world.tasks.conclusion_pieces`, option, copy, verdict, letter; for vqa
+    `vqa_thought_pieces`). Their concatenation is exactly the tokens `Writer.block` writes for its body."""
     text = " " + thought.strip()
-    pieces = conclusion_pieces(thought)
-    parts = [(w.tok.encode(p), what) for p, what in pieces]
+    parts = [(w.tok.encode(p), what) for p, what in cut(thought)]
     if [t for ids, _ in parts for t in ids] != w.tok.encode(text):
         raise AssertionError("the thought's pieces tokenize differently from the whole; split it elsewhere")
     return parts
@@ -239,7 +238,7 @@ def _thought_sequence(w: Writer, ex, drill: str | None = None) -> tuple[list[Seg
     its loss only on the thought's named steps (`_thought_pieces`); and those spans' (token count,
     name) in order. drill: that drill form instead ("conclusion" or "reasoned": text alone, the option
     context there, so no "option" span)."""
-    open_tag, close_tag = BLOCKS["think"]
+    close_tag = BLOCKS["think"][1]
     if drill:
         if drill not in DRILLS["spatial"]:
             raise ValueError(f"unknown spatial drill {drill!r}; known: {', '.join(DRILLS['spatial'])}")
@@ -247,12 +246,17 @@ def _thought_sequence(w: Writer, ex, drill: str | None = None) -> tuple[list[Seg
         body = _thought_pieces(w, conclusion_text(ex.texts["thinking"], "reasoning" in FORMS["spatial"][drill]))[2:]
         seq = segs[:3] + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(close_tag)]
         return seq, [(len(ids), what) for ids, what in body if what]
-    segs = w.write(ex, "think", np.random.default_rng(0))
-    at = next(i for i, sg in enumerate(segs) if sg.kind == "text" and list(sg.tokens[:1]) == w.ids(open_tag))
     body = _thought_pieces(w, ex.texts["thinking"])
-    seq = ([dataclasses.replace(sg, loss=False) for sg in segs[:at]] + [w.tags(open_tag)]
+    seq = (_before_thought(w, w.write(ex, "think", np.random.default_rng(0)))
            + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(close_tag)])
     return seq, [(len(ids), what) for ids, what in body if what]
+
+
+def _before_thought(w: Writer, segs: list[Segment]) -> list[Segment]:
+    """A think form's segments up to and including its <think> tag, with no loss on any of them."""
+    open_tag = BLOCKS["think"][0]
+    at = next(i for i, sg in enumerate(segs) if sg.kind == "text" and list(sg.tokens[:1]) == w.ids(open_tag))
+    return [dataclasses.replace(sg, loss=False) for sg in segs[:at]] + [w.tags(open_tag)]
 
 
 @torch.no_grad()
@@ -312,22 +316,18 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, dri
 
 
 IMAGES = ("own image", "other image")
+STEP_PARTS = ("step", "step colour", "step shape")  # the vqa step's words, by what they name
 
 
 def _vqa_thought_sequence(w: Writer, ex, image_of=None) -> tuple[list[Segment], list[tuple[int, str]]]:
     """A vqa example's think form, as training writes it, up to the thought's last token, with its loss
     only on the thought's named pieces (`vqa_thought_pieces`); and those pieces' (token count, name)
     in order. image_of: another example whose image replaces the example's own (the text unchanged)."""
-    open_tag = BLOCKS["think"][0]
     segs = w.write(ex, "think", np.random.default_rng(0))
     if image_of is not None:
         segs = [*w.write(image_of, "direct", np.random.default_rng(0))[:3], *segs[3:]]
-    at = next(j for j, sg in enumerate(segs) if sg.kind == "text" and list(sg.tokens[:1]) == w.ids(open_tag))
-    pieces = [(w.tok.encode(p), what) for p, what in vqa_thought_pieces(ex.texts["thinking"])]
-    if [t for ids, _ in pieces for t in ids] != w.tok.encode(" " + ex.texts["thinking"].strip()):
-        raise AssertionError("the vqa thought's pieces tokenize differently from the whole; split it elsewhere")
-    seq = ([dataclasses.replace(sg, loss=False) for sg in segs[:at]] + [w.tags(open_tag)]
-           + [Segment("text", ids, loss=what is not None) for ids, what in pieces])
+    pieces = _thought_pieces(w, ex.texts["thinking"], vqa_thought_pieces)
+    seq = _before_thought(w, segs) + [Segment("text", ids, loss=what is not None) for ids, what in pieces]
     return seq, [(len(ids), what) for ids, what in pieces if what]
 
 
@@ -374,8 +374,10 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8)
                 got.setdefault(what, []).append(bool(hit[k:k + size].all()))
                 k += size
             for name in VQA_PIECES:  # None where a thought has no such piece (a step without a colour)
-                rates[im][name].append(float(np.mean(got[name])) if name in got else None)
-            rates[im]["step"][-1] = float(all(x for p in ("step", "step colour", "step shape") for x in got.get(p, ())))
+                if name == "step":  # the whole step: its colour and shape words too
+                    rates[im][name].append(float(all(x for p in STEP_PARTS for x in got.get(p, ()))))
+                else:
+                    rates[im][name].append(float(np.mean(got[name])) if name in got else None)
             rates[im]["listing"].append(float(all(x for p in ("size", "colour", "shape", "position") for x in got[p])))
     out = {"n": n}
     for im in images:
