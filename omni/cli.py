@@ -372,6 +372,9 @@ def eval_context_use(
     seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
     t: str = typer.Option(None, help="t2i only: noise levels, comma-separated (1: pure noise) "
                                      "[default: 0.5,0.8,0.95]."),
+    vqa_thought: str = typer.Option("inventory", help="vqa only: the world's thought the model's own is compared "
+                                                      "with: inventory (the world's default) or focused (for a "
+                                                      "model trained with --vqa-thought focused)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Does the model use each context? Its output given the world's true contexts (as in training)
@@ -383,12 +386,14 @@ def eval_context_use(
     import json
 
     from omni.eval.context_use import ANSWER_TASKS, IMAGES, STEP_NAMES, context_use
+    from omni.eval.run import eval_world
     from omni.world.tasks import split_of_range
 
     _positive("--n", n)
     split_of_range(seed_start, n)
     if task != "t2i" and task not in ANSWER_TASKS:
         raise ValueError(f"--task must be t2i or one of {', '.join(ANSWER_TASKS)}, got {task!r}")
+    eval_world(task, vqa_thought=vqa_thought)  # checked before the model loads
     ts = None
     if t is not None:
         if task != "t2i":
@@ -397,7 +402,7 @@ def eval_context_use(
             ts = [float(x) for x in t.split(",") if x.strip()]
         except ValueError:
             raise ValueError(f"--t must be numbers separated by commas, got {t!r}") from None
-    res = context_use(_load(checkpoint, device), task, n, seed_start, ts)
+    res = context_use(_load(checkpoint, device), task, n, seed_start, ts, vqa_thought=vqa_thought)
     tables, extra = res["tables"], ({"by_group": res["by_group"]} if res["by_group"] else {})
     if "thought_steps" in res:
         extra["thought_steps"] = res["thought_steps"]
@@ -415,6 +420,10 @@ def eval_context_use(
                 typer.echo(f"the true thought, piece by piece, {im} (teacher-forced): " + ", ".join(
                     f"{k} {v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" for k, v in st[im].items()))
             typer.echo("chance: " + ", ".join(f"{k} {v:.3f}" for k, v in st["chance"].items()))
+            for im, by_truth in st["yes_no"].items():
+                typer.echo(f"yes / no answers stated after the true thought, {im}: " + "; ".join(
+                    f"true {t}: " + ", ".join(f"{said} {k}" for said, k in sorted(c.items()))
+                    for t, c in sorted(by_truth.items())))
         elif "thought_steps" in extra:
             st = extra["thought_steps"]
             typer.echo("the true thought, step by step (teacher-forced): " + ", ".join(
@@ -514,6 +523,9 @@ def ablate_command(
     cfg_scale: float = _cfg_scale_option(),
     flow_steps: int = _flow_steps_option(),
     flow_shift: float = _flow_shift_option(),
+    vqa_thought: str = typer.Option("inventory", help="vqa only: the world's thought the model's own is compared "
+                                                      "with: inventory (the world's default) or focused (for a "
+                                                      "model trained with --vqa-thought focused)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run kept in OUT/TASK_partial.json "
                                 "(same arguments and checkpoint): the same results as a run that never stopped."),
@@ -524,6 +536,7 @@ def ablate_command(
     from pathlib import Path
 
     from omni.eval.ablate import ablate, markdown, save_ablation
+    from omni.eval.run import eval_world
     from omni.unroll.engine import PLANS, Engine
     from omni.world.export import ensure_writable_dir
     from omni.world.tasks import split_of_range
@@ -531,6 +544,7 @@ def ablate_command(
     _positive("--n", n)
     if task not in PLANS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(PLANS)}")
+    eval_world(task, vqa_thought=vqa_thought)
     chosen = None
     if rows:
         names = [r.strip() for r in rows.split(",") if r.strip()]
@@ -549,7 +563,7 @@ def ablate_command(
                          "checkpoint); remove the file to start again")
     engine = Engine(_load(checkpoint, device), seed=seed, **sampling)
     r = ablate(engine, task, n, seed_start, rows=chosen, log=None if json_out else lambda m: typer.echo(m, err=True),
-               partial=partial, resume=resume)
+               partial=partial, resume=resume, vqa_thought=vqa_thought)
     files = save_ablation(r, out)
     partial.unlink()
     if json_out:
@@ -672,6 +686,9 @@ def train(
     pose_motions: str = typer.Option("orbit", help="The pose task's camera motions, comma-separated: orbit "
                                                    "(the world's default) and/or move_turn (moved like the "
                                                    "spatial task's second view)."),
+    vqa_thought: str = typer.Option("inventory", help="The vqa thought's shape: inventory (every object, then "
+                                                      "the step: the world's default) or focused (only the "
+                                                      "objects the question names)."),
     task_weights: str = typer.Option("", help='JSON of task weights over the defaults, e.g. \'{"spatial": 2}\'.'),
     form_weights: str = typer.Option("", help='JSON of form weights per task (others 1, drills 0), e.g. '
                                               '\'{"spatial": {"pose": 3}}\'.'),
@@ -726,7 +743,7 @@ def train(
                 raise ValueError(f"{MODEL_FLAGS[k]} and --model {k} {json.dumps(overrides[k])} disagree")
             overrides[k] = v
     mixture = MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift,
-                            pose_motions=_csv(pose_motions),
+                            pose_motions=_csv(pose_motions), vqa_thought=vqa_thought,
                             **MixtureConfig.weights(task_weights, form_weights))
     # the options the command line gave: --resume compares exactly those with the saved run's
     named = {k for k in ctx.params if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE",

@@ -190,7 +190,41 @@ def test_vqa_thought_steps_score_the_true_thoughts_pieces():
                               "answer", "listing"}
         assert all(0 <= v["mean"] <= 1 for v in r[im].values()) and r[im]["answer"]["mean"] == 0
     assert sum(g["own image"]["n"] for g in r["by_group"].values()) == 5
-    assert set(vqa_thought_steps(m, 1, 1_000_000_000)) == {"n", "own image", "chance", "by_group"}
+    assert sum(g["own image"]["n"] for g in r["by_kind"].values()) == 5
+    assert set(r["by_kind"]) == {ex.spec["kind"] for ex in sample("vqa", range(1_000_000_000, 1_000_000_005))}
+    assert set(vqa_thought_steps(m, 1, 1_000_000_000)) == {"n", "own image", "chance", "by_group", "by_kind", "yes_no"}
+    # the yes / no questions: every one counted once per image, by its true answer and the stated one
+    exs = sample("vqa", range(1_000_000_000, 1_000_000_040))
+    r = vqa_thought_steps(m, 40, 1_000_000_000, batch=8)
+    yn = [ex.answer for ex in exs if ex.answer in ("yes", "no")]
+    assert yn and set(r["yes_no"]) == set(IMAGES)
+    for im in IMAGES:
+        assert {t: sum(c.values()) for t, c in r["yes_no"][im].items()} == {a: yn.count(a) for a in set(yn)}
+        assert all(set(c) <= {"yes", "no"} for c in r["yes_no"][im].values())
+
+
+def test_vqa_thought_steps_on_the_focused_thought():
+    """vqa_thought="focused": the sequence holds the focused thought (no inventory), so there is no
+    count, listed word or listing to score, only the step's words and the answer; the answer context
+    use's true thought is the focused one; the option is refused for any task but vqa."""
+    from omni.eval.context_use import IMAGES, answer_context_use, context_use, vqa_thought_steps
+
+    m = tiny()
+    r = vqa_thought_steps(m, 4, 1_000_000_000, batch=2, vqa_thought="focused")
+    assert r["vqa_thought"] == "focused"
+    for im in IMAGES:
+        assert set(r[im]) <= {"step", "step colour", "step shape", "answer"} and {"step", "answer"} <= set(r[im])
+    assert all("listing" not in g[im] for g in r["by_group"].values() for im in IMAGES)
+    assert "vqa_thought" not in vqa_thought_steps(m, 1, 1_000_000_000)
+    inv = answer_context_use(m, "vqa", 2, 1_000_000_000)["tables"]["answer nll"]
+    foc = answer_context_use(m, "vqa", 2, 1_000_000_000, vqa_thought="focused")["tables"]["answer nll"]
+    means = [{r.name: r.mean for r in t.rows} for t in (inv, foc)]
+    assert means[0]["direct"] == means[1]["direct"]  # the same examples; only the thought rows read another text
+    assert means[0] != means[1]
+    with pytest.raises(ValueError, match="--vqa-thought applies to the vqa task only"):
+        context_use(m, "spatial", 1, 1_000_000_000, vqa_thought="focused")
+    with pytest.raises(ValueError, match="vqa thought must be one of"):
+        context_use(m, "vqa", 1, 1_000_000_000, vqa_thought="long")
 
 
 def test_answer_context_use_errors():
@@ -216,6 +250,7 @@ def test_cli_answer_task(tmp_path):
                         "--task", "vqa", "--n", "2"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "piece by piece, other image" in r.stdout and "chance: size 0.500" in r.stdout
+    assert "yes / no answers stated after the true thought, own image" in r.stdout
     for args, needle in ((["--task", "pose"], "--task must be"), (["--task", "vqa", "--t", "0.5"], "--t (noise")):
         bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint",
                               str(tmp_path / "ck"), *args], capture_output=True, text=True, timeout=300)

@@ -442,12 +442,47 @@ def test_vqa_thought_pieces_name_what_the_thought_states():
         assert all(f"{c} {sh}" in ex.texts["caption"] for _, c, sh, _ in listed)
         assert named[-1][1] == ex.answer
         assert thought.endswith(f"{' '.join(v for _, v in step)} so the answer is {ex.answer}.")
-    for bad in ("the cube is red. so the answer is red.",
+    for bad in ("so the answer is red.", "the cube is red.", "the cube is red. so the answer is red. more",
                 "i see 1 object: a huge red cube on the left. x. so the answer is 1.",
                 "i see 1 object: a large red cube on the left. so the answer is 1. more",
                 "i see 1 object: a large red cube on the left. so the answer is 1."):  # no step
         with pytest.raises(ValueError, match="not a vqa thought of the world's shape"):
             vqa_thought_pieces(bad)
+
+
+def test_focused_vqa_thought_names_only_what_the_question_asks():
+    """WorldConfig(vqa_thought="focused"): the same question, image and answer as the inventory's, the
+    same step's reasoning without the inventory; each object it lists is found by its place (the
+    words of the inventory's listing), and as many are listed as the count it states."""
+    from omni.world.scene import COLORS
+
+    inv, foc = sample("vqa", SEEDS[:80]), sample("vqa", SEEDS[:80], WorldConfig(vqa_thought="focused"))
+    kinds = set()
+    for a, b in zip(inv, foc, strict=True):
+        assert (a.texts["question"], a.answer, a.spec) == (b.texts["question"], b.answer, b.spec)
+        assert np.array_equal(a.views["image"].rgb, b.views["image"].rgb)
+        thought = b.texts["thinking"]
+        assert not thought.startswith("i see") and thought.endswith(f" so the answer is {b.answer}.")
+        pieces = vqa_thought_pieces(thought)
+        assert "".join(p for p, _ in pieces) == " " + thought
+        assert {w for _, w in pieces} <= {None, "step", "step colour", "step shape", "answer"}
+        listing = a.texts["thinking"].split(". ")[0]  # "i see N objects: a large red cube on the left, ..."
+        found = re.findall(r"an? (\w+) (\w+) (on the left|in the center|on the right)", thought)
+        for colour, shape, place in found:
+            assert colour in COLORS and re.search(f" {colour} {shape} {place}", listing)
+        kind = b.spec["kind"]
+        kinds.add(kind)
+        if kind in ("color", "shape", "size", "all", "remove") and b.answer != "0":
+            assert len(found) == int(b.answer)
+            assert thought.endswith(f"that makes {b.answer}. so the answer is {b.answer}.")
+        if kind == "color_of_shape":
+            place = "(on the left|in the center|on the right)"
+            assert re.fullmatch(rf"the \w+ is {place}; it is (\w+)\. so the answer is \2\.", thought)
+        if kind in ("left_right", "closer"):  # already focused: the inventory's step alone
+            assert a.texts["thinking"].endswith(thought)
+    assert {"color_of_shape", "left_right", "sum", "remove", "all"} <= kinds
+    with pytest.raises(ValueError, match="vqa thought must be one of inventory, focused"):
+        WorldConfig(vqa_thought="short")
 
 
 def test_pose_centre_and_spread_are_the_pose_tasks():

@@ -2,12 +2,14 @@
 ValueError naming the option), --row-len must hold the mixture's sequences, and --resume refuses
 options that differ from the run it continues."""
 
+import dataclasses
 import json
 import os
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +19,9 @@ from omni.model import preset
 from omni.tokens.text import TextTokenizer
 from omni.tokens.visual import VisualTokenizer
 from omni.train import Mixture, MixtureConfig, TrainConfig, Trainer, Writer, train_main
+from omni.train.data import FORMS
 from omni.train.loop import DEFAULT_VISUAL
+from omni.world import sample
 
 SMALL = {"d_model": 64, "n_layers": 2, "n_heads": 4}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -97,6 +101,25 @@ def test_pose_motions_reach_the_mixtures_world_and_survive_the_saved_config(writ
     back = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back.mixture == mix and back.mixture.pose_motions == ("orbit", "move_turn")
     assert Mixture(mix, writer).world.pose_motions == ("orbit", "move_turn")
+
+
+def test_vqa_thought_reaches_the_mixtures_vqa_sequences(writer):
+    """--vqa-thought focused: recorded in train_config.json, the mixture's world writes the focused
+    thought into the think form's text (and the inventory's otherwise); a bad name names the option."""
+    mix = MixtureConfig(vqa_thought="focused", task_weights={"vqa": 1, **{t: 0 for t in FORMS if t != "vqa"}})
+    back = TrainConfig.from_dict(json.loads(json.dumps(TrainConfig(mixture=mix).to_dict())))
+    assert back.mixture == mix and MixtureConfig().vqa_thought == "inventory"
+    texts = {}
+    for m in (mix, dataclasses.replace(mix, vqa_thought="inventory")):
+        mx = Mixture(m, writer)
+        ex = sample("vqa", [5], mx.world)[0]
+        segs = writer.write(ex, "think", np.random.default_rng(0))
+        texts[m.vqa_thought] = writer.tok.decode([t for sg in segs if sg.kind == "text" for t in sg.tokens])
+        assert ex.texts["thinking"] in texts[m.vqa_thought]
+    assert "i see" in texts["inventory"] and "i see" not in texts["focused"]
+    assert mx.form_lengths(4)[("vqa", "think")] != Mixture(mix, writer).form_lengths(4)[("vqa", "think")]
+    with pytest.raises(ValueError, match="--vqa-thought must be one of inventory, focused"):
+        MixtureConfig(vqa_thought="short")
 
 
 def test_train_main_checks_before_building_anything(tmp_path, monkeypatch):

@@ -220,6 +220,34 @@ def test_ablate_cli_rejects_an_unknown_row_before_loading(tmp_path):
     assert r.returncode == 2 and "+nope" in r.stderr and "+pose text" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_ablate_vqa_against_the_focused_thought(model, tmp_path):
+    """--vqa-thought focused: the same examples and the model's same thoughts (same seed), measured
+    against the focused truth instead of the inventory: the answers' scores are equal, the thought's
+    truth they are held against is not; the result and its partial file record it; other tasks refuse it."""
+    from omni.eval.run import eval_world, fidelity
+    from omni.unroll.engine import Item, Result
+
+    inv = ablate(engine(model), "vqa", 2, 2_000_000_000)
+    foc = ablate(engine(model), "vqa", 2, 2_000_000_000, vqa_thought="focused", partial=tmp_path / "p.json")
+    assert inv["scores"] == foc["scores"] and inv["texts"] == foc["texts"]
+    assert set(foc["context_fidelity"]["+thinking"]) == set(inv["context_fidelity"]["+thinking"]) > {"think:exact"}
+    # the truth a thought is held against: the focused world's (the random model's own thought is empty)
+    ex_inv, ex_foc = (sample("vqa", [2_000_000_000], eval_world("vqa", vqa_thought=v))[0]
+                      for v in ("inventory", "focused"))
+    said = Item("think", "text", text=ex_foc.texts["thinking"])
+    out = Item("output", "text", text=ex_foc.answer)
+    assert fidelity(ex_foc, Result("vqa", [], out, [said]))["think:exact"] == 1
+    assert fidelity(ex_inv, Result("vqa", [], out, [said]))["think:exact"] == 0
+    assert foc["vqa_thought"] == "focused" and "vqa_thought" not in inv
+    assert json.loads((tmp_path / "p.json").read_text())["vqa_thought"] == "focused"
+    with pytest.raises(ValueError, match="--vqa-thought applies to the vqa task only"):
+        ablate(engine(model), "spatial", 1, 2_000_000_000, vqa_thought="focused")
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "ablate", "depth", "--vqa-thought", "focused",
+                        "--checkpoint", str(tmp_path / "absent"), "--n", "1", "--out", str(tmp_path / "a")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--vqa-thought applies to the vqa task only" in r.stderr, r.stderr
+
+
 def test_visual_tokens_are_sampled_text_stays_greedy(model):
     """By default text is greedy and visual tokens are sampled (greedy rollouts collapse onto one
     code): another sampling seed changes the rollout, never the text; visual_temperature=0 makes the

@@ -21,7 +21,7 @@ from omni.world import sample
 from omni.world.tasks import split_of_range
 
 from .report import AblationTable, ablation_table, higher_is_better
-from .run import fidelity, held_out, inputs_of, score, texts_of
+from .run import eval_world, fidelity, held_out, inputs_of, score, texts_of
 
 # the score each table reports (and whether higher is better); more columns go into the JSON
 MAIN_METRIC = {"vqa": ("accuracy", True), "spatial": ("accuracy", True), "t2i": ("pass", True),
@@ -61,8 +61,12 @@ def engine_settings(engine: Engine) -> dict:
 
 
 def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, list[str]] | None = None,
-           log=None, partial: str | Path | None = None, resume: bool = False, save_every: float = 10.0) -> dict:
+           log=None, partial: str | Path | None = None, resume: bool = False, save_every: float = 10.0,
+           vqa_thought: str = "inventory") -> dict:
     """Per-example scores of every row on the same examples, and a table per reported score.
+
+    vqa_thought (vqa only): the world's thought the model's own is compared with ("focused" for a
+    model trained on it; the examples and their answers are the same).
 
     partial: a file that keeps the progress (written atomically at most every `save_every` seconds and
     after the last example); with resume=True and that file present, the run continues from it (a
@@ -73,7 +77,8 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
     rows = rows or PLANS[task]
     plans = {name: parse_plan(task, steps) for name, steps in rows.items()}
     split = split_of_range(seed_start, n)
-    examples = sample(task, range(seed_start, seed_start + n))
+    examples = sample(task, range(seed_start, seed_start + n), eval_world(task, vqa_thought=vqa_thought))
+    focused = {"vqa_thought": vqa_thought} if vqa_thought != "inventory" else {}
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
     context: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
     texts: dict[str, list[dict | None]] = {name: [] for name in plans}
@@ -85,7 +90,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
         partial = Path(partial)
         which = {"task": task, "n": n, "seed_start": seed_start, "rows": [[k, v] for k, v in plans.items()],
                  "engine": engine_settings(engine),
-                 "weights": weights_digest(engine.model)}
+                 "weights": weights_digest(engine.model), **focused}
         if resume and partial.is_file():
             saved = read_json(partial)
             differ = [k for k, v in which.items() if saved.get(k) != v]
@@ -139,7 +144,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
                                      notes=[f"same weights, same {n} {held_out(split)} examples "
                                             f"(seeds {seed_start}..), rows differ only in the plan", how])
     by_group = group_means(groups, {name: {metric: scores[name][metric], **context[name]} for name in plans})
-    return {"task": task, "n": n, "seed_start": seed_start, "split": split, "sampling": sampling,
+    return {"task": task, "n": n, "seed_start": seed_start, "split": split, "sampling": sampling, **focused,
             "rows": {k: list(v) for k, v in plans.items()},
             "main_metric": metric, "tables": tables, "scores": scores,
             "context_fidelity": {name: {k: float(np.mean(v)) for k, v in c.items()} for name, c in context.items()},

@@ -33,6 +33,7 @@ from omni.world.tasks import LETTERS, VQA_PIECES, conclusion_pieces, split_of_ra
 from .ablate import group_means, question_types
 from .metrics import bootstrap_ci, depth_metrics
 from .report import AblationTable, ablation_table
+from .run import eval_world
 
 NOISE_LEVELS = (0.5, 0.8, 0.95)
 ANSWER_TASKS = ("vqa", "spatial", "depth")  # tasks whose output is read off the context, not generated
@@ -166,7 +167,7 @@ def _answer_only(w: Writer, segs: list) -> list:
 
 @torch.no_grad()
 def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
-                       batch: int = 8) -> dict:
+                       batch: int = 8, vqa_thought: str = "inventory") -> dict:
     """The answer tasks' output given each true context of FORMS[task] (the world's thought, pose
     text, novel views, captions, visual codes, written as in training), on n examples from
     seed_start, every row on the same examples. vqa / spatial: `accuracy` — 1 when every answer token
@@ -183,7 +184,8 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    exs = sample(task, list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size))
+    world = eval_world(task, vqa_thought=vqa_thought)
+    exs = sample(task, list(range(seed_start, seed_start + n)), dataclasses.replace(world, size=cfg.image_size))
     keys = ("delta1", "abs_rel") if task == "depth" else ("accuracy", "answer nll")
     scores = {k: {name: [] for name in names} for k in keys}
     device = next(model.parameters()).device
@@ -332,7 +334,8 @@ def _vqa_thought_sequence(w: Writer, ex, image_of=None) -> tuple[list[Segment], 
 
 
 @torch.no_grad()
-def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8) -> dict:
+def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8,
+                      vqa_thought: str = "inventory") -> dict:
     """Where a vqa thought breaks, piece by piece, given the world's true thought up to each piece
     (teacher-forced, as in training, on n examples from seed_start): the number of objects seen, each
     listed object's size, colour, shape and position word, the question's step (all of it; and its
@@ -344,17 +347,22 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8)
     guessing among the world's words ("chance").
     Returns {"n", image -> piece -> bootstrap mean and 95% interval of the per-example rate of that
     piece, over the examples that have one ("step": 1 when every word of the step is right; "listing":
-    every listed word), "chance", "by_group": vqa family -> image -> {"n", piece means}}."""
+    every listed word), "chance", "by_group": vqa family -> image -> {"n", piece means}, "by_kind": the
+    same per question kind (left_right, closer, sum, ...), "yes_no": image -> true answer -> the
+    answer the model states (the likelier of yes and no after the true thought) -> count, over the yes /
+    no questions}."""
     _check(model, n, seed_start)
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    wc = WorldConfig(size=cfg.image_size)
+    wc = WorldConfig(size=cfg.image_size, vqa_thought=vqa_thought)
     exs = sample("vqa", list(range(seed_start, seed_start + n)), wc)
     device = next(model.parameters()).device
     names = (*VQA_PIECES, "listing")
     images = IMAGES if n >= 2 else IMAGES[:1]
     rates: dict[str, dict[str, list[float | None]]] = {im: {k: [] for k in names} for im in images}
+    yes_no: dict[str, dict[str, dict[str, int]]] = {im: {} for im in images}
+    first = {a: w.tok.encode(f" {a}")[0] for a in ("yes", "no")}  # the answer's first token tells them apart
     for lo in range(0, n, batch):
         chunk = exs[lo:lo + batch]
         seqs, spans, kept = [], [], []
@@ -370,40 +378,48 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8)
             lg, tgt = _target_logits(model, b, h, r, slice(0, cfg.text_vocab))
             hit = lg.argmax(-1) == tgt
             k, got = 0, {}
+            ex = chunk[r % len(chunk)]
             for size, what in spans[r]:
                 got.setdefault(what, []).append(bool(hit[k:k + size].all()))
+                if what == "answer" and ex.answer in ("yes", "no"):  # the likelier of the two first tokens
+                    said = max(first, key=lambda a: float(lg[k, first[a]]))
+                    counts = yes_no[im].setdefault(ex.answer, {})
+                    counts[said] = counts.get(said, 0) + 1
                 k += size
             for name in VQA_PIECES:  # None where a thought has no such piece (a step without a colour)
                 if name == "step":  # the whole step: its colour and shape words too
                     rates[im][name].append(float(all(x for p in STEP_PARTS for x in got.get(p, ()))))
                 else:
                     rates[im][name].append(float(np.mean(got[name])) if name in got else None)
-            rates[im]["listing"].append(float(all(x for p in ("size", "colour", "shape", "position") for x in got[p])))
-    out = {"n": n}
+            rates[im]["listing"].append(float(all(x for p in ("size", "colour", "shape", "position") for x in got[p]))
+                                        if "size" in got else None)  # a focused thought lists no inventory
+    out = {"n": n, **({"vqa_thought": vqa_thought} if vqa_thought != "inventory" else {})}
     for im in images:
-        out[im] = {k: bootstrap_ci([x for x in v if x is not None]) for k, v in rates[im].items()}
+        out[im] = {k: bootstrap_ci(kept) for k, v in rates[im].items() if (kept := [x for x in v if x is not None])}
     out["chance"] = {"size": 1 / len(wc.scene.sizes), "colour": 1 / len(wc.scene.colors),
                      "shape": 1 / len(wc.scene.shapes)}
-    groups = question_types("vqa", exs)
-    out["by_group"] = {}
     keys = ("count", "colour", "shape", "listing", "step", "step colour", "step shape", "answer")
-    for g in sorted(set(groups)):
-        idx = [i for i, x in enumerate(groups) if x == g]
-        out["by_group"][g] = {}
-        for im in images:
-            vals = {k: [rates[im][k][i] for i in idx if rates[im][k][i] is not None] for k in keys}
-            out["by_group"][g][im] = {"n": len(idx), **{k: float(np.mean(v)) for k, v in vals.items() if v}}
+    for name, groups in (("by_group", question_types("vqa", exs)), ("by_kind", [ex.spec["kind"] for ex in exs])):
+        out[name] = {}
+        for g in sorted(set(groups)):
+            idx = [i for i, x in enumerate(groups) if x == g]
+            out[name][g] = {}
+            for im in images:
+                vals = {k: [rates[im][k][i] for i in idx if rates[im][k][i] is not None] for k in keys}
+                out[name][g][im] = {"n": len(idx), **{k: float(np.mean(v)) for k, v in vals.items() if v}}
+    out["yes_no"] = yes_no
     return out
 
 
 def context_use(model: OmniModel, task: str, n: int, seed_start: int,
-                ts: Sequence[float] | None = None) -> dict:
+                ts: Sequence[float] | None = None, vqa_thought: str = "inventory") -> dict:
     """Either measure, by task, in one shape: {"tables": name -> AblationTable, "by_group": question
     type -> row -> {"n", metric means}}. t2i: `flow_context_use` at the noise levels ts (default
     NOISE_LEVELS; tables "t=0.95", ...; no question types), then `rollout_context_use` (tables "codes
     nll", "codes accuracy"). vqa / spatial / depth:
     `answer_context_use` (ts must be None: they have no noise level); spatial adds "thought_steps"
     (`thought_steps`: where the true thought's last steps break)."""
+    eval_world(task, vqa_thought=vqa_thought)  # vqa's focused thought, for vqa only
     if task == "t2i":
         return {"tables": {**flow_context_use(model, n, seed_start, NOISE_LEVELS if ts is None else ts),
                            **rollout_context_use(model, n, seed_start)},
@@ -411,9 +427,9 @@ def context_use(model: OmniModel, task: str, n: int, seed_start: int,
     row_names(task)  # an unknown task fails here, before anything else
     if ts is not None:
         raise ValueError(f"noise levels apply to t2i's context use only, not {task}")
-    res = answer_context_use(model, task, n, seed_start)
+    res = answer_context_use(model, task, n, seed_start, vqa_thought=vqa_thought)
     if task == "spatial":
         res["thought_steps"] = thought_steps(model, n, seed_start)
     if task == "vqa":
-        res["thought_steps"] = vqa_thought_steps(model, n, seed_start)
+        res["thought_steps"] = vqa_thought_steps(model, n, seed_start, vqa_thought=vqa_thought)
     return res

@@ -192,12 +192,16 @@ def fidelity(ex: Example, res: Result) -> dict:
     return out
 
 
-def eval_world(task: str, pose_motions: Sequence[str] = ("orbit",)) -> WorldConfig:
-    """The world `evaluate` samples `task` from: the benchmark's, or for pose other camera motions
-    (a ValueError for unknown motions, or motions other than the orbits for any other task)."""
-    world = WorldConfig(pose_motions=tuple(pose_motions))
+def eval_world(task: str, pose_motions: Sequence[str] = ("orbit",), vqa_thought: str = "inventory") -> WorldConfig:
+    """The world `evaluate` samples `task` from: the benchmark's, or for pose other camera motions, or
+    for vqa the focused thought (the questions, images and answers are the same: only the true thought
+    the model's own is compared with changes). A ValueError for unknown motions or thoughts, or for
+    either option given to another task."""
+    world = WorldConfig(pose_motions=tuple(pose_motions), vqa_thought=vqa_thought)
     if task != "pose" and world.pose_motions != ("orbit",):
         raise ValueError(f"--pose-motions applies to the pose task only, not {task}")
+    if task != "vqa" and vqa_thought != "inventory":
+        raise ValueError(f"--vqa-thought applies to the vqa task only, not {task}")
     return world
 
 

@@ -37,7 +37,7 @@ import torch
 from omni.model.batch import Batch, Segment, pack, shift_t
 from omni.unroll.format import BLOCKS, VIEW_TAGS, Format
 from omni.world import SPLITS, Example, WorldConfig, sample
-from omni.world.tasks import conclusion_pieces
+from omni.world.tasks import VQA_THOUGHTS, conclusion_pieces
 
 # the context forms of each task; each is a set of context blocks (the first form is the direct one)
 FORMS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -89,6 +89,9 @@ class MixtureConfig:
     # the pose task's camera motions (omni.world.WorldConfig.pose_motions): "orbit" alone is the world's
     # default; "orbit", "move_turn" adds pairs moved like the spatial task's
     pose_motions: tuple[str, ...] = ("orbit",)
+    # the vqa thought's shape (omni.world.WorldConfig.vqa_thought): "inventory", the world's default, or
+    # "focused" (only the objects the question names)
+    vqa_thought: str = "inventory"
 
     def __post_init__(self):
         for name, lo in (("data_seed", 0), ("rows", 1), ("row_len", 1), ("image_size", 1)):
@@ -104,6 +107,8 @@ class MixtureConfig:
         except ValueError as e:
             raise ValueError(f"--pose-motions: {e}") from None
         object.__setattr__(self, "pose_motions", motions)  # a tuple, also when read back from JSON
+        if self.vqa_thought not in VQA_THOUGHTS:
+            raise ValueError(f"--vqa-thought must be one of {', '.join(VQA_THOUGHTS)}, got {self.vqa_thought!r}")
         _check_weights("task weights", self.task_weights, FORMS)
         if not any(self.task_weights.get(t, 0) > 0 for t in FORMS):
             raise ValueError("task weights: at least one task needs a positive weight")
@@ -275,14 +280,14 @@ class Mixture:
         self.task_p = p / p.sum()
         lo, hi = SPLITS["train"]
         self.seed_range = (lo, hi)
-        self.world = WorldConfig(size=mix.image_size, pose_motions=mix.pose_motions)
+        self.world = WorldConfig(size=mix.image_size, pose_motions=mix.pose_motions, vqa_thought=mix.vqa_thought)
 
     def form_lengths(self, n: int = PROBE_EXAMPLES) -> dict[tuple[str, str], tuple[int, int]]:
         """The shortest and longest sequence, in tokens, of every (task, form) this mixture draws, over n
         examples per task (fixed seeds of the train split): images have a fixed length, texts vary."""
         cfg, out = self.w.cfg, {}
         for task in self.tasks:
-            key = (task, n, self.mix.image_size, cfg.patch_grid, cfg.latent_grid, self.w.tok.vocab_size,
+            key = (task, n, self.world, cfg.patch_grid, cfg.latent_grid, self.w.tok.vocab_size,
                    self.w.vq.cfg.grid)
             if key not in _LENGTHS:
                 exs = sample(task, list(range(n)), self.world)

@@ -40,6 +40,7 @@ LETTERS = "ABCD"
 MAX_SIZE = 1024  # the renderer holds a few float arrays of size^2 per view: beyond this, memory runs out
 VIEW_DIRECTIONS = ("up", "down", "left", "right")
 POSE_MOTIONS = ("orbit", "move_turn")
+VQA_THOUGHTS = ("inventory", "focused")
 
 
 def split_of(seed: int) -> str:
@@ -78,6 +79,10 @@ class WorldConfig:
     # independently, at the same height). The default, orbit alone, draws exactly the pose examples it
     # always drew; with both, each example picks one at random.
     pose_motions: tuple[str, ...] = ("orbit",)
+    # the vqa thought's shape: "inventory" (every object's size, colour, shape and place, then the
+    # question's step) or "focused" (only the objects the question names, each found by its place,
+    # then the step). The question, image and answer of every seed are the same for both.
+    vqa_thought: str = "inventory"
 
     def __post_init__(self):
         if not 8 <= self.size <= MAX_SIZE:
@@ -90,6 +95,8 @@ class WorldConfig:
             raise ValueError(f"pose motions must be distinct names among {', '.join(POSE_MOTIONS)}, "
                              f"got {self.pose_motions!r}")
         object.__setattr__(self, "pose_motions", motions)
+        if self.vqa_thought not in VQA_THOUGHTS:
+            raise ValueError(f"vqa thought must be one of {', '.join(VQA_THOUGHTS)}, got {self.vqa_thought!r}")
 
     @property
     def K(self) -> np.ndarray:
@@ -190,28 +197,33 @@ _STEP_WORDS = {**{c: "step colour" for c in COLORS}, **{sh: "step shape" for sh 
 
 
 def vqa_thought_pieces(thought: str) -> list[tuple[str, str | None]]:
-    """The world's vqa thought (`objects_sentence`, then its family's step, then "so the answer is X.")
-    cut into text pieces whose concatenation is " " + thought.strip(), each named by what it states or
-    None: "count" (the objects seen), per object listed "size", "colour", "shape" and "position" (" on
-    the left", ...), the question's step word by word ("step colour" and "step shape" for the colour
-    and shape words in it, mostly copied from the question or the listing, "step" for the others) and
-    "answer". Each named piece starts with its space. A thought not of that shape is a ValueError."""
+    """The world's vqa thought (`objects_sentence` unless it is focused, then its family's step, then
+    "so the answer is X.") cut into text pieces whose concatenation is " " + thought.strip(), each named
+    by what it states or None: "count" (the objects seen), per object listed "size", "colour", "shape"
+    and "position" (" on the left", ...), the question's step word by word ("step colour" and "step
+    shape" for the colour and shape words in it, copied from the question or the listing or, in a
+    focused thought, read from the image; "step" for the others) and "answer". Each named piece starts
+    with its space. A thought not of that shape is a ValueError."""
     text = " " + thought.strip()
-    m = _VQA_OPENING.match(text)
-    if m is None:
-        raise ValueError(f"not a vqa thought of the world's shape: {thought[:80]!r}")
-    pieces: list[tuple[str, str | None]] = [(m.group(1), None), (m.group(2), "count"), (m.group(3), None)]
-    pos = m.end()
-    while it := _VQA_ITEM.match(text, pos):
-        pieces += [(it.group(1) or "", None), (it.group(2), None), (it.group(3), "size"), (it.group(4), "colour"),
-                   (it.group(5), "shape"), (it.group(6), "position")]
-        pos = it.end()
+    bad = ValueError(f"not a vqa thought of the world's shape: {thought[:80]!r}")
+    pieces: list[tuple[str, str | None]] = []
+    pos = 0
+    if m := _VQA_OPENING.match(text):  # the inventory
+        pieces += [(m.group(1), None), (m.group(2), "count"), (m.group(3), None)]
+        pos = m.end()
+        while it := _VQA_ITEM.match(text, pos):
+            pieces += [(it.group(1) or "", None), (it.group(2), None), (it.group(3), "size"),
+                       (it.group(4), "colour"), (it.group(5), "shape"), (it.group(6), "position")]
+            pos = it.end()
+        if pos == m.end() or not text.startswith(". ", pos):
+            raise bad
+        pieces.append((".", None))
+        pos += 1
     end = _VQA_CLOSING.search(text, pos)
-    if (pos == m.end() or not text.startswith(". ", pos) or end is None or end.start() <= pos + 1
-            or end.end() != len(text)):
-        raise ValueError(f"not a vqa thought of the world's shape: {thought[:80]!r}")
-    step = [(" " + word, _STEP_WORDS.get(word.rstrip(".,;:"), "step")) for word in text[pos + 2:end.start()].split(" ")]
-    pieces += [(".", None), *step, (end.group(1), None), (end.group(2), "answer"), (end.group(3), None)]
+    if end is None or end.start() <= pos + 1 or end.end() != len(text) or text[pos] != " ":
+        raise bad
+    step = [(" " + word, _STEP_WORDS.get(word.rstrip(".,;:"), "step")) for word in text[pos + 1:end.start()].split(" ")]
+    pieces += [*step, (end.group(1), None), (end.group(2), "answer"), (end.group(3), None)]
     return [(p, what) for p, what in pieces if p]
 
 
@@ -248,7 +260,8 @@ def _vqa(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
             got = _VQA_FAMILIES[fam](rng, scene, st, cfg)
             if got is not None:
                 question, step, answer, kind = got
-                thinking = f"{objects_sentence(st, cfg.size)} {step} so the answer is {answer}."
+                seen = "" if cfg.vqa_thought == "focused" else objects_sentence(st, cfg.size) + " "
+                thinking = f"{seen}{step} so the answer is {answer}."
                 texts = {"question": question, "thinking": thinking, "answer": answer,
                          "caption": L.short_caption(st)}
                 return texts, answer, {"family": fam, "kind": kind}
@@ -261,11 +274,25 @@ def _count(objs, **attrs) -> list[Obj]:
     return [o for o in objs if all(getattr(o, k) == val for k, val in attrs.items())]
 
 
+def _found(objs: list[Obj], st, cfg) -> str:
+    """The focused thought's list: each of objs by colour, shape and place, left to right ("none")."""
+    items = [f"{L.article(s.obj.color)} {s.obj.name} {L.horizontal_word(s, cfg.size)}"
+             for s in L.by_position([s for s in st if any(s.obj is o for o in objs)])]
+    return L.join(items) or "none"
+
+
+def _where(o: Obj, st, cfg) -> str:
+    return next(L.horizontal_word(s, cfg.size) for s in st if s.obj is o)
+
+
 def _vqa_counting(rng, scene, st, cfg):
     objs = scene.objects
     kind = str(rng.choice(["shape", "color", "all", "size"]))
+    focused = cfg.vqa_thought == "focused"
     if kind == "all":
-        return "how many objects are there?", f"that makes {len(objs)}.", str(len(objs)), kind
+        step = f"the objects are: {_found(objs, st, cfg)}; that makes {len(objs)}." if focused else \
+            f"that makes {len(objs)}."
+        return "how many objects are there?", step, str(len(objs)), kind
     pool = {"shape": cfg.scene.shapes, "color": cfg.scene.colors, "size": cfg.scene.sizes}[kind]
     present = sorted({getattr(o, kind) for o in objs})
     val = str(rng.choice(present if rng.random() < 0.8 else list(pool)))
@@ -273,13 +300,18 @@ def _vqa_counting(rng, scene, st, cfg):
     q = {"shape": f"how many {val}s are there?", "color": f"how many {val} objects are there?",
          "size": f"how many {val} objects are there?"}[kind]
     noun = f"{val}s" if kind == "shape" else f"{val} objects"
-    step = (f"the {noun} are: {L.join([o.name for o in hits])}; that makes {len(hits)}." if hits
-            else f"there are no {noun}.")
+    listed = _found(hits, st, cfg) if focused else L.join([o.name for o in hits])
+    step = f"the {noun} are: {listed}; that makes {len(hits)}." if hits else f"there are no {noun}."
     return q, step, str(len(hits)), kind
 
 
 def _vqa_attribute(rng, scene, st, cfg):
     objs = scene.objects
+
+    def step(o: Obj, subject: str, attr: str) -> str:  # focused: the object's place, then what is asked
+        return f"{subject} is {_where(o, st, cfg)}; it is {attr}." if cfg.vqa_thought == "focused" else \
+            f"{subject} is {attr}."
+
     kinds = ["color_of_shape", "shape_of_color", "size_of_object"]
     rng.shuffle(kinds)
     for kind in kinds:
@@ -287,16 +319,16 @@ def _vqa_attribute(rng, scene, st, cfg):
             cand = [o for o in objs if len(_count(objs, shape=o.shape)) == 1]
             if cand:
                 o = cand[rng.integers(len(cand))]
-                return f"what color is the {o.shape}?", f"the {o.shape} is {o.color}.", o.color, kind
+                return f"what color is the {o.shape}?", step(o, f"the {o.shape}", o.color), o.color, kind
         elif kind == "shape_of_color":
             cand = [o for o in objs if len(_count(objs, color=o.color)) == 1]
             if cand:
                 o = cand[rng.integers(len(cand))]
-                return (f"what shape is the {o.color} object?", f"the {o.color} object is a {o.shape}.",
+                return (f"what shape is the {o.color} object?", step(o, f"the {o.color} object", f"a {o.shape}"),
                         o.shape, kind)
         else:
             o = objs[rng.integers(len(objs))]
-            return f"what size is the {o.name}?", f"the {o.name} is {o.size}.", o.size, kind
+            return f"what size is the {o.name}?", step(o, f"the {o.name}", o.size), o.size, kind
     return None
 
 
@@ -330,24 +362,30 @@ def _vqa_relation(rng, scene, st, cfg):
 def _vqa_arithmetic(rng, scene, st, cfg):
     objs = scene.objects
     kind = str(rng.choice(["sum", "difference", "remove"]))
+    focused = cfg.vqa_thought == "focused"
     shapes = list(cfg.scene.shapes)
     if kind in ("sum", "difference") and len(shapes) >= 2:
         s1, s2 = (str(x) for x in rng.choice(shapes, 2, replace=False))
         n1, n2 = len(_count(objs, shape=s1)), len(_count(objs, shape=s2))
-        if kind == "sum":
-            return (f"how many {s1}s and {s2}s are there in total?",
-                    f"there are {n1} {L.plural(s1, n1)} and {n2} {L.plural(s2, n2)}; {n1} + {n2} = {n1 + n2}.",
-                    str(n1 + n2), kind)
-        if n1 < n2:
+        if kind == "difference" and n1 < n2:
             s1, s2, n1, n2 = s2, s1, n2, n1
-        return (f"how many more {s1}s than {s2}s are there?",
-                f"there are {n1} {L.plural(s1, n1)} and {n2} {L.plural(s2, n2)}; {n1} - {n2} = {n1 - n2}.",
-                str(n1 - n2), kind)
+        op, q, val = (("+", f"how many {s1}s and {s2}s are there in total?", n1 + n2) if kind == "sum" else
+                      ("-", f"how many more {s1}s than {s2}s are there?", n1 - n2))
+        if focused:  # each shape's objects found, then the sum
+            counted = "; ".join(f"the {s}s are: {_found(_count(objs, shape=s), st, cfg)}, so {k}"
+                                for s, k in ((s1, n1), (s2, n2)))
+        else:
+            counted = f"there are {n1} {L.plural(s1, n1)} and {n2} {L.plural(s2, n2)}"
+        return q, f"{counted}; {n1} {op} {n2} = {val}.", str(val), kind
     color = str(rng.choice(sorted({o.color for o in objs})))
     k = len(_count(objs, color=color))
     n = len(objs)
-    return (f"if every {color} object were removed, how many objects would remain?",
-            f"there are {n} objects and {k} of them are {color}; {n} - {k} = {n - k}.", str(n - k), "remove")
+    if focused:  # what remains, found
+        step = f"the objects that are not {color} are: {_found([o for o in objs if o.color != color], st, cfg)}; " \
+               f"that makes {n - k}."
+    else:
+        step = f"there are {n} objects and {k} of them are {color}; {n} - {k} = {n - k}."
+    return f"if every {color} object were removed, how many objects would remain?", step, str(n - k), "remove"
 
 
 _VQA_FAMILIES = {"counting": _vqa_counting, "attribute": _vqa_attribute, "relation": _vqa_relation,
