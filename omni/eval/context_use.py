@@ -175,8 +175,9 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
     decoding returns the true answer — and `answer nll` (nats per token). depth: `delta1` and
     `abs_rel` of the depth head's map on the query copy (metric, as `omni eval depth` scores it).
     Set against the ablation rows (the same contexts written by the model), this separates "the
-    context is wrong" from "the context is ignored". Returns {"tables": metric -> AblationTable,
-    "by_group": question type (vqa family, spatial qtype) -> row -> {"n", metric means}}."""
+    context is wrong" from "the context is ignored". vqa_thought (vqa only): the world's thought
+    written as the true one ("focused" for a model trained on it). Returns {"tables": metric ->
+    AblationTable, "by_group": question type (vqa family, spatial qtype) -> row -> {"n", metric means}}."""
     names = row_names(task)
     if task == "t2i":
         raise ValueError("t2i's context use is the generator's flow loss: use flow_context_use")
