@@ -36,13 +36,16 @@ def question_types(task: str, examples) -> list[str]:
     return [str(ex.spec.get(GROUP_KEY[task], "")) for ex in examples] if task in GROUP_KEY else []
 
 
-def group_means(groups: list[str], rows: dict[str, dict[str, list[float]]]) -> dict:
+def group_means(groups: list[str], rows: dict[str, dict[str, list[float | None]]]) -> dict:
     """Per question type: for each row the number of examples of that type and the mean of each of
-    its per-example score lists (in the examples' order, as `groups`)."""
+    its per-example score lists (in the examples' order, as `groups`), over the examples that have a
+    score (None: none, as a vqa thought without a colour word in its step); a score no example of the
+    type has is left out."""
     out = {}
     for g in sorted(set(groups)):
         idx = [i for i, x in enumerate(groups) if x == g]
-        out[g] = {name: {"n": len(idx), **{k: float(np.mean([v[i] for i in idx])) for k, v in r.items()}}
+        out[g] = {name: {"n": len(idx), **{k: float(np.mean(got)) for k, v in r.items()
+                                           if (got := [v[i] for i in idx if v[i] is not None])}}
                   for name, r in rows.items()}
     return out
 

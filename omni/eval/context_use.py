@@ -401,13 +401,7 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8,
                      "shape": 1 / len(wc.scene.shapes)}
     keys = ("count", "colour", "shape", "listing", "step", "step colour", "step shape", "answer")
     for name, groups in (("by_group", question_types("vqa", exs)), ("by_kind", [ex.spec["kind"] for ex in exs])):
-        out[name] = {}
-        for g in sorted(set(groups)):
-            idx = [i for i, x in enumerate(groups) if x == g]
-            out[name][g] = {}
-            for im in images:
-                vals = {k: [rates[im][k][i] for i in idx if rates[im][k][i] is not None] for k in keys}
-                out[name][g][im] = {"n": len(idx), **{k: float(np.mean(v)) for k, v in vals.items() if v}}
+        out[name] = group_means(groups, {im: {k: rates[im][k] for k in keys} for im in images})
     out["yes_no"] = yes_no
     return out
 
