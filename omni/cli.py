@@ -431,6 +431,32 @@ def eval_context_use(
                 + "; letters stated: " + ", ".join(f"{c} {k}" for c, k in st["letters"].items()))
 
 
+@eval_app.command("readout")
+@user_errors
+def eval_readout(
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
+    device: str = _device_option(),
+    train: int = typer.Option(1000, help="Training examples for the probes (train seeds from --train-start)."),
+    train_start: int = typer.Option(0, help="First training seed."),
+    n: int = typer.Option(500, help="Held-out examples the probes are scored on."),
+    seed_start: int = typer.Option(2_000_000_000, help="First held-out seed (default: the test split)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """What the hidden states carry, layer by layer: linear probes, fit on training seeds and scored
+    on held-out ones, of the image tokens' covering object (colour, shape, size) and of each word
+    the VQA thought lists, at the token that predicts it, teacher-forced on the world's true thought."""
+    import json
+
+    from omni.eval.readout import check_seeds, readout, readout_markdown
+
+    check_seeds(train, n, train_start, seed_start)  # before the model loads
+    res = readout(_load(checkpoint, device), train, n, train_start, seed_start)
+    if json_out:
+        typer.echo(json.dumps({"checkpoint": checkpoint, **res}))
+    else:
+        typer.echo(readout_markdown(res), nl=False)
+
+
 @eval_app.command("steps")
 @user_errors
 def eval_steps(
