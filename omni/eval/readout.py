@@ -143,12 +143,11 @@ def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image:
             b = pack(seqs, cfg).to(device)
             grabbed.clear()
             inputs.clear()
-            x0, _ = model.embed(b)
-            model(b)
-            hs = torch.stack([x0, *grabbed], 2).float().cpu()  # (B, L, layers + 1, d)
-            hN = model.norm_und(grabbed[-1])
-            qk = _queries_keys(model, inputs) if attention and not other_image else None
-            listed = [[st.index for st in L.by_position(ex.stats("image"))] for ex in chunk]  # the inventory's order
+            hN = model(b)  # the final (normalised) states the LM head reads
+            hs = torch.stack([inputs[0][0], *grabbed], 2).float().cpu()  # (B, L, layers + 1, d): the embedding first
+            looks = attention and not other_image
+            qk = _queries_keys(model, inputs) if looks else None
+            listed = [[st.index for st in L.by_position(ex.stats("image"))] for ex in chunk] if looks else None
             for i, im in enumerate(shown):
                 row, start, length = b.where[i]
                 span = slice(start, start + length)
@@ -172,7 +171,7 @@ def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image:
                         feats[what]["y"].append(torch.tensor([label]))
                         lm = model.logits(hN[row, p][None], slice(None))[0, words[what]].argmax()
                         feats[what]["lm"].append(lm.cpu()[None])
-                        if attention and not other_image:  # where it looks: its object's patches, the image's
+                        if looks:  # where it looks: its object's patches, the image's
                             k_obj = listed[i][n_listed[what]] if what in ("size", "colour", "shape") else None
                             att = _attention_at(qk, row, p, at)  # (layers, n_patches)
                             on = torch.from_numpy(labels[:, 0] == k_obj) if k_obj is not None else None
