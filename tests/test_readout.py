@@ -46,6 +46,11 @@ def test_collect_keeps_every_layer_at_the_image_and_the_listed_words():
         assert d["colour"][key].shape == (len(listed), m.cfg.n_layers) and 0 <= d["colour"][key].min()
         assert d["colour"][key].max() <= 1 + 1e-5
     assert d["colour"]["object share"].shape == (len(listed),) and d["count"]["object mass"].numel() == 0
+    by_head = d["colour"]["object mass by head"]
+    assert by_head.shape == (len(listed), m.cfg.n_layers, m.cfg.n_heads) and 0 <= by_head.min() <= by_head.max() <= 1
+    # the heads' mean attention is the mean of the heads: its share lies within theirs
+    assert (by_head.amin(2) - 1e-5 <= d["colour"]["object mass"]).all()
+    assert (d["colour"]["object mass"] <= by_head.amax(2) + 1e-5).all()
     assert collect(m, seeds, batch=3)["colour"]["image mass"].numel() == 0  # only when asked
     pos = [w.strip() for ex in exs for w, what in vqa_thought_pieces(ex.texts["thinking"]) if what == "position"]
     assert [CLASSES["position"][i] for i in d["position"]["y"].tolist()] == pos
@@ -88,6 +93,8 @@ def test_readout_on_a_random_model():
     assert all(f"| {name} |" in table for name in r["targets"])
     assert "| colour | its object's share of that (uniform: " in table  # where the listed colour's token looks
     assert len(r["targets"]["colour"]["object mass"]) == m.cfg.n_layers
+    assert [len(v) for v in r["targets"]["colour"]["object mass by head"]] == [m.cfg.n_heads] * m.cfg.n_layers
+    assert "| colour | … the share in its best head | " in table
     with pytest.raises(ValueError, match="different splits"):
         readout(m, n_train=4, n=4, train_start=0, seed_start=10)
     with pytest.raises(ValueError, match="at least 2"):
@@ -146,7 +153,7 @@ def test_attention_is_the_models_own(monkeypatch):
     mine = _attention_at(_queries_keys(m, inputs), row, p, keys)
     for li, (q, k, mask) in enumerate(seen):
         s = torch.einsum("hd,hld->hl", q[row, :, p], k[row]) / q.shape[-1] ** 0.5
-        ref = s.masked_fill(~mask[row, 0, p], float("-inf")).softmax(-1).mean(0)[keys]
-        assert torch.allclose(mine[li], ref, atol=1e-5), li
-        assert abs(float(mine[li].sum()) - 1) < 1e-4  # the example's own tokens hold all its attention
+        ref = s.masked_fill(~mask[row, 0, p], float("-inf")).softmax(-1)[:, keys]
+        assert torch.allclose(mine[li], ref, atol=1e-5), li  # each head's weights
+        assert torch.allclose(mine[li].sum(-1), torch.ones(m.cfg.n_heads), atol=1e-4)  # all on the example's own tokens
     assert float(mine.max()) > 3 / length  # not uniform: a real check of which tokens are weighted

@@ -19,7 +19,8 @@ held-out seeds:
   unchanged): what the probe reads without the image is a text prior;
 - where the thought's tokens look: each layer's attention at those tokens, recomputed from the
   layer's input, its mass on the image and the share of that on the patches of the object whose
-  word comes next (against the object's share of the image: looking everywhere alike).
+  word comes next (against the object's share of the image: looking everywhere alike), over the
+  heads' mean and in each head (one head that finds the object shows there before it moves the mean).
 
     omni eval readout --checkpoint DIR [--train 1000] [--n 500] [--json]
 """
@@ -92,13 +93,13 @@ def _queries_keys(model: OmniModel, inputs: list[tuple]) -> list[tuple[torch.Ten
 
 
 def _attention_at(qk: list[tuple], row: int, p: int, keys: torch.Tensor) -> torch.Tensor:
-    """(layers, len(keys)) the attention weight, averaged over heads, of the token at (row, p) on the
-    tokens `keys` of its row (`_queries_keys`' layers)."""
+    """(layers, heads, len(keys)) each head's attention weight of the token at (row, p) on the tokens
+    `keys` of its row (`_queries_keys`' layers)."""
     out = []
     for q, k, mask in qk:
         logits = torch.einsum("hd,hld->hl", q[row, :, p], k[row]) / q.shape[-1] ** 0.5
         logits = logits.masked_fill(~mask[row, 0, p][None], float("-inf"))
-        out.append(logits.softmax(-1).mean(0)[keys].float().cpu())
+        out.append(logits.softmax(-1)[:, keys].float().cpu())
     return torch.stack(out)
 
 
@@ -112,11 +113,13 @@ def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image:
     image only): also where each listed word's token looks, per layer: its attention mass on the
     image ("image mass") and, for a listed object's size, colour and shape, the share of that mass
     on the patches the object covers ("object mass") and those patches' share of the image ("object
-    share": what looking everywhere alike would give).
+    share": what looking everywhere alike would give), and that share in each head ("object mass by
+    head").
     Returns {"patch": {"x": (N, layers + 1, d), "pixels": (N, p*p*3), "y": (N, 4)},
              name: {"x": (M, layers + 1, d), "y": (M,), "lm": (M,) the LM head's choice among the
-             kind's words, "image mass": (M, layers), "object mass": (M', layers), "object share":
-             (M',), the last three empty without attention} for each of TEXT_TARGETS}."""
+             kind's words, "image mass": (M, layers), "object mass": (M', layers), "object mass by
+             head": (M', layers, heads), "object share": (M',), the last four empty without attention}
+             for each of TEXT_TARGETS}."""
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
@@ -128,9 +131,9 @@ def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image:
     hooks += [layer.register_forward_pre_hook(lambda m, i: inputs.append((i[0].detach(), i[1])))
               for layer in model.layers]
     words = {name: [w.tok.encode(" " + c)[-1] for c in CLASSES[name]] for name in TEXT_TARGETS}
+    text_keys = ("x", "y", "lm", "image mass", "object mass", "object mass by head", "object share")
     feats: dict[str, dict[str, list]] = {"patch": {"x": [], "pixels": [], "y": []},
-                                         **{name: {"x": [], "y": [], "lm": [], "image mass": [], "object mass": [],
-                                                   "object share": []} for name in TEXT_TARGETS}}
+                                         **{name: {k: [] for k in text_keys} for name in TEXT_TARGETS}}
     try:
         for lo in range(0, len(exs), batch):
             chunk = exs[lo:lo + batch]
@@ -173,12 +176,15 @@ def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image:
                         feats[what]["lm"].append(lm.cpu()[None])
                         if looks:  # where it looks: its object's patches, the image's
                             k_obj = listed[i][n_listed[what]] if what in ("size", "colour", "shape") else None
-                            att = _attention_at(qk, row, p, at)  # (layers, n_patches)
+                            heads = _attention_at(qk, row, p, at)  # (layers, heads, n_patches)
+                            att = heads.mean(1)
                             on = torch.from_numpy(labels[:, 0] == k_obj) if k_obj is not None else None
                             feats[what]["image mass"].append(att.sum(1)[None])
                             if on is not None:
                                 share = att[:, on].sum(1) / att.sum(1).clamp_min(1e-12)
                                 feats[what]["object mass"].append(share[None])
+                                by_head = heads[:, :, on].sum(2) / heads.sum(2).clamp_min(1e-12)
+                                feats[what]["object mass by head"].append(by_head[None])
                                 feats[what]["object share"].append(torch.tensor([float(on.float().mean())]))
                             n_listed[what] += 1
                     k += size
@@ -281,6 +287,7 @@ def readout(model: OmniModel, n_train: int = 1000, n: int = 500, train_start: in
             row["image mass"] = [float(v) for v in d["image mass"].mean(0)]
             if len(d["object mass"]):
                 row["object mass"] = [float(v) for v in d["object mass"].mean(0)]
+                row["object mass by head"] = d["object mass by head"].mean(0).tolist()  # [layer][head]
                 row["object share"] = float(d["object share"].mean())
         res["targets"][name] = row
     return res
@@ -309,4 +316,8 @@ def readout_markdown(res: dict) -> str:
             if "object mass" in row:
                 lines.append(f"| {name} | its object's share of that (uniform: {row['object share']:.3f}) | "
                              + " | ".join(f"{v:.3f}" for v in row["object mass"]) + " |")
+                if "object mass by head" in row:  # a head that finds the object shows here before the mean
+                    best = [max(range(len(v)), key=v.__getitem__) for v in row["object mass by head"]]
+                    lines.append(f"| {name} | … the share in its best head | " + " | ".join(
+                        f"{v[h]:.3f} (head {h})" for v, h in zip(row["object mass by head"], best, strict=True)) + " |")
     return "\n".join(lines) + "\n"
