@@ -457,6 +457,47 @@ def eval_readout(
         typer.echo(readout_markdown(res), nl=False)
 
 
+@eval_app.command("gradients")
+@user_errors
+def eval_gradients(
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
+    device: str = _device_option(),
+    task_weights: str = typer.Option("", help='JSON of task weights over the defaults, e.g. \'{"pose": 4}\'.'),
+    form_weights: str = typer.Option("", help='JSON of form weights per task, as `omni train` takes them.'),
+    pose_motions: str = typer.Option("orbit", help="The pose task's camera motions, comma-separated."),
+    batches: int = typer.Option(3, help="Batches (steps 0, 1, ...) the norms are averaged over."),
+    rows: int = typer.Option(4, help="Rows per batch."),
+    row_len: int = typer.Option(1024, help="Tokens per row."),
+    data_seed: int = typer.Option(0, help="The mixture's data seed."),
+    all_params: bool = typer.Option(False, "--all-params", help="Norms over every parameter, not only the "
+                                    "transformer layers' (the weights every task shares)."),
+    model: str = typer.Option("", help='JSON of loss weights to measure with instead of the checkpoint\'s, '
+                              'e.g. \'{"w_pose": 1}\'.'),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Which loss moves the shared weights: each weighted loss term's gradient norm on the mixture's
+    batches, and on each task's alone (AdamW steps a weight by its gradient over the RMS of all of
+    them, so a term ten times another's takes the shared weights from it)."""
+    import json
+
+    from omni.train import MixtureConfig
+    from omni.train.gradients import WEIGHTS, gradients_markdown, loss_gradients
+
+    mix = MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, pose_motions=_csv(pose_motions),
+                        **MixtureConfig.weights(task_weights, form_weights))
+    loss_w = json.loads(model) if model else {}
+    if not isinstance(loss_w, dict) or set(loss_w) - set(WEIGHTS.values()):
+        raise ValueError(f"--model takes a JSON object of loss weights ({', '.join(WEIGHTS.values())}), got {model!r}")
+    m = _load(checkpoint, device)
+    for k, v in loss_w.items():
+        setattr(m.cfg, k, float(v))
+    res = loss_gradients(m, mix, batches=batches, trunk=not all_params)
+    if json_out:
+        typer.echo(json.dumps({"checkpoint": checkpoint, **res}))
+    else:
+        typer.echo(gradients_markdown(res), nl=False)
+
+
 @eval_app.command("steps")
 @user_errors
 def eval_steps(
