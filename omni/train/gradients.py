@@ -26,6 +26,12 @@ TERMS = ("text_ce", "visual_ce", "flow_mse", "depth", "pose")  # OmniModel.losse
 WEIGHTS = {"text_ce": "w_text", "visual_ce": "w_visual", "flow_mse": "w_flow", "depth": "w_depth", "pose": "w_pose"}
 
 
+def _grad_norm(loss: torch.Tensor, params: list[torch.Tensor], retain: bool) -> float:
+    """The L2 norm of loss's gradient over params (a parameter it does not reach counts 0)."""
+    g = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
+    return float(torch.sqrt(sum((x.float() ** 2).sum() for x in g if x is not None)))
+
+
 def _norms(model: OmniModel, mixture: Mixture, batches: int, params: list[torch.Tensor]) -> dict:
     """Mean over `batches` batches (steps 0, 1, ...) of each weighted term's gradient norm on `params`
     (0 for a term the batches lack) and of the total loss's; examples per batch."""
@@ -40,11 +46,8 @@ def _norms(model: OmniModel, mixture: Mixture, batches: int, params: list[torch.
         for term in TERMS:
             if not out[term].requires_grad:  # a term no token of the batch has
                 continue
-            g = torch.autograd.grad(getattr(cfg, WEIGHTS[term]) * out[term], params, retain_graph=True,
-                                    allow_unused=True)
-            sums[term] += float(torch.sqrt(sum((x.float() ** 2).sum() for x in g if x is not None)))
-        g = torch.autograd.grad(out["loss"], params, allow_unused=True)
-        sums["total"] += float(torch.sqrt(sum((x.float() ** 2).sum() for x in g if x is not None)))
+            sums[term] += _grad_norm(getattr(cfg, WEIGHTS[term]) * out[term], params, retain=True)
+        sums["total"] += _grad_norm(out["loss"], params, retain=False)
     return {**{k: v / batches for k, v in sums.items()}, "examples": examples / batches}
 
 
