@@ -141,6 +141,11 @@ def test_ablation_rows_share_examples(model, tmp_path):
     assert set(r["context_fidelity"]["+thinking"]) == {"think:exact", "think:similarity", "think:answer",
                                                        "think:followed"}
     assert r["context_fidelity"]["direct"] == {}
+    # the fidelities per example are kept beside the answers' scores: their means are the table's
+    per = json.loads(files["scores"].read_text())["context_scores"]
+    assert per["direct"] == {} and set(per["+thinking"]) == set(r["context_fidelity"]["+thinking"])
+    for k, v in per["+thinking"].items():
+        assert len(v) == 2 and np.mean(v) == r["context_fidelity"]["+thinking"][k]
     # per question family: the examples' own families, each row's score over them
     fams = [ex.spec["family"] for ex in sample("vqa", range(2_000_000_010, 2_000_000_012))]
     assert r["groups"] == fams and set(r["by_group"]) == set(fams)
@@ -590,7 +595,7 @@ def test_an_ablation_resumes_with_the_draws_of_a_run_that_never_stopped(model, t
     kept = json.loads(partial.read_text())
     assert kept["done"] == 2
     resumed = ablate(engine(model), *args, rows=rows, partial=partial, resume=True)
-    for key in ("scores", "texts", "context_fidelity", "tables"):
+    for key in ("scores", "texts", "context_fidelity", "context_scores", "tables"):
         assert resumed[key] == whole[key], key
     # the random state matters: resumed with a fresh engine's, the third example's views differ
     import base64

@@ -151,6 +151,7 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
             "rows": {k: list(v) for k, v in plans.items()},
             "main_metric": metric, "tables": tables, "scores": scores,
             "context_fidelity": {name: {k: float(np.mean(v)) for k, v in c.items()} for name, c in context.items()},
+            "context_scores": context,
             "groups": groups, "by_group": by_group,
             "texts": {name: t for name, t in texts.items() if any(t)},
             "seconds_per_example": {k: v / n for k, v in seconds.items()},
@@ -165,7 +166,8 @@ def _how(temperature: float, top_k: int) -> str:
 
 def save_ablation(result: dict, out_dir: str | Path) -> dict[str, Path]:
     """<task>.md / .json / .png for the main metric, <task>_<metric>.* for the others, and
-    <task>_scores.json with every per-example score, the seconds and context tokens per row."""
+    <task>_scores.json with every per-example score (the answers' and, under `context_scores`, how
+    close each row's own context was to the world's truth), the seconds and context tokens per row."""
     from omni.io import write_json
 
     out: dict[str, Path] = {}
