@@ -138,8 +138,8 @@ def test_ablation_rows_share_examples(model, tmp_path):
     files = save_ablation(r, tmp_path / "abl")
     assert files["accuracy.md"].read_text().startswith("**Understanding: VQA**")
     assert json.loads(files["scores"].read_text())["scores"]["direct"]["accuracy"]
-    assert set(r["context_fidelity"]["+thinking"]) == {"think:exact", "think:similarity", "think:answer",
-                                                       "think:followed"}
+    assert set(r["context_fidelity"]["+thinking"]) == {"think:exact", "think:similarity", "think:close",
+                                                       "think:step", "think:answer", "think:followed"}
     assert r["context_fidelity"]["direct"] == {}
     # the fidelities per example are kept beside the answers' scores: their means are the table's
     per = json.loads(files["scores"].read_text())["context_scores"]
@@ -216,6 +216,71 @@ def test_context_fidelity_against_the_world():
     f = fidelity(t2i, Result("t2i", [], out, [Item("rollout_visual", "visual", image=t2i.views["target"].rgb),
                                               Item("think_long", "text", text=t2i.texts["oracle"])]))
     assert f == {"rollout_visual:pass": 1.0, "think_long:exact": 1.0, "think_long:similarity": 1.0}
+
+
+def test_close_fidelity_forgives_measurements_only():
+    """A VQA relation thought or a depth caption states distances and x positions to the decimal: `close`
+    is exact but for those, each within CLOSE_METRES / CLOSE_PIXELS; a count, a word, an order or a
+    measurement off by more is not close; other primitives and tasks get no `close`."""
+    from omni.eval.run import CLOSE_METRES, close_text, fidelity
+    from omni.unroll.engine import Item, Result
+    from omni.world.language import depth_caption_objects
+    from omni.world.tasks import vqa_step
+
+    truth = "the cone is centred at x 9 and the cube at x 30, so the cone is left of the cube. so the answer is yes."
+    assert close_text(truth, truth) and close_text(truth.replace("x 9", "x 11"), truth)
+    assert not close_text(truth.replace("x 9", "x 12"), truth)  # 3 pixels off
+    assert not close_text(truth.replace("left of", "right of"), truth)
+    truth = "the cone is about 3.4 m away and the cube about 4.9 m. so the answer is cone."
+    assert close_text(truth.replace("3.4", "3.6").replace("4.9", "4.7"), truth)
+    assert not close_text(truth.replace("3.4", f"{3.4 + CLOSE_METRES + 0.1:.1f}"), truth)
+    assert not close_text(truth.replace("3.4 m", "3 m"), truth)  # a measurement dropped is not close
+    assert not close_text("i see 3 objects.", "i see 4 objects.")  # counts stay exact
+    ex = next(e for e in sample("vqa", range(2_000_000_000, 2_000_000_100)) if " m away" in e.texts["thinking"])
+    out = Item("output", "text", text=ex.answer)
+    moved = _nudge_decimals(ex.texts["thinking"], 0.1)
+    f = fidelity(ex, Result("vqa", [], out, [Item("think", "text", text=moved)]))
+    assert moved != ex.texts["thinking"] and f["think:exact"] == 0 and f["think:close"] == 1
+    f = fidelity(ex, Result("vqa", [], out, [Item("think", "text", text=_nudge_decimals(ex.texts["thinking"], 1.0))]))
+    assert f["think:close"] == 0 and f["think:step"] == 0
+    # the question's step apart from the inventory: right after a wrong inventory, wrong after a right one
+    truth = ex.texts["thinking"]
+    inventory, step = truth.split(". ", 1)
+    assert vqa_step(truth) == step[:step.rfind("so the answer is")].strip() and "so the answer" not in vqa_step(truth)
+    assert vqa_step("the cone is cyan. so the answer is cyan.") == "the cone is cyan."  # a focused thought
+    assert vqa_step("i see 2 objects: a") == "" and vqa_step("") == ""
+    wrong_inventory = inventory.replace("i see ", "i see 1", 1) + ". " + step  # "i see 14 objects: ..."
+    f = fidelity(ex, Result("vqa", [], out, [Item("think", "text", text=wrong_inventory)]))
+    assert f["think:exact"] == 0 and f["think:close"] == 0 and f["think:step"] == 1
+    f = fidelity(ex, Result("vqa", [], out, [Item("think", "text", text=inventory + ". so the answer is 3.")]))
+    assert f["think:step"] == 0
+    dep = sample("depth", [2_000_000_000])[0]
+    cap = _nudge_decimals(dep.texts["depth_caption"], -0.1)
+    f = fidelity(dep, Result("depth", [], out, [Item("depth_caption", "text", text=cap),
+                                                 Item("describe", "text", text=dep.texts["detailed"])]))
+    assert f["depth_caption:exact"] == 0 and f["depth_caption:close"] == 1
+    assert f["describe:exact"] == 1 and "describe:close" not in f
+    assert {f[f"depth_caption:{k}"] for k in ("count", "colour", "shape", "nearest")} == {1.0}
+    # the listing, place by place: one object's colour wrong, the nearest 0.5 m off, one left out
+    objs = depth_caption_objects(dep.texts["depth_caption"])
+    assert len(objs) >= 3
+    (c0, s0, d0), (c1, s1, d1) = objs[0], objs[1]
+    other = next(c for c in ("red", "blue", "green") if c != c1)
+    said = f"front to back: {c0} {s0} {d0 + 0.5:.1f} m, {other} {s1} {d1:.1f} m. every object stands on the ground."
+    f = fidelity(dep, Result("depth", [], out, [Item("depth_caption", "text", text=said)]))
+    assert f["depth_caption:count"] == 0 and f["depth_caption:nearest"] == 0
+    assert f["depth_caption:colour"] == pytest.approx(1 / len(objs))
+    assert f["depth_caption:shape"] == pytest.approx(2 / len(objs))
+    f = fidelity(dep, Result("depth", [], out, [Item("depth_caption", "text", text="the sky is green")]))
+    assert {f[f"depth_caption:{k}"] for k in ("count", "colour", "shape", "nearest")} == {0.0}
+    swapped = dep.texts["depth_caption"].replace("front to back: ", "front to back: x, ", 1)
+    f = fidelity(dep, Result("depth", [], out, [Item("depth_caption", "text", text=swapped)]))
+    assert f["depth_caption:close"] == 0
+
+
+def _nudge_decimals(text: str, by: float) -> str:
+    import re
+    return re.sub(r"\d+\.\d", lambda m: f"{float(m.group()) + by:.1f}", text)
 
 
 def test_ablate_cli_rejects_an_unknown_row_before_loading(tmp_path):

@@ -17,6 +17,7 @@ the generation checker), and every reported mean carries a 95 % bootstrap interv
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 
@@ -26,7 +27,8 @@ from omni.unroll.engine import Engine, Inputs, Result, parse_pose
 from omni.unroll.format import SOURCE_VIEW, VIEW_TAGS
 from omni.world import Example, sample
 from omni.world.camera import pose_to_numbers, text_to_numbers
-from omni.world.tasks import LETTERS, WorldConfig, split_of_range, stated_answer, stated_option
+from omni.world.language import depth_caption_objects
+from omni.world.tasks import LETTERS, WorldConfig, split_of_range, stated_answer, stated_option, vqa_step
 
 from .checker import check
 from .metrics import bootstrap_ci, depth_metrics, edit_regions, pose_errors, psnr, qa_accuracy, ssim
@@ -130,6 +132,43 @@ _TEXT_TRUTH = {"think": {"vqa": "thinking", "spatial": "thinking", "t2i": "short
                "depth_caption": {"depth": "depth_caption"}}
 
 
+# the measurements in a VQA thought or a depth caption: distances ("about 3.4 m", "yellow cone 4.2 m") and
+# x positions in pixels ("centred at x 9"); `close_text` lets each differ from the truth by up to these
+CLOSE_METRES, CLOSE_PIXELS = 0.2, 2
+_MEASURE = re.compile(r"-?\d+\.\d+|(?<=\bx )-?\d+")
+# the (primitive, task) pairs whose true text states measurements, so whose fidelity also has `close`
+_MEASURED = {("think", "vqa"), ("depth_caption", "depth")}
+
+
+def close_text(said: str, truth: str, metres: float = CLOSE_METRES, pixels: float = CLOSE_PIXELS) -> bool:
+    """Whether `said` is `truth` word for word but for its measurements, each distance (a decimal) within
+    `metres` and each x position (an integer after "x ") within `pixels` of the truth's. Every other
+    word and number (counts, sizes, the order of a list) must be exact, so close is never below exact."""
+    said, truth = said.strip(), truth.strip()
+    a, b = _MEASURE.findall(said), _MEASURE.findall(truth)
+    if len(a) != len(b) or _MEASURE.sub("#", said) != _MEASURE.sub("#", truth):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if ("." in x) != ("." in y) or abs(float(x) - float(y)) > (metres if "." in y else pixels) + 1e-9:
+            return False
+    return True
+
+
+def _listing_fidelity(said: str, truth: str) -> dict[str, float]:
+    """A depth caption's front-to-back listing against the truth's: `count` (as many objects listed),
+    `colour` and `shape` (the fraction of the truth's objects whose word the caption has at the same
+    place in the order; 0 for places it leaves out), `nearest` (the first object's distance within
+    CLOSE_METRES)."""
+    a, b = depth_caption_objects(said), depth_caption_objects(truth)
+    if not b:  # nothing to list: right when the caption lists nothing either
+        return {"count": float(not a), "colour": float(not a), "shape": float(not a), "nearest": float(not a)}
+    pairs = list(zip(a, b, strict=False))  # place by place, as far as both go
+    return {"count": float(len(a) == len(b)),
+            "colour": sum(x[0] == y[0] for x, y in pairs) / len(b),
+            "shape": sum(x[1] == y[1] for x, y in pairs) / len(b),
+            "nearest": float(bool(a) and abs(a[0][2] - b[0][2]) <= CLOSE_METRES + 1e-9)}
+
+
 def texts_of(res: Result) -> dict | None:
     """The text a run wrote, for checking claims about it later: each primitive's text as
     [step, text] in order, and the output's text; None when it wrote none (an image, a depth map)."""
@@ -144,7 +183,14 @@ def fidelity(ex: Example, res: Result) -> dict:
     question when a context does not help (is it produced correctly?). Per step, keyed `step:what`:
       text primitives   `exact` (1/0) and `similarity` (difflib ratio) against the text the training
                         mixture teaches for that block (t2i layouts are one valid layout among many, so
-                        there similarity is a lower bound of correctness)
+                        there similarity is a lower bound of correctness); the vqa thought and the depth
+                        caption also `close` (1/0, `close_text`): exact but for distances within
+                        CLOSE_METRES and x positions within CLOSE_PIXELS (a relation thought or a caption
+                        states them to the decimal, so is almost never exact); the vqa thought also
+                        `step`: its question's step (`vqa_step`: after the inventory, before the
+                        closing) is close to the truth's, whatever the inventory says; the depth
+                        caption also its listing's `count`, `colour`, `shape` and `nearest`
+                        (`_listing_fidelity`)
       think (vqa, spatial)  also `answer`: the thought states the true answer ("so the answer is X"),
                         and `followed`: the final output is the answer the thought states (0 when it
                         states none) — a thought can be wrong, or right and not followed; spatial
@@ -165,6 +211,12 @@ def fidelity(ex: Example, res: Result) -> dict:
             truth = ex.texts[key]
             out[f"{s}:exact"] = float(it.text.strip() == truth.strip())
             out[f"{s}:similarity"] = difflib.SequenceMatcher(None, it.text.strip(), truth.strip()).ratio()
+            if (s, ex.task) in _MEASURED:
+                out[f"{s}:close"] = float(close_text(it.text, truth))
+            if s == "think" and ex.task == "vqa":
+                out[f"{s}:step"] = float(close_text(vqa_step(it.text), vqa_step(truth)))
+            if s == "depth_caption":
+                out.update({f"{s}:{k}": v for k, v in _listing_fidelity(it.text, truth).items()})
             if s == "think" and ex.task in ("vqa", "spatial"):
                 said = stated_answer(it.text)
                 out[f"{s}:answer"] = qa_accuracy([said or ""], [ex.answer])["scores"][0] if said else 0.0

@@ -7,6 +7,7 @@ from amodal masks (object k hides object j where k's visible pixels cover j's am
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,6 +188,18 @@ def occlusions(stats: list[ObjectStats], ids: np.ndarray, amodal: np.ndarray) ->
             if a.index != b.index and bool((amodal[b.index] & m).any()):
                 pairs.append((a.index, b.index))
     return pairs
+
+
+_FRONT_TO_BACK = re.compile(r"front to back: ([^.]*(?:\.\d[^.]*)*)\.(?: |$)")
+_DEPTH_ITEM = re.compile(r"([a-z]+) ([a-z]+) (\d+(?:\.\d+)?) m")
+
+
+def depth_caption_objects(caption: str) -> list[tuple[str, str, float]]:
+    """The objects a depth caption lists front to back, as (colour, shape, metres), read from its
+    "front to back: <colour> <shape> <d> m, ..." sentence; [] where it has none. Tolerant of captions
+    not written by `depth_caption` (a model's): what does not parse is left out."""
+    m = _FRONT_TO_BACK.search(caption)
+    return [(c, sh, float(d)) for c, sh, d in _DEPTH_ITEM.findall(m.group(1))] if m else []
 
 
 def depth_caption(scene: Scene, stats: list[ObjectStats], ids: np.ndarray, depth: np.ndarray,

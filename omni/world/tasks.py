@@ -227,6 +227,19 @@ def vqa_thought_pieces(thought: str) -> list[tuple[str, str | None]]:
     return [(p, what) for p, what in pieces if p]
 
 
+def vqa_step(thought: str) -> str:
+    """The question's step of a vqa thought, as it is written: what follows the inventory ("i see N
+    objects: ... .", where there is one) up to the closing "so the answer is X." (or the end); "" when
+    nothing is there. Tolerant of thoughts not of the world's shape (a model's), unlike
+    `vqa_thought_pieces`."""
+    text = thought.strip()
+    if _VQA_OPENING.match(" " + text):
+        cut = text.find(". ")
+        text = text[cut + 2:] if cut >= 0 else ""
+    end = text.rfind("so the answer is")
+    return (text[:end] if end >= 0 else text).strip()
+
+
 def options_text(options: list[str]) -> str:
     return " ".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
 
