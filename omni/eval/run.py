@@ -136,8 +136,6 @@ _TEXT_TRUTH = {"think": {"vqa": "thinking", "spatial": "thinking", "t2i": "short
 # x positions in pixels ("centred at x 9"); `close_text` lets each differ from the truth by up to these
 CLOSE_METRES, CLOSE_PIXELS = 0.2, 2
 _MEASURE = re.compile(r"-?\d+\.\d+|(?<=\bx )-?\d+")
-# the (primitive, task) pairs whose true text states measurements, so whose fidelity also has `close`
-_MEASURED = {("think", "vqa"), ("depth_caption", "depth")}
 
 
 def close_text(said: str, truth: str, metres: float = CLOSE_METRES, pixels: float = CLOSE_PIXELS) -> bool:
@@ -161,7 +159,7 @@ def _listing_fidelity(said: str, truth: str) -> dict[str, float]:
     CLOSE_METRES)."""
     a, b = depth_caption_objects(said), depth_caption_objects(truth)
     if not b:  # nothing to list: right when the caption lists nothing either
-        return {"count": float(not a), "colour": float(not a), "shape": float(not a), "nearest": float(not a)}
+        return dict.fromkeys(("count", "colour", "shape", "nearest"), float(not a))
     pairs = list(zip(a, b, strict=False))  # place by place, as far as both go
     return {"count": float(len(a) == len(b)),
             "colour": sum(x[0] == y[0] for x, y in pairs) / len(b),
@@ -211,11 +209,12 @@ def fidelity(ex: Example, res: Result) -> dict:
             truth = ex.texts[key]
             out[f"{s}:exact"] = float(it.text.strip() == truth.strip())
             out[f"{s}:similarity"] = difflib.SequenceMatcher(None, it.text.strip(), truth.strip()).ratio()
-            if (s, ex.task) in _MEASURED:
+            # the two texts that state measurements: the vqa thought and the depth caption
+            if (s, ex.task) == ("think", "vqa"):
                 out[f"{s}:close"] = float(close_text(it.text, truth))
-            if s == "think" and ex.task == "vqa":
                 out[f"{s}:step"] = float(close_text(vqa_step(it.text), vqa_step(truth)))
             if s == "depth_caption":
+                out[f"{s}:close"] = float(close_text(it.text, truth))
                 out.update({f"{s}:{k}": v for k, v in _listing_fidelity(it.text, truth).items()})
             if s == "think" and ex.task in ("vqa", "spatial"):
                 said = stated_answer(it.text)
