@@ -477,7 +477,7 @@ def eval_gradients(
 ):
     """Which loss moves the shared weights: each weighted loss term's gradient norm on the mixture's
     batches, and on each task's alone. (A term ten times another's need not take the shared weights
-    from it: on the CPU, pose's at ten times the text's did not slow VQA; README, "Is it the loss
+    from it: on the CPU, pose's at ten times the text's did not slow VQA; docs/experiments.md, "Is it the loss
     weights?".)"""
     import json
 

@@ -80,7 +80,7 @@ def test_generator_uses_true_visual_codes_but_hardly_the_layout(engine):
 def test_teacher_forced_answers_are_the_greedy_answers_and_the_true_thought_is_read(engine):
     """answer_context_use's direct row scores an answer right exactly when the engine's greedy
     decoding returns it (same examples), and omni-tiny reads a true thought: its answer loss falls
-    given it (README, "Is the context used?": vqa 42.6 % direct, 75.6 % with the true thought)."""
+    given it (docs/experiments.md, "Is the context used?": vqa 42.6 % direct, 75.6 % with the true thought)."""
     from omni.eval.context_use import answer_context_use
     from omni.eval.run import inputs_of, score
     from omni.world import sample

@@ -57,7 +57,7 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
 # 0) unless --form-weights names them, so a mixture that does not name them draws what it always drew.
 #   spatial "conclusion": <spatial> <question>q + options</question> <think>that is: <option>. A. <option A>:
 #   no. B. ...: yes, so the answer is B.</think> <answer>B</answer>, the thought's last steps alone (copy each
-#   option from the question, compare it with the one stated, state its letter; README, "Where the spatial
+#   option from the question, compare it with the one stated, state its letter; docs/experiments.md, "Where the spatial
 #   thought breaks"), the loss from the first option copied on, with no images to read or reason from
 #   spatial "reasoned": the same with the whole thought before its option as context (no loss), so the
 #   copies are made as far from the question as in the think form

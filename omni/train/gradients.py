@@ -4,7 +4,7 @@ The mixture's task weights say how many examples each task gets; what each task 
 its loss terms' gradient on the weights the tasks share (the transformer's layers). AdamW scales
 each weight's step by the root mean square of its gradient, so on a weight where one term's
 gradient is ten times another's, the smaller term might be expected to move it less (on the CPU,
-pose's head term at ten times the text's did not slow VQA against a tenth of that weight: README,
+pose's head term at ten times the text's did not slow VQA against a tenth of that weight: docs/experiments.md,
 "Is it the loss weights?"). `loss_gradients` measures, on a few of the mixture's batches, the L2
 norm of each weighted term (text CE, visual CE, flow MSE, depth, pose; OmniModel.losses) over the
 layers' parameters (or every parameter), the norm of their sum, and the same for each task alone.
