@@ -55,6 +55,11 @@ def _tasks(task: str) -> list[str]:
     return [task]
 
 
+def _rate(x: float | None) -> str:
+    """A fraction for the terminal, "-" where there is none."""
+    return "-" if x is None else f"{x:.3f}"
+
+
 def _positive(name: str, n: float) -> None:
     if not n > 0 or n == float("inf"):  # NaN fails the comparison
         raise ValueError(f"{name} must be positive, got {n}")
@@ -429,6 +434,11 @@ def eval_context_use(
             typer.echo("the true thought, step by step (teacher-forced): " + ", ".join(
                 f"{k} {st[k]['mean']:.3f} [{st[k]['lo']:.3f}, {st[k]['hi']:.3f}]" for k in STEP_NAMES)
                 + "; letters stated: " + ", ".join(f"{c} {k}" for c, k in st["letters"].items()))
+            for q, v in st["verdicts"].items():
+                typer.echo(f"verdicts, {q}: said yes to {_rate(v['said_yes_if_match'])} of {v['n_match']} matches and "
+                           f"{_rate(v['said_yes_if_mismatch'])} of {v['n_mismatch']} mismatches; match above mismatch "
+                           f"at the same place {_rate(v['auc'])} (0.5: no comparison), "
+                           f"over all places {_rate(v['pooled_auc'])}")
 
 
 @eval_app.command("readout")

@@ -125,6 +125,27 @@ def test_thought_steps_score_the_true_thoughts_steps():
     assert sum(g["n"] for g in r["by_group"].values()) == 3
     words = r["copy_words"]
     assert sum(len(v) > 0 for v in words.values()) >= 1 and all(0 <= x <= 1 for v in words.values() for x in v)
+    v = r["verdicts"]  # one yes per thought, a no for each option listed before it
+    n_verdicts = sum("ABCD".index(ex.answer) + 1 for ex in sample("spatial", range(1_000_000_000, 1_000_000_003)))
+    assert v["all"]["n_match"] == 3 and v["all"]["n_match"] + v["all"]["n_mismatch"] == n_verdicts
+    assert sum(g["n_match"] for q, g in v.items() if q != "all") == 3
+
+
+def test_verdict_report_tells_comparison_from_the_places_prior():
+    """Margins that follow only the verdict's place (later places are a yes more often) score a
+    within-place auc of exactly 0.5 however well the pooled auc does; a margin that also rises with
+    the match scores 1."""
+    from omni.eval.context_use import verdict_report
+
+    prior = {1: -1.1, 2: -0.7, 3: 0.0}  # the log-odds of a yes at each place when the thought stops there
+    recs = [("camera_motion", p, t, prior[p]) for p in (1, 2, 3) for t in [True] + [False] * (4 - p)]
+    r = verdict_report(recs)["camera_motion"]
+    assert r["auc"] == 0.5 and r["pooled_auc"] > 0.6
+    assert r["n_match"] == 3 and r["n_mismatch"] == 6 and r["said_yes_if_match"] == 0
+    compared = verdict_report([(q, p, t, m + (2.0 if t else 0.0)) for q, p, t, m in recs])
+    assert compared["camera_motion"]["auc"] == 1 and compared["all"]["said_yes_if_match"] == 1
+    only_yes = verdict_report([("object_object", 4, True, 1.0)])["object_object"]
+    assert only_yes["auc"] is None and only_yes["said_yes_if_mismatch"] is None
 
 
 @pytest.mark.parametrize("drill", ["conclusion", "reasoned"])
@@ -245,7 +266,12 @@ def test_cli_answer_task(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["task"] == "spatial" and list(out["tables"]) == ["accuracy", "answer nll"] and out["by_group"]
-    assert sum(out["thought_steps"]["letters"].values()) == 1
+    st = out["thought_steps"]
+    assert sum(st["letters"].values()) == 1 and st["verdicts"]["all"]["n_match"] == 1
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint", str(tmp_path / "ck"),
+                        "--task", "spatial", "--n", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "verdicts, all: said yes to" in r.stdout and "(0.5: no comparison)" in r.stdout
     r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint", str(tmp_path / "ck"),
                         "--task", "vqa", "--n", "2"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -10,6 +10,7 @@ from omni.eval.metrics import (
     depth_metrics,
     edit_regions,
     extract_letter,
+    pair_auc,
     pose_auc,
     pose_errors,
     psnr,
@@ -143,6 +144,18 @@ def test_pose_random_rotations_low_auc():
     got = pose_auc(pred, gt)["auc@30"]
     assert expected == pytest.approx(0.0021, abs=2e-4)
     assert got == pytest.approx(expected, abs=1e-3)
+
+
+def test_pair_auc_is_the_chance_a_positive_outranks_a_negative():
+    """pair_auc against counting every pair (ties half), and its ends: separated 1, reversed 0,
+    indistinguishable 0.5, an empty side None."""
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 6, 40).astype(float), rng.integers(2, 8, 55).astype(float)  # many ties
+    brute = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+    assert pair_auc(pos, neg) == pytest.approx(brute, abs=1e-12) and 0.1 < brute < 0.5
+    assert pair_auc([3, 4], [1, 2]) == 1 and pair_auc([1, 2], [3, 4]) == 0
+    assert pair_auc([1, 1, 1], [1, 1]) == 0.5
+    assert pair_auc([], [1.0]) is None and pair_auc([1.0], []) is None
 
 
 def test_pose_bad_input():

@@ -31,7 +31,7 @@ from omni.world import WorldConfig, sample
 from omni.world.tasks import LETTERS, VQA_PIECES, conclusion_pieces, split_of_range, vqa_thought_pieces
 
 from .ablate import group_means, question_types
-from .metrics import bootstrap_ci, depth_metrics
+from .metrics import bootstrap_ci, depth_metrics, pair_auc
 from .report import AblationTable, ablation_table
 from .run import eval_world
 
@@ -225,6 +225,35 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
 STEP_NAMES = ("option", "copy", "verdict", "letter")
 
 
+def verdict_report(records: Sequence[tuple[str, int, bool, float]]) -> dict[str, dict]:
+    """Does a thought's yes / no compare the option it copied with the one it stated, or only guess by
+    place? records: one (question type, place, truth, margin) per verdict: its place among the listed
+    options (1, 2, ...), whether it is a yes, and the model's logit of "yes" minus that of "no". Per
+    question type and "all": `n_match` / `n_mismatch` (verdicts whose truth is yes / no),
+    `said_yes_if_match` / `said_yes_if_mismatch` (margin > 0), `auc`: the chance that a match's margin
+    exceeds a mismatch's at the same place (pairs counted within places, so the places' priors — the
+    thought stops at its yes, so a later place is a yes more often — do not count: 0.5 is no
+    comparison at all, 1 a perfect one; None without both at one place), and `pooled_auc`, the same
+    over all pairs, priors included."""
+    out: dict[str, dict] = {}
+    for q in sorted({r[0] for r in records}) + ["all"]:
+        rs = [r for r in records if q in ("all", r[0])]
+        match = [m for _, _, t, m in rs if t]
+        miss = [m for _, _, t, m in rs if not t]
+        u = pairs = 0.0
+        for place in sorted({r[1] for r in rs}):
+            pos = [m for _, p, t, m in rs if p == place and t]
+            neg = [m for _, p, t, m in rs if p == place and not t]
+            if pos and neg:
+                u += pair_auc(pos, neg) * len(pos) * len(neg)
+                pairs += len(pos) * len(neg)
+        out[q] = {"n_match": len(match), "n_mismatch": len(miss),
+                  "said_yes_if_match": float(np.mean(np.array(match) > 0)) if match else None,
+                  "said_yes_if_mismatch": float(np.mean(np.array(miss) > 0)) if miss else None,
+                  "auc": u / pairs if pairs else None, "pooled_auc": pair_auc(match, miss)}
+    return out
+
+
 def _thought_pieces(w: Writer, thought: str, cut=conclusion_pieces) -> list[tuple[list[int], str | None]]:
     """A world thought as token runs, each named by the piece it is or None (the world's cut: for
     spatial `omni.world.tasks.conclusion_pieces`, option, copy, verdict, letter; for vqa
@@ -276,7 +305,8 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, dri
     Returns {"n", "option", "copy", "verdict", "letter": bootstrap mean and 95% interval, "letters":
     how often each letter is the argmax, "by_group": question type -> {"n", one mean per step},
     "copy_words": question type -> the fraction of the copied options' j-th words (tokens) that are
-    the argmax, j = 0, 1, ...: where in an option the copy goes wrong}."""
+    the argmax, j = 0, 1, ...: where in an option the copy goes wrong, "verdicts": `verdict_report` of
+    each yes / no's margin (the first token of " yes" against " no"): whether the verdicts compare}."""
     _check(model, n, seed_start)
     model = model.eval()
     cfg = model.cfg
@@ -285,6 +315,8 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, dri
     device = next(model.parameters()).device
     scores: dict[str, list[float]] = {k: [] for k in STEP_NAMES}
     letters = {c: 0 for c in LETTERS}
+    yes, no = w.tok.encode(" yes")[0], w.tok.encode(" no")[0]
+    verdicts: list[tuple[str, int, bool, float]] = []
     words: dict[str, dict[int, list[float]]] = {}
     for lo in range(0, n, batch):
         chunk = exs[lo:lo + batch]
@@ -299,10 +331,14 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, dri
             lg, tgt = _target_logits(model, b, h, r, slice(0, cfg.text_vocab))
             pred = lg.argmax(-1)
             hit = pred == tgt
-            k, right = 0, {name: True for name in STEP_NAMES}
-            by_word = words.setdefault(chunk[r].spec["qtype"], {})
+            k, place, right = 0, 0, {name: True for name in STEP_NAMES}
+            qtype = chunk[r].spec["qtype"]
+            by_word = words.setdefault(qtype, {})
             for size, what in spans[r]:
                 right[what] &= bool(hit[k:k + size].all())
+                if what == "verdict":
+                    place += 1
+                    verdicts.append((qtype, place, int(tgt[k]) == yes, float(lg[k, yes] - lg[k, no])))
                 if what == "copy":
                     for j in range(size):
                         by_word.setdefault(j, []).append(float(hit[k + j]))
@@ -315,7 +351,8 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, dri
     groups = question_types("spatial", exs)
     return {"n": n, **{k: bootstrap_ci(v) for k, v in scores.items()}, "letters": letters,
             "by_group": {g: rows["true"] for g, rows in group_means(groups, {"true": scores}).items()},
-            "copy_words": {g: [float(np.mean(by[j])) for j in sorted(by)] for g, by in sorted(words.items())}}
+            "copy_words": {g: [float(np.mean(by[j])) for j in sorted(by)] for g, by in sorted(words.items())},
+            "verdicts": verdict_report(verdicts)}
 
 
 IMAGES = ("own image", "other image")

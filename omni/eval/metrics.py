@@ -170,6 +170,24 @@ def auc_from_errors(rre: np.ndarray, rte: np.ndarray, tau: float) -> float:
     return float(np.mean(np.cumsum(hist / len(err))))
 
 
+def pair_auc(pos, neg) -> float | None:
+    """The probability that a score drawn from `pos` exceeds one drawn from `neg` (ties count half):
+    the ROC AUC of the scores as a test of pos against neg (Mann-Whitney U / (|pos| |neg|)). None when
+    either side is empty."""
+    x, y = np.asarray(pos, np.float64).ravel(), np.asarray(neg, np.float64).ravel()
+    if len(x) == 0 or len(y) == 0:
+        return None
+    both = np.concatenate([x, y])
+    order = np.argsort(both, kind="stable")
+    ranks = np.empty(len(both))
+    ranks[order] = np.arange(1, len(both) + 1)
+    for v in np.unique(both):  # ties share their mean rank
+        tie = both == v
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    return float((ranks[:len(x)].sum() - len(x) * (len(x) + 1) / 2) / (len(x) * len(y)))
+
+
 def pose_auc(pred_w2c, gt_w2c, thresholds: Sequence[float] = (5, 15, 30)) -> dict:
     """Pose accuracy of predicted extrinsics (VGGT / PoseDiffusion protocol).
 
