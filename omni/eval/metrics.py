@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from omni.tokens.image import as_unit_rgb
 from omni.world.render import DEPTH_FAR
@@ -177,14 +177,7 @@ def pair_auc(pos, neg) -> float | None:
     x, y = np.asarray(pos, np.float64).ravel(), np.asarray(neg, np.float64).ravel()
     if len(x) == 0 or len(y) == 0:
         return None
-    both = np.concatenate([x, y])
-    order = np.argsort(both, kind="stable")
-    ranks = np.empty(len(both))
-    ranks[order] = np.arange(1, len(both) + 1)
-    for v in np.unique(both):  # ties share their mean rank
-        tie = both == v
-        if tie.sum() > 1:
-            ranks[tie] = ranks[tie].mean()
+    ranks = stats.rankdata(np.concatenate([x, y]))  # ties share their mean rank
     return float((ranks[:len(x)].sum() - len(x) * (len(x) + 1) / 2) / (len(x) * len(y)))
 
 
