@@ -409,8 +409,9 @@ def eval_context_use(
             raise ValueError(f"--t must be numbers separated by commas, got {t!r}") from None
     res = context_use(_load(checkpoint, device), task, n, seed_start, ts, vqa_thought=vqa_thought)
     tables, extra = res["tables"], ({"by_group": res["by_group"]} if res["by_group"] else {})
-    if "thought_steps" in res:
-        extra["thought_steps"] = res["thought_steps"]
+    for key in ("thought_steps", "thought_steps_views"):
+        if key in res:
+            extra[key] = res[key]
     if json_out:
         typer.echo(json.dumps({"checkpoint": checkpoint, "task": task, "n": n, "seed_start": seed_start,
                                "tables": {k: v.to_json() for k, v in tables.items()}, **extra}))
@@ -430,15 +431,16 @@ def eval_context_use(
                     f"true {t}: " + ", ".join(f"{said} {k}" for said, k in sorted(c.items()))
                     for t, c in sorted(by_truth.items())))
         elif "thought_steps" in extra:
-            st = extra["thought_steps"]
-            typer.echo("the true thought, step by step (teacher-forced): " + ", ".join(
-                f"{k} {st[k]['mean']:.3f} [{st[k]['lo']:.3f}, {st[k]['hi']:.3f}]" for k in STEP_NAMES)
-                + "; letters stated: " + ", ".join(f"{c} {k}" for c, k in st["letters"].items()))
-            for q, v in st["verdicts"].items():
-                typer.echo(f"verdicts, {q}: said yes to {_rate(v['said_yes_if_match'])} of {v['n_match']} matches and "
-                           f"{_rate(v['said_yes_if_mismatch'])} of {v['n_mismatch']} mismatches; match above mismatch "
-                           f"at the same place {_rate(v['auc'])} (0.5: no comparison), "
-                           f"over all places {_rate(v['pooled_auc'])}")
+            for key, where in (("thought_steps", ""), ("thought_steps_views", " after the true pose text and views")):
+                st = extra[key]
+                typer.echo(f"the true thought{where}, step by step (teacher-forced): " + ", ".join(
+                    f"{k} {st[k]['mean']:.3f} [{st[k]['lo']:.3f}, {st[k]['hi']:.3f}]" for k in STEP_NAMES)
+                    + "; letters stated: " + ", ".join(f"{c} {k}" for c, k in st["letters"].items()))
+                for q, v in st["verdicts"].items():
+                    typer.echo(f"verdicts{where}, {q}: said yes to {_rate(v['said_yes_if_match'])} of "
+                               f"{v['n_match']} matches and {_rate(v['said_yes_if_mismatch'])} of "
+                               f"{v['n_mismatch']} mismatches; match above mismatch at the same place "
+                               f"{_rate(v['auc'])} (0.5: no comparison), over all places {_rate(v['pooled_auc'])}")
 
 
 @eval_app.command("readout")

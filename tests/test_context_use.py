@@ -148,10 +148,11 @@ def test_verdict_report_tells_comparison_from_the_places_prior():
     assert only_yes["auc"] is None and only_yes["said_yes_if_mismatch"] is None
 
 
-@pytest.mark.parametrize("drill", ["conclusion", "reasoned"])
+@pytest.mark.parametrize("drill", ["conclusion", "reasoned", "reasoned+views"])
 def test_thought_steps_on_the_conclusion_drills(drill):
-    """drill= scores the drill's text: its training sequence up to </think>, the targets exactly the
-    copies, verdicts and letter (the option is context there, so its step always counts as right)."""
+    """form=<drill> scores the drill's sequence up to </think> (text alone, or after the pose text and
+    views), the targets exactly the copies, verdicts and letter (the option is context there, so its
+    step always counts as right)."""
     from omni.eval.context_use import _thought_sequence, thought_steps
     from omni.model import pack
     from omni.train.data import Writer
@@ -160,21 +161,53 @@ def test_thought_steps_on_the_conclusion_drills(drill):
     m = tiny()
     w = Writer(m.tokenizer, m.visual, m.cfg)
     for ex in sample("spatial", range(1_000_000_000, 1_000_000_008)):
-        seq, spans = _thought_sequence(w, ex, drill=drill)
-        written = [t for sg in w.write(ex, drill, np.random.default_rng(0)) for t in sg.tokens]
-        mine = [t for sg in seq for t in sg.tokens]
-        assert {sg.kind for sg in seq} == {"text"} and mine == written[:len(mine)]
-        assert m.tokenizer.decode(mine[-1:], skip_special=False) == "</think>"
+        seq, spans = _thought_sequence(w, ex, form=drill)
+        segs = w.write(ex, drill, np.random.default_rng(0))
+        written = [t for sg in segs if sg.kind == "text" for t in sg.tokens]
+        mine = [t for sg in seq if sg.kind == "text" for t in sg.tokens]
+        assert mine == written[:len(mine)] and m.tokenizer.decode(mine[-1:], skip_special=False) == "</think>"
+        images = sum(sg.kind != "text" for sg in seq)  # the two views, then the four novel views
+        assert images == sum(sg.kind != "text" for sg in segs) == (6 if drill.endswith("+views") else 0)
         k, opts = "ABCD".index(ex.answer), ex.spec["options"]
         assert [what for _, what in spans] == ["copy", "verdict"] * (k + 1) + ["letter"]
-        if drill == "reasoned":  # the whole thought, as the think form writes it
-            body = [t for sg in seq[2:] for t in sg.tokens]  # after <spatial> and the question
-            assert body[1:-1] == w.tok.encode(" " + ex.texts["thinking"].strip())
+        if drill.startswith("reasoned"):  # the whole thought, as the think form writes it
+            at = mine.index(w.ids("<think>")[0])
+            assert mine[at + 1:-1] == w.tok.encode(" " + ex.texts["thinking"].strip())
+        if drill.endswith("+views"):
+            assert ex.texts["pose"].strip() in m.tokenizer.decode(mine)
         tgt = pack([seq], m.cfg).target[0]
         verdicts = [f"{o} {'yes' if i == k else 'no'}" for i, o in enumerate(opts[:k + 1])]
         assert m.tokenizer.decode(tgt[tgt >= 0].tolist()).strip() == " ".join([*verdicts, ex.answer])
-    r = thought_steps(m, 3, 1_000_000_000, batch=2, drill=drill)
+    r = thought_steps(m, 3, 1_000_000_000, batch=2, form=drill)
     assert r["option"]["mean"] == 1 and sum(r["letters"].values()) == 3 and r["copy_words"]
+
+
+def test_thought_steps_after_the_views():
+    """form="views" is the views form up to </think>: the two images, question, true pose text and the
+    four true views, then the same targets as the think form's; an unknown form is refused."""
+    from omni.eval.context_use import _thought_sequence, thought_steps
+    from omni.model import pack
+    from omni.train.data import Writer
+    from omni.world import sample
+
+    m = tiny()
+    w = Writer(m.tokenizer, m.visual, m.cfg)
+    images = lambda segs: sum(sg.kind != "text" for sg in segs)  # noqa: E731
+    for ex in sample("spatial", range(1_000_000_000, 1_000_000_004)):
+        seq, spans = _thought_sequence(w, ex, form="views")
+        think, think_spans = _thought_sequence(w, ex)
+        written = w.write(ex, "views", np.random.default_rng(0))
+        text = [t for sg in written if sg.kind == "text" for t in sg.tokens]
+        mine = [t for sg in seq if sg.kind == "text" for t in sg.tokens]
+        assert mine == text[:len(mine)] and m.tokenizer.decode(mine[-1:], skip_special=False) == "</think>"
+        assert images(seq) == images(written) == images(think) + 4 and spans == think_spans
+        assert ex.texts["pose"].strip() in m.tokenizer.decode(mine)  # the true pose text is in context
+        ta, tb = pack([seq], m.cfg).target[0], pack([think], m.cfg).target[0]
+        assert ta[ta >= 0].tolist() == tb[tb >= 0].tolist()
+    r = thought_steps(m, 2, 1_000_000_000, batch=2, form="views")
+    assert r["n"] == 2 and sum(r["letters"].values()) == 2
+    with pytest.raises(ValueError, match="unknown spatial thought form"):
+        thought_steps(m, 2, 1_000_000_000, form="direct")
 
 
 def test_vqa_thought_steps_score_the_true_thoughts_pieces():
@@ -266,12 +299,13 @@ def test_cli_answer_task(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["task"] == "spatial" and list(out["tables"]) == ["accuracy", "answer nll"] and out["by_group"]
-    st = out["thought_steps"]
-    assert sum(st["letters"].values()) == 1 and st["verdicts"]["all"]["n_match"] == 1
+    for st in (out["thought_steps"], out["thought_steps_views"]):  # after the question, after the views
+        assert sum(st["letters"].values()) == 1 and st["verdicts"]["all"]["n_match"] == 1
     r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint", str(tmp_path / "ck"),
                         "--task", "spatial", "--n", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "verdicts, all: said yes to" in r.stdout and "(0.5: no comparison)" in r.stdout
+    assert "verdicts after the true pose text and views, all: said yes to" in r.stdout
     r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint", str(tmp_path / "ck"),
                         "--task", "vqa", "--n", "2"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

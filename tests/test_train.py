@@ -384,10 +384,10 @@ def test_spatial_conclusion_drill(writer):
     from omni.world import sample
 
     names, p = Mixture(MixtureConfig(), writer).mix.forms("spatial")
-    assert names[-2:] == ["conclusion", "reasoned"] and list(p[-2:]) == [0.0, 0.0]
+    assert names[-3:] == ["conclusion", "reasoned", "reasoned+views"] and list(p[-3:]) == [0.0] * 3
     mix = Mixture(MixtureConfig(**MixtureConfig.weights("", '{"spatial": {"conclusion": 2}}')), writer)
     names, p = mix.mix.forms("spatial")
-    assert abs(p[names.index("conclusion")] - 2 / 6) < 1e-12 and p[-1] == 0
+    assert abs(p[names.index("conclusion")] - 2 / 6) < 1e-12 and p[-1] == p[-2] == 0
     for ex in sample("spatial", range(40, 52)):
         segs = writer.write(ex, "conclusion", np.random.default_rng(0))
         assert {s.kind for s in segs} == {"text"}
@@ -406,3 +406,9 @@ def test_spatial_conclusion_drill(writer):
         r = writer.write(ex, "reasoned", np.random.default_rng(0))
         assert [s.loss for s in r] == [s.loss for s in segs] and r[3].tokens == segs[3].tokens
         assert list(r[2].tokens) + list(r[3].tokens) == list(writer.block("think", ex.texts["thinking"]).tokens)
+        # "reasoned+views": the reasoned drill after the views form's context (images, question, pose, views)
+        rv, views = (writer.write(ex, f, np.random.default_rng(0)) for f in ("reasoned+views", "views"))
+        assert len(rv) == len(views) + 1 and [s.loss for s in rv[-3:]] == [False, True, True]
+        for a, b in zip(rv[:-3], views[:-2], strict=True):  # all but the views form's thought and answer
+            assert a.kind == b.kind and a.loss == b.loss and np.array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+        assert all(list(a.tokens) == list(b.tokens) for a, b in zip(rv[-3:], r[-3:], strict=True))

@@ -265,21 +265,28 @@ def _thought_pieces(w: Writer, thought: str, cut=conclusion_pieces) -> list[tupl
     return parts
 
 
-def _thought_sequence(w: Writer, ex, drill: str | None = None) -> tuple[list[Segment], list[tuple[int, str]]]:
+THOUGHT_FORMS = ("think", "views")  # the spatial forms whose thought a plan writes (think: after the question)
+
+
+def _thought_sequence(w: Writer, ex, form: str = "think") -> tuple[list[Segment], list[tuple[int, str]]]:
     """A spatial example's think form, as training writes it, up to the thought's closing tag, with
     its loss only on the thought's named steps (`_thought_pieces`); and those spans' (token count,
-    name) in order. drill: that drill form instead ("conclusion" or "reasoned": text alone, the option
-    context there, so no "option" span)."""
+    name) in order. form: "views" writes the thought after the true pose text and the four true views
+    (the views form: where the +novel views plan thinks); a drill (DRILLS: "conclusion" or "reasoned",
+    text alone, or "reasoned+views", after the views; the option is context there, so no "option" span)."""
     close_tag = BLOCKS["think"][1]
-    if drill:
-        if drill not in DRILLS["spatial"]:
-            raise ValueError(f"unknown spatial drill {drill!r}; known: {', '.join(DRILLS['spatial'])}")
-        segs = w.write(ex, drill, np.random.default_rng(0))
-        body = _thought_pieces(w, conclusion_text(ex.texts["thinking"], "reasoning" in FORMS["spatial"][drill]))[2:]
-        seq = segs[:3] + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(close_tag)]
+    if form in DRILLS["spatial"]:
+        segs = w.write(ex, form, np.random.default_rng(0))
+        head = _before_thought(w, segs)  # up to <think>; the drill's next segment is its option, context
+        body = _thought_pieces(w, conclusion_text(ex.texts["thinking"], "reasoning" in FORMS["spatial"][form]))[2:]
+        seq = (head[:-1] + [segs[len(head) - 1]]
+               + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(close_tag)])
         return seq, [(len(ids), what) for ids, what in body if what]
+    if form not in THOUGHT_FORMS:
+        raise ValueError(f"unknown spatial thought form {form!r}; known: "
+                         f"{', '.join(THOUGHT_FORMS + DRILLS['spatial'])}")
     body = _thought_pieces(w, ex.texts["thinking"])
-    seq = (_before_thought(w, w.write(ex, "think", np.random.default_rng(0)))
+    seq = (_before_thought(w, w.write(ex, form, np.random.default_rng(0)))
            + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(close_tag)])
     return seq, [(len(ids), what) for ids, what in body if what]
 
@@ -292,16 +299,18 @@ def _before_thought(w: Writer, segs: list[Segment]) -> list[Segment]:
 
 
 @torch.no_grad()
-def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, drill: str | None = None) -> dict:
+def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, form: str = "think") -> dict:
     """Where a spatial thought breaks, step by step, given the world's true thought up to each step
     (teacher-forced, as in training, on n examples from seed_start). Per example, a step scores 1
     when every token of every span of it is the argmax given the true thought before it:
     `option` — the option it concludes ("that is: <option>"; the comparison of the stated angles,
     distances or motion); `copy` — each option's words copied from the question after its letter;
     `verdict` — each yes / no (is the option just copied the one stated?); `letter` — the letter
-    it then states (that of the option it said yes to). drill="conclusion" or "reasoned" scores the
-    same steps on that drill's text (`omni.train.data.DRILLS`: the question, then the thought from its
-    option on, or the whole thought, no images; its "option" is context there, so always 1).
+    it then states (that of the option it said yes to). form="views" scores the thought written after
+    the true pose text and four true views (the views form); form="conclusion", "reasoned" or
+    "reasoned+views" the same steps on that drill's sequence (`omni.train.data.DRILLS`: the question,
+    then the thought from its option on, or the whole thought, with no images or after the views; its
+    "option" is context there, so always 1).
     Returns {"n", "option", "copy", "verdict", "letter": bootstrap mean and 95% interval, "letters":
     how often each letter is the argmax, "by_group": question type -> {"n", one mean per step},
     "copy_words": question type -> the fraction of the copied options' j-th words (tokens) that are
@@ -322,7 +331,7 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, dri
         chunk = exs[lo:lo + batch]
         seqs, spans = [], []
         for ex in chunk:
-            seq, span = _thought_sequence(w, ex, drill)
+            seq, span = _thought_sequence(w, ex, form)
             seqs.append(seq)
             spans.append(span)
         b = pack(seqs, cfg).to(device)
@@ -450,7 +459,8 @@ def context_use(model: OmniModel, task: str, n: int, seed_start: int,
     NOISE_LEVELS; tables "t=0.95", ...; no question types), then `rollout_context_use` (tables "codes
     nll", "codes accuracy"). vqa / spatial / depth:
     `answer_context_use` (ts must be None: they have no noise level); spatial adds "thought_steps"
-    (`thought_steps`: where the true thought's last steps break)."""
+    (`thought_steps`: where the true thought's last steps break) and "thought_steps_views" (the same
+    with the thought after the true pose text and views, where the +novel views plan thinks)."""
     eval_world(task, vqa_thought=vqa_thought)  # vqa's focused thought, for vqa only
     if task == "t2i":
         return {"tables": {**flow_context_use(model, n, seed_start, NOISE_LEVELS if ts is None else ts),
@@ -462,6 +472,7 @@ def context_use(model: OmniModel, task: str, n: int, seed_start: int,
     res = answer_context_use(model, task, n, seed_start, vqa_thought=vqa_thought)
     if task == "spatial":
         res["thought_steps"] = thought_steps(model, n, seed_start)
+        res["thought_steps_views"] = thought_steps(model, n, seed_start, form="views")
     if task == "vqa":
         res["thought_steps"] = vqa_thought_steps(model, n, seed_start, vqa_thought=vqa_thought)
     return res

@@ -45,7 +45,8 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
     "t2i": {"direct": (), "short": ("short",), "long": ("long",), "visual": ("visual",),
             "short+visual": ("short", "visual"), "long+visual": ("long", "visual")},
     "spatial": {"direct": (), "think": ("think",), "pose": ("pose",), "views": ("pose", "views", "think"),
-                "conclusion": ("conclusion",), "reasoned": ("conclusion", "reasoning")},
+                "conclusion": ("conclusion",), "reasoned": ("conclusion", "reasoning"),
+                "reasoned+views": ("pose", "views", "conclusion", "reasoning")},
     "depth": {"direct": (), "detailed": ("detailed",), "depthcap": ("depthcap",),
               "depthcap+visual": ("depthcap", "visual")},
     "pose": {"direct": ()},
@@ -61,7 +62,10 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
 #   thought breaks"), the loss from the first option copied on, with no images to read or reason from
 #   spatial "reasoned": the same with the whole thought before its option as context (no loss), so the
 #   copies are made as far from the question as in the think form
-DRILLS: dict[str, tuple[str, ...]] = {"spatial": ("conclusion", "reasoned")}
+#   spatial "reasoned+views": the reasoned drill written where the +novel views plan thinks, after the two
+#   images, the question, the true pose text and the four true views (the views form's context), so the
+#   copies are made with ~300 tokens of images between them and the question
+DRILLS: dict[str, tuple[str, ...]] = {"spatial": ("conclusion", "reasoned", "reasoned+views")}
 
 
 def conclusion_text(thought: str, reasoning: bool) -> str:
@@ -187,6 +191,8 @@ class Writer(Format):
         segs = [self.tags("<vqa>"), *self.image(ex.views["image"].rgb), self.block("question", ex.texts["question"])]
         if "think" in blocks:
             segs.append(self.block("think", ex.texts["thinking"], loss=True))
+        if "conclusion" in blocks:  # the drill after the views
+            segs += self.conclusion(ex.texts["thinking"], "reasoning" in blocks)
         return segs + [self.block("answer", ex.answer, loss=True, eos=True)]
 
     def _t2i(self, ex, blocks, rng):
@@ -201,7 +207,7 @@ class Writer(Format):
         return segs + self.gen(self.latents([rgb])[0], rng)
 
     def _spatial(self, ex, blocks, rng):
-        if "conclusion" in blocks:  # the drill: text alone (DRILLS)
+        if "conclusion" in blocks and "views" not in blocks:  # the drills on text alone (DRILLS)
             return [self.tags("<spatial>"), self.block("question", ex.texts["question"]),
                     *self.conclusion(ex.texts["thinking"], "reasoning" in blocks),
                     self.block("answer", ex.answer, loss=True, eos=True)]
@@ -216,6 +222,8 @@ class Writer(Format):
                 segs += self.clean_image(x, tag=VIEW_TAGS[d])
         if "think" in blocks:
             segs.append(self.block("think", ex.texts["thinking"], loss=True))
+        if "conclusion" in blocks:  # the drill after the views
+            segs += self.conclusion(ex.texts["thinking"], "reasoning" in blocks)
         return segs + [self.block("answer", ex.answer, loss=True, eos=True)]
 
     def conclusion(self, thought: str, reasoning: bool = False) -> list[Segment]:
