@@ -277,9 +277,10 @@ def _thought_sequence(w: Writer, ex, form: str = "think") -> tuple[list[Segment]
     close_tag = BLOCKS["think"][1]
     if form in DRILLS["spatial"]:
         segs = w.write(ex, form, np.random.default_rng(0))
-        head = _before_thought(w, segs)  # up to <think>; the drill's next segment is its option, context
+        context = _before_thought(w, segs)[:-1]  # every segment before the drill's <think>, no loss
+        option = segs[len(context)]  # "<think> that is: <option>" (or the whole thought to it): context
         body = _thought_pieces(w, conclusion_text(ex.texts["thinking"], "reasoning" in FORMS["spatial"][form]))[2:]
-        seq = (head[:-1] + [segs[len(head) - 1]]
+        seq = (context + [option]
                + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(close_tag)])
         return seq, [(len(ids), what) for ids, what in body if what]
     if form not in THOUGHT_FORMS:
