@@ -191,8 +191,6 @@ class Writer(Format):
         segs = [self.tags("<vqa>"), *self.image(ex.views["image"].rgb), self.block("question", ex.texts["question"])]
         if "think" in blocks:
             segs.append(self.block("think", ex.texts["thinking"], loss=True))
-        if "conclusion" in blocks:  # the drill after the views
-            segs += self.conclusion(ex.texts["thinking"], "reasoning" in blocks)
         return segs + [self.block("answer", ex.answer, loss=True, eos=True)]
 
     def _t2i(self, ex, blocks, rng):
