@@ -274,21 +274,17 @@ def _thought_sequence(w: Writer, ex, form: str = "think") -> tuple[list[Segment]
     name) in order. form: "views" writes the thought after the true pose text and the four true views
     (the views form: where the +novel views plan thinks); a drill (DRILLS: "conclusion" or "reasoned",
     text alone, or "reasoned+views", after the views; the option is context there, so no "option" span)."""
-    close_tag = BLOCKS["think"][1]
-    if form in DRILLS["spatial"]:
-        segs = w.write(ex, form, np.random.default_rng(0))
-        context = _before_thought(w, segs)[:-1]  # every segment before the drill's <think>, no loss
-        option = segs[len(context)]  # "<think> that is: <option>" (or the whole thought to it): context
-        body = _thought_pieces(w, conclusion_text(ex.texts["thinking"], "reasoning" in FORMS["spatial"][form]))[2:]
-        seq = (context + [option]
-               + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(close_tag)])
-        return seq, [(len(ids), what) for ids, what in body if what]
-    if form not in THOUGHT_FORMS:
+    if form not in THOUGHT_FORMS + DRILLS["spatial"]:
         raise ValueError(f"unknown spatial thought form {form!r}; known: "
                          f"{', '.join(THOUGHT_FORMS + DRILLS['spatial'])}")
-    body = _thought_pieces(w, ex.texts["thinking"])
-    seq = (_before_thought(w, w.write(ex, form, np.random.default_rng(0)))
-           + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(close_tag)])
+    segs = w.write(ex, form, np.random.default_rng(0))
+    before = _before_thought(w, segs)  # every segment up to the <think> tag, no loss
+    if form in DRILLS["spatial"]:  # the drill's <think> segment carries its option: context, no loss
+        before = before[:-1] + [segs[len(before) - 1]]
+        body = _thought_pieces(w, conclusion_text(ex.texts["thinking"], "reasoning" in FORMS["spatial"][form]))[2:]
+    else:
+        body = _thought_pieces(w, ex.texts["thinking"])
+    seq = before + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(BLOCKS["think"][1])]
     return seq, [(len(ids), what) for ids, what in body if what]
 
 
