@@ -476,6 +476,9 @@ def eval_gradients(
     device: str = _device_option(),
     task_weights: str = typer.Option("", help='JSON of task weights over the defaults, e.g. \'{"pose": 4}\'.'),
     form_weights: str = typer.Option("", help='JSON of form weights per task, as `omni train` takes them.'),
+    edit_start: float = typer.Option(1.0, help="The noise level edits' flow starts from in training (1: pure "
+                                               "noise); below 1, from the before image noised at it, the start "
+                                               "that `omni eval edit --flow-start` samples from."),
     pose_motions: str = typer.Option("orbit", help="The pose task's camera motions, comma-separated."),
     batches: int = typer.Option(3, help="Batches (steps 0, 1, ...) the norms are averaged over."),
     rows: int = typer.Option(4, help="Rows per batch."),
@@ -766,6 +769,9 @@ def train(
     data_seed: int = typer.Option(0),
     t_shift: float = typer.Option(1.0, help="Shift generated images' training noise levels toward pure "
                                             "noise (1: logit-normal, unshifted)."),
+    edit_start: float = typer.Option(1.0, help="The noise level edits' flow starts from in training (1: pure "
+                                               "noise); below 1, from the before image noised at it, the start "
+                                               "that `omni eval edit --flow-start` samples from."),
     pose_motions: str = typer.Option("orbit", help="The pose task's camera motions, comma-separated: orbit "
                                                    "(the world's default) and/or move_turn (moved like the "
                                                    "spatial task's second view)."),
@@ -826,7 +832,7 @@ def train(
                 raise ValueError(f"{MODEL_FLAGS[k]} and --model {k} {json.dumps(overrides[k])} disagree")
             overrides[k] = v
     mixture = MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift,
-                            pose_motions=_csv(pose_motions), vqa_thought=vqa_thought,
+                            edit_start=edit_start, pose_motions=_csv(pose_motions), vqa_thought=vqa_thought,
                             **MixtureConfig.weights(task_weights, form_weights))
     # the options the command line gave: --resume compares exactly those with the saved run's
     named = {k for k in ctx.params if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE",

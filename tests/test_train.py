@@ -123,6 +123,40 @@ def test_t_shift_moves_generated_images_noise_levels_toward_pure_noise(writer, t
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).mixture.t_shift == 2.5
 
 
+def test_edit_start_trains_edits_on_the_path_from_their_noised_source(writer, tmp_path):
+    """--edit-start s: an edit's flow is trained on the straight path from its before image noised at s
+    (what `sample_latents(start=s)` starts from) to its after image; the levels are the plain draws
+    scaled into (0, s], nothing else changes (nvs keeps the plain path) and a bad s is a clear error."""
+    import numpy as np
+
+    from omni.train import Trainer
+    from omni.world import sample
+
+    ex = sample("edit", [5])[0]
+    src, x0 = writer.latents([ex.views["before"].rgb, ex.views["after"].rgb])
+    s = 0.7
+    started = Writer(writer.tok, writer.vq, writer.cfg, edit_start=s)
+    for i in range(5):
+        plain = [g for g in writer.write(ex, "direct", np.random.default_rng(i)) if g.kind == "image_gen"][0]
+        moved = [g for g in started.write(ex, "direct", np.random.default_rng(i)) if g.kind == "image_gen"][0]
+        assert moved.t == pytest.approx(s * plain.t) and 0 < moved.t <= s
+        assert torch.allclose(moved.latents, x0, atol=1e-6) and moved.uncond == plain.uncond
+        # at the start level the path is the source noised with the plain draw: x_s = (1 - s) src + s noise
+        x_s = (1 - s) * x0 + s * moved.noise
+        assert torch.allclose(x_s, (1 - s) * src + s * plain.noise, atol=1e-5)
+        assert not torch.allclose(moved.noise, plain.noise)
+    nvs = sample("nvs", [5])[0]
+    a = [g for g in writer.write(nvs, "direct", np.random.default_rng(0)) if g.kind == "image_gen"][0]
+    b = [g for g in started.write(nvs, "direct", np.random.default_rng(0)) if g.kind == "image_gen"][0]
+    assert a.t == b.t and torch.equal(a.noise, b.noise)
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match="--edit-start must be in"):
+            MixtureConfig(edit_start=bad)
+    cfg = TrainConfig(steps=1, mixture=MixtureConfig(edit_start=0.8))
+    assert Trainer(cfg, tmp_path / "run").mixture.w.edit_start == 0.8
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).mixture.edit_start == 0.8
+
+
 def test_task_and_form_weights_from_the_command_line(writer, tmp_path):
     """--task-weights merges onto the defaults, --form-weights reweights a task's forms; the draws
     follow them (a zero weight is never drawn) and bad JSON, names or weights are clear errors."""

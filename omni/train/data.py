@@ -18,7 +18,8 @@ the context is trained with a loss too, so the model learns both to produce cont
 Input images are pixel patches (image_in). Novel views in the spatial context are image_clean
 latents — what the engine writes back after synthesising them. Generated images are the visual
 tokenizer's latents of the target render, noised at a logit-normal level (optionally shifted toward
-pure noise, `t_shift`, where the image's layout is decided); a tenth of them lose
+pure noise, `t_shift`, where the image's layout is decided); an edit's, with `edit_start` < 1, on
+the path that starts from its source image noised at that level (below, Writer.gen); a tenth of them lose
 their condition (classifier-free guidance). Everything an example draws comes from a generator
 seeded by (data seed, step, slot), so a batch is a pure function of (data seed, step).
 """
@@ -96,6 +97,10 @@ class MixtureConfig:
     # the vqa thought's shape (omni.world.WorldConfig.vqa_thought): "inventory", the world's default, or
     # "focused" (only the objects the question names)
     vqa_thought: str = "inventory"
+    # the noise level an edit's flow starts from (1: pure noise, as every other image). Below 1 an edit is
+    # trained on the straight path from its source image noised at that level, x = (1 - s) source + s noise,
+    # to its target (Writer.gen), the start the sampler takes with `flow_start` s (SDEdit, Meng et al. 2022)
+    edit_start: float = 1.0
 
     def __post_init__(self):
         for name, lo in (("data_seed", 0), ("rows", 1), ("row_len", 1), ("image_size", 1)):
@@ -106,6 +111,9 @@ class MixtureConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
         if not self.t_shift > 0:
             raise ValueError(f"--t-shift must be > 0, got {self.t_shift}")
+        if isinstance(self.edit_start, bool) or not isinstance(self.edit_start, numbers.Real) \
+                or not 0.0 < self.edit_start <= 1.0:
+            raise ValueError(f"--edit-start must be in (0, 1], got {self.edit_start!r}")
         try:
             motions = WorldConfig(pose_motions=self.pose_motions).pose_motions
         except ValueError as e:
@@ -171,14 +179,27 @@ def _check_weights(what: str, w, known) -> None:
 class Writer(Format):
     """Turns world examples into training sequences, in the shared format (omni.unroll.format)."""
 
-    def __init__(self, tok, vq, cfg, t_shift: float = 1.0):
+    def __init__(self, tok, vq, cfg, t_shift: float = 1.0, edit_start: float = 1.0):
         super().__init__(tok, vq, cfg)
-        self.t_shift = t_shift
+        self.t_shift, self.edit_start = t_shift, edit_start
 
-    def gen(self, x0: torch.Tensor, rng: np.random.Generator, source: torch.Tensor | None = None) -> list[Segment]:
+    @classmethod
+    def for_mixture(cls, tok, vq, cfg, mix: MixtureConfig) -> Writer:
+        return cls(tok, vq, cfg, t_shift=mix.t_shift, edit_start=mix.edit_start)
+
+    def gen(self, x0: torch.Tensor, rng: np.random.Generator, source: torch.Tensor | None = None,
+            start: float = 1.0, start_from: torch.Tensor | None = None) -> list[Segment]:
+        """<gen> x0 noised </gen>: the flow's level t and noise. `start` < 1 with `start_from` (latents like
+        x0's): the straight path from x_s = (1 - s) start_from + s noise at s = start to x0, i.e. the
+        noise moved by (1 - s) / s (start_from - x0) and t drawn in (0, s] (the same draws either way)."""
         u = 1.0 / (1.0 + math.exp(-rng.normal()))  # logit-normal noise level
         t = float(shift_t(u, self.t_shift))
         noise = torch.from_numpy(rng.standard_normal(tuple(x0.shape)).astype(np.float32))
+        if start < 1.0:
+            if start_from is None:
+                raise ValueError("a flow that starts below pure noise needs the latents it starts from")
+            t *= start
+            noise = noise + (1.0 - start) / start * (start_from - x0)
         uncond = bool(rng.random() < COND_DROPOUT)
         return [self.tags("<gen>"), Segment("image_gen", latents=x0, t=t, loss=True, noise=noise, uncond=uncond,
                                             source=source), self.tags("</gen>")]
@@ -251,19 +272,25 @@ class Writer(Format):
         return [self.tags("<pose>"), *self.view_pair(ex.views["view1"].rgb, ex.views["view2"].rgb),
                 self.pose_block(ex.texts["pose"], eos=True)]
 
-    def _image_to_image(self, ex, tag, src, text_block, text_key, tgt, rng):
+    def _image_to_image(self, ex, tag, src, text_block, text_key, tgt, rng, start: float = 1.0):
         """<tag> <img>src</img> [<img>src latents</img>] <text_block>text</text_block> <gen>target</gen> (nvs,
-        edit; the latents where the config has source_latents)."""
+        edit; the latents where the config has source_latents); `start` < 1: the target's flow starts from
+        the source noised at that level (Writer.gen)."""
         rgb = ex.views[src].rgb
         lat = self.source_latents(rgb)
+        start_from = None
+        if start < 1.0:
+            start_from = self.latents([rgb])[0] if lat is None else lat
         return [self.tags(tag), *self.source_image(rgb, lat), self.block(text_block, ex.texts[text_key]),
-                *self.gen(self.latents([ex.views[tgt].rgb])[0], rng, source=self.gen_source(rgb, lat))]
+                *self.gen(self.latents([ex.views[tgt].rgb])[0], rng, source=self.gen_source(rgb, lat),
+                          start=start, start_from=start_from)]
 
     def _nvs(self, ex, blocks, rng):
         return self._image_to_image(ex, "<nvs>", "source", "instruction", "instruction", "target", rng)
 
     def _edit(self, ex, blocks, rng):
-        return self._image_to_image(ex, "<edit>", "before", "instruction", "instruction", "after", rng)
+        return self._image_to_image(ex, "<edit>", "before", "instruction", "instruction", "after", rng,
+                                    start=self.edit_start)
 
     def _video(self, ex, blocks, rng):  # the caption comes before the first frame
         rgb = ex.views["frame0"].rgb

@@ -62,7 +62,7 @@ def loss_gradients(model: OmniModel, mixture: MixtureConfig, batches: int = 3, t
         raise ValueError(f"--batches must be >= 1, got {batches}")
     model = model.train()
     params = [p for n, p in model.named_parameters() if p.requires_grad and (not trunk or n.startswith("layers."))]
-    writer = Writer(model.tokenizer, model.visual, model.cfg, t_shift=mixture.t_shift)
+    writer = Writer.for_mixture(model.tokenizer, model.visual, model.cfg, mixture)
     res: dict = {"batches": batches, "rows": mixture.rows, "row_len": mixture.row_len, "trunk": trunk,
                  "task_weights": dict(mixture.task_weights),
                  "loss_weights": {t: getattr(model.cfg, WEIGHTS[t]) for t in TERMS},

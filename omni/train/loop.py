@@ -282,7 +282,7 @@ class Trainer:
                       latent_dim=vq.cfg.code_dim, latent_grid=vq.cfg.grid, image_size=vq.cfg.image_size,
                       **cfg.model_overrides)
         # the mixture first: a --row-len that cannot hold its sequences is an error before a model is built
-        self.mixture = Mixture(cfg.mixture, Writer(tok, vq, mcfg, t_shift=cfg.mixture.t_shift))
+        self.mixture = Mixture(cfg.mixture, Writer.for_mixture(tok, vq, mcfg, cfg.mixture))
         row_len_warning = self.mixture.check_row_len()
         torch.manual_seed(cfg.seed)
         self.model = OmniModel(mcfg).to(self.device)
