@@ -476,9 +476,6 @@ def eval_gradients(
     device: str = _device_option(),
     task_weights: str = typer.Option("", help='JSON of task weights over the defaults, e.g. \'{"pose": 4}\'.'),
     form_weights: str = typer.Option("", help='JSON of form weights per task, as `omni train` takes them.'),
-    edit_start: float = typer.Option(1.0, help="The noise level edits' flow starts from in training (1: pure "
-                                               "noise); below 1, from the before image noised at it, the start "
-                                               "that `omni eval edit --flow-start` samples from."),
     pose_motions: str = typer.Option("orbit", help="The pose task's camera motions, comma-separated."),
     batches: int = typer.Option(3, help="Batches (steps 0, 1, ...) the norms are averaged over."),
     rows: int = typer.Option(4, help="Rows per batch."),
