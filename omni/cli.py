@@ -553,12 +553,14 @@ def eval_steps(
 @user_errors
 def eval_compare(
     outputs: list[str] = typer.Argument(..., help="Two or more `omni eval TASK --json` output files of one task "  # noqa: B008
-                                                  "on the same examples (the first is the reference)."),
+                                                  "on the same examples (the first is the reference), or two "
+                                                  "or more `omni ablate` <task>_scores.json files."),
     names: str = typer.Option(None, help="Comma-separated row names (default: the file names)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Compare `omni eval` outputs example by example (e.g. two checkpoints): each metric's mean and
-    interval per output, and its Δ against the first, paired, with a 95% bootstrap interval."""
+    interval per output, and its Δ against the first, paired, with a 95% bootstrap interval. Given
+    `omni ablate` <task>_scores.json files, the same for every row and metric of the table."""
     import json
 
     from omni.eval.report import compare_outputs

@@ -203,3 +203,30 @@ def test_compare_pairs_two_eval_outputs_example_by_example(tmp_path):
     r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "compare", str(tmp_path / "a.json"),
                         str(tmp_path / "b.json"), "--names", "x"], capture_output=True, text=True)
     assert r.returncode == 2 and "--names must give 2 distinct names" in r.stderr
+
+
+def test_compare_pairs_two_ablation_tables_row_by_row():
+    """`omni eval compare` also reads `omni ablate` <task>_scores.json files (two checkpoints' tables):
+    each row's metric paired per example, errors lower-is-better; a table and an eval output, or
+    tables that share no row, are refused."""
+    from omni.eval.report import compare_outputs
+
+    old = {"task": "depth", "n": 3, "seed_start": 7, "rows": {"baseline": [], "+depth caption": ["depth_caption"]},
+           "scores": {"baseline": {"delta1": [0.5, 0.6, 0.7], "abs_rel": [0.3, 0.3, 0.3]},
+                      "+depth caption": {"delta1": [0.6, 0.6, 0.7], "abs_rel": [0.2, 0.3, 0.3]}}}
+    new = {**old, "scores": {"baseline": {"delta1": [0.5, 0.6, 0.9], "abs_rel": [0.3, 0.3, 0.6]},
+                             "+depth caption": {"delta1": [0.6, 0.6, 0.4], "abs_rel": [0.2, 0.3, 0.0]}}}
+    t = compare_outputs({"old": old, "new": new})
+    assert list(t) == ["baseline: delta1", "baseline: abs_rel", "+depth caption: delta1", "+depth caption: abs_rel"]
+    assert t["baseline: delta1"].rows[1].delta == pytest.approx(0.2 / 3)
+    assert t["+depth caption: delta1"].rows[1].delta == pytest.approx(-0.1)
+    assert t["+depth caption: abs_rel"].rows[1].delta == pytest.approx(-0.1)
+    assert not t["baseline: abs_rel"].higher_is_better and t["baseline: delta1"].higher_is_better
+    evald = {"task": "depth", "n": 3, "seed_start": 7, "scores": {"delta1": [0.5, 0.6, 0.7]}}
+    with pytest.raises(ValueError, match="one kind"):
+        compare_outputs({"old": old, "eval": evald})
+    other = {**old, "rows": {"x": []}, "scores": {"x": {"delta1": [0.1, 0.2, 0.3]}}}
+    with pytest.raises(ValueError, match="share no scored metric"):
+        compare_outputs({"old": old, "other": other})
+    with pytest.raises(ValueError, match="holds no metrics"):
+        compare_outputs({"old": old, "bad": {**old, "scores": {"baseline": [0.1, 0.2, 0.3]}}})

@@ -92,23 +92,45 @@ def higher_is_better(metric: str) -> bool:
     return not (metric.startswith("abs_rel") or metric in ("rre", "rte"))
 
 
+def _per_example_scores(name: str, out: Mapping) -> dict[str, tuple[str, list]]:
+    """key -> (metric, per-example scores) of one output: an `omni eval TASK --json` output keys its
+    scores by metric; an `omni ablate` `<task>_scores.json` by row, then metric ("ROW: METRIC")."""
+    if not isinstance(out, Mapping) or not isinstance(out.get("scores"), Mapping):
+        raise ValueError(f"{name}: not an `omni eval TASK --json` output or an `omni ablate` "
+                         "<task>_scores.json (no per-example scores)")
+    scores = out["scores"]
+    if not isinstance(out.get("rows"), Mapping):
+        return {k: (k, v) for k, v in scores.items()}
+    flat = {}
+    for row, metrics in scores.items():
+        if not isinstance(metrics, Mapping):
+            raise ValueError(f"{name}: row {row!r} of an `omni ablate` output holds no metrics")
+        flat.update({f"{row}: {k}": (k, v) for k, v in metrics.items()})
+    return flat
+
+
 def compare_outputs(outputs: Mapping[str, Mapping]) -> dict[str, AblationTable]:
-    """`omni eval TASK --json` outputs (name -> the parsed JSON) of one task on the same examples, e.g.
-    two checkpoints: per metric, a table with a row per output and the Δ paired against the first."""
+    """Outputs (name -> the parsed JSON) of one task on the same examples, e.g. two checkpoints' — each
+    an `omni eval TASK --json` output, or each an `omni ablate` `<task>_scores.json` — per metric (per
+    row and metric for the ablations), a table with a row per output and the Δ paired against the first."""
     if len(outputs) < 2:
-        raise ValueError("compare needs at least two `omni eval --json` outputs")
-    first = next(iter(outputs.values()))
+        raise ValueError("compare needs at least two `omni eval --json` or `omni ablate` outputs")
+    flat = {name: _per_example_scores(name, out) for name, out in outputs.items()}
+    first_name, first = next(iter(outputs.items()))
     for name, out in outputs.items():
-        if not isinstance(out, Mapping) or not isinstance(out.get("scores"), Mapping):
-            raise ValueError(f"{name}: not an `omni eval TASK --json` output (no per-example scores)")
         for key in ("task", "n", "seed_start"):
             if out.get(key) != first.get(key):
                 raise ValueError(f"{name}: {key} {out.get(key)!r} differs from the first output's "
                                  f"{first.get(key)!r}; compare needs the same task on the same examples")
-    keys = [k for k in first["scores"] if all(k in out["scores"] for out in outputs.values())]
-    return {k: ablation_table({name: out["scores"][k] for name, out in outputs.items()},
+        if isinstance(out.get("rows"), Mapping) != isinstance(first.get("rows"), Mapping):
+            raise ValueError(f"{name}: compare needs outputs of one kind: `omni eval --json` outputs "
+                             f"or `omni ablate` <task>_scores.json files, not both")
+    keys = [k for k in flat[first_name] if all(k in f for f in flat.values())]
+    if not keys:
+        raise ValueError("the outputs share no scored metric (or ablation row) to compare")
+    return {k: ablation_table({name: f[k][1] for name, f in flat.items()},
                               title=f"{first['task']}: {' vs '.join(outputs)}", metric=k,
-                              higher_is_better=higher_is_better(k),
+                              higher_is_better=higher_is_better(flat[first_name][k][0]),
                               notes=[f"the same {first['n']} examples (seeds {first['seed_start']}..), "
                                      "Δ paired per example"]) for k in keys}
 
