@@ -362,6 +362,60 @@ def test_an_exported_continuation_records_the_run_it_continued(tmp_path, monkeyp
     assert meta["init"]["exported_from"] == "step-0000001" and "init" not in meta["init"]
 
 
+def test_average_of_models_is_their_weighted_mean_and_records_each(tmp_path, monkeypatch):
+    """omni.train.average: every floating tensor the weighted mean of the sources' (to bf16 rounding),
+    tensors equal in all kept exactly, the record naming each source (relative path, weight, training);
+    weights (1, 0) give the first model back exactly; clear errors for one model, another architecture
+    and bad weights."""
+    from omni.io import read_json
+    from omni.model import OmniModel
+    from omni.train import average
+
+    monkeypatch.chdir(tmp_path)
+
+    def model(seed, **cfg):
+        torch.manual_seed(seed)
+        m = OmniModel(preset("tiny", **{**SMALL, **cfg}))
+        m.tokenizer = TextTokenizer.default()
+        object.__setattr__(m, "visual", VisualTokenizer.load(DEFAULT_VISUAL))
+        return m
+
+    for name, seed in (("a", 0), ("b", 1)):
+        model(seed).save_pretrained(name, dtype="bfloat16", meta={"training": {"step": seed + 1}, "weights": "ema"})
+    a, b = OmniModel.from_pretrained("a"), OmniModel.from_pretrained("b")  # one tensor the same in both
+    sb = b.state_dict()
+    shared = next(k for k, v in a.state_dict().items() if v.is_floating_point() and not torch.equal(v, sb[k]))
+    sb[shared] = a.state_dict()[shared].clone()
+    b.load_state_dict(sb)
+    b.save_pretrained("b", dtype="bfloat16", meta={"training": {"step": 2}, "weights": "ema"})
+
+    out = OmniModel.from_pretrained(average(["a", "b"], "soup", weights=[3, 1]))
+    sa, sb = a.state_dict(), OmniModel.from_pretrained("b").state_dict()
+    differ = 0
+    for k, v in out.state_dict().items():
+        want = (0.75 * sa[k].double() + 0.25 * sb[k].double()).to(torch.bfloat16).to(v.dtype)
+        if v.is_floating_point():
+            assert torch.allclose(v, want, rtol=1e-2, atol=1e-6), k
+            differ += not torch.equal(sa[k], sb[k])
+    assert differ > 10 and torch.equal(out.state_dict()[shared], sa[shared])
+    rec = read_json(tmp_path / "soup" / "config.json")
+    assert rec["weights"] == "average" and rec["dtype"] == "bfloat16"
+    assert [(r["source"], r["weight"], r["training"]["step"]) for r in rec["training"]["average"]] == [
+        ("a", 0.75, 1), ("b", 0.25, 2)]
+    first = OmniModel.from_pretrained(average(["a", "b"], "first", weights=[1, 0]))
+    assert all(torch.equal(v, sa[k]) for k, v in first.state_dict().items())
+
+    with pytest.raises(ValueError, match="at least two"):
+        average(["a"], "x")
+    for bad in ([1], [1, -1], [0, 0], [float("nan"), 1]):
+        with pytest.raises(ValueError, match="weights must be 2"):
+            average(["a", "b"], "x", weights=bad)
+    model(2, n_layers=3).save_pretrained("deeper")
+    with pytest.raises(ValueError, match="n_layers"):
+        average(["a", "deeper"], "x")
+    assert not (tmp_path / "x").exists()
+
+
 def test_resume_when_the_recorded_visual_tokenizer_is_gone(tmp_path):
     """A run records its visual tokenizer's absolute path; resuming after that directory was removed
     (a run started from a temporary checkout) failed with "missing file". It now continues with the copy

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from .data import FORMS, Mixture, MixtureConfig, Writer
-from .loop import TrainConfig, Trainer, checkpoint_dirs, export, lr_at, resumed_config
+from .loop import TrainConfig, Trainer, average, checkpoint_dirs, export, lr_at, resumed_config
 
 
 def train_main(out: str, preset: str = "tiny", steps: int | None = None, resume: bool = False, device: str = "cpu",
@@ -96,4 +96,5 @@ def _reachable_visual(cfg: TrainConfig, run_dir: Path, newest: Path, say) -> Tra
     return replace(cfg, visual=str(own))
 
 
-__all__ = ["FORMS", "Mixture", "MixtureConfig", "TrainConfig", "Trainer", "Writer", "export", "lr_at", "train_main"]
+__all__ = ["FORMS", "Mixture", "MixtureConfig", "TrainConfig", "Trainer", "Writer", "average", "export", "lr_at",
+           "train_main"]

@@ -602,3 +602,50 @@ def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16", step:
                 cfg[key] = Path(cfg[key]).name
     extra["weights"] = "ema" if ema else "raw"
     return model.save_pretrained(dest, dtype=dtype, meta=extra)
+
+
+def average(sources, dest: str | Path, weights=None, dtype: str = "bfloat16") -> Path:
+    """Average the weights of shippable models (`export`'s outputs, or a shipped checkpoint) of the
+    same architecture into `dest`: a weighted mean of every floating tensor (uniform by default,
+    computed in float64), tensors equal in every source kept exactly. The config records each
+    source's training, so the average stays reproducible from the commands that made its sources.
+    ValueError on fewer than two sources, different model configs or tensors, or bad weights."""
+    sources = [Path(s) for s in sources]
+    if len(sources) < 2:
+        raise ValueError(f"averaging needs at least two models, got {len(sources)}")
+    n = len(sources)
+    w = [1.0 / n] * n if weights is None else [float(x) for x in weights]
+    if len(w) != n or any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"weights must be {n} finite non-negative numbers with a positive sum, got {weights!r}")
+    w = [x / sum(w) for x in w]
+    models = [OmniModel.from_pretrained(s) for s in sources]  # each checked as it loads
+    metas = [read_json(s / "config.json") for s in sources]
+    first = models[0].cfg.to_dict()
+    for s, m in zip(sources[1:], models[1:], strict=True):
+        cfg = m.cfg.to_dict()
+        diff = sorted(k for k in set(cfg) | set(first) if cfg.get(k) != first.get(k))
+        if diff:
+            raise ValueError(f"{s} and {sources[0]} differ in their model config: {', '.join(diff)}")
+    states = [m.state_dict() for m in models]
+    out = {}
+    for k, v in states[0].items():
+        ts = [st.get(k) for st in states]
+        if any(t is None or t.shape != v.shape for t in ts):
+            raise ValueError(f"tensor {k!r} is missing or of another shape in some model")
+        if all(torch.equal(t, v) for t in ts[1:]):
+            out[k] = v
+        elif not v.is_floating_point():
+            raise ValueError(f"tensor {k!r} ({v.dtype}) differs between the models and cannot be averaged")
+        else:
+            out[k] = sum(x * t.double() for x, t in zip(w, ts, strict=True)).to(v.dtype)
+    models[0].load_state_dict(out)
+
+    def shown(p: Path) -> str:  # a shipped record names no machine's paths
+        try:
+            return str(p.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return p.name
+
+    record = [{"source": shown(s), "weight": x, **{k: m[k] for k in ("training", "exported_from", "weights") if k in m}}
+              for s, x, m in zip(sources, w, metas, strict=True)]
+    return models[0].save_pretrained(dest, dtype=dtype, meta={"training": {"average": record}, "weights": "average"})
