@@ -70,6 +70,17 @@ def test_unwritable_output_dir(tmp_path):
         assert r.returncode == 2 and r.stderr.startswith("error: cannot write") and r.stderr.count("\n") == 1, r.stderr
 
 
+def test_writable_dir_probe_is_its_own(tmp_path):
+    """The write probe takes a name of its own each time, so two processes writing into one directory
+    (or a leftover under the old fixed name, here a directory) never make it look unwritable; the
+    probe leaves nothing behind."""
+    from omni.world.export import ensure_writable_dir
+
+    (tmp_path / "out" / ".omni_write_test").mkdir(parents=True)
+    assert ensure_writable_dir(tmp_path / "out") == tmp_path / "out"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".omni_write_test"]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["eval", "vqa", "--n", "2", "--seed-start", "1500000000"], "lies in no split"),
     (["eval", "vqa", "--n", "5", "--seed-start", "1000999998"], "run past the val split"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -35,9 +37,11 @@ def ensure_writable_dir(path: str | Path) -> Path:
     p = Path(path)
     try:
         p.mkdir(parents=True, exist_ok=True)
-        probe = p / ".omni_write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # a probe of its own: two processes writing into one directory (two ablations' rows, say)
+        # once shared one name, and one's unlink made the other report the directory unwritable
+        fd, probe = tempfile.mkstemp(prefix=".omni_write_test", dir=p)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise OSError(f"cannot write to output directory {str(p)!r}: {e.strerror or e}") from None
     return p
