@@ -568,6 +568,21 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
+RECORD_KEYS = ("training", "exported_from", "weights")  # what a shipped model's config says of how it was made
+
+
+def recorded_path(p: str | Path) -> str:
+    """A path as a shipped record keeps it, naming no machine's paths: a relative path as given, an
+    absolute one relative to the working directory, or else its last part."""
+    p = Path(p)
+    if not p.is_absolute():
+        return str(p)
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return p.name
+
+
 def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16", step: int | None = None) -> Path:
     """Copy the newest complete checkpoint of a run (or its checkpoint of `step`) into `dest` as a
     shippable model (EMA weights if the run kept them), in `dtype` on disk, with the training record
@@ -593,13 +608,10 @@ def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16", step:
     init = cfg.get("init_from")
     if init and (Path(init) / "config.json").is_file():  # a continuation records what it continued
         source = read_json(Path(init) / "config.json")
-        extra["training"]["init"] = {k: source[k] for k in ("training", "exported_from", "weights") if k in source}
-    for key in ("visual", "init_from"):  # a shipped record names no machine's paths
-        if cfg.get(key) and Path(cfg[key]).is_absolute():
-            try:
-                cfg[key] = str(Path(cfg[key]).relative_to(Path.cwd()))
-            except ValueError:
-                cfg[key] = Path(cfg[key]).name
+        extra["training"]["init"] = {k: source[k] for k in RECORD_KEYS if k in source}
+    for key in ("visual", "init_from"):
+        if cfg.get(key):
+            cfg[key] = recorded_path(cfg[key])
     extra["weights"] = "ema" if ema else "raw"
     return model.save_pretrained(dest, dtype=dtype, meta=extra)
 
@@ -639,13 +651,6 @@ def average(sources, dest: str | Path, weights=None, dtype: str = "bfloat16") ->
         else:
             out[k] = sum(x * t.double() for x, t in zip(w, ts, strict=True)).to(v.dtype)
     models[0].load_state_dict(out)
-
-    def shown(p: Path) -> str:  # a shipped record names no machine's paths
-        try:
-            return str(p.resolve().relative_to(Path.cwd().resolve()))
-        except ValueError:
-            return p.name
-
-    record = [{"source": shown(s), "weight": x, **{k: m[k] for k in ("training", "exported_from", "weights") if k in m}}
+    record = [{"source": recorded_path(s), "weight": x, **{k: m[k] for k in RECORD_KEYS if k in m}}
               for s, x, m in zip(sources, w, metas, strict=True)]
     return models[0].save_pretrained(dest, dtype=dtype, meta={"training": {"average": record}, "weights": "average"})
