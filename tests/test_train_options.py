@@ -404,12 +404,25 @@ def test_average_of_models_is_their_weighted_mean_and_records_each(tmp_path, mon
         ("a", 0.75, 1), ("b", 0.25, 2)]
     first = OmniModel.from_pretrained(average(["a", "b"], "first", weights=[1, 0]))
     assert all(torch.equal(v, sa[k]) for k, v in first.state_dict().items())
+    # first_only: the generation side as the first model has it, the rest averaged as before
+    gen = re.compile(OmniModel.GENERATION_TENSORS)
+    part = OmniModel.from_pretrained(average(["a", "b"], "part", weights=[3, 1], first_only=gen.pattern))
+    kept = [k for k in sa if gen.match(k)]
+    assert any(".experts.1." in k for k in kept) and "flow_head.weight" in kept
+    assert not any(".experts.0." in k for k in kept) and "tok_emb.weight" not in kept
+    for k, v in part.state_dict().items():
+        assert torch.equal(v, sa[k] if gen.match(k) else out.state_dict()[k]), k
+    assert read_json(tmp_path / "part" / "config.json")["training"]["first_only"] == OmniModel.GENERATION_TENSORS
 
     with pytest.raises(ValueError, match="at least two"):
         average(["a"], "x")
     for bad in ([1], [1, -1], [0, 0], [float("nan"), 1]):
         with pytest.raises(ValueError, match="weights must be 2"):
             average(["a", "b"], "x", weights=bad)
+    with pytest.raises(ValueError, match="not a regular expression"):
+        average(["a", "b"], "x", first_only="layers.(")
+    with pytest.raises(ValueError, match="matches none"):
+        average(["a", "b"], "x", first_only="no_such_tensor")
     model(2, n_layers=3).save_pretrained("deeper")
     with pytest.raises(ValueError, match="n_layers"):
         average(["a", "deeper"], "x")

@@ -210,6 +210,12 @@ class OmniModel(nn.Module):
     # parameters that exist only with an optional feature, each doing nothing at zero (a checkpoint
     # trained without the feature can start a run with it: omni train --init-from)
     FEATURE_PARAMS = ("cell_vis", "source_in.weight", "pair_in.weight", "pose_head.weight", "pose_head.bias")
+    # the names of the generation side's tensors: the generation expert of every layer and what only it
+    # reads or writes (latents in, their cells and the visual tokens', the noise level, its final norm and
+    # modulation, the flow head); the rest is the understanding side and what both share (the token
+    # embedding, the attention between them is computed from each side's own projections)
+    GENERATION_TENSORS = (r"^(layers\.\d+\.experts\.1\.|latent_in\.|cell_gen$|cell_vis$|source_in\.|time_mlp\.|"
+                          r"norm_gen\.|final_ada\.|flow_head\.)")
 
     def __init__(self, cfg: OmniConfig):
         super().__init__()

@@ -616,13 +616,21 @@ def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16", step:
     return model.save_pretrained(dest, dtype=dtype, meta=extra)
 
 
-def average(sources, dest: str | Path, weights=None, dtype: str = "bfloat16") -> Path:
+def average(sources, dest: str | Path, weights=None, dtype: str = "bfloat16", first_only: str | None = None) -> Path:
     """Average the weights of shippable models (`export`'s outputs, or a shipped checkpoint) of the
     same architecture into `dest`: a weighted mean of every floating tensor (uniform by default,
-    computed in float64), tensors equal in every source kept exactly. The config records each
-    source's training, so the average stays reproducible from the commands that made its sources.
-    ValueError on fewer than two sources, different model configs or tensors, or bad weights."""
+    computed in float64), tensors equal in every source kept exactly. `first_only`, a regular
+    expression (`re.match` on the tensor's name; `OmniModel.GENERATION_TENSORS` names the generation
+    side), keeps the tensors it matches as the first source has them, unaveraged. The config records
+    each source's training (and `first_only`), so the average stays reproducible from the commands
+    that made its sources. ValueError on fewer than two sources, different model configs or tensors,
+    bad weights, or a `first_only` that is not a regular expression or matches no tensor."""
     sources = [Path(s) for s in sources]
+    if first_only is not None:
+        try:
+            keep = re.compile(first_only)
+        except re.error as e:
+            raise ValueError(f"first_only is not a regular expression ({e}): {first_only!r}") from None
     if len(sources) < 2:
         raise ValueError(f"averaging needs at least two models, got {len(sources)}")
     n = len(sources)
@@ -639,12 +647,14 @@ def average(sources, dest: str | Path, weights=None, dtype: str = "bfloat16") ->
         if diff:
             raise ValueError(f"{s} and {sources[0]} differ in their model config: {', '.join(diff)}")
     states = [m.state_dict() for m in models]
+    if first_only is not None and not any(keep.match(k) for k in states[0]):
+        raise ValueError(f"first_only {first_only!r} matches none of the model's tensors")
     out = {}
     for k, v in states[0].items():
         ts = [st.get(k) for st in states]
         if any(t is None or t.shape != v.shape for t in ts):
             raise ValueError(f"tensor {k!r} is missing or of another shape in some model")
-        if all(torch.equal(t, v) for t in ts[1:]):
+        if all(torch.equal(t, v) for t in ts[1:]) or (first_only is not None and keep.match(k)):
             out[k] = v
         elif not v.is_floating_point():
             raise ValueError(f"tensor {k!r} ({v.dtype}) differs between the models and cannot be averaged")
@@ -653,4 +663,5 @@ def average(sources, dest: str | Path, weights=None, dtype: str = "bfloat16") ->
     models[0].load_state_dict(out)
     record = [{"source": recorded_path(s), "weight": x, **{k: m[k] for k in RECORD_KEYS if k in m}}
               for s, x, m in zip(sources, w, metas, strict=True)]
-    return models[0].save_pretrained(dest, dtype=dtype, meta={"training": {"average": record}, "weights": "average"})
+    training = {"average": record, **({"first_only": first_only} if first_only is not None else {})}
+    return models[0].save_pretrained(dest, dtype=dtype, meta={"training": training, "weights": "average"})
