@@ -284,7 +284,10 @@ def _flow_start_option():
 def _flow(cfg_scale: float, flow_steps: int, flow_shift: float, flow_start: float = 1.0) -> dict:
     """Engine keyword arguments for the image sampler's options, checked before any model loads."""
     _positive("--flow-steps", flow_steps)
-    _positive("--flow-shift", flow_shift)
+    from omni.model.batch import MIN_SHIFT
+
+    if not MIN_SHIFT <= flow_shift < float("inf"):
+        raise ValueError(f"--flow-shift must be >= {MIN_SHIFT:g}, got {flow_shift}")
     if not 0 <= cfg_scale < float("inf"):
         raise ValueError(f"--cfg-scale must be >= 0, got {cfg_scale}")
     if not 0 < flow_start <= 1:

@@ -115,7 +115,7 @@ def test_t_shift_moves_generated_images_noise_levels_toward_pure_noise(writer, t
     assert np.allclose(shifted, 3 * u / (1 + 2 * u)) and (shifted >= plain).all()
     assert (shifted > 0.9).mean() > 4 * (plain > 0.9).mean()
     assert ((0 < shifted) & (shifted < 1)).all()
-    with pytest.raises(ValueError, match="--t-shift must be > 0"):
+    with pytest.raises(ValueError, match="--t-shift must be >= 0.001"):
         MixtureConfig(t_shift=0.0)
     # the run's mixture config reaches the writer, and survives train_config.json
     cfg = TrainConfig(steps=1, mixture=MixtureConfig(t_shift=2.5))

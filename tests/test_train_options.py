@@ -80,8 +80,8 @@ def test_train_config_rejects_bad_values_naming_the_option(kw, needle):
     ({"rows": 0}, "--rows must be >= 1, got 0"),
     ({"row_len": 0}, "--row-len must be >= 1, got 0"),
     ({"data_seed": -1}, "--data-seed must be >= 0, got -1"),
-    ({"t_shift": 0.0}, "--t-shift must be > 0, got 0.0"),
-    ({"t_shift": float("nan")}, "--t-shift must be > 0, got nan"),
+    ({"t_shift": 0.0}, "--t-shift must be >= 0.001, got 0.0"),
+    ({"t_shift": float("nan")}, "--t-shift must be >= 0.001, got nan"),
     ({"pose_motions": ("orbit", "spin")}, "--pose-motions: pose motions must be distinct names among orbit, "
                                           "move_turn, got ('orbit', 'spin')"),
     ({"pose_motions": ()}, "--pose-motions: pose motions must be distinct names"),

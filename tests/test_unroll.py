@@ -111,6 +111,14 @@ def test_plan_validation():
         parse_plan("vqa", ",".join(["think"] * 9))
     with pytest.raises(ValueError, match="unknown task"):
         parse_plan("audio", "think")
+    # separators alone ran the direct plan; a row name with a space around it was an unknown primitive
+    for bad in (",", ",,", "think,", "think,,rollout_visual", " , "):
+        with pytest.raises(ValueError, match="empty step"):
+            parse_plan("t2i", bad)
+    assert parse_plan("vqa", " +thinking ") == parse_plan("vqa", "+thinking") == ["think"]
+    assert parse_plan("vqa", " direct ") == [] and parse_plan("vqa", ["think "]) == ["think"]
+    with pytest.raises(TypeError, match="a plan is a string or a list"):
+        parse_plan("vqa", np.array(["think"]))
     for task, rows in PLANS.items():
         for steps in rows.values():
             parse_plan(task, steps)
@@ -401,7 +409,8 @@ def test_engine_arguments_are_checked(model):
     for kw, needle in [({"temperature": float("nan")}, "temperature"), ({"visual_temperature": -1.0}, "visual_temp"),
                        ({"top_k": 2.5}, "top_k must be an integer"), ({"flow_steps": 0}, "flow_steps"),
                        ({"cfg_scale": float("nan")}, "cfg_scale"), ({"cfg_scale": -5.0}, "cfg_scale"),
-                       ({"flow_shift": 0.0}, "flow_shift"), ({"think_tokens": -1}, "think_tokens"),
+                       ({"flow_shift": 0.0}, "flow_shift"), ({"flow_shift": 1e-10}, "flow_shift must be >= 0.001"),
+                       ({"think_tokens": -1}, "think_tokens"),
                        ({"cfg_interval": (0.8, 0.2)}, "cfg_interval"), ({"cfg_interval": 3}, "cfg_interval"),
                        ({"seed": "a"}, "seed must be an integer")]:
         with pytest.raises(ValueError, match=needle):

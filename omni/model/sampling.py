@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .batch import Segment, shift_t
+from .batch import MIN_SHIFT, Segment, shift_t
 from .cache import KVCache
 from .config import EXPERT_OF_KIND, TEXT, VISUAL
 from .transformer import OmniModel, decode_step, decode_weights, extend
@@ -27,6 +27,9 @@ def choose(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
     if temperature <= 0:
         return logits.argmax(-1)
     lg = logits / temperature
+    if not torch.isfinite(lg.amax(-1)).all():  # a tiny temperature overflows (or is 0 in float32): the gaps to
+        gap = logits - logits.amax(-1, keepdim=True)  # the best token, divided, are -inf, and the best's 0
+        lg = torch.where(gap < 0, gap / temperature, torch.zeros_like(gap))
     if top_k:
         kth = lg.topk(min(top_k, lg.shape[-1]), dim=-1).values[:, -1:]
         lg = lg.masked_fill(lg < kth, float("-inf"))
@@ -86,8 +89,8 @@ def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg
     n = cfg.latent_grid ** 2
     device = cache.k.device if cache is not None else next(model.parameters()).device
     x = (torch.randn((rows, n, cfg.latent_dim), generator=generator) if noise is None else noise.clone()).to(device)
-    if not flow_shift > 0:
-        raise ValueError(f"flow_shift must be > 0, got {flow_shift}")
+    if not flow_shift >= MIN_SHIFT:
+        raise ValueError(f"flow_shift must be >= {MIN_SHIFT:g}, got {flow_shift}")
     if not 0.0 < start <= 1.0:
         raise ValueError(f"start must be in (0, 1], got {start}")
     if start < 1.0 and source is None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from omni.model.batch import Batch, Segment, pack, shift_t
+from omni.model.batch import MIN_SHIFT, Batch, Segment, pack, shift_t
 from omni.unroll.format import BLOCKS, VIEW_TAGS, Format
 from omni.world import SPLITS, Example, WorldConfig, sample
 from omni.world.tasks import VQA_THOUGHTS, conclusion_pieces
@@ -109,8 +109,8 @@ class MixtureConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer, got {v!r}")
             if v < lo:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
-        if not self.t_shift > 0:
-            raise ValueError(f"--t-shift must be > 0, got {self.t_shift}")
+        if not self.t_shift >= MIN_SHIFT:
+            raise ValueError(f"--t-shift must be >= {MIN_SHIFT:g}, got {self.t_shift}")
         if isinstance(self.edit_start, bool) or not isinstance(self.edit_start, numbers.Real) \
                 or not 0.0 < self.edit_start <= 1.0:
             raise ValueError(f"--edit-start must be in (0, 1], got {self.edit_start!r}")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from omni.model import KVCache, OmniModel, Segment, extend
+from omni.model.batch import MIN_SHIFT
 from omni.model.cache import RecomputingCache
 from omni.model.config import TEXT
 from omni.model.sampling import generate_tokens, sample_latents
@@ -191,14 +192,20 @@ def parse_plan(task: str, plan: str | Sequence[str] | None, inputs: Inputs | Non
     primitives whose inputs are missing are errors, raised before any compute."""
     if task not in PLANS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(PLANS)}")
-    if plan is None or plan in ("", "direct", "baseline"):
-        steps: list[str] = []
-    elif isinstance(plan, str) and plan in PLANS[task]:
-        steps = list(PLANS[task][plan])
-    elif plan == "default":
-        steps = list(DEFAULT_PLAN[task])
-    elif isinstance(plan, str):
-        steps = [p.strip() for p in plan.split(",") if p.strip()]
+    if plan is None:
+        plan = ""
+    if isinstance(plan, str):
+        name = plan.strip()
+        if name in ("", "direct", "baseline"):
+            steps: list[str] = []
+        elif name in PLANS[task]:
+            steps = list(PLANS[task][name])
+        elif name == "default":
+            steps = list(DEFAULT_PLAN[task])
+        else:
+            steps = [p.strip() for p in name.split(",")]
+            if not all(steps):
+                raise ValueError(f"plan {plan!r} has an empty step (a comma with no primitive name beside it)")
     elif isinstance(plan, Sequence) and all(isinstance(p, str) for p in plan):
         steps = [p.strip() for p in plan]
     else:
@@ -276,7 +283,7 @@ class Engine:
                 _number(name, v, 0, integer=name.endswith("top_k"))
         _number("flow_steps", flow_steps, 1, integer=True)
         _number("cfg_scale", cfg_scale, 0)
-        _number("flow_shift", flow_shift, 0, open_below=True)
+        _number("flow_shift", flow_shift, MIN_SHIFT)
         _number("flow_start", flow_start, 0, open_below=True)
         if flow_start > 1:
             raise ValueError(f"flow_start must be <= 1, got {flow_start}")
