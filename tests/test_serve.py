@@ -180,6 +180,47 @@ def test_request_sets_the_image_sampler(client, monkeypatch):
     assert seen == [(3.0, 1.0), (1.5, 3.0)]
 
 
+def test_float_fields_take_json_integers(client, monkeypatch):
+    """Strict floats still take a JSON integer (temperature 1, flow_shift 3): it reaches the engine as a float."""
+    import omni.unroll.engine as eng
+
+    seen = []
+    real = eng.sample_latents
+
+    def spy(*a, **kw):
+        seen.append((kw["cfg_scale"], kw["flow_shift"]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(eng, "sample_latents", spy)
+    body = {"task": "t2i", "text": "a photo of a red cube.", "plan": "direct", "temperature": 1,
+            "visual_temperature": 1, "visual_top_k": 4, "sample_seed": 2, "cfg_scale": 2, "flow_shift": 3}
+    assert client.post("/v1/unroll", json=body).status_code == 200
+    assert seen == [(2.0, 3.0)] and all(type(x) is float for x in seen[0])
+
+
+def test_every_number_of_a_request_is_strict():
+    """Each integer and float field of the request refuses a bool and a numeric string, as a JSON body and
+    as a parsed one (FastAPI validates the parsed body); integers refuse 1.0, floats take 1 (as 1.0). A new
+    numeric field must be named here, so it is checked too."""
+    from pydantic import ValidationError
+
+    fields = UnrollRequest.model_fields
+    ints = {n for n, f in fields.items() if f.annotation in (int, int | None)}
+    floats = {n for n, f in fields.items() if f.annotation in (float, float | None)}
+    assert ints == {"seed", "sample_seed", "visual_top_k"}
+    assert floats == {"temperature", "visual_temperature", "cfg_scale", "flow_shift"}
+    for name in ints | floats:
+        for bad in (True, False, "1", *((1.0,) if name in ints else ())):
+            body = {"task": "vqa", name: bad}
+            for validate in (UnrollRequest.model_validate, lambda b: UnrollRequest.model_validate_json(json.dumps(b))):
+                with pytest.raises(ValidationError) as e:
+                    validate(body)
+                assert [err["loc"] for err in e.value.errors()] == [(name,)], (name, bad)
+    for name in floats:
+        got = getattr(UnrollRequest.model_validate_json(json.dumps({"task": "vqa", name: 1})), name)
+        assert got == 1.0 and type(got) is float
+
+
 def test_stream_events_in_order_and_same_result(client):
     body = {"task": "t2i", "text": "a photo of a red cube left of a blue sphere.", "plan": "+long+visual"}
     with client.stream("POST", "/v1/unroll/stream", json=body) as r:
@@ -300,6 +341,15 @@ BAD_BODIES = [
     ({"task": "t2i", "text": "a red cube.<eos>"}, 400, "bad_input", "tag(s) <eos>"),
     ({"task": "vqa", "seed": 1_500_000_000}, 400, "bad_input", "lies in no split"),
     ({"task": "vqa", "seed": True}, 422, "invalid_request", "seed"),
+    # every number is strict, as `seed` is: JSON `true` is not 1, nor is "1" (nor 1.0 an integer)
+    ({"task": "vqa", "seed": 1, "sample_seed": True}, 422, "invalid_request", "body.sample_seed"),
+    ({"task": "vqa", "seed": 1, "sample_seed": "3"}, 422, "invalid_request", "body.sample_seed"),
+    ({"task": "vqa", "seed": 1, "sample_seed": 3.0}, 422, "invalid_request", "body.sample_seed"),
+    ({"task": "vqa", "seed": 1, "visual_top_k": True}, 422, "invalid_request", "body.visual_top_k"),
+    ({"task": "vqa", "seed": 1, "temperature": True}, 422, "invalid_request", "body.temperature"),
+    ({"task": "vqa", "seed": 1, "visual_temperature": "0.5"}, 422, "invalid_request", "body.visual_temperature"),
+    ({"task": "t2i", "text": "a red cube.", "cfg_scale": True}, 422, "invalid_request", "body.cfg_scale"),
+    ({"task": "t2i", "text": "a red cube.", "flow_shift": True}, 422, "invalid_request", "body.flow_shift"),
 ]
 
 
@@ -620,6 +670,21 @@ def test_openapi_conformance(api_schema, method, path, mode):
         case.call_and_validate(checks=checks)
 
     conforms()
+
+
+def test_request_flow_shift_bound_is_the_engines():
+    """The schema states the sampler's smallest flow shift literally (kept free of torch): a smaller one is a
+    422, not an engine error (a 500) after the request was taken."""
+    from pydantic import ValidationError
+
+    from omni.model.batch import MIN_SHIFT
+    from omni.serve.schemas import MIN_FLOW_SHIFT
+
+    assert MIN_FLOW_SHIFT == MIN_SHIFT
+    assert UnrollRequest(task="t2i", flow_shift=MIN_SHIFT).flow_shift == MIN_SHIFT
+    for small in (5e-324, MIN_SHIFT / 2):
+        with pytest.raises(ValidationError, match="flow_shift"):
+            UnrollRequest(task="t2i", flow_shift=small)
 
 
 def test_request_visual_sampling_defaults_are_the_engines():

@@ -2,13 +2,17 @@
 independently from instance masks, depth maps and cameras."""
 
 import ast
+import contextlib
+import dataclasses
 import json
 import math
 import operator
 import re
+import signal
 
 import numpy as np
 import pytest
+import torch
 
 from omni.world import camera as C
 from omni.world import sample
@@ -557,3 +561,107 @@ def test_object_stats_in_one_pass_equal_one_object_at_a_time():
                         checked += len(got)
                         even += sum(s.pixels % 2 == 0 for s in got)
     assert checked > 500 and even > 100
+
+
+# ---------------------------------------------------------------------------------------------
+# bad arguments to `sample`: refused up front, with a message naming what is wrong
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """A TimeoutError if the block runs longer (a sampler that loops forever on narrow options)."""
+
+    def expire(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+BAD_SEEDS = [
+    ("12", TypeError, "seeds must be a sequence of integers, got the string '12'"),  # not seeds 1 and 2
+    (b"12", TypeError, "got the string"),
+    (7, TypeError, "got the single integer 7 (pass [7], or use sample_one)"),
+    (np.int64(7), TypeError, "pass [7]"),
+    (None, TypeError, "seeds must be a sequence of integers, got NoneType"),
+    ([2_000_000_000.7], TypeError, "seeds must be integers, got 2000000000.7 (float) at position 0"),  # not truncated
+    ([5, 6.0], TypeError, "got 6.0 (float) at position 1"),
+    (np.array([5.0]), TypeError, "seeds must be integers"),
+    ([True], TypeError, "got True (bool)"),  # `True` is not seed 1
+    ([np.bool_(False)], TypeError, "(bool)"),
+    ([1_500_000_000], ValueError, "seed 1500000000 (position 0) lies in no split"),  # between val and test
+    ([0, 2**64], ValueError, f"seed {2**64} (position 1) lies in no split"),
+    ([SPLITS["test"][1]], ValueError, f"seed {SPLITS['test'][1]} (position 0) lies in no split"),
+    ([-1], ValueError, "seed -1 (position 0) lies in no split"),  # not numpy's "expected non-negative integer"
+]
+
+
+@pytest.mark.parametrize("seeds,error,needle", BAD_SEEDS)
+def test_bad_seeds_are_refused(seeds, error, needle):
+    with pytest.raises(error, match=re.escape(needle)) as e:
+        sample("vqa", seeds, WorldConfig(size=8))
+    assert "test 2000000000..2000999999" in str(e.value) or error is TypeError  # the splits, spelled out
+
+
+def test_bad_config_and_device_are_refused():
+    with pytest.raises(TypeError, match=re.escape("cfg must be a WorldConfig (or None for the defaults), got dict")):
+        sample("vqa", [0], {"size": 8})
+    for device, needle in (("bogus", "unknown device 'bogus'"), (None, "unknown device None"),
+                           ("meta", "cpu or cuda, not on device 'meta'")):
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            sample("vqa", [0], WorldConfig(size=8), device=device)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda': CUDA is not available"):
+            sample("vqa", [0], WorldConfig(size=8), device="cuda")
+    with pytest.raises(ValueError, match="unknown task"):
+        sample(["vqa"], [0])
+
+
+def test_valid_seeds_of_every_kind_give_the_same_examples():
+    """numpy integers, a range, an integer array, a tuple: the examples of the same Python ints (each
+    Example.seed a Python int); every split's first and last seed is taken."""
+    cfg = WorldConfig(size=16)
+    ref = sample("vqa", [5, 6, 7], cfg)
+    kinds = ([np.int64(5), np.int32(6), np.uint64(7)], range(5, 8), np.arange(5, 8), (5, 6, 7), iter([5, 6, 7]))
+    for seeds in kinds:
+        got = sample("vqa", seeds, cfg, device=torch.device("cpu"))
+        assert [(type(e.seed), e.seed) for e in got] == [(int, 5), (int, 6), (int, 7)]
+        assert [e.texts for e in got] == [e.texts for e in ref]
+        assert all(np.array_equal(a.views["image"].rgb, b.views["image"].rgb) for a, b in zip(got, ref, strict=True))
+    edges = [s for lo, hi in SPLITS.values() for s in (lo, hi - 1)]
+    assert [e.seed for e in sample("pose", edges, WorldConfig(size=8))] == edges
+    assert sample("pose", [], WorldConfig(size=8)) == []
+
+
+def _narrow(**kw) -> WorldConfig:
+    from omni.world import SceneOptions
+
+    return WorldConfig(size=8, scene=SceneOptions(**kw))
+
+
+def test_t2i_options_too_narrow_say_which():
+    """A t2i prompt that names two shapes (or colours) with options that allow one: a ValueError naming
+    the options, not numpy's "Cannot take a larger sample than population when replace is False"."""
+    with pytest.raises(ValueError, match=re.escape("name 2 different shapes, but the scene options allow only 1 "
+                                                   "(cube): allow at least 2 shapes")):
+        sample("t2i", range(8), _narrow(shapes=("cube",), colors=("red",)))
+    with pytest.raises(ValueError, match=re.escape("name 2 different colours, but the scene options allow only 1 "
+                                                   "(red): allow at least 2 colours")):
+        sample("t2i", range(8), _narrow(colors=("red",)))
+    # two shapes and two colours are enough for every category
+    two = dataclasses.replace(_narrow(shapes=("cube", "sphere"), colors=("red", "blue")), size=32)
+    assert {e.spec["category"] for e in sample("t2i", range(40), two)} == set(T2I_CATEGORIES)
+
+
+def test_edit_options_too_narrow_say_which():
+    """An edit that adds a colour-shape pair the scene lacks when it holds every pair the options allow
+    (it looped forever), or recolours with one colour (a RecursionError): a ValueError naming the options."""
+    with _deadline(20), pytest.raises(ValueError, match="adds an object needs a colour-shape pair"):
+        sample("edit", [1], _narrow(shapes=("cube",), colors=("red", "blue"), max_objects=3))
+    with _deadline(20), pytest.raises(ValueError, match="recolours an object needs at least 2 colours"):
+        sample("edit", range(12), _narrow(colors=("red",), max_objects=3))

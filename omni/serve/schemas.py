@@ -18,6 +18,7 @@ MAX_IMAGE_B64_CHARS = 1_500_000  # one image as base64 (a 512 x 512 RGB PNG stor
 MAX_PLAN_STEPS = 8  # the engine's own limit (omni.unroll.parse_plan)
 MAX_PLAN_CHARS = 400
 MAX_SEED = 2**31 - 1
+MIN_FLOW_SHIFT = 1e-3  # omni.model.batch.MIN_SHIFT, stated literally (this module is kept free of torch)
 
 Task = Literal["vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit"]
 B64 = Field(None, min_length=1, max_length=MAX_IMAGE_B64_CHARS,
@@ -60,16 +61,23 @@ class UnrollRequest(BaseModel):
         None, description="A preset row name of the task (`GET /v1/plans`), `default` (the paper's schedule; also "
                           "when omitted), `direct` (no context), primitive names separated by commas, or a list of "
                           f"primitive names; at most {MAX_PLAN_STEPS} steps.")
-    sample_seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the sampler (same seed, same run).")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Temperature of text tokens; 0: greedy decoding.")
-    visual_temperature: float = Field(1.0, ge=0.0, le=2.0, description="Temperature of visual tokens (0: greedy, "
-                                                                       "which collapses onto one code).")
-    visual_top_k: int = Field(16, ge=0, le=65536, description="Visual tokens are sampled among the k likeliest "
-                                                             "codes (0: all).")
-    cfg_scale: float | None = Field(None, ge=0.0, le=20.0, description="Classifier-free guidance of generated "
-                                    "images (1: none); omitted: the server's setting (`omni serve --cfg-scale`).")
-    flow_shift: float = Field(1.0, gt=0.0, le=20.0, description="Shift of the image sampler's noise grid toward "
-                                                               "pure noise (1: uniform steps).")
+    # every number is strict, as `seed` is: JSON `true` is not 1 (lax mode would take it), nor is "1"; a float
+    # field still takes a JSON integer (temperature 1), an integer field not a float (1.0)
+    sample_seed: int = Field(0, ge=0, le=MAX_SEED, strict=True,
+                             description="Seed of the sampler (same seed, same run).")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, strict=True,
+                               description="Temperature of text tokens; 0: greedy decoding.")
+    visual_temperature: float = Field(1.0, ge=0.0, le=2.0, strict=True,
+                                      description="Temperature of visual tokens (0: greedy, which collapses onto "
+                                                  "one code).")
+    visual_top_k: int = Field(16, ge=0, le=65536, strict=True,
+                              description="Visual tokens are sampled among the k likeliest codes (0: all).")
+    cfg_scale: float | None = Field(None, ge=0.0, le=20.0, strict=True,
+                                    description="Classifier-free guidance of generated images (1: none); omitted: "
+                                                "the server's setting (`omni serve --cfg-scale`).")
+    flow_shift: float = Field(1.0, ge=MIN_FLOW_SHIFT, le=20.0, strict=True,
+                              description="Shift of the image sampler's noise grid toward pure noise (1: uniform "
+                                          "steps).")
 
 
 class PoseInfo(BaseModel):

@@ -11,12 +11,14 @@ rejection does not skew the mix towards easy kinds. An example's random stream d
 from __future__ import annotations
 
 import math
+import operator
 import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from . import language as L
 from .camera import (
@@ -465,6 +467,11 @@ def _t2i_spec(rng: np.random.Generator, cfg: WorldConfig, category: str) -> T2IP
     shapes, colors = list(cfg.scene.shapes), list(cfg.scene.colors)
 
     def pick(pool, k=1):
+        if len(pool) < k:  # the options are too narrow for this category's prompt
+            what, option = ("shapes", "shapes") if pool is shapes else ("colours", "colors")
+            raise ValueError(f"t2i prompts of category {category!r} name {k} different {what}, but the scene "
+                             f"options allow only {len(pool)} ({', '.join(pool)}): allow at least {k} {what} "
+                             f"(SceneOptions.{option}, --{option})")
         return [str(x) for x in rng.choice(pool, k, replace=False)]
 
     def col():
@@ -876,6 +883,9 @@ def _edit(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     target = before.objects[k]
     spec: dict = {"op": op, "target": k}
     if op == "recolor":
+        if len(opts.colors) < 2:  # no colour to recolour to, whatever is drawn: redrafting would never end
+            raise ValueError(f"an edit that recolours an object needs at least 2 colours, but the scene options "
+                             f"allow only {', '.join(opts.colors)} (SceneOptions.colors, --colors)")
         free = [c for c in opts.colors if not _count(before.objects, color=c, shape=target.shape)]
         if not free:
             return _edit(rng, cfg, memo)
@@ -888,6 +898,10 @@ def _edit(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
         instruction = f"remove the {target.name}."
     elif op == "add":
         used = {(o.color, o.shape) for o in before.objects}
+        if len(used) >= len(opts.colors) * len(opts.shapes):  # no new pair to add: the loop would never end
+            raise ValueError(f"an edit that adds an object needs a colour-shape pair the scene does not hold, but "
+                             f"its {n} objects use every pair the scene options allow ({', '.join(opts.colors)} x "
+                             f"{', '.join(opts.shapes)}): allow more colours or shapes, or fewer objects")
         while True:
             obj = random_object(rng, opts)
             if (obj.color, obj.shape) not in used:
@@ -950,13 +964,70 @@ assert tuple(_PROPOSERS) == TASKS
 # the batched driver
 
 
+def _check_seeds(seeds: Sequence[int]) -> list[int]:
+    """`seeds` as a list of Python ints: a sequence (or other iterable) of integers, Python's or numpy's (a
+    range, a list, an integer array), each in some split. A string, a lone integer, a float or a bool is a
+    TypeError, a seed in no split a ValueError naming it."""
+    if isinstance(seeds, (str, bytes, bytearray)):
+        raise TypeError(f"seeds must be a sequence of integers, got the string {seeds!r}")
+    if isinstance(seeds, (bool, np.bool_)):
+        raise TypeError(f"seeds must be a sequence of integers, got the bool {seeds!r}")
+    if isinstance(seeds, (int, np.integer)):
+        raise TypeError(f"seeds must be a sequence of integers, got the single integer {seeds!r} "
+                        f"(pass [{int(seeds)}], or use sample_one)")
+    try:
+        items = list(seeds)
+    except TypeError:
+        raise TypeError(f"seeds must be a sequence of integers, got {type(seeds).__name__}") from None
+    out = []
+    for i, s in enumerate(items):
+        try:
+            if isinstance(s, (bool, np.bool_)):  # `True` is not seed 1
+                raise TypeError
+            seed = operator.index(s)  # int, numpy integers; not floats, which would be truncated
+        except TypeError:
+            raise TypeError(f"seeds must be integers, got {s!r} ({type(s).__name__}) at position {i}") from None
+        if not any(lo <= seed < hi for lo, hi in SPLITS.values()):
+            raise ValueError(f"seed {seed} (position {i}) lies in no split: "
+                             + ", ".join(f"{name} {lo}..{hi - 1}" for name, (lo, hi) in SPLITS.items()))
+        out.append(seed)
+    return out
+
+
+def _check_device(device: str | torch.device) -> None:
+    """The renderer's device: cpu, or cuda (mps) where there is one; else a ValueError naming it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}: the renderer runs on cpu or cuda (e.g. 'cuda:0')") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r}: MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise ValueError(f"the renderer runs on cpu or cuda, not on device {device!r}")
+
+
 def sample(task: str, seeds: Sequence[int], cfg: WorldConfig | None = None,
-           device: str = "cpu") -> list[Example]:
-    """Examples for `seeds` (same order); all drafts of a round are rendered in one call."""
-    if task not in _PROPOSERS:
+           device: str | torch.device = "cpu") -> list[Example]:
+    """Examples for `seeds` (same order); all drafts of a round are rendered in one call.
+
+    `seeds`: a sequence of integers (Python's or numpy's, e.g. a range), each in a split (`SPLITS`);
+    `cfg`: a WorldConfig (None: the defaults); `device`: where to render (cpu, cuda). Bad arguments are a
+    TypeError or ValueError before anything is drawn; options too narrow for what a seed draws (a t2i prompt
+    naming two shapes when one is allowed) a ValueError naming them when it is drawn."""
+    if not isinstance(task, str) or task not in _PROPOSERS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
-    cfg = cfg or WorldConfig()
-    seeds = [int(s) for s in seeds]
+    if cfg is None:
+        cfg = WorldConfig()
+    elif not isinstance(cfg, WorldConfig):
+        raise TypeError(f"cfg must be a WorldConfig (or None for the defaults), got {type(cfg).__name__} {cfg!r}")
+    _check_device(device)
+    seeds = _check_seeds(seeds)
     rngs = [task_rng(task, s) for s in seeds]
     memos: list[dict] = [{} for _ in seeds]  # what an example keeps across rejected drafts (its category)
     out: list[Example | None] = [None] * len(seeds)
