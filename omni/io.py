@@ -1,5 +1,5 @@
 """Reading and writing weights and configs: safetensors and JSON only, with errors that name the file;
-the type check of a config field read from JSON."""
+the type check of a config field read from JSON; the check of a device name."""
 
 from __future__ import annotations
 
@@ -18,11 +18,33 @@ def read_json(path: str | Path) -> dict:
         raise FileNotFoundError(f"missing file: {path}")
     try:
         data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # bad JSON or text; an integer of > 4300 digits; nesting too deep
+        raise ValueError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return data
+
+
+def check_device(device) -> torch.device:
+    """`device` as a torch.device this machine has; ValueError saying why not otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:N or mps): {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine (use device='cpu')")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine (use device='cpu')")
+    elif dev.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: nothing here computes on them
+        raise ValueError(f"unknown device {device!r}: omni runs on cpu, cuda, cuda:N or mps")
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise ValueError(f"device {device!r} cannot be used on this machine: {e}") from None
+    return dev
 
 
 def write_json(path: str | Path, data: dict) -> None:

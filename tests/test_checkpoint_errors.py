@@ -91,6 +91,7 @@ def test_optional_fields_may_be_missing(ck):
     ("norm_eps", -1e-5, "norm_eps must be positive"),
     ("max_seq", 0, "max_seq must be positive"),
     ("max_seq", 1024.5, "max_seq must be an integer"),
+    ("max_seq", 10**13, "max_seq must be at most 1048576"),  # its KV cache failed to allocate 61 PB
     ("text_vocab", [640], "text_vocab must be an integer"),
     ("image_size", 30, "image_size 30 is not divisible by patch 4"),
     ("latent_dim", 0, "latent_dim must be positive"),
@@ -107,6 +108,27 @@ def test_bad_model_field(ck, field, value, match):
     msg = str(e.value)
     assert msg.startswith(f"{ck / 'config.json'}: bad model config: {field}"), msg
     assert match in msg
+
+
+@pytest.mark.parametrize("field", ["text_vocab", "d_model", "latent_dim"])
+def test_absurd_sizes_are_a_shape_error_before_any_allocation(ck, field):
+    """A config whose sizes would take petabytes is checked against the weights' shapes on the meta
+    device first: the error names the tensor (it was an allocation failure deep in nn.Embedding)."""
+    set_model(ck, **{field: 2**40 if field != "d_model" else 2**24})
+    with pytest.raises(ValueError, match=r"model.safetensors: tensor '.*' has shape .*, config.json implies"):
+        load(ck)
+    set_model(ck, d_model=2**30)  # too large for a tensor even to be described
+    with pytest.raises(ValueError, match="config.json: bad model config: sizes no model can have"):
+        load(ck)
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"format": ' + "9" * 5000 + "}", "{\"a\": 1", "\xff"])
+def test_unreadable_config_json_names_the_file(ck, text):
+    """Nesting too deep (a RecursionError), an integer beyond Python's 4,300 digits, a truncated or
+    undecodable file: each a ValueError naming config.json."""
+    (ck / "config.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"config.json: not valid JSON"):
+        load(ck)
 
 
 def test_bad_model_config_shape(ck):

@@ -689,6 +689,19 @@ def test_an_ablation_resumes_with_the_draws_of_a_run_that_never_stopped(model, t
     assert weights_digest(changed) != weights_digest(model) == weights_digest(flagged())
     with pytest.raises(ValueError, match="weights differ"):
         ablate(engine(changed), *args, rows=rows, partial=partial, resume=True)
+    # a corrupt partial file is named, with what is broken (these were KeyError, TypeError, torch errors)
+    for edit, needle in (({"generator": None}, "generator is not base64"),
+                         ({"generator": "AAAA"}, "3 bytes, the engine.s has"),
+                         ({"generator": "!!notb64"}, "generator is not base64"), ({"done": "x"}, "done must be"),
+                         ({"done": 5}, "done must be"), ({"done": 1}, "scores must hold"),
+                         ({"scores": {}}, "scores must hold"), ({"tokens": {"baseline": 1.5}}, "tokens must hold"),
+                         ({"texts": {k: [] for k in rows}}, "texts must hold")):
+        partial.write_text(json.dumps({**kept, **edit}))
+        with pytest.raises(ValueError, match=f"spatial_partial.json: corrupt progress file \\(.*{needle}"):
+            ablate(engine(model), *args, rows=rows, partial=partial, resume=True)
+    partial.write_text(json.dumps({k: v for k, v in kept.items() if k != "seconds"}))
+    with pytest.raises(ValueError, match="corrupt progress file \\(no seconds\\)"):
+        ablate(engine(model), *args, rows=rows, partial=partial, resume=True)
 
 
 def test_flow_start_draws_image_to_image_outputs_from_their_source():

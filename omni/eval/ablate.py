@@ -63,6 +63,43 @@ def engine_settings(engine: Engine) -> dict:
             "layout_tokens": engine.layout_tokens, "pose_decoder": engine.pose_decoder, "reencode": engine.reencode}
 
 
+def _progress(saved: dict, plans: dict, n: int, engine: Engine, path: Path):
+    """A partial file's progress, each part checked against the run it continues: a ValueError naming
+    the file and the broken part (it was a KeyError, TypeError or torch error mid-resume)."""
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path}: corrupt progress file ({why}): remove it to start the ablation again")
+
+    missing = [k for k in ("done", "scores", "context", "texts", "seconds", "tokens", "generator") if k not in saved]
+    if missing:
+        raise bad(f"no {', '.join(missing)}")
+    done = saved["done"]
+    if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= n:
+        raise bad(f"done must be a count of examples in 0..{n}, got {done!r}")
+
+    def per_row(key: str, ok) -> dict:
+        v = saved[key]
+        if not isinstance(v, dict) or set(v) != set(plans) or not all(ok(x) for x in v.values()):
+            raise bad(f"{key} must hold each row's ({', '.join(plans)}) {'numbers' if key != 'texts' else 'texts'}")
+        return v
+
+    def lists(x) -> bool:  # metric -> one number per example done
+        return isinstance(x, dict) and all(isinstance(s, list) and len(s) == done and
+                                           all(isinstance(a, (int, float)) for a in s) for s in x.values())
+
+    scores, context = per_row("scores", lists), per_row("context", lists)
+    texts = per_row("texts", lambda x: isinstance(x, list) and len(x) == done)
+    seconds = per_row("seconds", lambda x: isinstance(x, (int, float)) and not isinstance(x, bool))
+    tokens = per_row("tokens", lambda x: isinstance(x, int) and not isinstance(x, bool))
+    want = engine.generator.get_state().numel()
+    try:
+        raw = base64.b64decode(saved["generator"], validate=True)
+    except (TypeError, ValueError) as e:  # binascii.Error is a ValueError
+        raise bad(f"generator is not base64 ({e})") from None
+    if len(raw) != want:
+        raise bad(f"generator state of {len(raw)} bytes, the engine's has {want}")
+    return done, scores, context, texts, seconds, tokens, torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
 def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, list[str]] | None = None,
            log=None, partial: str | Path | None = None, resume: bool = False, save_every: float = 10.0,
            vqa_thought: str = "inventory") -> dict:
@@ -100,11 +137,8 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
             if differ:
                 raise ValueError(f"{partial} keeps another ablation's progress ({', '.join(differ)} differ): "
                                  "remove it, or resume with the same arguments and checkpoint")
-            done = saved["done"]
-            scores, context, texts = saved["scores"], saved["context"], saved["texts"]
-            seconds, tokens = saved["seconds"], saved["tokens"]
-            engine.generator.set_state(torch.frombuffer(bytearray(base64.b64decode(saved["generator"])),
-                                                        dtype=torch.uint8))
+            done, scores, context, texts, seconds, tokens, state = _progress(saved, plans, n, engine, partial)
+            engine.generator.set_state(state)
             if log:
                 log(f"{task}: resumed after {done}/{n} examples from {partial}")
     written = time.perf_counter()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from omni.io import read_json, read_safetensors, save_safetensors, write_json
+from omni.io import check_device, read_json, read_safetensors, save_safetensors, write_json
 
 from .config import OmniConfig
 from .transformer import OmniModel
@@ -135,26 +135,6 @@ def fit_state(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], wher
     return {k: state[k].to(v.dtype) if k in state else torch.zeros_like(v) for k, v in own.items()}
 
 
-def check_device(device) -> torch.device:
-    """`device` as a torch.device this machine has; ValueError saying why not otherwise."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:N or mps): {e}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: CUDA is not available on this machine (use device='cpu')")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r}: MPS is not available on this machine (use device='cpu')")
-    try:
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError) as e:
-        raise ValueError(f"device {device!r} cannot be used on this machine: {e}") from None
-    return dev
-
-
 def from_pretrained(directory: str | Path, device: str = "cpu", with_tokenizers: bool = True) -> OmniModel:
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"from_pretrained needs the path of a checkpoint directory, got {directory!r}")
@@ -179,8 +159,15 @@ def from_pretrained(directory: str | Path, device: str = "cpu", with_tokenizers:
         cfg = OmniConfig.from_dict(meta["model"], complete=True)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: bad model config: {e}") from None
+    state = load_state(d)
+    try:
+        with torch.device("meta"):  # the weights' shapes checked first: a config of absurd sizes allocates nothing
+            shapes = OmniModel(cfg).state_dict()
+    except RuntimeError as e:  # a tensor too large to describe
+        raise ValueError(f"{where}: bad model config: sizes no model can have ({e})") from None
+    fit_state(state, shapes, d / "model.safetensors", "config.json")
     model = OmniModel(cfg)
-    model.load_state_dict(fit_state(load_state(d), model.state_dict(), d / "model.safetensors", "config.json"))
+    model.load_state_dict(fit_state(state, model.state_dict(), d / "model.safetensors", "config.json"))
     if with_tokenizers:
         from omni.tokens.text import TextTokenizer
         from omni.tokens.visual import VisualTokenizer

@@ -106,6 +106,8 @@ class OmniConfig:
         for f in POSITIVE_INTS:
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
+        if self.max_seq > MAX_SEQ:  # it sets no weight, but the KV cache's length
+            raise ValueError(f"max_seq must be at most {MAX_SEQ}, got {self.max_seq}")
         if self.moe_experts < 0:
             raise ValueError(f"moe_experts must be 0 (no mixture) or positive, got {self.moe_experts}")
         if self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts:
@@ -149,6 +151,7 @@ class OmniConfig:
 
 
 DEPTH_LOSSES = ("silog", "l1_log")
+MAX_SEQ = 1 << 20  # positions; a KV cache row of the tiny preset at this length takes 12 GB
 POSITIVE_INTS = ("d_model", "n_layers", "n_heads", "max_seq", "text_vocab", "codebook_size", "image_size", "patch",
                  "latent_grid", "latent_dim")
 LOSS_WEIGHTS = ("w_text", "w_visual", "w_flow", "w_depth", "w_pose", "w_moe_balance")

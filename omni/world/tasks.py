@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from omni.io import check_device
+
 from . import language as L
 from .camera import (
     DEFAULT_FOV,
@@ -994,24 +996,6 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
     return out
 
 
-def _check_device(device: str | torch.device) -> None:
-    """The renderer's device: cpu, or cuda (mps) where there is one; else a ValueError naming it."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"unknown device {device!r}: the renderer runs on cpu or cuda (e.g. 'cuda:0')") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"device {device!r}: MPS is not available on this machine")
-    elif dev.type != "cpu":
-        raise ValueError(f"the renderer runs on cpu or cuda, not on device {device!r}")
-
-
 def sample(task: str, seeds: Sequence[int], cfg: WorldConfig | None = None,
            device: str | torch.device = "cpu") -> list[Example]:
     """Examples for `seeds` (same order); all drafts of a round are rendered in one call.
@@ -1026,7 +1010,7 @@ def sample(task: str, seeds: Sequence[int], cfg: WorldConfig | None = None,
         cfg = WorldConfig()
     elif not isinstance(cfg, WorldConfig):
         raise TypeError(f"cfg must be a WorldConfig (or None for the defaults), got {type(cfg).__name__} {cfg!r}")
-    _check_device(device)
+    check_device(device)
     seeds = _check_seeds(seeds)
     rngs = [task_rng(task, s) for s in seeds]
     memos: list[dict] = [{} for _ in seeds]  # what an example keeps across rejected drafts (its category)
