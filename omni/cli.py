@@ -507,6 +507,9 @@ def eval_gradients(
         raise ValueError(f"--model is not JSON ({e.msg}): {model!r}") from None
     if not isinstance(loss_w, dict) or set(loss_w) - set(WEIGHTS.values()):
         raise ValueError(f"--model takes a JSON object of loss weights ({', '.join(WEIGHTS.values())}), got {model!r}")
+    for k, v in loss_w.items():  # before the model loads
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+            raise ValueError(f"--model: loss weight {k} must be a finite number >= 0, got {v!r}")
     m = _load(checkpoint, device)
     for k, v in loss_w.items():
         setattr(m.cfg, k, float(v))
@@ -596,7 +599,8 @@ def eval_curves(
 @app.command("ablate")
 @user_errors
 def ablate_command(
-    task: str = typer.Argument(..., help="vqa, t2i, spatial or depth (any task with more than one row)"),
+    task: str = typer.Argument(..., help="vqa, t2i, spatial or depth: the paper's four tables (pose, nvs, "
+                                         "video and edit have one row, direct)"),
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
     device: str = _device_option(),
     n: int = typer.Option(500, help="Held-out examples per row."),
@@ -677,10 +681,12 @@ def unroll_command(
     from omni.unroll.engine import Engine, parse_plan
     from omni.unroll.trace import write_trace
     from omni.world import sample
+    from omni.world.export import ensure_writable_dir
     from omni.world.tasks import split_of
 
     parse_plan(task, plan)  # an unknown task or primitive fails here
     split_of(seed)  # a seed in no split is an error
+    ensure_writable_dir(out)
     ex = sample(task, [seed])[0]
     parse_plan(task, plan, inputs_of(ex))
     engine = Engine(_load(checkpoint, device))

@@ -96,6 +96,8 @@ def test_writable_dir_probe_is_its_own(tmp_path):
     (["eval", "vqa", "--n", "1", "--pose-motions", "move_turn"], "--pose-motions applies to the pose task only"),
     (["eval", "context-use", "--n", "1", "--seed-start", "1500000000"], "lies in no split"),
     (["unroll", "vqa", "--seed", "1500000000", "--out", "o"], "lies in no split"),
+    (["unroll", "vqa", "--out", ""], "an output directory is needed"),  # it wrote into the current directory
+    (["unroll", "vqa", "--out", "blocker/x"], "cannot write"),
     (["demo", "--flow-steps", "0"], "--flow-steps must be positive"),
     (["demo", "--out", "blocker.d"], "--out must be an image file name"),
     (["ablate", "vqa", "--n", "1", "--out", "blocker/x"], "cannot write"),
@@ -104,6 +106,8 @@ def test_writable_dir_probe_is_its_own(tmp_path):
     (["eval", "vqa", "--n", "1", "--device", "gpu"], "unknown device 'gpu'"),
     (["ablate", "vqa", "--n", "1", "--out", "o", "--device", "cuda:7"], "device 'cuda:7'"),
     (["serve", "--threads", "-2"], "--threads must be >= 0"),
+    (["eval", "gradients", "--model", '{"w_pose": [1]}'], "loss weight w_pose must be a finite number >= 0"),
+    (["eval", "gradients", "--model", '{"w_text": -1}'], "loss weight w_text must be a finite number >= 0"),
     (["serve", "--device", "gpu"], "unknown device 'gpu'"),
     (["serve", "--device", "cuda"], "CUDA is not available"),
 ])

@@ -391,6 +391,8 @@ def test_inputs_are_checked_before_any_compute(model):
         (Inputs("depth", {"image": img}, "how deep?"), "takes no text"),
         (Inputs("vqa", {"image": img}, q + " </question><answer> 7 </answer>"), "tag\\(s\\) </question>, <answer>"),
         (Inputs("teleport", {}, "x"), "unknown task"),
+        (Inputs("vqa", {"image": img, 3: img}, q), "got also 3"),  # was "sequence item 0: expected str"
+        (Inputs("vqa", {"image": [[0.0, 0.5], [0.5]]}, q), "image 'image': not an array of pixels"),
     ]
     for inputs, needle in cases:
         with pytest.raises(ValueError, match=needle):
@@ -399,6 +401,8 @@ def test_inputs_are_checked_before_any_compute(model):
             e.start(inputs)
     with pytest.raises(TypeError, match="string"):
         e.run(Inputs("vqa", {"image": img}, 5), "direct")
+    with pytest.raises(TypeError, match="Inputs.oracle must be a string"):
+        e.run(Inputs("t2i", {}, "a red cube.", oracle=5), "direct")
     # a uint8 image is the same image: the same answer as its float twin
     u8 = (img * 255).round().astype(np.uint8)
     a = engine(model).run(Inputs("vqa", {"image": u8.astype(np.float32) / 255}, q), "direct").output.text
@@ -412,7 +416,7 @@ def test_engine_arguments_are_checked(model):
                        ({"flow_shift": 0.0}, "flow_shift"), ({"flow_shift": 1e-10}, "flow_shift must be >= 0.001"),
                        ({"think_tokens": -1}, "think_tokens"),
                        ({"cfg_interval": (0.8, 0.2)}, "cfg_interval"), ({"cfg_interval": 3}, "cfg_interval"),
-                       ({"seed": "a"}, "seed must be an integer")]:
+                       ({"seed": "a"}, "seed must be an integer"), ({"seed": 2**70}, "seed must be < 2\\*\\*64")]:
         with pytest.raises(ValueError, match=needle):
             Engine(model, **kw)
     with pytest.raises(TypeError, match="OmniModel"):

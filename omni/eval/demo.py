@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from omni.io import atomic_write_bytes
 from omni.unroll.engine import DEFAULT_PLAN, Engine
 from omni.world import SPLITS, sample
 from omni.world.export import colorize_depth, ensure_writable_dir, to_uint8
@@ -31,6 +32,8 @@ def _tile(img: np.ndarray, label: str, font) -> Image.Image:
 
 
 def demo(engine: Engine, out: str | Path, seed: int = SPLITS["test"][0], tasks=EVAL_TASKS) -> dict:
+    out = Path(out)
+    ensure_writable_dir(out.parent)  # before the runs: an unwritable place fails first, not after all eight
     font = ImageFont.load_default()
     rows, traces = [], {}
     for task in tasks:
@@ -77,8 +80,6 @@ def demo(engine: Engine, out: str | Path, seed: int = SPLITS["test"][0], tasks=E
     for r in rows:
         sheet.paste(r, (0, y))
         y += r.height + 6
-    out = Path(out)
-    ensure_writable_dir(out.parent if str(out.parent) else ".")
     sheet.save(out)
-    out.with_suffix(".json").write_text(json.dumps(traces, indent=2, default=float))
+    atomic_write_bytes(out.with_suffix(".json"), json.dumps(traces, indent=2, default=float).encode())
     return traces

@@ -12,7 +12,10 @@ def as_unit_rgb(image, name: str = "image", dtype=np.float32) -> np.ndarray:
     """An image's values as `dtype` (float32) in [0, 1], the one convention of this package: uint8 is divided
     by 255; float images must be finite and lie in [0, 1] (a float image in 0..255 is an error, not a
     silently wrong input); other dtypes are errors. The shape is left to the caller to check."""
-    a = np.asarray(image)
+    try:
+        a = np.asarray(image)
+    except (ValueError, TypeError) as e:  # ragged nested lists, say
+        raise ValueError(f"{name}: not an array of pixels ({e})") from None
     if a.dtype == np.uint8:
         return a.astype(dtype) / 255.0
     if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.floating):

@@ -276,6 +276,8 @@ class Engine:
         if model.tokenizer is None or model.visual is None:
             raise ValueError("the model has no tokenizers attached (load it with OmniModel.from_pretrained)")
         _number("seed", seed, 0, integer=True)
+        if seed >= 2**64:  # torch's generator takes 64 bits ("Overflow when unpacking long long" beyond)
+            raise ValueError(f"seed must be < 2**64, got {seed}")
         _number("temperature", temperature, 0)
         _number("top_k", top_k, 0, integer=True)
         for name, v in (("visual_temperature", visual_temperature), ("visual_top_k", visual_top_k)):
@@ -347,7 +349,7 @@ class Engine:
         if not isinstance(images, dict):
             raise TypeError(f"Inputs.images must be a dict of named images, got {type(images).__name__}")
         missing = [k for k in slots if k not in images]
-        extra = sorted(set(images) - set(slots))
+        extra = sorted(map(str, set(images) - set(slots)))  # a key that is no string is named too
         if missing or extra:
             takes = ", ".join(slots) or "no images"
             raise ValueError(f"task {task} takes image(s) {takes}; "
@@ -366,6 +368,9 @@ class Engine:
             raise ValueError(f"task {task} takes no text")
         if role is not None and not text.strip():
             raise ValueError(f"task {task} needs text: the {role}")
+        if inputs.oracle is not None and not isinstance(inputs.oracle, str):
+            raise TypeError(f"Inputs.oracle must be a string (the layout text) or None, got "
+                            f"{type(inputs.oracle).__name__}")
         for what, t in (("text", text), ("oracle", inputs.oracle or "")):
             tags = self.fmt.tok.specials_in(t)
             if tags:

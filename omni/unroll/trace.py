@@ -20,6 +20,7 @@ def write_trace(res: Result, out_dir: str | Path, extra: dict | None = None) -> 
     """out_dir/trace.json: the task, the plan, each step (primitive, text, tokens added, seconds,
     image file) and the output; images as step_<i>_<primitive>.png and output.png (depth: output.npy
     in metres and a colorized output.png)."""
+    from omni.io import atomic_write_bytes
     from omni.world.export import colorize_depth, ensure_writable_dir
 
     out = ensure_writable_dir(out_dir)
@@ -37,5 +38,5 @@ def write_trace(res: Result, out_dir: str | Path, extra: dict | None = None) -> 
         trace["output"]["depth"] = "output.npy"
         trace["output"]["image"] = "output.png"
     trace.update(extra or {})
-    (out / "trace.json").write_text(json.dumps(trace, indent=2, default=float))
+    atomic_write_bytes(out / "trace.json", json.dumps(trace, indent=2, default=float).encode())
     return out / "trace.json"

@@ -33,7 +33,10 @@ def colorize_depth(depth: np.ndarray, valid: np.ndarray | None = None, cmap: str
 
 
 def ensure_writable_dir(path: str | Path) -> Path:
-    """Create `path` if needed and prove it can be written to; OSError with the path otherwise."""
+    """Create `path` if needed and prove it can be written to; OSError with the path otherwise (an
+    empty name too: it would have been the current directory)."""
+    if not str(path).strip():
+        raise OSError("an output directory is needed, got an empty name")
     p = Path(path)
     try:
         p.mkdir(parents=True, exist_ok=True)
