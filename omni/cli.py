@@ -65,6 +65,24 @@ def _positive(name: str, n: float) -> None:
         raise ValueError(f"{name} must be positive, got {n}")
 
 
+def _can_listen(host: str, port: int) -> None:
+    """A ValueError unless `host` resolves to an address, an OSError unless this process may bind `port` on it."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                           flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ValueError(f"--host {host!r} is not an address to listen on ({getattr(e, 'strerror', None) or e})") \
+            from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def _threads(threads: int) -> None:
     """Check --threads (0: torch's default)."""
     if threads < 0:
@@ -745,6 +763,7 @@ def serve_command(
                              artifact_ttl_s=artifact_ttl,
                              max_body_bytes=int(max_body_mb * 2**20))
     settings.validate()
+    _can_listen(host, port)  # before the model loads: uvicorn itself would exit 3 with a log line
     if threads:
         import torch
 

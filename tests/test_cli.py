@@ -106,6 +106,7 @@ def test_writable_dir_probe_is_its_own(tmp_path):
     (["eval", "vqa", "--n", "1", "--device", "gpu"], "unknown device 'gpu'"),
     (["ablate", "vqa", "--n", "1", "--out", "o", "--device", "cuda:7"], "device 'cuda:7'"),
     (["serve", "--threads", "-2"], "--threads must be >= 0"),
+    (["serve", "--host", "999.1.1.1"], "--host '999.1.1.1' is not an address to listen on"),  # uvicorn exited 3
     (["eval", "gradients", "--model", '{"w_pose": [1]}'], "loss weight w_pose must be a finite number >= 0"),
     (["eval", "gradients", "--model", '{"w_text": -1}'], "loss weight w_text must be a finite number >= 0"),
     (["serve", "--device", "gpu"], "unknown device 'gpu'"),
@@ -119,6 +120,19 @@ def test_bad_options_fail_before_the_model_loads(tmp_path, args, needle):
     r = omni(*args, "--checkpoint", str(tmp_path / "no-such-checkpoint"), cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and needle in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_serve_on_a_port_in_use_is_one_line(tmp_path):
+    """A port another socket listens on is named before the model loads (uvicorn exited 3 with a log line)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = omni("serve", "--port", str(port), "--checkpoint", str(tmp_path / "no-such-checkpoint"), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}"), r.stderr
+    assert r.stderr.count("\n") == 1
 
 
 def test_curves_read_a_log_being_written_and_name_bad_lines(tmp_path):
