@@ -29,9 +29,20 @@ def test_files_fit_in_git_and_record_training():
         assert p.stat().st_size < 15 * 2**20, p
     cfg = read_json(SHIPPED / "config.json")
     train = cfg["training"]
+    if cfg["weights"] == "average":  # an average of trained models records each one's training
+        sources = train["average"]
+        assert len(sources) >= 2 and abs(sum(s["weight"] for s in sources) - 1) < 1e-9
+        for s in sources:
+            assert not Path(s["source"]).is_absolute()
+            check_training(s["training"], s["weights"])
+        return
+    check_training(train, cfg["weights"])
+
+
+def check_training(train: dict, weights: str) -> None:
     assert train["config"]["preset"] == "tiny"
     assert train["data_seed"] == train["config"]["mixture"]["data_seed"]
-    assert train["step"] > 0 and cfg["weights"] in ("ema", "raw")
+    assert train["step"] > 0 and weights in ("ema", "raw")
     for key in ("visual", "init_from"):  # no machine's paths in a shipped record
         assert not Path(train["config"].get(key) or ".").is_absolute(), key
     if train["config"].get("init_from"):  # a continuation records the training of what it continued
