@@ -79,7 +79,8 @@ def test_generator_uses_true_visual_codes_far_more_than_the_layout(engine):
     flow loss falls by more than a fifth, and the layout text moves it by under a tenth (omni-tiny-4800
     and -24600: under 2 %; omni-tiny-27000: 3.3 %; omni-tiny-27600: 4.1 %, 0.792 against 0.826;
     omni-tiny-33100: 2.8 %, 0.788 against 0.810; omni-tiny-33700: 2.7 %, 0.794 against 0.816;
-    omni-tiny-34300: 2.5 %, 0.795 against 0.815; omni-tiny-35500: 3.0 %, 0.793 against 0.817): the
+    omni-tiny-34300: 2.5 %, 0.795 against 0.815; omni-tiny-35500: 3.0 %, 0.793 against 0.817;
+    omni-tiny-36700-avg: 3.2 %, 0.791 against 0.817): the
     generator reads the layout mainly through the rollout (README, the t2i table: +oracle at most a few
     points above the baseline, +oracle+visual highest)."""
     from omni.eval.context_use import flow_context_use
