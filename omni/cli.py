@@ -210,6 +210,8 @@ def tokens_build_text(
     )
     from omni.world.export import ensure_writable_dir
 
+    if Path(out).is_dir():  # before the corpus is built: saving into a directory failed only after it
+        raise ValueError(f"--out {out} is a directory: give the file to write, e.g. {Path(out) / 'tokenizer.json'}")
     ensure_writable_dir(Path(out).parent)  # before the corpus is built, not after
     corpus = world_corpus()
     tok = train_tokenizer(corpus)
@@ -248,6 +250,11 @@ def tokens_train_visual(
     _threads(threads)
     vq_cfg = VQConfig(image_size=size, codebook_size=codebook)
     vq_cfg.validate()  # before any rendering
+    from pathlib import Path
+
+    if (Path(out) / "visual_tokenizer.safetensors").exists():  # every model trained on it reads its codes
+        raise ValueError(f"{out} already holds a visual tokenizer, which the checkpoints trained on it need: "
+                         "write the new one into another directory (or remove the old one first)")
     ensure_writable_dir(out)
     if threads:
         torch.set_num_threads(threads)

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,12 +178,17 @@ def test_curves_chain_the_logs_of_a_stage_trained_in_slices(tmp_path):
     assert r.returncode == 2 and "b.jsonl: no log entries" in r.stderr, r.stderr
 
 
+SHIPPED_VISUAL = Path(__file__).resolve().parents[1] / "checkpoints" / "visual-tokenizer"
+
+
 def test_tokenizer_commands_check_options_before_work(tmp_path):
     (tmp_path / "blocker").write_text("x")
     for args, needle in [(["train-visual", "--out", str(tmp_path / "v"), "--size", "30"], "not divisible"),
                          (["train-visual", "--out", str(tmp_path / "v"), "--codebook", "1"], "codebook_size"),
                          (["train-visual", "--out", str(tmp_path / "v"), "--lr", "-1"], "--lr must be positive"),
-                         (["build-text", "--out", str(tmp_path / "blocker" / "sub" / "tok.json")], "cannot write")]:
+                         (["build-text", "--out", str(tmp_path / "blocker" / "sub" / "tok.json")], "cannot write"),
+                         (["build-text", "--out", str(tmp_path)], "is a directory"),  # failed after the corpus
+                         (["train-visual", "--out", str(SHIPPED_VISUAL)], "already holds a visual tokenizer")]:
         r = omni("tokens", *args)
         assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
 

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -360,6 +361,47 @@ def test_an_exported_continuation_records_the_run_it_continued(tmp_path, monkeyp
     assert meta["step"] == 2 and meta["data_seed"] == 7 and meta["config"]["init_from"] == "a_model"
     assert meta["init"]["training"]["step"] == 1 and meta["init"]["training"]["data_seed"] == 0
     assert meta["init"]["exported_from"] == "step-0000001" and "init" not in meta["init"]
+
+
+def test_nothing_is_written_over_what_is_read(tmp_path, monkeypatch):
+    """export into its own checkpoint replaced the fp32 training weights by bf16 ones (still marked
+    complete); average into one of its sources replaced it; an empty destination was the current
+    directory; a resumed checkpoint whose trainer.json says another step than its directory (a copy, an
+    edit) restarted there and overwrote good checkpoints. Each is now an error, and nothing is written."""
+    import hashlib
+
+    from omni.train import average, export
+
+    monkeypatch.chdir(tmp_path)
+    train_main("r", steps=2, save_every=1, keep=3, log=quiet, **fast())
+
+    def digest():
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path("r").rglob("*")) if p.is_file()}
+
+    before = digest()
+    for dest, needle in (("r/step-0000002", "which it reads"), ("r/step-0000001/sub", "which it reads"),
+                         ("r", "into the run directory"), ("", "needs a destination")):
+        with pytest.raises(ValueError, match=needle):
+            export("r", dest)
+    export("r", "a"), export("r", "b", step=1)
+    for sources, dest, needle in ((["a", "b"], "a", "which it reads"), (["a", "b"], "", "needs a destination"),
+                                  (["a", "a"], "c", "named twice")):
+        with pytest.raises(ValueError, match=needle):
+            average(sources, dest)
+    with pytest.raises(TypeError, match="a list of checkpoint directories"):
+        average("a", "c")
+    for w in ([1e308, 1e308], [10**400, 1]):  # the sum overflowed: every weight became 0 (or a traceback)
+        with pytest.raises(ValueError, match="weights must be 2 finite"):
+            average(["a", "b"], "c", weights=w)
+    assert not Path("c").exists() and digest() == before
+    with pytest.raises(ValueError, match="--out needs a run directory"):
+        train_main("", steps=1, log=quiet, **fast())
+    trainer = Path("r/step-0000002/trainer.json")
+    trainer.write_text(json.dumps({**json.loads(trainer.read_text()), "step": 0}))
+    before = digest()
+    with pytest.raises(ValueError, match="step 0 is not the directory's"):
+        train_main("r", steps=3, resume=True, log=quiet, **fast())
+    assert digest() == before
 
 
 def test_average_of_models_is_their_weighted_mean_and_records_each(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from .data import FORMS, Mixture, MixtureConfig, Writer
-from .loop import TrainConfig, Trainer, average, checkpoint_dirs, export, lr_at, resumed_config
+from .loop import TrainConfig, Trainer, average, checkpoint_dirs, checkpoint_step, export, lr_at, resumed_config
 
 
 def train_main(out: str, preset: str = "tiny", steps: int | None = None, resume: bool = False, device: str = "cpu",
@@ -31,6 +31,8 @@ def train_main(out: str, preset: str = "tiny", steps: int | None = None, resume:
     from omni.io import read_json
     from omni.model.checkpoint import check_device
 
+    if not str(out).strip():  # it was the current directory
+        raise ValueError("--out needs a run directory, got an empty name")
     say = log if os.environ.get("RANK", "0") == "0" else (lambda *_: None)  # under torchrun: rank 0 only
     keep_steps = resume and not steps  # resuming without --steps (or with 0): the saved steps
     mixture = overrides.pop("mixture", None) or MixtureConfig(**overrides.pop("mixture_kw", {}))
@@ -53,7 +55,7 @@ def train_main(out: str, preset: str = "tiny", steps: int | None = None, resume:
         if record:
             cfg = resumed_config(cfg, TrainConfig.from_dict(record), keep_steps, log=say, named=named)
         cfg = _reachable_visual(cfg, run_dir, cks[-1], say)
-        at = int(read_json(cks[-1] / "trainer.json")["step"])
+        at = checkpoint_step(cks[-1])
         if cfg.steps < at:
             raise ValueError(f"--steps {cfg.steps} is below the step of the checkpoint to resume ({cks[-1]})")
     elif checkpoint_dirs(run_dir):

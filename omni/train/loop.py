@@ -250,6 +250,17 @@ def run_checkpoints(run_dir: str | Path) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
+def checkpoint_step(d: Path) -> int:
+    """The step a checkpoint directory step-N holds: its trainer.json's, which must be N (a copied or
+    edited checkpoint whose record says another step would make a resumed run overwrite good ones)."""
+    m = re.fullmatch(r"step-(\d+)", Path(d).name)
+    step = read_json(Path(d) / "trainer.json").get("step")
+    if m is None or isinstance(step, bool) or not isinstance(step, int) or step != int(m.group(1)):
+        raise ValueError(f"{Path(d) / 'trainer.json'}: step {step!r} is not the directory's: a corrupt or "
+                         "copied checkpoint; remove it to resume from the one before")
+    return step
+
+
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     """A run's complete checkpoints, oldest first."""
     return list(run_checkpoints(run_dir).values())
@@ -399,6 +410,23 @@ class Trainer:
         return d
 
     def load(self, d: Path) -> None:
+        """The state of checkpoint `d`; a ValueError naming it when any part is missing or does not fit
+        this run (another architecture, a truncated optimizer or random state)."""
+        step = checkpoint_step(d)
+        try:
+            self._load(d)
+            if not self.fsdp:  # AdamW takes moments of another shape and fails only at the next step
+                for g in self.opt.param_groups:
+                    for p in g["params"]:
+                        for k, v in self.opt.state.get(p, {}).items():
+                            if torch.is_tensor(v) and v.dim() and v.shape != p.shape:
+                                raise RuntimeError(f"optimizer state {k} of shape {tuple(v.shape)} for a "
+                                                   f"parameter of shape {tuple(p.shape)}")
+        except (KeyError, TypeError, RuntimeError, IndexError) as e:
+            raise ValueError(f"{d}: a checkpoint this run cannot resume from ({type(e).__name__}: {e})") from None
+        self.step = step
+
+    def _load(self, d: Path) -> None:
         from omni.model.checkpoint import load_state
 
         state = load_state(d)
@@ -583,6 +611,19 @@ def recorded_path(p: str | Path) -> str:
         return p.name
 
 
+def _writable_dest(dest, keep: list[Path], what: str) -> Path:
+    """`dest` as a Path, unless it is empty (it was the current directory) or is, or lies inside, one of
+    the directories `keep` (what is being read: writing there would replace it): a ValueError then."""
+    if not isinstance(dest, (str, os.PathLike)) or not str(dest).strip():
+        raise ValueError(f"{what} needs a destination directory, got {dest!r}")
+    d = Path(dest).resolve()
+    for k in keep:
+        k = Path(k).resolve()
+        if d == k or k in d.parents:
+            raise ValueError(f"{what} would write into {k}, which it reads: choose another destination")
+    return Path(dest)
+
+
 def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16", step: int | None = None) -> Path:
     """Copy the newest complete checkpoint of a run (or its checkpoint of `step`) into `dest` as a
     shippable model (EMA weights if the run kept them), in `dtype` on disk, with the training record
@@ -591,6 +632,9 @@ def export(run_dir: str | Path, dest: str | Path, dtype: str = "bfloat16", step:
 
     run_dir = Path(run_dir)
     cks = run_checkpoints(run_dir)
+    if Path(dest).resolve() == run_dir.resolve():
+        raise ValueError(f"export would write into the run directory {run_dir}: choose another destination")
+    _writable_dest(dest, list(cks.values()), "export")
     if step is not None and step not in cks:
         raise FileNotFoundError(f"no complete checkpoint of step {step} in {run_dir} (complete: {list(cks)})")
     if not cks:
@@ -625,7 +669,13 @@ def average(sources, dest: str | Path, weights=None, dtype: str = "bfloat16", fi
     each source's training (and `first_only`), so the average stays reproducible from the commands
     that made its sources. ValueError on fewer than two sources, different model configs or tensors,
     bad weights, or a `first_only` that is not a regular expression or matches no tensor."""
+    if isinstance(sources, (str, os.PathLike)):  # one path: its characters were taken for sources
+        raise TypeError(f"sources must be a list of checkpoint directories, got {sources!r}")
     sources = [Path(s) for s in sources]
+    _writable_dest(dest, sources, "average")
+    if len({s.resolve() for s in sources}) < len(sources):
+        raise ValueError(f"a checkpoint is named twice among the sources: {[str(s) for s in sources]} (give it a "
+                         "larger weight instead)")
     if first_only is not None:
         try:
             keep = re.compile(first_only)
@@ -634,8 +684,12 @@ def average(sources, dest: str | Path, weights=None, dtype: str = "bfloat16", fi
     if len(sources) < 2:
         raise ValueError(f"averaging needs at least two models, got {len(sources)}")
     n = len(sources)
-    w = [1.0 / n] * n if weights is None else [float(x) for x in weights]
-    if len(w) != n or any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+    try:
+        w = [1.0 / n] * n if weights is None else [float(x) for x in weights]
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"weights must be {n} finite non-negative numbers with a positive sum, got {weights!r}") \
+            from None
+    if len(w) != n or any(not math.isfinite(x) or x < 0 for x in w) or not 0 < sum(w) < math.inf:
         raise ValueError(f"weights must be {n} finite non-negative numbers with a positive sum, got {weights!r}")
     w = [x / sum(w) for x in w]
     models = [OmniModel.from_pretrained(s) for s in sources]  # each checked as it loads
