@@ -71,6 +71,7 @@ def writer():
     ({"device": "tpu"}, "--device must be cpu or cuda"),
     ({"preset": "huge"}, "--preset: unknown preset 'huge'"),
     ({"model_overrides": {"d_modle": 64}}, "--model: unknown model config fields 'd_modle'"),
+    ({"model_overrides": {"text_vocab": 100}}, "--model: text_vocab come from the tokenizers"),  # was a TypeError
 ])
 def test_train_config_rejects_bad_values_naming_the_option(kw, needle):
     with pytest.raises(ValueError, match=re.escape(needle)):
@@ -81,8 +82,13 @@ def test_train_config_rejects_bad_values_naming_the_option(kw, needle):
     ({"rows": 0}, "--rows must be >= 1, got 0"),
     ({"row_len": 0}, "--row-len must be >= 1, got 0"),
     ({"data_seed": -1}, "--data-seed must be >= 0, got -1"),
-    ({"t_shift": 0.0}, "--t-shift must be >= 0.001, got 0.0"),
-    ({"t_shift": float("nan")}, "--t-shift must be >= 0.001, got nan"),
+    ({"t_shift": 0.0}, "--t-shift must be a finite number >= 0.001, got 0.0"),
+    ({"t_shift": float("nan")}, "--t-shift must be a finite number >= 0.001, got nan"),
+    ({"t_shift": float("inf")}, "--t-shift must be a finite number >= 0.001, got inf"),  # NaN levels at step 0
+    ({"row_len": 10**8}, "--row-len must be at most 65536"),  # its mask asked for 10 PB
+    ({"task_weights": {"vqa": float("inf")}}, "the weight of 'vqa' must be a number in [0, 1e+06]"),
+    ({"task_weights": {"vqa": 10**400}}, "the weight of 'vqa' must be a number in [0, 1e+06]"),
+    ({"form_weights": {"vqa": {"think": float("inf")}}}, "the weight of 'think' must be a number in [0, 1e+06]"),
     ({"pose_motions": ("orbit", "spin")}, "--pose-motions: pose motions must be distinct names among orbit, "
                                           "move_turn, got ('orbit', 'spin')"),
     ({"pose_motions": ()}, "--pose-motions: pose motions must be distinct names"),

@@ -148,8 +148,8 @@ MIN_SHIFT = 1e-3  # below it s t / (1 + (s - 1) t) loses its float32 precision (
 def shift_t(t, shift: float):
     """A noise level (float or tensor) moved toward pure noise: s t / (1 + (s - 1) t), t itself at s = 1.
     Training draws its image_gen levels through it (MixtureConfig.t_shift); the sampler its Euler grid."""
-    if not shift >= MIN_SHIFT:
-        raise ValueError(f"the noise levels' shift must be >= {MIN_SHIFT:g}, got {shift}")
+    if not MIN_SHIFT <= shift < float("inf"):
+        raise ValueError(f"the noise levels' shift must be a finite number >= {MIN_SHIFT:g}, got {shift}")
     return shift * t / (1.0 + (shift - 1.0) * t)
 
 

@@ -109,8 +109,10 @@ class MixtureConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer, got {v!r}")
             if v < lo:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
-        if not self.t_shift >= MIN_SHIFT:
-            raise ValueError(f"--t-shift must be >= {MIN_SHIFT:g}, got {self.t_shift}")
+        if self.row_len > MAX_ROW_LEN:
+            raise ValueError(f"--row-len must be at most {MAX_ROW_LEN}, got {self.row_len}")
+        if not MIN_SHIFT <= self.t_shift < float("inf"):
+            raise ValueError(f"--t-shift must be a finite number >= {MIN_SHIFT:g}, got {self.t_shift}")
         if isinstance(self.edit_start, bool) or not isinstance(self.edit_start, numbers.Real) \
                 or not 0.0 < self.edit_start <= 1.0:
             raise ValueError(f"--edit-start must be in (0, 1], got {self.edit_start!r}")
@@ -166,14 +168,18 @@ def default_form_weight(task: str, form: str) -> float:
     return 0.0 if form in DRILLS.get(task, ()) else 1.0
 
 
+MAX_WEIGHT = 1e6  # weights are relative; beyond this their sums overflow long before they mean anything
+MAX_ROW_LEN = 1 << 16  # tokens; a row's attention mask is row_len² booleans
+
+
 def _check_weights(what: str, w, known) -> None:
     if not isinstance(w, dict):
         raise ValueError(f"{what} must be a mapping of names to weights, got {w!r}")
     for k, v in w.items():
         if k not in known:
             raise ValueError(f"{what}: unknown name {k!r}; known: {', '.join(known)}")
-        if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
-            raise ValueError(f"{what}: the weight of {k!r} must be a number >= 0, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= MAX_WEIGHT:  # NaN, inf fail
+            raise ValueError(f"{what}: the weight of {k!r} must be a number in [0, {MAX_WEIGHT:g}], got {v!r}")
 
 
 class Writer(Format):

@@ -34,6 +34,10 @@ from .data import Mixture, MixtureConfig, Writer
 DEFAULT_VISUAL = Path(__file__).resolve().parents[2] / "checkpoints" / "visual-tokenizer"
 
 
+# the model config fields a run takes from its tokenizers (never from --model)
+TOKENIZER_FIELDS = ("text_vocab", "codebook_size", "latent_dim", "latent_grid", "image_size")
+
+
 @dataclass
 class TrainConfig:
     preset: str = "tiny"
@@ -89,6 +93,10 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"--model: unknown model config fields {', '.join(map(repr, unknown))}"
                              + (" (the preset is --preset)" if "preset" in unknown else ""))
+        from_tokenizers = sorted(set(self.model_overrides) & set(TOKENIZER_FIELDS))
+        if from_tokenizers:  # the Trainer sets them from the tokenizers (it was a TypeError there)
+            raise ValueError(f"--model: {', '.join(from_tokenizers)} come from the tokenizers the run uses and "
+                             "cannot be set")
         if not isinstance(self.mixture, MixtureConfig):
             raise ValueError(f"mixture must be a MixtureConfig, got {type(self.mixture).__name__}")
 
@@ -289,9 +297,9 @@ class Trainer:
         self.device = torch.device(cfg.device)
         tok = TextTokenizer.default()
         vq = VisualTokenizer.load(cfg.visual)
-        mcfg = preset(cfg.preset, text_vocab=tok.vocab_size, codebook_size=vq.cfg.codebook_size,
-                      latent_dim=vq.cfg.code_dim, latent_grid=vq.cfg.grid, image_size=vq.cfg.image_size,
-                      **cfg.model_overrides)
+        from_tokenizers = {"text_vocab": tok.vocab_size, "codebook_size": vq.cfg.codebook_size,
+                           "latent_dim": vq.cfg.code_dim, "latent_grid": vq.cfg.grid, "image_size": vq.cfg.image_size}
+        mcfg = preset(cfg.preset, **from_tokenizers, **cfg.model_overrides)
         # the mixture first: a --row-len that cannot hold its sequences is an error before a model is built
         self.mixture = Mixture(cfg.mixture, Writer.for_mixture(tok, vq, mcfg, cfg.mixture))
         row_len_warning = self.mixture.check_row_len()
