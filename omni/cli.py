@@ -175,8 +175,11 @@ def eval_checker(
     _positive("--n", n)
     if size < 8:
         raise ValueError(f"image size must be at least 8 px, got {size}")
-    if noise < 0 or blur_sigma < 0:
-        raise ValueError("noise and blur must not be negative")
+    for name, v in (("--noise", noise), ("--blur-sigma", blur_sigma)):  # NaN and inf fail too
+        if not 0 <= v < float("inf"):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+    if blur < 0:
+        raise ValueError(f"--blur must be >= 0, got {blur}")
     r = validate_on_world(n, seed_start, size, noise, blur, blur_sigma)
     if json_out:
         typer.echo(json.dumps(r))

@@ -166,9 +166,12 @@ def test_cli_eval_checker_json():
     out = json.loads(r.stdout)
     assert out["n"] == 60 and out["matched"]["overall"]["pass"] > 0.9
     assert set(out["mismatched"]["categories"]) <= set(T2I_CATEGORIES)
-    bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "checker", "--n", "-1"],
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1
+    for args, needle in ((["--n", "-1"], "--n"), (["--noise", "inf"], "--noise must be a finite number"),
+                         (["--blur-sigma", "nan"], "--blur-sigma must be a finite number")):  # these two passed 0 %
+        bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "checker", "--n", "2", *args],
+                             capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1
+        assert needle in bad.stderr, bad.stderr
 
 
 def test_compare_pairs_two_eval_outputs_example_by_example(tmp_path):

@@ -65,3 +65,5 @@ def test_cli(tmp_path):
     assert out["loss_weights"]["pose"] == 3 and set(out["tasks"]) == {"vqa", "depth", "pose"}
     bad = subprocess.run([*cmd, "--model", '{"w_posee": 3}'], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "loss weights" in bad.stderr, bad.stderr
+    bad = subprocess.run([*cmd, "--row-len", "5"], capture_output=True, text=True, timeout=300)  # a table of zeros
+    assert bad.returncode == 2 and "--row-len 5 cannot hold" in bad.stderr, bad.stderr

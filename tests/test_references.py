@@ -99,3 +99,27 @@ def test_the_vit_probe_sees_omnis_tokens():
         probe(steps=1, arch="vit", size={"width": 64, "heads": 3})
     with pytest.raises(ValueError, match="--layers must be positive"):
         probe(steps=1, arch="vit", size={"layers": 0})
+
+
+def test_references_and_probe_score_held_out_seeds_only_and_fail_in_one_line():
+    """Scored on seeds they were fit on, the references looked perfect (the VQA prior answered every
+    question right on seeds 0..3); a bad --lr or seed range was a traceback from the module's main."""
+    import subprocess
+    import sys
+
+    from omni.eval.probe import probe
+    from omni.eval.references import references
+
+    with pytest.raises(ValueError, match="are training seeds: score on the val or test split"):
+        references(n=2, seed_start=0, n_train=4)
+    with pytest.raises(ValueError, match="lies in no split"):
+        references(n=2, seed_start=-5, n_train=4)
+    for lr in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="--lr must be a positive number"):
+            probe(n_train=4, steps=1, n=2, lr=lr)
+    with pytest.raises(ValueError, match="are training seeds"):
+        probe(n_train=4, steps=1, n=2, seed_start=0)
+    for module, args in (("omni.eval.references", ["--train", "4", "--n", "2", "--seed-start", "0"]),
+                         ("omni.eval.probe", ["--train", "4", "--steps", "1", "--n", "2", "--lr", "-1"])):
+        r = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "error:" in r.stderr, r.stderr

@@ -37,6 +37,7 @@ from omni.world import sample
 from omni.world.camera import axis_angle_to_matrix, pose_to_numbers
 
 from .metrics import bootstrap_ci
+from .references import held_out
 from .run import pair_pose_scores, pose_fit
 
 
@@ -124,6 +125,9 @@ def probe(n_train: int = 20_000, steps: int = 3000, n: int = 500, seed: int = 0,
         raise ValueError(f"unknown --arch {arch!r}; known: {', '.join(ARCHS)}")
     if set(size) - set(VIT_SIZES) or (size and arch == "cnn"):
         raise ValueError(f"size {sorted(size)}: the vit probes take {', '.join(VIT_SIZES)}; the cnn none")
+    if not 0 < lr < float("inf"):
+        raise ValueError(f"--lr must be a positive number, got {lr}")
+    held_out(seed_start, n, n_train)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     net = ARCHS[arch](**size)  # before the pairs are rendered: a size PoseViT refuses costs nothing
@@ -184,8 +188,11 @@ def main(argv=None) -> None:
     if min(a.train, a.steps, a.n, a.threads, a.batch) <= 0:
         ap.error("--train, --steps, --n, --threads and --batch must be positive")
     torch.set_num_threads(a.threads)
-    print(json.dumps(probe(a.train, a.steps, a.n, a.seed, a.seed_start, lr=a.lr, arch=a.arch, batch=a.batch,
-                           size={k: getattr(a, k) for k in VIT_SIZES}, log=lambda m: print(m, file=sys.stderr))))
+    try:
+        print(json.dumps(probe(a.train, a.steps, a.n, a.seed, a.seed_start, lr=a.lr, arch=a.arch, batch=a.batch,
+                               size={k: getattr(a, k) for k in VIT_SIZES}, log=lambda m: print(m, file=sys.stderr))))
+    except ValueError as e:  # one line, as argparse's own errors (it was a traceback)
+        ap.error(str(e))
 
 
 if __name__ == "__main__":

@@ -25,13 +25,24 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from omni.world import sample
+from omni.world.tasks import split_of_range
 
 from .checker import check
 from .metrics import bootstrap_ci, depth_metrics, psnr, qa_accuracy
 from .run import pair_pose_scores
 
 
+def held_out(seed_start: int, n: int, n_train: int) -> None:
+    """A ValueError unless the scored seeds lie in the val or test split (never the training seeds 0..n_train-1
+    a reference is fit on: scored there, the VQA prior answered every question right)."""
+    split = split_of_range(seed_start, n)
+    if split == "train":
+        raise ValueError(f"seeds {seed_start}..{seed_start + n - 1} are training seeds: score on the val or test "
+                         f"split (the reference is fit on seeds 0..{n_train - 1})")
+
+
 def references(n: int = 500, seed_start: int = 2_000_000_000, n_train: int = 2000) -> dict:
+    held_out(seed_start, n, n_train)
     test = range(seed_start, seed_start + n)
     train = range(0, n_train)
     out: dict[str, dict] = {}
@@ -107,7 +118,10 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.n <= 0 or a.train <= 0:
         ap.error("--n and --train must be positive")
-    print(json.dumps(references(a.n, a.seed_start, a.train)))
+    try:
+        print(json.dumps(references(a.n, a.seed_start, a.train)))
+    except ValueError as e:  # one line, as argparse's own errors (it was a traceback)
+        ap.error(str(e))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ def loss_gradients(model: OmniModel, mixture: MixtureConfig, batches: int = 3, t
     model = model.train()
     params = [p for n, p in model.named_parameters() if p.requires_grad and (not trunk or n.startswith("layers."))]
     writer = Writer.for_mixture(model.tokenizer, model.visual, model.cfg, mixture)
+    Mixture(mixture, writer).check_row_len()  # rows no sequence fits in gave a table of zeros, as training refuses
     res: dict = {"batches": batches, "rows": mixture.rows, "row_len": mixture.row_len, "trunk": trunk,
                  "task_weights": dict(mixture.task_weights),
                  "loss_weights": {t: getattr(model.cfg, WEIGHTS[t]) for t in TERMS},
