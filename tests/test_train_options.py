@@ -410,6 +410,32 @@ def test_nothing_is_written_over_what_is_read(tmp_path, monkeypatch):
     assert digest() == before
 
 
+def test_a_corrupt_saved_config_or_checkpoint_is_named_on_resume(tmp_path, monkeypatch):
+    """A malformed train_config.json, or a newest checkpoint missing its optimizer or random state, was a
+    TypeError or KeyError deep in the resume; each is now a ValueError naming the file."""
+    monkeypatch.chdir(tmp_path)
+    train_main("r", steps=1, log=quiet, **fast())
+    saved = Path("r/train_config.json")
+    good = json.loads(saved.read_text())
+    for edit, needle in (({"mixture": {"foo": 1}}, "unknown mixture fields: foo"),
+                         ({"mixture": [1]}, "mixture must be a JSON object"), ({"betas": 5}, "--betas must be two"),
+                         ({"mixture": {**good["mixture"], "t_shift": "x"}}, "a value of the wrong type")):
+        saved.write_text(json.dumps({**good, **edit}))
+        with pytest.raises(ValueError, match=f"train_config.json: the saved run's config: {needle}"):
+            train_main("r", steps=2, resume=True, log=quiet, **fast())
+    saved.write_text(json.dumps(good))
+    trainer = Path("r/step-0000001/trainer.json")
+    meta = json.loads(trainer.read_text())
+    for broken, needle in (({k: v for k, v in meta.items() if k != "rng"}, "KeyError: 'rng'"),
+                           ({**meta, "rng": [1, 2, 3]}, "RuntimeError"), ({**meta, "optimizer": {}}, "KeyError")):
+        trainer.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=f"step-0000001: a checkpoint this run cannot resume from \\(.*{needle}"):
+            train_main("r", steps=2, resume=True, log=quiet, **fast())
+    trainer.write_text(json.dumps({}))
+    with pytest.raises(ValueError, match="step None is not the directory's"):
+        train_main("r", steps=2, resume=True, log=quiet, **fast())
+
+
 def test_average_of_models_is_their_weighted_mean_and_records_each(tmp_path, monkeypatch):
     """omni.train.average: every floating tensor the weighted mean of the sources' (to bf16 rounding),
     tensors equal in all kept exactly, the record naming each source (relative path, weight, training);

@@ -53,7 +53,12 @@ def train_main(out: str, preset: str = "tiny", steps: int | None = None, resume:
         else:
             record = read_json(cks[-1] / "config.json").get("training", {}).get("config")
         if record:
-            cfg = resumed_config(cfg, TrainConfig.from_dict(record), keep_steps, log=say, named=named)
+            try:
+                was = TrainConfig.from_dict(record)
+            except ValueError as e:  # name the file: its values are the saved run's, not this command's
+                where = saved if saved.is_file() else cks[-1] / "config.json"
+                raise ValueError(f"{where}: the saved run's config: {e}") from None
+            cfg = resumed_config(cfg, was, keep_steps, log=say, named=named)
         cfg = _reachable_visual(cfg, run_dir, cks[-1], say)
         at = checkpoint_step(cks[-1])
         if cfg.steps < at:

@@ -107,13 +107,28 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """A config from its JSON (train_config.json); a ValueError naming what is wrong in it."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a training config is a JSON object, got {type(d).__name__}")
         d = dict(d)
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown training config fields: {', '.join(unknown)}")
-        d["mixture"] = MixtureConfig(**d.get("mixture", {}))
-        d["betas"] = tuple(d.get("betas", (0.9, 0.95)))
-        return cls(**d)
+        mix = d.get("mixture", {})
+        if not isinstance(mix, dict):
+            raise ValueError(f"mixture must be a JSON object, got {mix!r}")
+        unknown = sorted(set(mix) - {f.name for f in fields(MixtureConfig)})
+        if unknown:
+            raise ValueError(f"unknown mixture fields: {', '.join(unknown)}")
+        betas = d.get("betas", (0.9, 0.95))
+        if not isinstance(betas, (list, tuple)):
+            raise ValueError(f"--betas must be two numbers, got {betas!r}")
+        try:
+            d["mixture"] = MixtureConfig(**mix)
+            d["betas"] = tuple(betas)
+            return cls(**d)
+        except TypeError as e:  # a value of the wrong type compared with a bound
+            raise ValueError(f"a value of the wrong type ({e})") from None
 
 
 def option(name: str) -> str:
