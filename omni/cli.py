@@ -601,6 +601,8 @@ def eval_compare(
     from omni.io import read_json
 
     labels = list(_csv(names)) if names else [str(p) for p in outputs]
+    if not names and len(set(labels)) != len(labels):
+        raise ValueError(f"a file is named twice: {', '.join(outputs)} (compare different outputs)")
     if len(labels) != len(outputs) or len(set(labels)) != len(labels):
         raise ValueError(f"--names must give {len(outputs)} distinct names, got {names!r}")
     tables = compare_outputs({k: read_json(p) for k, p in zip(labels, outputs, strict=True)})

@@ -206,6 +206,16 @@ def test_compare_pairs_two_eval_outputs_example_by_example(tmp_path):
     r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "compare", str(tmp_path / "a.json"),
                         str(tmp_path / "b.json"), "--names", "x"], capture_output=True, text=True)
     assert r.returncode == 2 and "--names must give 2 distinct names" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "compare", str(tmp_path / "a.json"),
+                        str(tmp_path / "a.json")], capture_output=True, text=True)
+    assert r.returncode == 2 and "a file is named twice" in r.stderr, r.stderr  # it blamed --names None
+    # outputs that are not of the same examples, or not outputs, are refused (they were paired, or a traceback)
+    for bad, needle in (({**new, "pose_motions": ["move_turn"]}, "pose_motions \\['move_turn'\\] differs"),
+                        ({k: v for k, v in new.items() if k != "task"}, "no 'task'"),
+                        ({**new, "scores": {"delta1": {"a": 1}}}, "not a list of numbers"),
+                        ({**new, "scores": {"delta1": [[0.5, 0.5]] * 2}}, "not a list of numbers")):
+        with pytest.raises(ValueError, match=needle):
+            compare_outputs({"old": old, "new": bad})
 
 
 def test_compare_pairs_two_ablation_tables_row_by_row():

@@ -98,15 +98,27 @@ def _per_example_scores(name: str, out: Mapping) -> dict[str, tuple[str, list]]:
     if not isinstance(out, Mapping) or not isinstance(out.get("scores"), Mapping):
         raise ValueError(f"{name}: not an `omni eval TASK --json` output or an `omni ablate` "
                          "<task>_scores.json (no per-example scores)")
+    for key in ("task", "n", "seed_start"):
+        if key not in out:
+            raise ValueError(f"{name}: no {key!r}: not an `omni eval TASK --json` output or an `omni ablate` "
+                             "<task>_scores.json")
     scores = out["scores"]
     if not isinstance(out.get("rows"), Mapping):
-        return {k: (k, v) for k, v in scores.items()}
-    flat = {}
-    for row, metrics in scores.items():
-        if not isinstance(metrics, Mapping):
-            raise ValueError(f"{name}: row {row!r} of an `omni ablate` output holds no metrics")
-        flat.update({f"{row}: {k}": (k, v) for k, v in metrics.items()})
+        flat = {k: (k, v) for k, v in scores.items()}
+    else:
+        flat = {}
+        for row, metrics in scores.items():
+            if not isinstance(metrics, Mapping):
+                raise ValueError(f"{name}: row {row!r} of an `omni ablate` output holds no metrics")
+            flat.update({f"{row}: {k}": (k, v) for k, v in metrics.items()})
+    for key, (_, v) in flat.items():  # one number per example (nested lists were flattened into more)
+        if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            raise ValueError(f"{name}: the scores of {key!r} are not a list of numbers, one per example")
     return flat
+
+
+# what else an output's examples depend on, with the value an output that does not record it had
+EXAMPLE_KEYS = {"pose_motions": ["orbit"], "vqa_thought": "inventory"}
 
 
 def compare_outputs(outputs: Mapping[str, Mapping]) -> dict[str, AblationTable]:
@@ -118,10 +130,11 @@ def compare_outputs(outputs: Mapping[str, Mapping]) -> dict[str, AblationTable]:
     flat = {name: _per_example_scores(name, out) for name, out in outputs.items()}
     first_name, first = next(iter(outputs.items()))
     for name, out in outputs.items():
-        for key in ("task", "n", "seed_start"):
-            if out.get(key) != first.get(key):
-                raise ValueError(f"{name}: {key} {out.get(key)!r} differs from the first output's "
-                                 f"{first.get(key)!r}; compare needs the same task on the same examples")
+        for key in ("task", "n", "seed_start", *EXAMPLE_KEYS):
+            mine, theirs = (o.get(key, EXAMPLE_KEYS.get(key)) for o in (out, first))
+            if mine != theirs:
+                raise ValueError(f"{name}: {key} {mine!r} differs from the first output's {theirs!r}; compare "
+                                 "needs the same task on the same examples")
         if isinstance(out.get("rows"), Mapping) != isinstance(first.get("rows"), Mapping):
             raise ValueError(f"{name}: compare needs outputs of one kind: `omni eval --json` outputs "
                              f"or `omni ablate` <task>_scores.json files, not both")
