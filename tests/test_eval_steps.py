@@ -47,6 +47,16 @@ def test_every_checkpoint_scored_as_omni_eval_scores_it(run, tmp_path, monkeypat
     assert steps_mod.scores_by_step(run, out, ["vqa", "depth"], n=2, extra={9: shipped})["steps"] == r["steps"]
     with pytest.raises(ValueError, match="not n=3"):
         steps_mod.scores_by_step(run, out, ["vqa"], n=3)
+    # a reused file that is not this command's scores is named (AttributeError, KeyError, or accepted before)
+    kept = out / "step-0000001" / "vqa.json"
+    good = json.loads(kept.read_text())
+    for bad, needle in (("[1]", "expected a JSON object"), ('{"n": 2', "not valid JSON"),
+                        (json.dumps({**good, "task": "depth"}), "not this command's vqa scores"),
+                        (json.dumps({k: v for k, v in good.items() if k != "metrics"}), "not this command's"),
+                        (json.dumps({**good, "metrics": {"psnr": good["metrics"]["accuracy"]}}), "not this command's")):
+        kept.write_text(bad)
+        with pytest.raises(ValueError, match=needle):
+            steps_mod.scores_by_step(run, out, ["vqa", "depth"], n=2, extra={9: shipped})
 
 
 def test_export_a_chosen_step(run, tmp_path):

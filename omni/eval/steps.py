@@ -103,7 +103,7 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
                         log(f"step {s}: {t} " + ", ".join(f"{k} {v['mean']:.4f}" for k, v in r["metrics"].items()))
         steps[s] = {}
         for t in tasks:
-            r = json.loads((where / f"{t}.json").read_text())
+            r = _kept(where / f"{t}.json", t)
             if r.get("n") != sizes[t] or r.get("seed_start") != seed_start:
                 raise ValueError(f"{where / f'{t}.json'} scores n={r.get('n')} from seed {r.get('seed_start')}, "
                                  f"not n={sizes[t]} from {seed_start}: remove it or use another --out")
@@ -116,6 +116,20 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
     atomic_write_bytes(out / "scores_by_step.md", steps_markdown(summary).encode())
     plot_scores_by_step(summary, out / "scores_by_step.png")
     return summary
+
+
+def _kept(path: Path, task: str) -> dict:
+    """A score file this command wrote before (it is reused, not recomputed), checked: the task's, with
+    its main metric's mean and interval; a ValueError naming the file otherwise."""
+    from omni.io import read_json
+
+    r = read_json(path)  # a JSON object, or a ValueError naming the file
+    metrics = r.get("metrics")
+    main = metrics.get(MAIN[task]) if isinstance(metrics, Mapping) else None
+    if r.get("task") != task or not (isinstance(main, Mapping) and {"mean", "lo", "hi"} <= set(main)):
+        raise ValueError(f"{path}: not this command's {task} scores (task {r.get('task')!r}, its {MAIN[task]} "
+                         "with mean and interval): remove it or use another --out")
+    return r
 
 
 def _at(by_step: Mapping, step: int | str):
