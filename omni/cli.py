@@ -620,10 +620,12 @@ def eval_curves(
     out: str = typer.Option("training_curves.png", help="Output PNG."),
 ):
     """Plot a training run's loss curves from its JSONL log (or several runs' logs, chained)."""
-    from omni.eval.report import plot_training
+    from omni.eval.report import chain_logs, diverged, plot_training
 
     _image_file("--out", out)
     typer.echo(f"wrote {plot_training(log, out)}")
+    for k, s in diverged(chain_logs(log)[0]).items():  # the plot marks them too
+        typer.echo(f"warning: {k} is not finite from step {s} (the run diverged there)", err=True)
 
 
 @app.command("ablate")

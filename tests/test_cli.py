@@ -152,6 +152,12 @@ def test_curves_read_a_log_being_written_and_name_bad_lines(tmp_path):
     posed.write_text("\n".join(json.dumps({"step": s, "text_ce": 1.0, "pose": 0.3}) for s in range(1, 40)))
     assert omni("eval", "curves", "--log", str(posed), "--out", str(tmp_path / "p.png")).returncode == 0
     assert Image.open(tmp_path / "p.png").width > 1.2 * Image.open(tmp_path / "c.png").width
+    # a run that diverged: its NaN losses were dropped silently, as if it had stopped; now it is said
+    nan = tmp_path / "nan.jsonl"
+    nan.write_text("\n".join(json.dumps({"step": s, "text_ce": 1.0 if s < 30 else float("nan")}) for s in range(1, 40)))
+    r = omni("eval", "curves", "--log", str(nan), "--out", str(tmp_path / "n.png"))
+    assert r.returncode == 0 and "warning: text_ce is not finite from step 30" in r.stderr, r.stderr
+    assert "warning" not in omni("eval", "curves", "--log", str(posed), "--out", str(tmp_path / "p.png")).stderr
     for body, needle in [(good[0] + "\n{oops\n" + good[1], "log.jsonl:2: not JSON"),
                          ('{"loss": 1}', "log.jsonl:1: an entry needs an integer 'step'"),
                          (good[0] + '\n{"step": 2, "loss": [1]}', "log.jsonl:2: values must be numbers"),

@@ -402,6 +402,9 @@ def test_nothing_is_written_over_what_is_read(tmp_path, monkeypatch):
     assert not Path("c").exists() and digest() == before
     with pytest.raises(ValueError, match="--out needs a run directory"):
         train_main("", steps=1, log=quiet, **fast())
+    Path("f").write_text("x")
+    with pytest.raises(ValueError, match="--out f is a file"):
+        train_main("f", steps=1, log=quiet, **fast())
     trainer = Path("r/step-0000002/trainer.json")
     trainer.write_text(json.dumps({**json.loads(trainer.read_text()), "step": 0}))
     before = digest()

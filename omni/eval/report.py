@@ -9,6 +9,7 @@ as JSON and as a bar plot with error bars.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +206,16 @@ def read_log(log_path: str | Path) -> dict[int, dict]:
 LOSS_CURVES = ("text_ce", "visual_ce", "flow_mse", "depth")
 
 
+def diverged(rows: Mapping[int, Mapping]) -> dict[str, int]:
+    """metric -> the first step it was NaN or infinite at, for each metric of a log that ever was."""
+    out: dict[str, int] = {}
+    for s in sorted(rows):
+        for k, v in rows[s].items():
+            if k not in out and not math.isfinite(v):
+                out[k] = s
+    return out
+
+
 def chain_logs(log_paths: Sequence[str | Path]) -> tuple[dict[int, dict], list[int]]:
     """Several runs' logs end to end, as one stage trained in slices, each from the one before's
     weights (a run that starts again at step 1): each log's steps are shifted by the last step of the
@@ -250,7 +261,11 @@ def plot_training(log_path: str | Path | Sequence[str | Path], out: str | Path,
             ax.plot(xs[w - 1:], smooth, color="#4c72b0", lw=1.5)
         for x in starts:
             ax.axvline(x, color="#888888", lw=0.8, ls="--")
-        ax.set_title(k)
+        first = diverged(rows).get(k)
+        if first is not None:  # NaN fails `> 0` above: a run that diverged looked as if it had stopped
+            ax.axvline(first, color="#d62728", lw=1.2)
+        ax.set_title(k if first is None else f"{k}: not finite from step {first}",
+                     color="black" if first is None else "#d62728", fontsize=None if first is None else 7)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     return _save_figure(fig, out)

@@ -33,6 +33,8 @@ def train_main(out: str, preset: str = "tiny", steps: int | None = None, resume:
 
     if not str(out).strip():  # it was the current directory
         raise ValueError("--out needs a run directory, got an empty name")
+    if Path(out).exists() and not Path(out).is_dir():  # it was "[Errno 17] File exists", after the model was built
+        raise ValueError(f"--out {out} is a file, not a run directory")
     say = log if os.environ.get("RANK", "0") == "0" else (lambda *_: None)  # under torchrun: rank 0 only
     keep_steps = resume and not steps  # resuming without --steps (or with 0): the saved steps
     mixture = overrides.pop("mixture", None) or MixtureConfig(**overrides.pop("mixture_kw", {}))
