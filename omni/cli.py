@@ -438,6 +438,8 @@ def eval_context_use(
             ts = [float(x) for x in t.split(",") if x.strip()]
         except ValueError:
             raise ValueError(f"--t must be numbers separated by commas, got {t!r}") from None
+        if not ts or not all(0.0 < x <= 1.0 for x in ts):  # before the model loads, not after
+            raise ValueError(f"--t: noise levels must lie in (0, 1], got {t!r}")
     res = context_use(_load(checkpoint, device), task, n, seed_start, ts, vqa_thought=vqa_thought)
     tables, extra = res["tables"], ({"by_group": res["by_group"]} if res["by_group"] else {})
     for key in ("thought_steps", "thought_steps_views"):

@@ -66,6 +66,9 @@ def test_cli_json_and_errors(tmp_path):
         bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint",
                               str(tmp_path / "ck"), *args], capture_output=True, text=True, timeout=300)
         assert bad.returncode == 2 and needle in bad.stderr, bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint",
+                          str(tmp_path / "absent"), "--t", "0"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--t: noise levels must lie in (0, 1]" in bad.stderr, bad.stderr  # before loading
 
 
 @pytest.mark.parametrize("task", ["vqa", "spatial", "depth"])
