@@ -96,6 +96,42 @@ def test_forks_do_not_leak(model):
     assert np.array_equal(first.output.image, again.output.image)
 
 
+def test_continue_plan_checks_what_it_is_given(model):
+    """continue_plan took any steps unchecked (a string was run letter by letter, a missing input was a
+    KeyError deep inside, an oversize plan filled the KV cache midway), ran another engine's workspace
+    with that engine's generator, and decoded a workspace twice, the first answer left in the second
+    run's context. Each is a clear error before any compute now; a numpy seed works."""
+    from omni.unroll.engine import PRIMITIVES, register
+
+    e = engine(model)
+    vqa = inputs_of(sample("vqa", [2_000_000_003])[0])
+    ws = e.start(vqa)
+    assert e.continue_plan(ws.fork(), "+thinking").plan == ["think"]  # a row name, as run takes it
+    for steps, needle in (("nope", "unknown primitive"), (["synthesize_views"], "cannot run on this input"),
+                          (["think"] * 9, "at most 8")):
+        with pytest.raises(ValueError, match=needle):
+            e.continue_plan(ws.fork(), steps)
+    with pytest.raises(ValueError, match="a workspace this engine started"):
+        engine(model).continue_plan(ws.fork(), ["think"])
+    done = ws.fork()
+    e.continue_plan(done, [])
+    for again in (done, done.fork()):
+        with pytest.raises(ValueError, match="decoded already"):
+            e.continue_plan(again, ["think"])
+    small = Engine(random_tiny_model(0, max_seq=512), flow_steps=1, think_tokens=12, seed=3)
+    t2i = small.start(inputs_of(sample("t2i", [2_000_000_002])[0]))
+    with pytest.raises(ValueError, match="may need up to"):
+        small.continue_plan(t2i, ["rollout_visual"] * 8)  # 8 x 66 codes: more than the 512 the model holds
+    assert t2i.cache.length == t2i.fork().cache.length and not t2i.items[1:]  # nothing ran
+    assert Engine(model, seed=np.int64(5)).seed == 5  # torch's generator took no numpy integer
+    for name, needle in (("a/b", "letters, digits and _"), ("", "letters"), ("x,y", "letters")):
+        with pytest.raises(ValueError, match=needle):
+            register(name)
+    with pytest.raises(TypeError, match="decorates a function"):
+        register("test_not_callable")(42)
+    assert "test_not_callable" not in PRIMITIVES
+
+
 def test_plan_validation():
     one_image = Inputs("vqa", {"image": np.zeros((32, 32, 3))}, "how many cubes are there?")
     assert parse_plan("t2i", "+long+visual") == ["think_long", "rollout_visual"]
@@ -136,6 +172,8 @@ def test_trace_schema(model, tmp_path):
     views = tr["steps"][2]
     assert (tmp_path / "tr" / views["image"]).is_file() and views["tokens"] >= 4 * 64
     assert tr["output"]["kind"] == "text" and tr["seed"] == 3
+    tr = json.loads(write_trace(res, tmp_path / "np", extra={"c": np.arange(3), "s": np.float32(0.5)}).read_text())
+    assert tr["c"] == [0, 1, 2] and tr["s"] == 0.5  # arrays failed under default=float
 
 
 def test_ablation_rows_share_examples(model, tmp_path):

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from omni.io import atomic_write_bytes
 from omni.unroll.engine import DEFAULT_PLAN, Engine
+from omni.unroll.trace import as_json
 from omni.world import SPLITS, sample
 from omni.world.export import colorize_depth, ensure_writable_dir, to_uint8
 
@@ -81,5 +82,5 @@ def demo(engine: Engine, out: str | Path, seed: int = SPLITS["test"][0], tasks=E
         sheet.paste(r, (0, y))
         y += r.height + 6
     sheet.save(out)
-    atomic_write_bytes(out.with_suffix(".json"), json.dumps(traces, indent=2, default=float).encode())
+    atomic_write_bytes(out.with_suffix(".json"), json.dumps(traces, indent=2, default=as_json).encode())
     return traces

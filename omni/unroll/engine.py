@@ -80,6 +80,7 @@ class Workspace:
         self.cache = engine.new_cache()
         self.items: list[Item] = []
         self.record: list[Segment | str] = []  # segments, or "advance" for a generated image's position
+        self.decoded = False  # the output's tokens are in the context: fork before decoding again
 
     def append(self, segments: Sequence[Segment]) -> int:
         """Encode segments into the cache (stored); returns the number of tokens added."""
@@ -105,6 +106,7 @@ class Workspace:
         ws.cache = self.cache.fork()
         ws.items = list(self.items)
         ws.record = list(self.record)
+        ws.decoded = self.decoded
         return ws
 
     def generate_block(self, name: str, max_new: int) -> tuple[str, int]:
@@ -158,7 +160,13 @@ NEEDS: dict[str, Callable[[Inputs], str | None]] = {}  # primitive -> check of i
 def register(name: str, needs: Callable[[Inputs], str | None] | None = None):
     """Decorator adding a primitive to the registry (`needs` says what inputs it requires)."""
 
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c == "_" for c in name):
+        raise ValueError(f"a primitive's name is letters, digits and _ (it names trace files and plan steps), "
+                         f"got {name!r}" + (" (write @register(\"name\"), with the name)" if callable(name) else ""))
+
     def deco(fn: Primitive) -> Primitive:
+        if not callable(fn):
+            raise TypeError(f"register({name!r}) decorates a function (engine, workspace) -> Item, got {fn!r}")
         PRIMITIVES[name] = fn
         NEEDS[name] = needs or (lambda _inputs: None)
         return fn
@@ -303,7 +311,7 @@ class Engine:
         self._source: tuple[np.ndarray, torch.Tensor | None] | None = None  # the last source image, its latents
         visual_temperature = temperature if visual_temperature is None else visual_temperature
         visual_top_k = top_k if visual_top_k is None else visual_top_k
-        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        self.temperature, self.top_k, self.seed = temperature, top_k, int(seed)
         self.visual_temperature, self.visual_top_k = visual_temperature, visual_top_k
         self.flow_steps, self.cfg_scale, self.cfg_interval = flow_steps, cfg_scale, (lo, hi)
         self.flow_shift = flow_shift
@@ -322,7 +330,7 @@ class Engine:
         # before every primitive ("primitive", or True), or before every decoded token and every
         # flow step ("step": a RecomputingCache, i.e. no KV cache at all)
         self.reencode = "primitive" if reencode is True else reencode
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(int(seed))  # numpy integers too
 
     def new_cache(self, rows: int = 1) -> KVCache:
         cls = RecomputingCache if self.reencode == "step" else KVCache
@@ -424,13 +432,31 @@ class Engine:
         return self.continue_plan(ws, steps, on_step)
 
     @torch.no_grad()
-    def continue_plan(self, ws: Workspace, steps: Sequence[str],
+    def continue_plan(self, ws: Workspace, steps: str | Sequence[str] | None,
                       on_step: Callable[[Item], None] | None = None) -> Result:
+        """Run `steps` (a plan, as `run` takes it) on a workspace this engine started, then decode its
+        output into it. A decoded workspace holds its output in its context: fork it before (as
+        `omni ablate` does for each row) to run another plan on the same context."""
+        if not isinstance(ws, Workspace) or ws.engine is not self:
+            raise ValueError("continue_plan takes a workspace this engine started (engine.start(inputs)): another "
+                             "engine's would run with that engine's model, generator and settings")
+        if ws.decoded:
+            raise ValueError("this workspace was decoded already and holds its output in its context: fork it "
+                             "before decoding (ws.fork()) to run another plan on the same context")
+        steps = parse_plan(ws.inputs.task, steps, ws.inputs)
+        start = sum(s.length(self.model.cfg) for s in self.input_segments(ws.inputs))
+        need = ws.cache.length + self.context_bound(ws.inputs, steps) - start
+        if need > self.model.cfg.max_seq:
+            raise ValueError(f"this workspace ({ws.cache.length} tokens) and plan may need up to {need} context "
+                             f"tokens; the model holds {self.model.cfg.max_seq}: use fewer steps")
+        ws.decoded = True  # from here on the workspace is this run's, whatever happens
         for s in steps:
             t = time.perf_counter()
             if self.reencode == "primitive":
                 ws.rebuild()
             item = PRIMITIVES[s](self, ws)
+            if not isinstance(item, Item):
+                raise TypeError(f"primitive {s!r} returned {type(item).__name__}, not an Item")
             item.seconds = time.perf_counter() - t
             ws.items.append(item)
             if on_step is not None:

@@ -16,6 +16,13 @@ def _png(img: np.ndarray, path: Path) -> str:
     return path.name
 
 
+def as_json(x):
+    """numpy scalars and arrays (and tensors) as JSON numbers and lists: `json.dumps(..., default=as_json)`."""
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
 def write_trace(res: Result, out_dir: str | Path, extra: dict | None = None) -> Path:
     """out_dir/trace.json: the task, the plan, each step (primitive, text, tokens added, seconds,
     image file) and the output; images as step_<i>_<primitive>.png and output.png (depth: output.npy
@@ -38,5 +45,5 @@ def write_trace(res: Result, out_dir: str | Path, extra: dict | None = None) -> 
         trace["output"]["depth"] = "output.npy"
         trace["output"]["image"] = "output.png"
     trace.update(extra or {})
-    atomic_write_bytes(out / "trace.json", json.dumps(trace, indent=2, default=float).encode())
+    atomic_write_bytes(out / "trace.json", json.dumps(trace, indent=2, default=as_json).encode())
     return out / "trace.json"
