@@ -113,13 +113,20 @@ def test_writable_dir_probe_is_its_own(tmp_path):
     (["serve", "--device", "gpu"], "unknown device 'gpu'"),
     (["serve", "--device", "cuda"], "CUDA is not available"),
 ])
-def test_bad_options_fail_before_the_model_loads(tmp_path, args, needle):
-    """Each is refused with one line before any checkpoint is read (there is none to read here)."""
+def test_bad_options_fail_before_the_model_loads(tmp_path, monkeypatch, args, needle):
+    """Each is refused with one line before any checkpoint is read (there is none to read here). In
+    process (typer's runner), so the 30 cases pay torch's import once; the entry point itself is run as
+    a process by the tests around it."""
+    from typer.testing import CliRunner
+
+    from omni.cli import app
+
     (tmp_path / "blocker").write_text("x")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "vqa_partial.json").write_text("{}")
-    r = omni(*args, "--checkpoint", str(tmp_path / "no-such-checkpoint"), cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.startswith("error: ") and needle in r.stderr, r.stderr
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, [*args, "--checkpoint", str(tmp_path / "no-such-checkpoint")])
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and needle in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
 
 
@@ -147,24 +154,31 @@ def test_curves_read_a_log_being_written_and_name_bad_lines(tmp_path):
     assert Image.open(tmp_path / "c.png").width > 100
     assert sorted(read_log(log)) == list(range(1, 40)) and read_log(log)[2] == {"step": 2, "text_ce": 1.5,
                                                                                   "flow_mse": 0.5}
+    from typer.testing import CliRunner
+
+    from omni.cli import app
+
+    def curves(log_path, png):  # in process: the rest pay torch's import once (the first call, above, does not)
+        return CliRunner().invoke(app, ["eval", "curves", "--log", str(log_path), "--out", str(png)])
+
     # a run with a pose head logged its loss: a fifth panel
     posed = tmp_path / "posed.jsonl"
     posed.write_text("\n".join(json.dumps({"step": s, "text_ce": 1.0, "pose": 0.3}) for s in range(1, 40)))
-    assert omni("eval", "curves", "--log", str(posed), "--out", str(tmp_path / "p.png")).returncode == 0
+    r = curves(posed, tmp_path / "p.png")
+    assert r.exit_code == 0 and "warning" not in r.stderr
     assert Image.open(tmp_path / "p.png").width > 1.2 * Image.open(tmp_path / "c.png").width
     # a run that diverged: its NaN losses were dropped silently, as if it had stopped; now it is said
     nan = tmp_path / "nan.jsonl"
     nan.write_text("\n".join(json.dumps({"step": s, "text_ce": 1.0 if s < 30 else float("nan")}) for s in range(1, 40)))
-    r = omni("eval", "curves", "--log", str(nan), "--out", str(tmp_path / "n.png"))
-    assert r.returncode == 0 and "warning: text_ce is not finite from step 30" in r.stderr, r.stderr
-    assert "warning" not in omni("eval", "curves", "--log", str(posed), "--out", str(tmp_path / "p.png")).stderr
+    r = curves(nan, tmp_path / "n.png")
+    assert r.exit_code == 0 and "warning: text_ce is not finite from step 30" in r.stderr, r.stderr
     for body, needle in [(good[0] + "\n{oops\n" + good[1], "log.jsonl:2: not JSON"),
                          ('{"loss": 1}', "log.jsonl:1: an entry needs an integer 'step'"),
                          (good[0] + '\n{"step": 2, "loss": [1]}', "log.jsonl:2: values must be numbers"),
                          ("", "no log entries")]:
         log.write_text(body)
-        r = omni("eval", "curves", "--log", str(log), "--out", str(tmp_path / "c.png"))
-        assert r.returncode == 2 and needle in r.stderr, r.stderr
+        r = curves(log, tmp_path / "c.png")
+        assert r.exit_code == 2 and needle in r.stderr, r.stderr
 
 
 def test_curves_chain_the_logs_of_a_stage_trained_in_slices(tmp_path):
