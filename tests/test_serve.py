@@ -161,9 +161,9 @@ def test_same_request_same_run(client):
     assert a["output"]["text"] == b["output"]["text"]
 
 
-def test_request_sets_the_image_sampler(client, monkeypatch):
-    """cfg_scale and flow_shift of a request reach the engine's sampler; without them the server's
-    guidance and a uniform grid are used."""
+@pytest.fixture
+def sampler_seen(monkeypatch):
+    """(cfg_scale, flow_shift) of each call the engine makes to the image sampler."""
     import omni.unroll.engine as eng
 
     seen = []
@@ -174,24 +174,22 @@ def test_request_sets_the_image_sampler(client, monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(eng, "sample_latents", spy)
+    return seen
+
+
+def test_request_sets_the_image_sampler(client, sampler_seen):
+    """cfg_scale and flow_shift of a request reach the engine's sampler; without them the server's
+    guidance and a uniform grid are used."""
+    seen = sampler_seen
     body = {"task": "t2i", "text": "a photo of a red cube.", "plan": "direct"}
     assert client.post("/v1/unroll", json=body).status_code == 200
     assert client.post("/v1/unroll", json=body | {"cfg_scale": 1.5, "flow_shift": 3.0}).status_code == 200
     assert seen == [(3.0, 1.0), (1.5, 3.0)]
 
 
-def test_float_fields_take_json_integers(client, monkeypatch):
+def test_float_fields_take_json_integers(client, sampler_seen):
     """Strict floats still take a JSON integer (temperature 1, flow_shift 3): it reaches the engine as a float."""
-    import omni.unroll.engine as eng
-
-    seen = []
-    real = eng.sample_latents
-
-    def spy(*a, **kw):
-        seen.append((kw["cfg_scale"], kw["flow_shift"]))
-        return real(*a, **kw)
-
-    monkeypatch.setattr(eng, "sample_latents", spy)
+    seen = sampler_seen
     body = {"task": "t2i", "text": "a photo of a red cube.", "plan": "direct", "temperature": 1,
             "visual_temperature": 1, "visual_top_k": 4, "sample_seed": 2, "cfg_scale": 2, "flow_shift": 3}
     assert client.post("/v1/unroll", json=body).status_code == 200
