@@ -250,6 +250,7 @@ def plot_training(log_path: str | Path | Sequence[str | Path], out: str | Path,
     steps = sorted(rows)
     if keys is None:
         keys = LOSS_CURVES + (("pose",) if any(r.get("pose", 0) > 0 for r in rows.values()) else ())
+    bad = diverged(rows)
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), dpi=110)
     for ax, k in zip(np.atleast_1d(axes), keys, strict=True):
         xs = np.array([s for s in steps if rows[s].get(k, 0) > 0])
@@ -261,7 +262,7 @@ def plot_training(log_path: str | Path | Sequence[str | Path], out: str | Path,
             ax.plot(xs[w - 1:], smooth, color="#4c72b0", lw=1.5)
         for x in starts:
             ax.axvline(x, color="#888888", lw=0.8, ls="--")
-        first = diverged(rows).get(k)
+        first = bad.get(k)
         if first is not None:  # NaN fails `> 0` above: a run that diverged looked as if it had stopped
             ax.axvline(first, color="#d62728", lw=1.2)
         ax.set_title(k if first is None else f"{k}: not finite from step {first}",

@@ -444,8 +444,7 @@ class Engine:
             raise ValueError("this workspace was decoded already and holds its output in its context: fork it "
                              "before decoding (ws.fork()) to run another plan on the same context")
         steps = parse_plan(ws.inputs.task, steps, ws.inputs)
-        start = sum(s.length(self.model.cfg) for s in self.input_segments(ws.inputs))
-        need = ws.cache.length + self.context_bound(ws.inputs, steps) - start
+        need = self.context_bound(ws.inputs, steps, held=ws.cache.length)
         if need > self.model.cfg.max_seq:
             raise ValueError(f"this workspace ({ws.cache.length} tokens) and plan may need up to {need} context "
                              f"tokens; the model holds {self.model.cfg.max_seq}: use fewer steps")
@@ -477,13 +476,14 @@ class Engine:
             raise ValueError(f"this input and plan may need up to {need} context tokens; the model holds {have}: "
                              "use fewer steps or a shorter text")
 
-    def context_bound(self, inputs: Inputs, steps: Sequence[str]) -> int:
+    def context_bound(self, inputs: Inputs, steps: Sequence[str], held: int | None = None) -> int:
         """The most tokens the workspace's KV cache can hold at once for this input and plan (each text
-        block at its full token budget). Primitives registered by users count 0 here (a run that still
-        overflows the cache stops with a "KV cache full" error)."""
+        block at its full token budget), starting from `held` tokens already in it (None: the input's).
+        Primitives registered by users count 0 here (a run that still overflows the cache stops with a
+        "KV cache full" error)."""
         cfg = self.model.cfg
         g2 = cfg.latent_grid ** 2
-        n = sum(s.length(cfg) for s in self.input_segments(inputs))
+        n = sum(s.length(cfg) for s in self.input_segments(inputs)) if held is None else held
         oracle = len(self.fmt.block("layout", inputs.oracle).tokens) if inputs.oracle else 0
         per_step = {"think": self.think_tokens + 2, "think_long": self.layout_tokens + 2,
                     "describe": self.layout_tokens + 2, "depth_caption": self.layout_tokens + 2,
