@@ -175,6 +175,22 @@ def test_row_len_must_hold_the_mixtures_sequences(writer, tmp_path, monkeypatch)
         Trainer(TrainConfig(**fast(mixture=MixtureConfig(rows=1, row_len=8))), tmp_path / "x", log=quiet)
 
 
+def test_max_seq_must_hold_the_sequences_trained_on(tmp_path, monkeypatch):
+    """`--model '{"max_seq": 100}'` trained on sequences of up to --row-len tokens without a word, and
+    the model it made could not hold one of them in its KV cache to answer. A row longer than max_seq is
+    fine (positions restart with each packed sequence); a sequence longer than it is an error."""
+    vq = VisualTokenizer.load(DEFAULT_VISUAL)
+    short = Writer(TextTokenizer.default(), vq, preset("tiny", max_seq=300))
+    with pytest.raises(ValueError, match=r"max_seq 300 .* shorter than sequences it would train on: .*spatial/views"):
+        Mixture(MixtureConfig(row_len=2048), short).check_row_len()
+    longest = max(hi for _, hi in Mixture(MixtureConfig(), short).form_lengths().values())
+    fits = Writer(TextTokenizer.default(), vq, preset("tiny", max_seq=longest))
+    assert Mixture(MixtureConfig(row_len=2 * longest), fits).check_row_len() is None  # rows beyond max_seq are fine
+    monkeypatch.setattr(omni.train.loop, "OmniModel", no_model)
+    with pytest.raises(ValueError, match="max_seq 100 "):
+        Trainer(TrainConfig(**fast(model_overrides={**SMALL, "max_seq": 100})), tmp_path / "x", log=quiet)
+
+
 def test_resume_refuses_options_that_differ_from_the_saved_run(tmp_path):
     """--resume used to train with the saved config whatever else was passed (only --steps was taken).
     Now an option that differs from both its default and the saved value is an error listing them with

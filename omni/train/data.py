@@ -353,6 +353,14 @@ class Mixture:
                 never.append(f"{task} (at least {lo} tokens)")
         if never:
             raise ValueError(f"--row-len {n} cannot hold a sequence of {', '.join(never)}; {holds}")
+        # positions restart with each sequence, so rows longer than max_seq are fine; a sequence the
+        # model trains on but could not hold in its KV cache to answer is not
+        cap = self.w.cfg.max_seq
+        beyond = [f"{t}/{f} (up to {min(hi, n)} tokens)" for (t, f), (_, hi) in lengths.items() if min(hi, n) > cap]
+        if beyond:
+            raise ValueError(f"the model's max_seq {cap} (the longest context its KV cache holds) is shorter than "
+                             f"sequences it would train on: {', '.join(beyond)}; raise max_seq (--model) or "
+                             f"lower --row-len to {cap}")
         over = [f"{t}/{f} ({lo}-{hi} tokens)" for (t, f), (lo, hi) in lengths.items() if hi > n]
         if not over:
             return None
