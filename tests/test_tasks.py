@@ -4,6 +4,7 @@ independently from instance masks, depth maps and cameras."""
 import ast
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import operator
@@ -656,6 +657,30 @@ def test_t2i_options_too_narrow_say_which():
     # two shapes and two colours are enough for every category
     two = dataclasses.replace(_narrow(shapes=("cube", "sphere"), colors=("red", "blue")), size=32)
     assert {e.spec["category"] for e in sample("t2i", range(40), two)} == set(T2I_CATEGORIES)
+
+
+def test_t2i_prompts_keep_to_the_scene_options_object_range():
+    """t2i ignored --min/--max-objects (its prompts asked for up to 6 objects whatever they said): now
+    its categories and counts keep to the range; the defaults (1..6) draw the same examples as before."""
+    from omni.world.tasks import T2I_OBJECTS
+
+    def drawn(**kw):
+        cfg = dataclasses.replace(_narrow(**kw), size=32)
+        return [(e.spec["category"], len(e.scenes["main"].objects)) for e in sample("t2i", range(60), cfg)]
+
+    at_most_2 = drawn(max_objects=2)
+    assert all(n <= 2 for _, n in at_most_2) and {c for c, _ in at_most_2} >= {"two_object", "math", "colors"}
+    assert max(n for c, n in drawn(max_objects=6) if c in ("counting", "math")) > 2  # the range is what bounds it
+    one = drawn(max_objects=1)
+    assert all(n == 1 for _, n in one) and {c for c, _ in one} <= {c for c, (lo, _) in T2I_OBJECTS.items() if lo == 1}
+    at_least_3 = drawn(min_objects=3)
+    assert all(n >= 3 for _, n in at_least_3) and {c for c, _ in at_least_3} == {"counting", "math"}
+    assert {n for _, n in drawn(min_objects=3, max_objects=3)} == {3}
+    # the defaults draw what they drew before the range was kept (digest taken on the code before it; a
+    # retried draft draws its category again, which the random streams hold)
+    got = [[e.spec["category"], e.texts["prompt"], e.texts["long"]]
+           for e in sample("t2i", range(40), WorldConfig(size=32))]
+    assert hashlib.sha256(json.dumps(got).encode()).hexdigest()[:16] == "4e3d44373007305b"
 
 
 def test_edit_options_too_narrow_say_which():

@@ -40,6 +40,10 @@ SPLITS = {"train": (0, 1_000_000_000), "val": (1_000_000_000, 1_001_000_000),
           "test": (2_000_000_000, 2_001_000_000)}
 T2I_CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr",
                   "math", "mapping")
+# how many objects each t2i category's prompt asks for (least, most): a scene's object range
+# (SceneOptions.min_objects / max_objects) keeps the categories and counts that lie within it
+T2I_OBJECTS = {"single_object": (1, 1), "two_object": (2, 2), "counting": (2, 4), "colors": (1, 1),
+               "position": (2, 2), "color_attr": (2, 2), "math": (1, 6), "mapping": (1, 1)}
 LETTERS = "ABCD"
 MAX_SIZE = 1024  # the renderer holds a few float arrays of size^2 per view: beyond this, memory runs out
 VIEW_DIRECTIONS = ("up", "down", "left", "right")
@@ -423,9 +427,9 @@ _REL_REGIONS = {  # where A and B go for "A <rel> B" (then the render is checked
 }
 
 
-def _math_expr(rng: np.random.Generator, level: int) -> tuple[str, int]:
+def _math_expr(rng: np.random.Generator, level: int, lo: int = 1, hi: int = 6) -> tuple[str, int]:
     """An integer expression with `level` operations whose every step stays in 0..20 and whose
-    result is in 1..6 (seed 004's math prompts)."""
+    result is in lo..hi, within 1..6 (seed 004's math prompts)."""
     while True:
         val = int(rng.integers(1, 10))
         expr = str(val)
@@ -448,7 +452,7 @@ def _math_expr(rng: np.random.Generator, level: int) -> tuple[str, int]:
             if not 0 <= val <= 20:
                 ok = False
                 break
-        if ok and 1 <= val <= 6:
+        if ok and lo <= val <= hi:
             return expr, val
 
 
@@ -467,6 +471,8 @@ class T2IPlan:
 
 def _t2i_spec(rng: np.random.Generator, cfg: WorldConfig, category: str) -> T2IPlan:
     shapes, colors = list(cfg.scene.shapes), list(cfg.scene.colors)
+    if category in T2I_OBJECTS:  # the count range this category shares with the scene options'
+        least, most = _t2i_objects(cfg.scene, category)
 
     def pick(pool, k=1):
         if len(pool) < k:  # the options are too narrow for this category's prompt
@@ -494,7 +500,7 @@ def _t2i_spec(rng: np.random.Generator, cfg: WorldConfig, category: str) -> T2IP
                 f"one {s1} and one {s2}, side by side.", [req(s1), req(s2)], [], [(s1, col()), (s2, col())])
     if category == "counting":
         (s,) = pick(shapes)
-        n = int(rng.integers(2, 5))
+        n = int(rng.integers(least, most + 1))
         return T2IPlan(f"a photo of {L.NUMBER_WORDS[n]} {s}s.", f"exactly {n} {s}s, spread apart.",
                 [req(s, count=n)], [req(s, count=n + 1)], [(s, col()) for _ in range(n)])
     if category == "colors":
@@ -517,7 +523,7 @@ def _t2i_spec(rng: np.random.Generator, cfg: WorldConfig, category: str) -> T2IP
     if category == "math":
         (s,) = pick(shapes)
         level = int(rng.integers(1, 4))
-        expr, n = _math_expr(rng, level)
+        expr, n = _math_expr(rng, level, least, most)
         return T2IPlan(f"a photo of as many {s}s as {expr}.", f"{expr} = {n}, so exactly {n} {L.plural(s, n)}.",
                 [req(s, count=n)], [req(s, count=n + 1)], [(s, col()) for _ in range(n)], level=level)
     if category == "mapping":
@@ -560,8 +566,23 @@ def checkable(view: View, scene: Scene) -> list[L.ObjectStats] | None:
     return st
 
 
+def _t2i_objects(opts: SceneOptions, category: str) -> tuple[int, int]:
+    """The object counts a category's prompt may ask for within the scene options' range; a ValueError
+    if none does."""
+    lo, hi = T2I_OBJECTS[category]
+    least, most = max(lo, opts.min_objects), min(hi, opts.max_objects)
+    if least > most:
+        raise ValueError(f"t2i prompts of category {category!r} ask for {lo}..{hi} objects, outside the scene "
+                         f"options' {opts.min_objects}..{opts.max_objects} (SceneOptions.min_objects / max_objects)")
+    return least, most
+
+
 def _t2i(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
-    category = memo.setdefault("category", str(rng.choice(T2I_CATEGORIES)))
+    # only the categories whose prompts fit the scene options' object range (never none: math asks for
+    # 1..6 objects); drawn at every draft, kept from the first (the examples' random streams hold the draw)
+    fits = tuple(c for c in T2I_CATEGORIES
+                 if T2I_OBJECTS[c][0] <= cfg.scene.max_objects and T2I_OBJECTS[c][1] >= cfg.scene.min_objects)
+    category = memo.setdefault("category", str(rng.choice(fits)))
     plan = _t2i_spec(rng, cfg, category)
     rel = plan.relation
     while True:
