@@ -690,3 +690,7 @@ def test_edit_options_too_narrow_say_which():
         sample("edit", [1], _narrow(shapes=("cube",), colors=("red", "blue"), max_objects=3))
     with _deadline(20), pytest.raises(ValueError, match="recolours an object needs at least 2 colours"):
         sample("edit", range(12), _narrow(colors=("red",), max_objects=3))
+    # two cubes, red and blue: no colour is free to recolour one to, so each draft was redrawn by recursion
+    # until a RecursionError; now a loop of drafts that gives up with a ValueError
+    with _deadline(20), pytest.raises(ValueError, match=r"no 'recolor' edit could be made in 1000 drafts"):
+        sample("edit", range(12), _narrow(shapes=("cube",), colors=("red", "blue"), min_objects=2, max_objects=2))

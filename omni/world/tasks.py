@@ -891,13 +891,28 @@ def _video(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
 EDIT_OPS = ("recolor", "remove", "add", "move")
 
 
+EDIT_TRIES = 1000  # drafts an edit may redraw (no free colour, no room to add, a move off the floor)
+
+
 def _edit(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
+    """An edit's draft: redrawn (the same random stream as before, when this recursed) until its edit can
+    be made; options where it almost never can are a ValueError, not a RecursionError."""
+    for _ in range(EDIT_TRIES):
+        draft = _edit_draft(rng, cfg, memo)
+        if draft is not None:
+            return draft
+    raise ValueError(f"no {memo['made']!r} edit could be made in {EDIT_TRIES} drafts with these scene options "
+                     f"({cfg.scene}): allow more room, colours or shapes, or fewer objects")
+
+
+def _edit_draft(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft | None:
     opts = cfg.scene
     op = memo.setdefault("op", str(rng.choice(EDIT_OPS)))
     lo = 2 if op == "remove" else 1
     hi = opts.max_objects - 1 if op == "add" else opts.max_objects
     if hi < lo or hi < opts.min_objects:
         op, lo, hi = "recolor", 1, opts.max_objects
+    memo["made"] = op  # the edit drafted (the fallback's, when the drawn one cannot be)
     n = int(rng.integers(max(lo, opts.min_objects), hi + 1))
     before = sample_scene(rng, opts, n=n, unique=True)
     w2c, _ = random_camera(rng)
@@ -911,7 +926,7 @@ def _edit(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
                              f"allow only {', '.join(opts.colors)} (SceneOptions.colors, --colors)")
         free = [c for c in opts.colors if not _count(before.objects, color=c, shape=target.shape)]
         if not free:
-            return _edit(rng, cfg, memo)
+            return None
         new = str(rng.choice(free))
         after.objects[k].color = new
         instruction = f"make the {target.name} {new}."
@@ -930,7 +945,7 @@ def _edit(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
             if (obj.color, obj.shape) not in used:
                 break
         if not place(rng, after, obj, opts):
-            return _edit(rng, cfg, memo)
+            return None
         spec["object"] = vars(obj).copy()
         instruction = None  # the render decides which side of which object it landed on
     else:
@@ -942,7 +957,7 @@ def _edit(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
         moved = after.objects[k]
         moved.x, moved.y = moved.x + shift * right[0], moved.y + shift * right[1]
         if not after.valid(0.12):
-            return _edit(rng, cfg, memo)
+            return None
         instruction = f"move the {target.name} to the {side}."
         spec["side"] = side
 
