@@ -174,6 +174,11 @@ def test_trace_schema(model, tmp_path):
     assert tr["output"]["kind"] == "text" and tr["seed"] == 3
     tr = json.loads(write_trace(res, tmp_path / "np", extra={"c": np.arange(3), "s": np.float32(0.5)}).read_text())
     assert tr["c"] == [0, 1, 2] and tr["s"] == 0.5  # arrays failed under default=float
+    # a second run into the same directory: the first's images it does not write are removed (they
+    # stayed beside the new trace.json, as if they were its steps); other files are left alone
+    (tmp_path / "tr" / "notes.txt").write_text("mine")
+    write_trace(engine(model).run(inputs_of(ex), "direct"), tmp_path / "tr")
+    assert sorted(p.name for p in (tmp_path / "tr").iterdir()) == ["notes.txt", "trace.json"]
 
 
 def test_ablation_rows_share_examples(model, tmp_path):

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .engine import Result
+
+# the files a trace writes beside trace.json; those an earlier trace in the same directory wrote and this
+# one does not are removed, so that the directory holds one run
+_TRACE_FILE = re.compile(r"step_\d+_\w+\.png|output\.png|output\.npy")
 
 
 def _png(img: np.ndarray, path: Path) -> str:
@@ -26,7 +31,8 @@ def as_json(x):
 def write_trace(res: Result, out_dir: str | Path, extra: dict | None = None) -> Path:
     """out_dir/trace.json: the task, the plan, each step (primitive, text, tokens added, seconds,
     image file) and the output; images as step_<i>_<primitive>.png and output.png (depth: output.npy
-    in metres and a colorized output.png)."""
+    in metres and a colorized output.png). Such files an earlier trace left in out_dir that this run
+    does not write are removed (other files are left alone)."""
     from omni.io import atomic_write_bytes
     from omni.world.export import colorize_depth, ensure_writable_dir
 
@@ -46,4 +52,9 @@ def write_trace(res: Result, out_dir: str | Path, extra: dict | None = None) -> 
         trace["output"]["image"] = "output.png"
     trace.update(extra or {})
     atomic_write_bytes(out / "trace.json", json.dumps(trace, indent=2, default=as_json).encode())
+    written = {rec["image"] for rec in trace["steps"] if rec.get("image")}
+    written |= {trace["output"][k] for k in ("image", "depth") if trace["output"].get(k)}
+    for f in out.iterdir():
+        if f.is_file() and _TRACE_FILE.fullmatch(f.name) and f.name not in written:
+            f.unlink()
     return out / "trace.json"
