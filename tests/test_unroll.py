@@ -334,11 +334,20 @@ def _nudge_decimals(text: str, by: float) -> str:
     return re.sub(r"\d+\.\d", lambda m: f"{float(m.group()) + by:.1f}", text)
 
 
+def _cli(*args):
+    """`omni ARGS` in process (typer's runner: torch is imported once, not once per case); the entry
+    point itself runs as a process in test_unroll_cli."""
+    from typer.testing import CliRunner
+
+    from omni.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 def test_ablate_cli_rejects_an_unknown_row_before_loading(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "omni.cli", "ablate", "spatial", "--rows", "baseline,+nope",
-                        "--checkpoint", str(tmp_path / "absent"), "--n", "2", "--out", str(tmp_path / "a")],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "+nope" in r.stderr and "+pose text" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("ablate", "spatial", "--rows", "baseline,+nope", "--checkpoint", tmp_path / "absent", "--n", "2",
+             "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "+nope" in r.stderr and "+pose text" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_ablate_vqa_against_the_focused_thought(model, tmp_path):
@@ -363,10 +372,9 @@ def test_ablate_vqa_against_the_focused_thought(model, tmp_path):
     assert json.loads((tmp_path / "p.json").read_text())["vqa_thought"] == "focused"
     with pytest.raises(ValueError, match="--vqa-thought applies to the vqa task only"):
         ablate(engine(model), "spatial", 1, 2_000_000_000, vqa_thought="focused")
-    r = subprocess.run([sys.executable, "-m", "omni.cli", "ablate", "depth", "--vqa-thought", "focused",
-                        "--checkpoint", str(tmp_path / "absent"), "--n", "1", "--out", str(tmp_path / "a")],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "--vqa-thought applies to the vqa task only" in r.stderr, r.stderr
+    r = _cli("ablate", "depth", "--vqa-thought", "focused", "--checkpoint", tmp_path / "absent", "--n", "1",
+             "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "--vqa-thought applies to the vqa task only" in r.stderr, r.stderr
 
 
 def test_visual_tokens_are_sampled_text_stays_greedy(model):
@@ -397,16 +405,13 @@ def test_visual_tokens_are_sampled_text_stays_greedy(model):
 
 def test_ablate_cli_sampling_options(tmp_path):
     for flag in ("--temperature", "--visual-temperature", "--visual-top-k", "--flow-steps", "--flow-shift"):
-        bad = subprocess.run([sys.executable, "-m", "omni.cli", "ablate", "t2i", flag, "-1",
-                              "--checkpoint", str(tmp_path / "absent"), "--n", "1", "--out", str(tmp_path / "a")],
-                             capture_output=True, text=True, timeout=120)
-        assert bad.returncode == 2 and flag in bad.stderr and "Traceback" not in bad.stderr
-    r = subprocess.run([sys.executable, "-m", "omni.cli", "ablate", "t2i", "--rows", "+visual", "--n", "1",
-                        "--temperature", "1", "--top-k", "8", "--visual-temperature", "0",
-                        "--flow-steps", "2", "--flow-shift", "3", "--cfg-scale", "2",
-                        "--out", str(tmp_path / "b"), "--json"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+        bad = _cli("ablate", "t2i", flag, "-1", "--checkpoint", tmp_path / "absent", "--n", "1",
+                   "--out", tmp_path / "a")
+        assert bad.exit_code == 2 and flag in bad.stderr and "Traceback" not in bad.stderr
+    r = _cli("ablate", "t2i", "--rows", "+visual", "--n", "1", "--temperature", "1", "--top-k", "8",
+             "--visual-temperature", "0", "--flow-steps", "2", "--flow-shift", "3", "--cfg-scale", "2",
+             "--out", tmp_path / "b", "--json")
+    assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["sampling"] == {"temperature": 1.0, "top_k": 8, "visual_temperature": 0.0, "visual_top_k": 16,
                                "seed": 0, "cfg_scale": 2.0, "flow_steps": 2, "flow_shift": 3.0}
