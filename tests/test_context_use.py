@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -54,21 +52,27 @@ def test_bad_arguments():
         flow_context_use(bare, 1, 0)
 
 
+def _cli(*args):
+    """`omni ARGS` in process (typer's runner): torch is imported once, not once per case."""
+    from typer.testing import CliRunner
+
+    from omni.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 def test_cli_json_and_errors(tmp_path):
     tiny().save_pretrained(tmp_path / "ck")
-    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint", str(tmp_path / "ck"),
-                        "--n", "1", "--t", "0.7", "--json"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    r = _cli("eval", "context-use", "--checkpoint", str(tmp_path / "ck"), "--n", "1", "--t", "0.7", "--json")
+    assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     assert list(out["tables"]) == ["t=0.7", "codes nll", "codes accuracy"] and out["n"] == 1
     for args, needle in ((["--t", "high"], "--t must be numbers"), (["--t", "2"], "noise levels"),
                          (["--n", "0"], "--n must be positive")):
-        bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint",
-                              str(tmp_path / "ck"), *args], capture_output=True, text=True, timeout=300)
-        assert bad.returncode == 2 and needle in bad.stderr, bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint",
-                          str(tmp_path / "absent"), "--t", "0"], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "--t: noise levels must lie in (0, 1]" in bad.stderr, bad.stderr  # before loading
+        bad = _cli("eval", "context-use", "--checkpoint", str(tmp_path / "ck"), *args)
+        assert bad.exit_code == 2 and needle in bad.stderr, bad.stderr
+    bad = _cli("eval", "context-use", "--checkpoint", str(tmp_path / "absent"), "--t", "0")
+    assert bad.exit_code == 2 and "--t: noise levels must lie in (0, 1]" in bad.stderr, bad.stderr  # before loading
 
 
 @pytest.mark.parametrize("task", ["vqa", "spatial", "depth"])
@@ -297,27 +301,23 @@ def test_answer_context_use_errors():
 
 def test_cli_answer_task(tmp_path):
     tiny().save_pretrained(tmp_path / "ck")
-    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint", str(tmp_path / "ck"),
-                        "--task", "spatial", "--n", "1", "--json"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    r = _cli("eval", "context-use", "--checkpoint", str(tmp_path / "ck"), "--task", "spatial", "--n", "1", "--json")
+    assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["task"] == "spatial" and list(out["tables"]) == ["accuracy", "answer nll"] and out["by_group"]
     for st in (out["thought_steps"], out["thought_steps_views"]):  # after the question, after the views
         assert sum(st["letters"].values()) == 1 and st["verdicts"]["all"]["n_match"] == 1
-    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint", str(tmp_path / "ck"),
-                        "--task", "spatial", "--n", "1"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    r = _cli("eval", "context-use", "--checkpoint", str(tmp_path / "ck"), "--task", "spatial", "--n", "1")
+    assert r.exit_code == 0, r.stderr
     assert "verdicts, all: said yes to" in r.stdout and "(0.5: no comparison)" in r.stdout
     assert "verdicts after the true pose text and views, all: said yes to" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint", str(tmp_path / "ck"),
-                        "--task", "vqa", "--n", "2"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    r = _cli("eval", "context-use", "--checkpoint", str(tmp_path / "ck"), "--task", "vqa", "--n", "2")
+    assert r.exit_code == 0, r.stderr
     assert "piece by piece, other image" in r.stdout and "chance: size 0.500" in r.stdout
     assert "yes / no answers stated after the true thought, own image" in r.stdout
     for args, needle in ((["--task", "pose"], "--task must be"), (["--task", "vqa", "--t", "0.5"], "--t (noise")):
-        bad = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "context-use", "--checkpoint",
-                              str(tmp_path / "ck"), *args], capture_output=True, text=True, timeout=300)
-        assert bad.returncode == 2 and needle in bad.stderr, bad.stderr
+        bad = _cli("eval", "context-use", "--checkpoint", str(tmp_path / "ck"), *args)
+        assert bad.exit_code == 2 and needle in bad.stderr, bad.stderr
 
 
 def test_context_use_one_shape_for_every_task():
