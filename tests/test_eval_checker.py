@@ -246,3 +246,11 @@ def test_compare_pairs_two_ablation_tables_row_by_row():
         compare_outputs({"old": old, "other": other})
     with pytest.raises(ValueError, match="holds no metrics"):
         compare_outputs({"old": old, "bad": {**old, "scores": {"baseline": [0.1, 0.2, 0.3]}}})
+
+
+def test_ablation_table_names_the_row_holding_nan():
+    """bootstrap_ci's own error did not say which row (e.g. a PSNR of identical images: inf)."""
+    with pytest.raises(ValueError, match="row 'b' holds NaN or infinite scores \\(example 1: inf\\)"):
+        ablation_table({"a": [1.0, 2.0], "b": [1.0, float("inf")]})
+    with pytest.raises(ValueError, match="row 'a' holds NaN"):
+        ablation_table({"a": [float("nan"), 2.0], "b": [1.0, 2.0]})

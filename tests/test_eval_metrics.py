@@ -282,3 +282,34 @@ def test_pose_fit_tells_a_pose_estimate_from_a_constant_guess():
     f = pose_fit(sp, [ex.texts["pose"] for ex in sp])
     assert [c is None for c in f["corr"]] == [False, True, False, True, False, True]
     assert all(f["corr"][i] > 0.999 for i in (0, 2, 4)), f
+
+
+def test_metrics_refuse_inputs_that_would_score_nan_or_wrong():
+    """Inputs that gave a NaN, a silently truncated threshold or a deep numpy error are ValueErrors
+    naming what is wrong."""
+    with pytest.raises(ValueError, match="no pixels"):  # was NaN (the mean of no squared errors)
+        psnr(np.zeros((0, 4, 3)), np.zeros((0, 4, 3)))
+    with pytest.raises(ValueError, match="no images"):  # was NaN for every depth metric
+        depth_metrics(np.zeros((0, 4, 4)), np.zeros((0, 4, 4)))
+    gt = np.full((4, 4), 2.0)
+    with pytest.raises(ValueError, match="min_depth"):  # was a ZeroDivisionError
+        depth_metrics(gt, gt, min_depth=0.0, align="scale_shift_disparity")
+    with pytest.raises(ValueError, match="min_depth"):  # was every pixel clipped to max_depth
+        depth_metrics(gt, gt, mask=np.ones((4, 4), bool), min_depth=5.0, max_depth=3.0)
+    rre = np.array([1.0, 2.0, 6.0])
+    for tau in (2.5, 0, -3):  # 2.5 scored as AUC@2, 0 and below as NaN
+        with pytest.raises(ValueError, match="tau must be a whole number"):
+            auc_from_errors(rre, np.zeros(3), tau)
+    assert auc_from_errors(rre, np.zeros(3), 30.0) == auc_from_errors(rre, np.zeros(3), 30)
+    with pytest.raises(ValueError, match="tau"):
+        pose_auc(np.tile(np.eye(4), (3, 1, 1)), np.tile(np.eye(4), (3, 1, 1)), thresholds=(2.5,))
+    x = np.tile(np.eye(4), (3, 4, 2, 1, 1))  # one batch axis too many: was an IndexError
+    with pytest.raises(ValueError, match=r"\(P, 2, 3\|4, 4\) pairs, got shape \(3, 4, 2, 4, 4\)"):
+        pose_errors(x, x)
+    with pytest.raises(ValueError, match="pos holds NaN"):  # was NaN
+        pair_auc([1.0, np.nan], [0.5])
+    assert pair_auc([1.0, np.inf], [0.5]) == 1.0  # infinite scores still rank
+    with pytest.raises(ValueError, match="n \\(bootstrap resamples\\)"):  # was "need at least one array"
+        bootstrap_ci([1.0, 2.0], n=0)
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci([1.0, 2.0], level=1.5)

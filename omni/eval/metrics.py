@@ -59,9 +59,13 @@ def depth_metrics(pred, gt, mask=None, align: str = "none", min_depth: float = 1
     1.25^k]; the result is the mean over images, with the per-image values under "per_image"."""
     if align not in ALIGNMENTS:
         raise ValueError(f"unknown alignment {align!r}; known: {', '.join(ALIGNMENTS)}")
+    if not 0 < min_depth < max_depth:  # 0 divides by zero (disparity); min > max clips every pixel to max
+        raise ValueError(f"need 0 < min_depth < max_depth, got min_depth {min_depth} and max_depth {max_depth}")
     p, g = _batched("pred", pred), _batched("gt", gt)
     if p.shape != g.shape:
         raise ValueError(f"shape mismatch: pred {p.shape} vs gt {g.shape}")
+    if not len(g):  # the mean over no images is NaN
+        raise ValueError(f"no images to score: pred and gt have shape {g.shape}")
     if not np.isfinite(p).all():
         raise ValueError("pred holds NaN or infinite depth")
     if not np.isfinite(g).all():
@@ -146,6 +150,9 @@ def pose_errors(pred_w2c, gt_w2c) -> tuple[np.ndarray, np.ndarray]:
     p, g = _as_w2c("pred_w2c", pred_w2c), _as_w2c("gt_w2c", gt_w2c)
     if p.shape != g.shape:
         raise ValueError(f"shape mismatch: pred {p.shape} vs gt {g.shape}")
+    if p.ndim > 4:  # more batch axes would be paired along the first one only
+        raise ValueError(f"poses must be (N, 3|4, 4) cameras or (P, 2, 3|4, 4) pairs, got shape "
+                         f"{np.shape(pred_w2c)}")
     if p.ndim == 4:  # independent pairs
         if p.shape[1] != 2:
             raise ValueError(f"a batch of pairs must be (P, 2, 4, 4), got {p.shape}")
@@ -165,6 +172,9 @@ def pose_errors(pred_w2c, gt_w2c) -> tuple[np.ndarray, np.ndarray]:
 
 def auc_from_errors(rre: np.ndarray, rte: np.ndarray, tau: float) -> float:
     """VGGT's AUC: mean(cumsum(histogram(max(RRE, RTE), bins 0..tau step 1) / N))."""
+    if not (float(tau) >= 1 and float(tau).is_integer()):
+        # the histogram has 1-degree bins from 0 to tau: 2.5 would silently score as 2, 0 as NaN
+        raise ValueError(f"tau must be a whole number of degrees >= 1, got {tau!r}")
     err = np.maximum(rre, rte)
     hist, _ = np.histogram(err, bins=np.arange(int(tau) + 1))
     return float(np.mean(np.cumsum(hist / len(err))))
@@ -177,6 +187,8 @@ def pair_auc(pos, neg) -> float | None:
     x, y = np.asarray(pos, np.float64).ravel(), np.asarray(neg, np.float64).ravel()
     if len(x) == 0 or len(y) == 0:
         return None
+    if np.isnan(x).any() or np.isnan(y).any():  # rankdata would make every rank, and the AUC, NaN
+        raise ValueError(f"{'pos' if np.isnan(x).any() else 'neg'} holds NaN scores")
     ranks = stats.rankdata(np.concatenate([x, y]))  # ties share their mean rank
     return float((ranks[:len(x)].sum() - len(x) * (len(x) + 1) / 2) / (len(x) * len(y)))
 
@@ -209,6 +221,8 @@ def _image_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"shape mismatch: {x.shape} vs {y.shape}")
     if x.ndim not in (2, 3):
         raise ValueError(f"images must be (H, W) or (H, W, C), got shape {x.shape}")
+    if not x.size:  # the mean squared error of no pixels is NaN
+        raise ValueError(f"images hold no pixels, shape {x.shape}")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("images hold NaN or infinite values")
     return x, y
@@ -325,6 +339,10 @@ def bootstrap_ci(values, n: int = 1000, seed: int = 0, level: float = 0.95) -> d
         raise ValueError("no values to bootstrap")
     if not np.isfinite(v).all():
         raise ValueError("values hold NaN or infinite entries")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n (bootstrap resamples) must be a positive integer, got {n!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
     rng = np.random.default_rng(seed)
     step = max(1, 2_000_000 // len(v))  # resamples per chunk, to bound memory
     means = np.concatenate([v[rng.integers(0, len(v), size=(min(step, n - k), len(v)))].mean(1)

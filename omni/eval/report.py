@@ -165,6 +165,10 @@ def ablation_table(rows: Mapping[str, Sequence[float]], title: str = "ablation",
     (n,) = n
     if n == 0:
         raise ValueError("rows hold no scores")
+    for k, v in arrays.items():  # bootstrap_ci's own error would not say which row
+        if not np.isfinite(v).all():
+            i = int(np.flatnonzero(~np.isfinite(v))[0])
+            raise ValueError(f"row {k!r} holds NaN or infinite scores (example {i}: {v[i]})")
     names = list(arrays)
     base = arrays[names[0]]
     out = []
