@@ -115,3 +115,53 @@ def test_shipped_text_tokenizer_is_reproducible(tmp_path):
                        timeout=600)
     assert r.returncode == 2 and "write it elsewhere with --out" in r.stderr, r.stderr
     assert DEFAULT_PATH.read_bytes() == before
+
+
+def test_text_decode_refuses_ids_outside_the_vocabulary():
+    """The library dropped ids past the vocabulary without a word and raised an OverflowError on
+    negative ones."""
+    tok = TextTokenizer.default()
+    ids = tok.encode("the red cube")
+    assert tok.decode(ids) == "the red cube" and tok.decode(torch.tensor(ids)) == "the red cube"
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 640\), got 640 and 1 more"):
+        tok.decode(ids + [640, 700])
+    with pytest.raises(ValueError, match="got -1"):
+        tok.decode([-1])
+
+
+def test_text_tokenizer_load_names_a_foreign_file(tmp_path):
+    """A tokenizer file that is not this package's (no special tokens) named no file."""
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.BPE()).save(str(tmp_path / "foreign.json"))
+    with pytest.raises(ValueError, match="foreign.json: tokenizer: special token '<pad>' must have id 0"):
+        TextTokenizer.load(tmp_path / "foreign.json")
+
+
+def test_visual_tokenizer_refuses_images_codes_and_latents_it_would_misread():
+    """uint8 or 0..255 images, NaN pixels and NaN latents were encoded / decoded silently (NaN as
+    code 0); numpy images, float or bool codes and latents of the wrong width failed deep in torch."""
+    import numpy as np
+
+    vq = VisualTokenizer(VQConfig(channels=8, codebook_size=16))
+    x = torch.rand(2, 32, 32, 3)
+    assert torch.equal(vq.encode(x), vq.encode(x.double()))
+    with pytest.raises(ValueError, match="dtype torch.uint8"):
+        vq.encode((x * 255).to(torch.uint8))
+    with pytest.raises(ValueError, match="lie in \\[0, 1\\], got \\[.*, 255\\]"):
+        vq.encode(x * 255)
+    with pytest.raises(ValueError, match="finite"):
+        vq.latents(torch.full((1, 32, 32, 3), float("nan")))
+    with pytest.raises(ValueError, match="torch.Tensor, got ndarray"):
+        vq.encode(x.numpy())
+    for bad in (torch.full((1, 64), 3.0), torch.ones(1, 64, dtype=torch.bool)):
+        with pytest.raises(ValueError, match="integer code indices"):
+            vq.decode(bad)
+    with pytest.raises(ValueError, match="got \\[3, 16\\]"):
+        vq.decode(torch.tensor([[3] * 63 + [16]]))
+    with pytest.raises(ValueError, match="NaN"):
+        vq.decode_latents(torch.full((1, 64, 16), float("nan")))
+    with pytest.raises(ValueError, match="latents must be \\(B, 64, 16\\), got shape \\(1, 64, 8\\)"):
+        vq.decode_latents(torch.zeros(1, 64, 8))
+    assert vq.decode_latents(vq.latents(x)).shape == (2, 32, 32, 3)
+    assert np.isfinite(vq.decode(vq.encode(x)).numpy()).all()

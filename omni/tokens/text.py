@@ -80,7 +80,10 @@ class TextTokenizer:
             tk = Tokenizer.from_file(str(path))
         except Exception as e:  # the library raises its own exception types for a damaged file
             raise ValueError(f"cannot read tokenizer file {path}: {e}") from None
-        return cls(tk)
+        try:
+            return cls(tk)
+        except ValueError as e:  # a tokenizer, but not this package's: say which file
+            raise ValueError(f"{path}: {e}") from None
 
     @classmethod
     def default(cls) -> TextTokenizer:
@@ -105,7 +108,14 @@ class TextTokenizer:
         return [t for t in SPECIAL_TOKENS if t in text] if "<" in text else []
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        return self.tk.decode(list(ids), skip_special_tokens=skip_special)
+        ids = list(ids)
+        # the library drops ids past the vocabulary without a word (a visual code id decodes to "") and
+        # fails on a negative one with an OverflowError
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got {bad[0]!r}"
+                             f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}")
+        return self.tk.decode(ids, skip_special_tokens=skip_special)
 
     def __len__(self) -> int:
         return self.vocab_size

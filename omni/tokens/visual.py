@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.io import check_type, load_safetensors, read_json, save_safetensors, write_json
+from omni.tokens.image import RANGE_TOLERANCE
 
 
 @dataclass
@@ -87,8 +88,17 @@ class VisualTokenizer(nn.Module):
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         s = self.cfg.image_size
+        if not isinstance(images, torch.Tensor):
+            raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
         if images.ndim != 4 or tuple(images.shape[1:]) != (s, s, 3):
             raise ValueError(f"images must be (B, {s}, {s}, 3), got shape {tuple(images.shape)}")
+        # uint8 or 0..255 floats would be encoded as if far brighter than white, NaN as code 0: all silently
+        if not images.is_floating_point():
+            raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype} (uint8? divide by 255)")
+        if images.numel():
+            lo, hi = (float(v) for v in images.detach().aminmax())
+            if not (lo >= -RANGE_TOLERANCE and hi <= 1 + RANGE_TOLERANCE):  # NaN fails both
+                raise ValueError(f"images must be finite and lie in [0, 1], got [{lo:.4g}, {hi:.4g}]")
         return images.permute(0, 3, 1, 2).float() * 2.0 - 1.0
 
     def encode_continuous(self, images: torch.Tensor) -> torch.Tensor:
@@ -111,8 +121,11 @@ class VisualTokenizer(nn.Module):
         g = self.cfg.grid
         if codes.ndim != 2 or codes.shape[1] != g * g:
             raise ValueError(f"codes must be (B, {g * g}), got shape {tuple(codes.shape)}")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:  # bool would index as a mask
+            raise ValueError(f"codes must be integer code indices, got dtype {codes.dtype}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.cfg.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.cfg.codebook_size})")
+            raise ValueError(f"codes must lie in [0, {self.cfg.codebook_size}), got "
+                             f"[{int(codes.min())}, {int(codes.max())}]")
         q = self.codebook[codes].reshape(len(codes), g, g, -1)
         return self._decode(q)
 
@@ -136,6 +149,11 @@ class VisualTokenizer(nn.Module):
     @torch.no_grad()
     def decode_latents(self, lat: torch.Tensor) -> torch.Tensor:
         """(B, g*g, code_dim) normalised latents -> nearest codes -> (B, H, W, 3) images."""
+        n, d = self.cfg.num_tokens, self.cfg.code_dim
+        if lat.ndim != 3 or tuple(lat.shape[1:]) != (n, d):
+            raise ValueError(f"latents must be (B, {n}, {d}), got shape {tuple(lat.shape)}")
+        if not torch.isfinite(lat).all():  # NaN snaps to code 0: a plausible image from a diverged sampler
+            raise ValueError("latents hold NaN or infinite values")
         z = lat * self.latent_std + self.latent_mean
         return self.decode(self.nearest(z).reshape(len(lat), -1))
 
