@@ -218,6 +218,8 @@ def test_qa_accuracy():
     assert extract_letter("B") == "B" and extract_letter("(C) turned left") == "C"
     assert extract_letter("so the answer is D.") == "D" and extract_letter("A. moved left") == "A"
     assert extract_letter("i see a cube") is None
+    assert extract_letter("the answer is a red cube") is None  # was "A": the letter is a capital
+    assert extract_letter("The Answer Is: (b) or C") == "C" and extract_letter("ANSWER IS B") == "B"
     r = qa_accuracy(["B", "the answer is C", "2", "Red cube.", "yes"], ["B", "D", "2", "red cube", "no"])
     assert r["scores"] == [1.0, 0.0, 1.0, 1.0, 0.0] and r["accuracy"] == pytest.approx(0.6)
     with pytest.raises(ValueError):

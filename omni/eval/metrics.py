@@ -296,7 +296,9 @@ def ssim(a, b, use_sample_covariance: bool = False) -> float:
 
 
 _LETTER = re.compile(r"(?<![A-Za-z])([ABCD])(?![A-Za-z])")
-_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*\(?([ABCD])(?![A-Za-z])", re.IGNORECASE)
+# "answer is" in any case, the letter a capital: with the whole pattern case-blind, "the answer is a red
+# cube" read as option A
+_ANSWER_IS = re.compile(r"(?i:answer\s+is)\s*:?\s*\(?([ABCD])(?![A-Za-z])")
 
 
 def extract_letter(text: str) -> str | None:
