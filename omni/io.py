@@ -83,10 +83,11 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadat
     atomic_write_bytes(path, data)
 
 
-def load_safetensors(module: nn.Module, path: str | Path) -> None:
-    """Load a module's state from a safetensors file; a missing, corrupt, truncated or mismatched
-    file raises an error naming it and what is wrong."""
-    state = read_safetensors(path)
+def load_safetensors(module: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load a module's state from a safetensors file (or `state`, already read from it); a missing,
+    corrupt, truncated or mismatched file raises an error naming it and what is wrong. A module on the
+    meta device is only checked against the file: nothing is loaded or allocated."""
+    state = read_safetensors(path) if state is None else state
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -98,6 +99,8 @@ def load_safetensors(module: nn.Module, path: str | Path) -> None:
         k = bad[0]
         raise ValueError(f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, the model expects "
                          f"{tuple(own[k].shape)}")
+    if any(t.is_meta for t in own.values()):
+        return
     module.load_state_dict({k: state[k].to(own[k].dtype) for k in own})
 
 

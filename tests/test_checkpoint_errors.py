@@ -271,6 +271,23 @@ def test_visual_tokenizer_config_missing_or_unknown_fields(ck):
     assert VisualTokenizer.load(ck).cfg.beta == 0.25  # training-only fields may take their defaults
 
 
+def test_visual_tokenizer_of_absurd_sizes_allocates_nothing(ck):
+    """A config whose sizes no weights match (a corrupt codebook_size of 10^13 asked torch for 640 TB;
+    10^9, for 64 GB it could take): the weights' shapes are checked on the meta device first, so it is
+    the file's shape that is named, at once. Loading draws from torch's random stream as it did."""
+    edit(ck / "visual_tokenizer.json", lambda c: c["config"].update(codebook_size=10**13))
+    with pytest.raises(ValueError, match=r"visual_tokenizer.safetensors: tensor 'codebook' has shape \(256, 16\), "
+                                         r"the model expects \(10000000000000, 16\)"):
+        VisualTokenizer.load(ck)
+    cfg = VisualTokenizer.load(SHIPPED).cfg
+    torch.manual_seed(0)
+    VisualTokenizer.load(SHIPPED)
+    after_load = torch.rand(3)
+    torch.manual_seed(0)
+    VisualTokenizer(cfg)  # one build's initial draws: the meta probe draws none
+    assert torch.equal(after_load, torch.rand(3))
+
+
 # -- 5. the path -------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omni.io import check_type, load_safetensors, read_json, save_safetensors, write_json
+from omni.io import check_type, load_safetensors, read_json, read_safetensors, save_safetensors, write_json
 from omni.tokens.image import RANGE_TOLERANCE
 
 
@@ -220,8 +220,16 @@ class VisualTokenizer(nn.Module):
             cfg = _vq_config(raw, cls.REQUIRED_FIELDS)
         except ValueError as e:
             raise ValueError(f"{where}: bad visual tokenizer config: {e}") from None
+        weights = d / "visual_tokenizer.safetensors"
+        state = read_safetensors(weights)
+        try:
+            with torch.device("meta"):  # the weights' shapes checked first: a config of absurd sizes allocates nothing
+                probe = cls(cfg)
+        except RuntimeError as e:  # a tensor too large to describe
+            raise ValueError(f"{where}: bad visual tokenizer config: sizes no tokenizer can have ({e})") from None
+        load_safetensors(probe, weights, state)
         model = cls(cfg)
-        load_safetensors(model, d / "visual_tokenizer.safetensors")
+        load_safetensors(model, weights, state)
         return model.eval()
 
 
