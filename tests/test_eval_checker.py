@@ -153,6 +153,9 @@ def test_ablation_table(tmp_path):
     paths = t.save(tmp_path, "vqa")
     assert json.loads(paths["json"].read_text())["rows"][1]["name"] == "+thinking"
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    piped = ablation_table({"a|b": [1.0, 0.0], "c": [1.0, 1.0]}).markdown().splitlines()
+    assert "vs a\\|b |" in piped[2] and piped[4].startswith("| a\\|b | ")  # one cell, not two
+    assert all(line.replace("\\|", "").count("|") == 6 for line in piped[2:6])
     with pytest.raises(ValueError, match="same examples"):
         ablation_table({"a": [1, 0], "b": [1]})
     with pytest.raises(ValueError):

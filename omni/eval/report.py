@@ -19,6 +19,11 @@ import numpy as np
 from .metrics import bootstrap_ci
 
 
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a row named "a|b" would split into two cells."""
+    return text.replace("|", "\\|")
+
+
 @dataclass
 class Row:
     name: str
@@ -44,7 +49,7 @@ class AblationTable:
         f = f"{{:.{max(digits - 2, 1) if scale == 100 else digits}f}}"
         lines = [f"**{self.title}** — {self.metric}, n = {self.n} examples per row, "
                  f"95% bootstrap intervals ({'higher' if self.higher_is_better else 'lower'} is better)", "",
-                 f"| row | {self.metric} | 95% CI | Δ vs {self.rows[0].name} | Δ 95% CI |",
+                 f"| row | {self.metric} | 95% CI | Δ vs {_cell(self.rows[0].name)} | Δ 95% CI |",
                  "|---|---|---|---|---|"]
         for i, r in enumerate(self.rows):
             ci = f"[{f.format(r.lo * scale)}, {f.format(r.hi * scale)}]"
@@ -53,7 +58,7 @@ class AblationTable:
             else:
                 d = ("+" if r.delta >= 0 else "") + f.format(r.delta * scale)
                 dci = f"[{f.format(r.delta_lo * scale)}, {f.format(r.delta_hi * scale)}]"
-            lines.append(f"| {r.name} | {f.format(r.mean * scale)} | {ci} | {d} | {dci} |")
+            lines.append(f"| {_cell(r.name)} | {f.format(r.mean * scale)} | {ci} | {d} | {dci} |")
         lines += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines).rstrip() + "\n"
 
