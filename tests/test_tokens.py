@@ -165,3 +165,11 @@ def test_visual_tokenizer_refuses_images_codes_and_latents_it_would_misread():
         vq.decode_latents(torch.zeros(1, 64, 8))
     assert vq.decode_latents(vq.latents(x)).shape == (2, 32, 32, 3)
     assert np.isfinite(vq.decode(vq.encode(x)).numpy()).all()
+
+
+def test_visual_tokenizer_takes_an_empty_batch():
+    """No images in, no codes out (a torch reshape error before: reshape(0, -1) is ambiguous)."""
+    vq = VisualTokenizer(VQConfig(channels=8, codebook_size=16))
+    none = torch.zeros(0, 32, 32, 3)
+    assert vq.encode(none).shape == (0, 64) and vq.latents(none).shape == (0, 64, 16)
+    assert vq.decode(vq.encode(none)).shape == vq.decode_latents(vq.latents(none)).shape == (0, 32, 32, 3)

@@ -115,7 +115,7 @@ class VisualTokenizer(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) -> (B, g*g) code indices, raster order."""
         z = self.encode_continuous(images)
-        return self.nearest(z).reshape(len(images), -1)
+        return self.nearest(z).reshape(len(images), self.cfg.num_tokens)
 
     def decode_codes_float(self, codes: torch.Tensor) -> torch.Tensor:
         g = self.cfg.grid
@@ -126,7 +126,7 @@ class VisualTokenizer(nn.Module):
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.cfg.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.cfg.codebook_size}), got "
                              f"[{int(codes.min())}, {int(codes.max())}]")
-        q = self.codebook[codes].reshape(len(codes), g, g, -1)
+        q = self.codebook[codes].reshape(len(codes), g, g, self.cfg.code_dim)
         return self._decode(q)
 
     def _decode(self, q: torch.Tensor) -> torch.Tensor:
@@ -144,7 +144,7 @@ class VisualTokenizer(nn.Module):
     def latents(self, images: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) -> (B, g*g, code_dim) normalised encoder outputs (roughly unit variance)."""
         z = self.encode_continuous(images)
-        return ((z - self.latent_mean) / self.latent_std).reshape(len(images), -1, self.cfg.code_dim)
+        return ((z - self.latent_mean) / self.latent_std).reshape(len(images), self.cfg.num_tokens, self.cfg.code_dim)
 
     @torch.no_grad()
     def decode_latents(self, lat: torch.Tensor) -> torch.Tensor:
@@ -155,7 +155,7 @@ class VisualTokenizer(nn.Module):
         if not torch.isfinite(lat).all():  # NaN snaps to code 0: a plausible image from a diverged sampler
             raise ValueError("latents hold NaN or infinite values")
         z = lat * self.latent_std + self.latent_mean
-        return self.decode(self.nearest(z).reshape(len(lat), -1))
+        return self.decode(self.nearest(z).reshape(len(lat), self.cfg.num_tokens))
 
     # -- training -----------------------------------------------------------------------------
 
