@@ -134,3 +134,27 @@ def test_cross_is_numpys_to_the_bit():
     for _ in range(2000):
         a, b = rng.normal(size=3) * rng.uniform(0, 10), rng.normal(size=3)
         assert np.array_equal(C._cross(a, b), np.cross(a, b))
+
+
+def test_axis_angle_accurate_just_inside_the_near_pi_branch():
+    """Within 1e-4 of pi the axis came from R + I, antisymmetric part included: a 1e-4 error (the
+    pose text's third decimal) where the rest of the range is exact to 1e-9."""
+    rng = np.random.default_rng(4)
+    for eps in (9.9e-5, 5e-5, 1e-5):
+        for _ in range(50):
+            axis = rng.normal(size=3)
+            axis /= np.linalg.norm(axis)
+            v = axis * (math.pi - eps)
+            assert np.abs(C.matrix_to_axis_angle(C.axis_angle_to_matrix(v)) - v).max() < 1e-8
+
+
+def test_degenerate_cameras_raise_instead_of_nan():
+    for eye, target in (([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]), ([0.0, 0.0, float("nan")], [0.0, 0.0, 0.0])):
+        with pytest.raises(ValueError, match="no viewing direction"):
+            C.look_at(eye, target)
+    with pytest.raises(ValueError, match="no viewing direction"):
+        C.orbit_camera(30.0, 30.0, 0.0)  # distance 0: the camera sits on its target
+    with pytest.raises(ValueError, match="parallel"):
+        C.orbit_camera(0.0, 90.0, 5.0)
+    with pytest.raises(ValueError, match="image size must be positive, got 0x0"):
+        C.intrinsics(50.0, 0)

@@ -184,6 +184,27 @@ def test_bad_input():
         render([sc], np.zeros((1, 2, 2)), K, 8)
 
 
+def test_bad_cameras_and_batching_raise_not_mislead():
+    """Each of these once crashed deep inside (IndexError, LinAlgError, ZeroDivisionError) or, worse,
+    returned a wrong render: chunk < 1 left the outputs uninitialised, tile < 1 dropped pixels, a NaN
+    camera gave plain sky."""
+    sc = Scene([Obj("cube", "red", "large", 0.0, 0.0, 0.3)])
+    w2c, K = C.orbit_camera(20.0, 30.0, 5.0), C.intrinsics(50.0, 16)
+    with pytest.raises(ValueError, match=r"w2c must be \(1, 3, 4\) matrices, got shape \(1, 3, 3\)"):
+        render([sc], np.eye(3)[None], K, 16)  # a rotation alone: no translation column
+    with pytest.raises(ValueError, match="K must be invertible"):
+        render([sc], w2c, np.diag([0.0, 0.0, 1.0]), 16)
+    with pytest.raises(ValueError, match="w2c must be finite"):
+        render([sc], np.full((4, 4), np.nan), K, 16)
+    for kw in ({"chunk": 0}, {"chunk": -1}, {"tile": 0}, {"tile": -8}):
+        with pytest.raises(ValueError, match="chunk and tile must be positive"):
+            render([sc], w2c, K, 16, **kw)
+    ref = render([sc], w2c, K, 16).numpy()  # tiles are only a speed-up: any positive size, same bits
+    for tile in (1, 3, 17):
+        got = render([sc], w2c, K, 16, tile=tile).numpy()
+        assert all(np.array_equal(ref[k], got[k]) for k in ref)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu():
     rng = np.random.default_rng(7)

@@ -24,6 +24,8 @@ WORLD_UP = np.array([0.0, 0.0, 1.0])
 def intrinsics(fov_deg: float, width: int, height: int | None = None) -> np.ndarray:
     """3x3 K from a horizontal field of view (degrees) and the image size; square pixels."""
     height = width if height is None else height
+    if not (width >= 1 and height >= 1):  # a zero size gives a singular K, focal length 0
+        raise ValueError(f"image size must be positive, got {width}x{height}")
     if not 0.0 < fov_deg < 180.0:
         raise ValueError(f"field of view must lie in (0, 180) degrees, got {fov_deg}")
     f = (width / 2.0) / math.tan(math.radians(fov_deg) / 2.0)
@@ -34,7 +36,10 @@ def look_at(eye, target, up=WORLD_UP) -> np.ndarray:
     """World-to-camera 4x4 for a camera at `eye` looking at `target` (image up ~ world `up`)."""
     eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
     f = target - eye
-    f /= np.linalg.norm(f)
+    n = np.linalg.norm(f)
+    if not n > 1e-12:  # coincident (or NaN) points have no viewing direction: not a NaN matrix
+        raise ValueError(f"look_at: eye {eye.tolist()} and target {target.tolist()} give no viewing direction")
+    f /= n
     r = _cross(f, up)
     if np.linalg.norm(r) < 1e-9:
         raise ValueError("look_at: viewing direction is parallel to the up vector")
@@ -132,8 +137,9 @@ def matrix_to_axis_angle(R: np.ndarray) -> np.ndarray:
         return w / 2.0
     if math.pi - theta > 1e-4:
         return w * (theta / (2.0 * math.sin(theta)))
-    # near pi: axis from the symmetric part, R + I = 2 a a^T (1 - cos) ~ 2 a a^T
-    S = (R + np.eye(3)) / 2.0
+    # near pi: axis from the symmetric part, (R + R^T) / 2 = cos I + (1 - cos) a a^T (R itself also
+    # holds sin(theta) [a]x, up to 1e-4 here: taken as part of a a^T it put a 1e-4 error in the axis)
+    S = ((R + R.T) / 2.0 - cos * np.eye(3)) / (1.0 - cos)
     k = int(np.argmax(np.diag(S)))
     a = S[:, k] / math.sqrt(max(S[k, k], 1e-12))
     if np.dot(a, w) < 0:

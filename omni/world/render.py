@@ -45,12 +45,15 @@ class Render:
         return {k: v.cpu().numpy() for k, v in out.items() if v is not None}
 
 
-def _as_batch(a, n: int, rows: int, name: str) -> np.ndarray:
+def _as_batch(a, n: int, rows: int, name: str, cols: tuple[int, ...] = (3, 4)) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 2:
         a = np.broadcast_to(a, (n, *a.shape))
-    if a.ndim != 3 or a.shape[0] != n or a.shape[1] < rows or a.shape[2] not in (3, 4):
-        raise ValueError(f"{name} must be ({n}, {rows}, ...) matrices, got shape {a.shape}")
+    if a.ndim != 3 or a.shape[0] != n or a.shape[1] < rows or a.shape[2] not in cols:
+        raise ValueError(f"{name} must be ({n}, {rows}, {' or '.join(map(str, cols))}) matrices, "
+                         f"got shape {a.shape}")
+    if not np.isfinite(a).all():  # a NaN camera renders as plain sky, silently
+        raise ValueError(f"{name} must be finite, got non-finite entries")
     return a
 
 
@@ -243,10 +246,12 @@ def render(scenes: Sequence[Scene], w2c, K, height: int, width: int | None = Non
     width = height if width is None else width
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
+    if chunk < 1 or tile < 1:  # chunk < 1 left the output unwritten; tile < 1 dropped tiles
+        raise ValueError(f"chunk and tile must be positive, got chunk={chunk}, tile={tile}")
     w2c = np.asarray(w2c, dtype=np.float64)
     w2c = w2c[None] if w2c.ndim == 2 else w2c
     B = w2c.shape[0]
-    w2c = _as_batch(w2c, B, 3, "w2c")
+    w2c = _as_batch(w2c, B, 3, "w2c", cols=(4,))  # the translation is column 3
     K = _as_batch(K, B, 3, "K")
     if scene_index is None:
         if len(scenes) != B:
@@ -260,7 +265,12 @@ def render(scenes: Sequence[Scene], w2c, K, height: int, width: int | None = Non
     # per frame: camera centre and M = R_c2w K^-1 (pixel (u, v, 1) -> world ray, camera-z = 1)
     R_c2w = np.transpose(w2c[:, :3, :3], (0, 2, 1))
     centers = np.einsum("bij,bj->bi", -R_c2w, w2c[:, :3, 3])
-    M = R_c2w @ np.linalg.inv(K[:, :3, :3])
+    try:
+        M = R_c2w @ np.linalg.inv(K[:, :3, :3])
+    except np.linalg.LinAlgError:
+        bad = int(np.argmin(np.abs(np.linalg.det(K[:, :3, :3]))))
+        raise ValueError(f"K must be invertible (non-zero focal lengths), got {K[bad, :3, :3].tolist()} "
+                         f"for frame {bad}") from None
     tt = dict(device=device, dtype=dtype)
     out = Render(rgb=torch.empty((B, height, width, 3), **tt), depth=torch.empty((B, height, width), **tt),
                  valid=torch.empty((B, height, width), dtype=torch.bool, device=device),
