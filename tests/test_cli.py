@@ -82,6 +82,23 @@ def test_writable_dir_probe_is_its_own(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == [".omni_write_test"]
 
 
+def test_export_refuses_colliding_examples_and_empty_sheets(tmp_path):
+    """Files are named by (task, seed): two examples of one seed (two configs' samples, say) once
+    silently overwrote each other's images, both records naming the second's files. An empty sheet
+    failed in max()."""
+    from omni.world import WorldConfig, sample
+    from omni.world.export import contact_sheet, save_examples
+
+    small, larger = sample("pose", [0], WorldConfig(size=8))[0], sample("pose", [0], WorldConfig(size=16))[0]
+    with pytest.raises(ValueError, match="two examples share task 'pose' and seed 0"):
+        save_examples([small, larger], tmp_path / "dup")
+    assert not (tmp_path / "dup").exists()  # refused before anything was written
+    save_examples([small, sample("pose", [1], WorldConfig(size=8))[0]], tmp_path / "ok")
+    assert (tmp_path / "ok" / "pose_0_view1.png").exists() and (tmp_path / "ok" / "pose_1_view1.png").exists()
+    with pytest.raises(ValueError, match="at least one example"):
+        contact_sheet([], tmp_path / "sheet.png")
+
+
 @pytest.mark.parametrize("args,needle", [
     (["eval", "vqa", "--n", "2", "--seed-start", "1500000000"], "lies in no split"),
     (["eval", "vqa", "--n", "5", "--seed-start", "1000999998"], "run past the val split"),

@@ -150,3 +150,31 @@ def test_pick_draws_as_rng_choice():
         a, b = np.random.default_rng([3, n]), np.random.default_rng([3, n])
         assert [_pick(a, options) for _ in range(300)] == [str(b.choice(options)) for _ in range(300)]
         assert a.random() == b.random()
+
+
+def test_objects_that_cannot_fit_raise_instead_of_hanging(monkeypatch):
+    """Options SceneOptions accepts, but whose objects never all fit (six large cubes: no six spots in
+    the 3 m square lie 1.82 m apart), and a negative count, once made sample_scene loop forever."""
+    from omni.world import scene as S
+
+    monkeypatch.setattr(S, "MAX_SCENE_RESTARTS", 50)  # the real cap takes seconds to reach
+    cubes = SceneOptions(shapes=("cube",), sizes=("large",))
+    with pytest.raises(ValueError, match=r"could not place 6 objects .* place_half=1.5 m in 50 tries"):
+        sample_scene(np.random.default_rng(0), cubes, n=6)
+    with pytest.raises(ValueError, match=r"could not place 2 objects"):
+        sample_scene(np.random.default_rng(0), SceneOptions(min_objects=2, max_objects=2, place_half=0.0))
+    with pytest.raises(ValueError, match="n >= 0 objects, got -1"):
+        sample_scene(np.random.default_rng(0), n=-1)
+    assert len(sample_scene(np.random.default_rng(0), cubes, n=4).objects) == 4  # what fits still fits
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="place_half must be a finite half side"):
+            SceneOptions(place_half=bad)
+
+
+def test_unknown_object_names_raise_value_error():
+    for kw, word in (({"shape": "torus"}, "shape 'torus'"), ({"color": "pink"}, "color 'pink'"),
+                     ({"size": "huge"}, "size 'huge'")):
+        with pytest.raises(ValueError, match=f"unknown {word}"):
+            Obj(**{"shape": "cube", "color": "red", "size": "small", "x": 0.0, "y": 0.0, **kw})
+    with pytest.raises(ValueError, match="unknown color 'pink'"):
+        Scene.from_dict({"objects": [{"shape": "cube", "color": "pink", "size": "small", "x": 0.0, "y": 0.0}]})

@@ -54,6 +54,11 @@ def save_examples(examples: list[Example], out_dir: str | Path) -> Path:
     """Per view: `<task>_<seed>_<view>.png`, `..._depth.png` (colorized), `..._depth.npy` (float32
     metres, background = DEPTH_FAR), `..._ids.npy` (int16 instance ids); and `examples.jsonl` with
     texts, answers, specs, scenes, intrinsics and extrinsics and the file names."""
+    seen = set()
+    for ex in examples:  # files are named by (task, seed): a repeat would overwrite the first's images
+        if (ex.task, ex.seed) in seen:
+            raise ValueError(f"two examples share task {ex.task!r} and seed {ex.seed}: their files would collide")
+        seen.add((ex.task, ex.seed))
     out = ensure_writable_dir(out_dir)
     with open(out / "examples.jsonl", "w") as f:
         for ex in examples:
@@ -73,6 +78,8 @@ def save_examples(examples: list[Example], out_dir: str | Path) -> Path:
 def contact_sheet(examples: list[Example], path: str | Path, tile: int = 128, max_views: int = 8,
                   text_width: int = 420) -> Path:
     """One row per example: its views (and the first view's depth), then its texts."""
+    if not examples:
+        raise ValueError("a contact sheet needs at least one example, got none")
     font = ImageFont.load_default()
     pad = 6
     rows = []
