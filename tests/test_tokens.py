@@ -144,11 +144,11 @@ def test_visual_tokenizer_refuses_images_codes_and_latents_it_would_misread():
     import numpy as np
 
     vq = VisualTokenizer(VQConfig(channels=8, codebook_size=16))
-    x = torch.rand(2, 32, 32, 3)
+    x = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(vq.encode(x), vq.encode(x.double()))
     with pytest.raises(ValueError, match="dtype torch.uint8"):
         vq.encode((x * 255).to(torch.uint8))
-    with pytest.raises(ValueError, match="lie in \\[0, 1\\], got \\[.*, 255\\]"):
+    with pytest.raises(ValueError, match="lie in \\[0, 1\\], got \\[.*, 25\\d(\\.\\d+)?\\]"):  # max ~255
         vq.encode(x * 255)
     with pytest.raises(ValueError, match="finite"):
         vq.latents(torch.full((1, 32, 32, 3), float("nan")))
