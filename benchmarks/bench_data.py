@@ -71,7 +71,10 @@ class Timers:
 
 def mixture_of(checkpoint: Path, rows: int | None) -> tuple[data.Mixture, dict]:
     cfg = json.loads((checkpoint / "config.json").read_text())
-    train = TrainConfig.from_dict(cfg["training"]["config"])
+    record = cfg["training"]
+    if "average" in record:  # an average of trained models: the newest source's mixture (its last slice)
+        record = record["average"][-1]["training"]
+    train = TrainConfig.from_dict(record["config"])
     mix = train.mixture if rows is None else dataclasses.replace(train.mixture, rows=rows)
     tok = TextTokenizer.default()
     vq = VisualTokenizer.load(ROOT / train.visual)
