@@ -225,6 +225,82 @@ def test_flow_sampler_shift_moves_the_steps_toward_pure_noise(monkeypatch):
 
 
 
+
+def test_flow_sampler_rejects_bad_steps_scale_and_noise():
+    """steps < 1 returned the starting noise as the image, a NaN cfg_scale NaN latents, and noise for
+    two rows on a one-row cache came back as two "images" (the second never denoised): all errors now."""
+    m = model()
+    cfg = m.cfg
+    c = KVCache(cfg)
+    extend(m, c, [Segment("text", [5, 6, 7])])
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="steps must be a positive integer"):
+            sample_latents(m, c.fork(), steps=bad)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="cfg_scale must be a finite number"):
+            sample_latents(m, c.fork(), steps=2, cfg_scale=bad)
+    n = cfg.latent_grid ** 2
+    for shape in ((2, n, cfg.latent_dim), (n, cfg.latent_dim)):
+        with pytest.raises(ValueError, match=rf"noise must be \(1, {n}, {cfg.latent_dim}\)"):
+            sample_latents(m, c.fork(), steps=2, noise=torch.randn(shape))
+    assert sample_latents(m, c.fork(), steps=np.int64(1), noise=torch.randn(1, n, cfg.latent_dim)).shape == (1, n, 16)
+
+
+def test_choose_rejects_nan_temperature_and_negative_top_k():
+    lg = torch.tensor([[0.0, 5.0, 1.0]])
+    with pytest.raises(ValueError, match="temperature must be a number"):  # was multinomial's NaN error
+        choose(lg, float("nan"), generator=torch.Generator())
+    with pytest.raises(ValueError, match="top_k must be >= 0"):  # was "selected index k out of range"
+        choose(lg, 1.0, top_k=-1, generator=torch.Generator())
+    assert 0 <= choose(lg, 1.0, top_k=10, generator=torch.Generator()).item() < 3  # more than V: all of them
+
+
+def test_segment_checks_noise_depth_valid_and_token_ids():
+    cfg = OmniConfig(**SMALL)
+    n = cfg.latent_grid ** 2
+    x0 = torch.randn(n, cfg.latent_dim)
+    # noise of another shape broadcast against the latents: a wrong x_t and flow target, silently
+    with pytest.raises(ValueError, match="image_gen noise must be latents of shape"):
+        pack([[Segment("image_gen", latents=x0, t=0.5, loss=True, noise=torch.randn(cfg.latent_dim))]], cfg)
+    with pytest.raises(ValueError, match="image_in depth_valid must be"):
+        pack([[Segment("image_in", pixels=torch.rand(32, 32, 3), depth=torch.rand(32, 32) + 0.1,
+                       depth_valid=torch.ones(16, 16, dtype=torch.bool))]], cfg)
+    # ids as a tensor or array: tensor([0]) was "no tokens" (its truth value), longer ones a numpy error
+    for ids in (torch.tensor([0]), np.array([3, 4]), torch.tensor([7, 8, 9])):
+        assert pack([[Segment("text", ids)]], cfg).token[0].tolist() == list(ids.tolist())
+    with pytest.raises(ValueError, match="token ids must be integers"):  # 1.7 was truncated to id 1
+        pack([[Segment("text", [1.7, 2])]], cfg)
+    with pytest.raises(ValueError, match="has no tokens"):
+        pack([[Segment("text", torch.tensor([], dtype=torch.long))]], cfg)
+
+
+def test_empty_extend_and_rows_too_short_are_named():
+    m = model()
+    c = KVCache(m.cfg)
+    with pytest.raises(ValueError, match="every cache row's list of segments is empty"):  # was an AttributeError
+        extend(m, c, [[]])
+    assert c.length == 0
+    with pytest.raises(ValueError, match="a sequence of 4 tokens does not fit in rows of 2"):  # was numpy's
+        pack([[Segment("text", [1, 2, 3, 4])]], m.cfg, row_len=2, start_pos=[0], start_seg=[0])
+
+
+def test_decode_step_checks_its_ids():
+    from omni.model.config import TEXT, VISUAL
+    from omni.model.transformer import decode_step
+
+    m = model()
+    cfg = m.cfg
+    c = KVCache(cfg, rows=2)
+    extend(m, c, [[Segment("text", [1, 2])], [Segment("text", [3, 4])]])
+    with pytest.raises(ValueError, match=r"one id per cache row: ids of shape \(2,\), got \(1,\)"):
+        decode_step(m, c.fork(), torch.tensor([5]), TEXT)
+    # a text id past the text vocabulary embedded a visual code, silently
+    with pytest.raises(ValueError, match=rf"text token ids must lie in \[0, {cfg.text_vocab}\)"):
+        decode_step(m, c.fork(), torch.tensor([5, cfg.text_vocab + 5]), TEXT)
+    with pytest.raises(ValueError, match="visual token ids must lie"):
+        decode_step(m, c.fork(), torch.tensor([-1, 0]), VISUAL)
+    assert decode_step(m, c.fork(), torch.tensor([5, 6]), TEXT).shape == (2, cfg.d_model)
+
 @pytest.mark.parametrize("moe", [0, 3])
 def test_decode_step_equals_extend(moe):
     """The one-token fast path (transposed, norm-folded weights, rotary table) computes what extend
@@ -355,6 +431,19 @@ def test_save_load_identical_and_errors(tmp_path):
     (tmp_path / "mm" / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json"):
         OmniModel.from_pretrained(tmp_path / "mm", with_tokenizers=False)
+
+
+def test_save_pretrained_meta_cannot_overwrite_the_config(tmp_path):
+    """meta={"model": ...} replaced the model config in config.json (a checkpoint that no longer loads),
+    meta={"dtype": ...} misstated the weights' dtype: both are errors, and nothing is written."""
+    m = model()
+    for key in ("model", "dtype", "format"):
+        with pytest.raises(ValueError, match=f"meta must not set '{key}'"):
+            m.save_pretrained(tmp_path / key, meta={key: "x", "training": {}})
+        assert not (tmp_path / key).exists()
+    m.save_pretrained(tmp_path / "ok", meta={"training": {"step": 1}})
+    assert json.loads((tmp_path / "ok" / "config.json").read_text())["training"] == {"step": 1}
+    OmniModel.from_pretrained(tmp_path / "ok", with_tokenizers=False)
 
 
 def test_presets_sizes():

@@ -62,7 +62,7 @@ class Segment:
     def length(self, cfg: OmniConfig) -> int:
         k = self.kind_id
         if k in (TEXT, VISUAL):
-            return len(self.tokens or ())
+            return 0 if self.tokens is None else len(self.tokens)  # not `or`: ids may be a tensor or array
         if k == IMAGE_IN:
             return cfg.patch_grid ** 2
         return cfg.latent_grid ** 2
@@ -73,8 +73,11 @@ class Segment:
             raise ValueError(f"a pose target is given to text segments only, as 6 numbers; got "
                              f"{tuple(self.pose.shape)} on {self.kind}")
         if k in (TEXT, VISUAL):
-            if not self.tokens:
+            # len, not truth: a tensor of ids has no truth value, and tensor([0]) is false (read as "no tokens")
+            if self.tokens is None or len(self.tokens) == 0:
                 raise ValueError(f"{self.kind} segment has no tokens")
+            if np.asarray(self.tokens).dtype.kind not in "iu":  # pack casts to int64: 1.7 would become id 1
+                raise ValueError(f"{self.kind} token ids must be integers, got {np.asarray(self.tokens).dtype}")
             hi = cfg.text_vocab if k == TEXT else cfg.codebook_size
             if min(self.tokens) < 0 or max(self.tokens) >= hi:
                 raise ValueError(f"{self.kind} token ids must lie in [0, {hi})")
@@ -85,6 +88,8 @@ class Segment:
                 raise ValueError(f"image_in segment needs pixels of shape ({s}, {s}, 3), got {got}")
             if self.depth is not None and tuple(self.depth.shape) != (s, s):
                 raise ValueError(f"image_in depth must be ({s}, {s}), got {tuple(self.depth.shape)}")
+            if self.depth_valid is not None and tuple(self.depth_valid.shape) != (s, s):
+                raise ValueError(f"image_in depth_valid must be ({s}, {s}), got {tuple(self.depth_valid.shape)}")
             if self.pair is not None and tuple(self.pair.shape) != (s, s, 3):
                 raise ValueError(f"image_in pair must be pixels of shape ({s}, {s}, 3), got {tuple(self.pair.shape)}")
         else:
@@ -96,6 +101,10 @@ class Segment:
                 raise ValueError(f"{self.kind} segment needs latents of shape ({n}, {cfg.latent_dim}), got {got}")
             if k == IMAGE_GEN and not 0.0 <= self.t <= 1.0:
                 raise ValueError(f"image_gen noise level t must lie in [0, 1], got {self.t}")
+            if k == IMAGE_GEN and self.noise is not None and tuple(self.noise.shape) != (n, cfg.latent_dim):
+                # it would broadcast against the latents: a wrong x_t and flow target, no error
+                raise ValueError(f"image_gen noise must be latents of shape ({n}, {cfg.latent_dim}), got "
+                                 f"{tuple(self.noise.shape)}")
             if self.source is not None and (k != IMAGE_GEN or tuple(self.source.shape) != (n, cfg.latent_dim)):
                 raise ValueError(f"a source is given to image_gen segments only, as latents of shape "
                                  f"({n}, {cfg.latent_dim}); got {tuple(self.source.shape)} on {self.kind}")
@@ -182,6 +191,8 @@ def pack(sequences: Sequence[Sequence[Segment]], cfg: OmniConfig, row_len: int |
     if start_pos is not None:
         place = [(i, 0) for i in range(len(sequences))]
         row_len = max(lengths, default=0) if row_len is None else row_len
+        if max(lengths, default=0) > row_len:  # one row per sequence, never split: numpy would say "broadcast"
+            raise ValueError(f"a sequence of {max(lengths)} tokens does not fit in rows of {row_len}")
     elif row_len is None:
         row_len = max(lengths, default=0)
         place = [(i, 0) for i in range(len(sequences))]

@@ -87,6 +87,8 @@ class KVCache:
         b = pack(segments, self.cfg, start_pos=self.next_pos, start_seg=self.next_seg)
         if len({n for _, _, n in b.where}) != 1:
             raise ValueError("every cache row must receive the same number of tokens")
+        if b.where[0][2] == 0:  # a run of no tokens has no last hidden state (and failed inside the layers)
+            raise ValueError("no segments to add: every cache row's list of segments is empty")
         return b
 
     def replay(self, model, entries) -> None:

@@ -24,6 +24,7 @@ from .transformer import OmniModel
 
 FORMAT = "omni-checkpoint-v1"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RESERVED_META = ("format", "model", "dtype")  # config.json's own keys, beside the caller's meta
 
 
 def save_pretrained(model: OmniModel, directory: str | Path, dtype: str = "float32", max_shard_mb: float = 14.0,
@@ -32,6 +33,10 @@ def save_pretrained(model: OmniModel, directory: str | Path, dtype: str = "float
     model's own parameters are shards (FSDP)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    reserved = sorted(set(meta or {}) & set(RESERVED_META))
+    if reserved:  # they would overwrite what config.json says of the weights: a checkpoint that fails to load
+        raise ValueError(f"meta must not set {', '.join(map(repr, reserved))}: save_pretrained writes "
+                         f"{', '.join(RESERVED_META)} itself")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     for old in list(d.glob("model-*-of-*.safetensors")) + [d / "model.safetensors.index.json"]:

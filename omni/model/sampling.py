@@ -11,6 +11,8 @@ guidance interval, v_c elsewhere. The Euler grid is uniform in t, or shifted tow
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +26,10 @@ from .transformer import OmniModel, decode_step, decode_weights, extend
 def choose(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Token ids (rows,) from logits (rows, V): argmax at temperature 0, else sampled."""
+    if temperature != temperature:  # NaN: neither argmax nor sampling (multinomial fails on NaN probabilities)
+        raise ValueError(f"temperature must be a number (0: argmax), got {temperature}")
+    if top_k < 0:  # torch's topk would say only "selected index k out of range"
+        raise ValueError(f"top_k must be >= 0 (0: no top-k), got {top_k}")
     if temperature <= 0:
         return logits.argmax(-1)
     lg = logits / temperature
@@ -88,6 +94,14 @@ def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg
     rows = cache.rows if cache is not None else 1
     n = cfg.latent_grid ** 2
     device = cache.k.device if cache is not None else next(model.parameters()).device
+    # steps < 1 ran no Euler step and returned the starting noise as the image; a NaN guidance scale
+    # made every latent NaN; noise of another row count was integrated as extra (or too few) images
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:  # numpy ints too
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not math.isfinite(cfg_scale):
+        raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
+    if noise is not None and tuple(noise.shape) != (rows, n, cfg.latent_dim):
+        raise ValueError(f"noise must be ({rows}, {n}, {cfg.latent_dim}), got {tuple(noise.shape)}")
     x = (torch.randn((rows, n, cfg.latent_dim), generator=generator) if noise is None else noise.clone()).to(device)
     if not flow_shift >= MIN_SHIFT:
         raise ValueError(f"flow_shift must be >= {MIN_SHIFT:g}, got {flow_shift}")

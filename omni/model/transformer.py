@@ -538,6 +538,13 @@ def decode_step(model: OmniModel, cache, ids: torch.Tensor, kind: int,
     cfg = model.cfg
     rows, d, H, dh, eps = cache.rows, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.norm_eps
     e = EXPERT_OF_KIND[kind]
+    # what pack checks of a segment's ids: another count failed in a reshape ("shape ... is invalid"), and a
+    # text id past the text vocabulary silently embedded a visual code (and a visual one a text token)
+    if tuple(ids.shape) != (rows,):
+        raise ValueError(f"decode_step takes one id per cache row: ids of shape ({rows},), got {tuple(ids.shape)}")
+    hi = cfg.text_vocab if kind == TEXT else cfg.codebook_size
+    if rows and not (int(ids.min()) >= 0 and int(ids.max()) < hi):
+        raise ValueError(f"{'text' if kind == TEXT else 'visual'} token ids must lie in [0, {hi}), got {ids.tolist()}")
     if cache.recompute:  # the no-reuse baseline (RecomputingCache): encode the whole context first
         cache.refill(model)
         cache.remember([[Segment("text" if kind == TEXT else "visual", [int(i)], cell0=cell)] for i in ids.tolist()])
