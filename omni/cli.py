@@ -336,6 +336,18 @@ def _sampling(temperature: float, top_k: int, visual_temperature: float | None, 
     return {k: v for k, v in kw.items() if v is not None}
 
 
+def _sampling_seeds(text: str) -> list[int]:
+    """--seed: one sampling seed or several, comma-separated, each an integer in [0, 2^64), none twice."""
+    parts = _csv(text) or ()
+    try:
+        seeds = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--seed must be integers, comma-separated, got {text!r}") from None
+    if not seeds or any(not 0 <= s < 2**64 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seed must be distinct integers in [0, 2^64), got {text!r}")
+    return seeds
+
+
 def _eval_task_command(task: str):
     def command(
         checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory."),
@@ -343,7 +355,8 @@ def _eval_task_command(task: str):
         n: int = typer.Option(100, help="Number of held-out examples."),
         seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
         plan: str = typer.Option("direct", help="A plan: a row name of the task, 'default', or primitives 'a,b'."),
-        seed: int = typer.Option(0, help="Sampling seed."),
+        seed: str = typer.Option("0", help="Sampling seed; several, comma-separated (0,1,2), score each example "
+                                           "as its mean over them (the image tasks' noise: docs/experiments.md)."),
         cfg_scale: float = _cfg_scale_option(),
         flow_steps: int = _flow_steps_option(),
         flow_shift: float = _flow_shift_option(),
@@ -359,11 +372,12 @@ def _eval_task_command(task: str):
     ):
         import json
 
-        from omni.eval.run import eval_world, evaluate, held_out
+        from omni.eval.run import eval_world, evaluate_seeds, held_out
         from omni.unroll.engine import POSE_DECODERS, Engine, parse_plan
         from omni.world.tasks import split_of_range
 
         _positive("--n", n)
+        seeds = _sampling_seeds(seed)
         parse_plan(task, plan)  # a bad plan fails before the model loads
         split_of_range(seed_start, n)
         motions = eval_world(task, _csv(pose_motions)).pose_motions  # checked before the model loads
@@ -371,13 +385,15 @@ def _eval_task_command(task: str):
                                                                                flow_start)
         if pose_decoder not in POSE_DECODERS:  # checked before the model loads
             raise ValueError(f"--pose-decoder must be {' or '.join(POSE_DECODERS)}, not {pose_decoder!r}")
-        engine = Engine(_load(checkpoint, device), seed=seed, pose_decoder=pose_decoder, **sampling)
-        r = evaluate(engine, task, n, seed_start, plan, log=None if json_out else lambda m: typer.echo(m, err=True),
-                     pose_motions=motions)
+        model = _load(checkpoint, device)
+        r = evaluate_seeds(lambda s: Engine(model, seed=s, pose_decoder=pose_decoder, **sampling), seeds, task, n,
+                           seed_start, plan, log=None if json_out else lambda m: typer.echo(m, err=True),
+                           pose_motions=motions)
         if json_out:
             typer.echo(json.dumps(r))
             return
-        typer.echo(f"{task} on {n} {held_out(r['split'])} examples (seeds {seed_start}..), "
+        over = f", each the mean over sampling seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
+        typer.echo(f"{task} on {n} {held_out(r['split'])} examples (seeds {seed_start}..{over}), "
                    f"plan {r['plan'] or 'direct'}:")
         for k, v in r["metrics"].items():
             typer.echo(f"  {k:<10} {v['mean']:.4f}  95% CI [{v['lo']:.4f}, {v['hi']:.4f}]")

@@ -203,6 +203,11 @@ def test_compare_pairs_two_eval_outputs_example_by_example(tmp_path):
             compare_outputs({"old": old, "bad": bad})
     with pytest.raises(ValueError, match="at least two"):
         compare_outputs({"old": old})
+    # outputs scored with other sampling seeds are compared, and the table says so (not when unrecorded)
+    seeded = compare_outputs({"s0": {**old, "sampling_seeds": [0]}, "s1": {**new, "sampling_seeds": [1]}})
+    assert "sampling seeds differ: s0 [0]; s1 [1]" in seeded["delta1"].markdown()
+    unrecorded = compare_outputs({"old": old, "s1": {**new, "sampling_seeds": [1]}})
+    assert "sampling seeds" not in unrecorded["delta1"].markdown()
     for name, d in (("a.json", old), ("b.json", new)):
         (tmp_path / name).write_text(json.dumps(d))
     r = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "compare", str(tmp_path / "a.json"),

@@ -376,6 +376,16 @@ def test_eval_cli_on_a_random_tiny_model_every_task(tmp_path):
     assert out["pose_motions"] == ["move_turn"] and out["n"] == 2 and "auc@30" in out["metrics"]
     bad = omni_eval("vqa", "--checkpoint", str(tmp_path / "ck"), "--plan", "dance")
     assert bad.exit_code == 2 and "unknown primitive" in bad.stderr
+    # several sampling seeds: each example's scores are their mean, and the seeds are recorded
+    runs = {s: json.loads(omni_eval("nvs", "--checkpoint", str(tmp_path / "ck"), "--n", "2", "--flow-steps", "2",
+                                    "--seed", s, "--json").stdout) for s in ("0", "1", "0,1")}
+    assert [runs[s]["sampling_seeds"] for s in ("0", "1", "0,1")] == [[0], [1], [0, 1]]
+    assert runs["0"]["scores"]["psnr"] != runs["1"]["scores"]["psnr"]
+    assert np.allclose(runs["0,1"]["scores"]["psnr"],
+                       (np.array(runs["0"]["scores"]["psnr"]) + runs["1"]["scores"]["psnr"]) / 2)
+    for seeds in ("x", "1,1", "-1", ","):
+        bad = omni_eval("nvs", "--checkpoint", str(tmp_path / "nope"), "--seed", seeds)
+        assert bad.exit_code == 2 and "--seed must be" in bad.stderr, (seeds, bad.stderr)
     # and once through the installed module's entry point, as a user runs it
     missing = subprocess.run([sys.executable, "-m", "omni.cli", "eval", "vqa", "--checkpoint", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=300)

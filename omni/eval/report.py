@@ -147,11 +147,14 @@ def compare_outputs(outputs: Mapping[str, Mapping]) -> dict[str, AblationTable]:
     keys = [k for k in flat[first_name] if all(k in f for f in flat.values())]
     if not keys:
         raise ValueError("the outputs share no scored metric (or ablation row) to compare")
+    notes = [f"the same {first['n']} examples (seeds {first['seed_start']}..), Δ paired per example"]
+    sampled = {name: out.get("sampling_seeds") for name, out in outputs.items()}  # recorded since 2026-12-07
+    if None not in sampled.values() and len({tuple(v) for v in sampled.values()}) > 1:
+        # a same-seed pairing shares the sampler's noise; another seed's does not (far wider intervals)
+        notes.append("sampling seeds differ: " + "; ".join(f"{n} {v}" for n, v in sampled.items()))
     return {k: ablation_table({name: f[k][1] for name, f in flat.items()},
                               title=f"{first['task']}: {' vs '.join(outputs)}", metric=k,
-                              higher_is_better=higher_is_better(flat[first_name][k][0]),
-                              notes=[f"the same {first['n']} examples (seeds {first['seed_start']}..), "
-                                     "Δ paired per example"]) for k in keys}
+                              higher_is_better=higher_is_better(flat[first_name][k][0]), notes=notes) for k in keys}
 
 
 def ablation_table(rows: Mapping[str, Sequence[float]], title: str = "ablation", metric: str = "score",

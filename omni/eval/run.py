@@ -256,6 +256,31 @@ def eval_world(task: str, pose_motions: Sequence[str] = ("orbit",), vqa_thought:
     return world
 
 
+def evaluate_seeds(make_engine, seeds: Sequence[int], task: str, n: int, seed_start: int,
+                   plan: str | Sequence[str] | None = None, log=None, pose_motions: Sequence[str] = ("orbit",)) -> dict:
+    """`evaluate` once per sampling seed (`make_engine(seed)` builds each run's engine), each example's
+    scores averaged over the seeds: an image task's score then stands for the model rather than one draw
+    of the sampler's noise, whose redraw moves a mean over 500 examples by as much as two models differ
+    (docs/experiments.md, "How wide is an image task's noise?"). Intervals and paired comparisons are taken
+    over the averaged per-example scores; texts and the pose fit are the first seed's."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("no sampling seeds given")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"sampling seeds must differ, got {seeds}")
+    runs = []
+    for s in seeds:
+        runs.append(evaluate(make_engine(s), task, n, seed_start, plan, log=log, pose_motions=pose_motions))
+        runs[-1]["sampling_seeds"] = [s]
+    if len(runs) == 1:
+        return runs[0]
+    first = runs[0]
+    per = {k: [float(x) for x in np.mean([r["scores"][k] for r in runs], axis=0)] for k in first["scores"]}
+    return {**first, "metrics": {k: bootstrap_ci(v) for k, v in per.items()}, "scores": per,
+            "context_tokens": float(np.mean([r["context_tokens"] for r in runs])),
+            "seconds": round(sum(r["seconds"] for r in runs), 1), "sampling_seeds": seeds}
+
+
 def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Sequence[str] | None = None,
              log=None, pose_motions: Sequence[str] = ("orbit",)) -> dict:
     """Run `plan` on n examples of `task` (seeds seed_start ...) and summarise every score with its
