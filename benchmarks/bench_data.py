@@ -41,7 +41,7 @@ import omni.train.data as data  # noqa: E402
 from omni.model import preset  # noqa: E402
 from omni.tokens.text import TextTokenizer  # noqa: E402
 from omni.tokens.visual import VisualTokenizer  # noqa: E402
-from omni.train.loop import TrainConfig  # noqa: E402
+from omni.train.loop import TrainConfig, tokenizer_fields  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,9 +78,7 @@ def mixture_of(checkpoint: Path, rows: int | None) -> tuple[data.Mixture, dict]:
     mix = train.mixture if rows is None else dataclasses.replace(train.mixture, rows=rows)
     tok = TextTokenizer.default()
     vq = VisualTokenizer.load(ROOT / train.visual)
-    mcfg = preset(train.preset, text_vocab=tok.vocab_size, codebook_size=vq.cfg.codebook_size,
-                  latent_dim=vq.cfg.code_dim, latent_grid=vq.cfg.grid, image_size=vq.cfg.image_size,
-                  **train.model_overrides)
+    mcfg = preset(train.preset, **tokenizer_fields(tok, vq), **train.model_overrides)
     return data.Mixture(mix, data.Writer(tok, vq, mcfg, t_shift=mix.t_shift)), dataclasses.asdict(mix)
 
 

@@ -38,6 +38,12 @@ DEFAULT_VISUAL = Path(__file__).resolve().parents[2] / "checkpoints" / "visual-t
 TOKENIZER_FIELDS = ("text_vocab", "codebook_size", "latent_dim", "latent_grid", "image_size")
 
 
+def tokenizer_fields(tok: TextTokenizer, vq: VisualTokenizer) -> dict[str, int]:
+    """TOKENIZER_FIELDS with the values these tokenizers give them, as `preset` keywords."""
+    return dict(zip(TOKENIZER_FIELDS, (tok.vocab_size, vq.cfg.codebook_size, vq.cfg.code_dim, vq.cfg.grid,
+                                       vq.cfg.image_size), strict=True))
+
+
 @dataclass
 class TrainConfig:
     preset: str = "tiny"
@@ -312,9 +318,7 @@ class Trainer:
         self.device = torch.device(cfg.device)
         tok = TextTokenizer.default()
         vq = VisualTokenizer.load(cfg.visual)
-        from_tokenizers = {"text_vocab": tok.vocab_size, "codebook_size": vq.cfg.codebook_size,
-                           "latent_dim": vq.cfg.code_dim, "latent_grid": vq.cfg.grid, "image_size": vq.cfg.image_size}
-        mcfg = preset(cfg.preset, **from_tokenizers, **cfg.model_overrides)
+        mcfg = preset(cfg.preset, **tokenizer_fields(tok, vq), **cfg.model_overrides)
         # the mixture first: a --row-len that cannot hold its sequences is an error before a model is built
         self.mixture = Mixture(cfg.mixture, Writer.for_mixture(tok, vq, mcfg, cfg.mixture))
         row_len_warning = self.mixture.check_row_len()
