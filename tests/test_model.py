@@ -446,6 +446,53 @@ def test_save_pretrained_meta_cannot_overwrite_the_config(tmp_path):
     OmniModel.from_pretrained(tmp_path / "ok", with_tokenizers=False)
 
 
+
+def test_save_pretrained_without_tokenizers_removes_an_older_checkpoints_tokenizers(tmp_path):
+    """A model without tokenizers saved over a checkpoint that had them left the old tokenizer files
+    beside the new weights, and from_pretrained loaded them as this model's."""
+    from omni.serve.testing import random_tiny_model
+
+    d = random_tiny_model().save_pretrained(tmp_path / "ck")
+    assert (d / "tokenizer.json").is_file() and (d / "visual_tokenizer.json").is_file()
+    bare = random_tiny_model(seed=1)
+    bare.tokenizer = None
+    object.__setattr__(bare, "visual", None)
+    bare.save_pretrained(d)
+    assert not any((d / n).exists() for n in ("tokenizer.json", "visual_tokenizer.json",
+                                              "visual_tokenizer.safetensors"))
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        OmniModel.from_pretrained(d)
+    back = OmniModel.from_pretrained(d, with_tokenizers=False)
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in bare.state_dict().items())
+
+
+def test_a_model_cast_to_bf16_is_a_named_error():
+    """model.to(torch.bfloat16) failed deep inside the embedding (fp32 timestep features against bf16
+    weights); it is a TypeError saying to keep float32 weights and use autocast."""
+    m = model().to(torch.bfloat16)
+    with pytest.raises(TypeError, match="float32 weights.*autocast"):
+        m(pack([mixed_sequence(m.cfg)], m.cfg))
+
+
+def test_cache_sizes_and_guidance_interval_are_checked():
+    """KVCache(max_len=0) silently meant max_seq and a negative one failed in torch.zeros; rows 0 made a
+    cache nothing could fill. sample_latents took a cfg_interval with lo > hi (or NaN), which turned
+    guidance off without a word (the engine checked it, the function did not)."""
+    m = model()
+    assert KVCache(m.cfg).max_len == m.cfg.max_seq and KVCache(m.cfg, max_len=7).max_len == 7
+    for kw in ({"max_len": 0}, {"max_len": -3}, {"max_len": 2.5}, {"rows": 0}, {"rows": True}):
+        with pytest.raises(ValueError, match="KVCache (rows|max_len) must be a positive integer"):
+            KVCache(m.cfg, **kw)
+    c = KVCache(m.cfg)
+    extend(m, c, [Segment("text", [5, 6, 7])])
+    for bad in ((0.8, 0.2), (float("nan"), 1.0), (-0.1, 0.5), (0.0, 1.5), (0.5,), "ab"):
+        with pytest.raises(ValueError, match="cfg_interval"):
+            sample_latents(m, c.fork(), steps=2, cfg_scale=2.0, cfg_interval=bad)
+    g = torch.Generator().manual_seed(0)
+    a = sample_latents(m, c.fork(), steps=2, cfg_scale=2.0, cfg_interval=(0.0, 1.0), generator=g)
+    b = sample_latents(m, c.fork(), steps=2, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+
 def test_presets_sizes():
     tiny = OmniModel(preset("tiny"))
     assert 2e6 < tiny.num_params() < 15e6

@@ -12,6 +12,7 @@ new cache, so branches (CFG, ablation rows) continue from one encoding of their 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -28,7 +29,12 @@ class KVCache:
     def __init__(self, cfg: OmniConfig, rows: int = 1, max_len: int | None = None, device="cpu",
                  dtype: torch.dtype = torch.float32):
         self.cfg = cfg
-        self.max_len = max_len or cfg.max_seq
+        # max_len=0 read as "the model's max_seq", a negative one failed inside torch.zeros
+        for name, n in (("rows", rows), ("max_len", cfg.max_seq if max_len is None else max_len)):
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+                raise ValueError(f"KVCache {name} must be a positive integer, got {n!r}")
+        self.max_len = cfg.max_seq if max_len is None else int(max_len)
+        rows = int(rows)
         shape = (cfg.n_layers, rows, cfg.n_heads, self.max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)

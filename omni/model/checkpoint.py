@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from omni.io import check_device, read_json, read_safetensors, save_safetensors, write_json
+from omni.tokens.visual import VisualTokenizer
 
 from .config import OmniConfig
 from .transformer import OmniModel
@@ -64,10 +65,17 @@ def save_pretrained(model: OmniModel, directory: str | Path, dtype: str = "float
             index.update({k: name for k in sh})
         write_json(d / "model.safetensors.index.json", {"metadata": {"format": FORMAT}, "weight_map": index})
     write_json(d / "config.json", {"format": FORMAT, "model": model.cfg.to_dict(), "dtype": dtype, **(meta or {})})
+    # a model without tokenizers saved over another checkpoint must not leave that one's tokenizers
+    # beside its weights (from_pretrained would load them as this model's)
     if model.tokenizer is not None:
         model.tokenizer.save(d / "tokenizer.json")
+    else:
+        (d / "tokenizer.json").unlink(missing_ok=True)
     if model.visual is not None:
         model.visual.save(d)
+    else:
+        for name in VisualTokenizer.FILES:
+            (d / name).unlink(missing_ok=True)
     return d
 
 
@@ -175,7 +183,6 @@ def from_pretrained(directory: str | Path, device: str = "cpu", with_tokenizers:
     model.load_state_dict(fit_state(state, model.state_dict(), d / "model.safetensors", "config.json"))
     if with_tokenizers:
         from omni.tokens.text import TextTokenizer
-        from omni.tokens.visual import VisualTokenizer
 
         tok = TextTokenizer.load(d / "tokenizer.json")
         if tok.vocab_size != cfg.text_vocab:

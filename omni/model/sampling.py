@@ -77,6 +77,18 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
     return out
 
 
+def check_cfg_interval(cfg_interval) -> tuple[float, float]:
+    """(lo, hi): the noise levels t in [lo, hi] at which guidance applies, 0 <= lo <= hi <= 1 (an
+    interval with lo > hi, or NaN, would turn guidance off without a word)."""
+    try:
+        lo, hi = (float(x) for x in cfg_interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"cfg_interval must be two numbers (lo, hi), got {cfg_interval!r}") from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"cfg_interval must satisfy 0 <= lo <= hi <= 1, got {cfg_interval!r}")
+    return lo, hi
+
+
 @torch.no_grad()
 def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg_scale: float = 1.0,
                    cfg_interval: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
@@ -110,7 +122,7 @@ def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg
     if start < 1.0 and source is None:
         raise ValueError("start < 1 starts the flow from the source image's latents: it needs source")
     ts = shift_t(torch.linspace(start, 0.0, steps + 1), flow_shift)
-    lo, hi = cfg_interval
+    lo, hi = check_cfg_interval(cfg_interval)
     if source is not None and tuple(source.shape) != (rows, n, cfg.latent_dim):
         raise ValueError(f"source latents must be ({rows}, {n}, {cfg.latent_dim}), got {tuple(source.shape)}")
     if start < 1.0:

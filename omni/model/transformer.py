@@ -336,6 +336,11 @@ class OmniModel(nn.Module):
         the tokens continue it (attending to every cached token unless unconditional); with
         store=True their keys and values are appended."""
         cfg = self.cfg
+        if self.tok_emb.weight.dtype != torch.float32:  # it failed deep inside (fp32 timestep features meet
+            # bf16 weights), or later in the fp32 KV cache
+            raise TypeError(f"OmniModel runs on float32 weights, these are {self.tok_emb.weight.dtype}: keep the "
+                            "weights in float32 (from_pretrained casts a bf16 checkpoint) and compute in bf16 under "
+                            "torch.autocast")
         B, L = b.kind.shape
         x, cond = self.embed(b)
         kind = b.kind.reshape(-1)

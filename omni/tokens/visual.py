@@ -197,12 +197,14 @@ class VisualTokenizer(nn.Module):
 
     # -- files --------------------------------------------------------------------------------
 
+    FILES = ("visual_tokenizer.json", "visual_tokenizer.safetensors")  # what save writes: config, weights
+
     def save(self, directory: str | Path, extra: dict | None = None) -> None:
         """visual_tokenizer.safetensors (weights) and visual_tokenizer.json (config, report)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        save_safetensors(self.state_dict(), d / "visual_tokenizer.safetensors")
-        write_json(d / "visual_tokenizer.json", {"config": asdict(self.cfg), **(extra or {})})
+        save_safetensors(self.state_dict(), d / self.FILES[1])
+        write_json(d / self.FILES[0], {"config": asdict(self.cfg), **(extra or {})})
 
     # what visual_tokenizer.json must name (the weights' shapes and the images they fit); the
     # training-only fields may take their defaults
@@ -211,7 +213,7 @@ class VisualTokenizer(nn.Module):
     @classmethod
     def load(cls, directory: str | Path) -> VisualTokenizer:
         d = Path(directory)
-        where = d / "visual_tokenizer.json"
+        where = d / cls.FILES[0]
         meta = read_json(where)
         raw = meta.get("config")
         if not isinstance(raw, dict):
@@ -220,7 +222,7 @@ class VisualTokenizer(nn.Module):
             cfg = _vq_config(raw, cls.REQUIRED_FIELDS)
         except ValueError as e:
             raise ValueError(f"{where}: bad visual tokenizer config: {e}") from None
-        weights = d / "visual_tokenizer.safetensors"
+        weights = d / cls.FILES[1]
         state = read_safetensors(weights)
         try:
             with torch.device("meta"):  # the weights' shapes checked first: a config of absurd sizes allocates nothing

@@ -24,7 +24,7 @@ from omni.model import KVCache, OmniModel, Segment, extend
 from omni.model.batch import MIN_SHIFT
 from omni.model.cache import RecomputingCache
 from omni.model.config import TEXT
-from omni.model.sampling import generate_tokens, sample_latents
+from omni.model.sampling import check_cfg_interval, generate_tokens, sample_latents
 from omni.model.transformer import decode_step
 from omni.tokens.image import as_unit_rgb, unpatchify
 from omni.world.camera import numbers_to_text, text_to_pose
@@ -299,12 +299,7 @@ class Engine:
             raise ValueError(f"flow_start must be <= 1, got {flow_start}")
         _number("think_tokens", think_tokens, 1, integer=True)
         _number("layout_tokens", layout_tokens, 1, integer=True)
-        try:
-            lo, hi = (float(x) for x in cfg_interval)
-        except (TypeError, ValueError):
-            raise ValueError(f"cfg_interval must be two numbers (lo, hi), got {cfg_interval!r}") from None
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"cfg_interval must satisfy 0 <= lo <= hi <= 1, got {cfg_interval!r}")
+        lo, hi = check_cfg_interval(cfg_interval)
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.fmt = Format(model.tokenizer, model.visual, model.cfg)
