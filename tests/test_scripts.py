@@ -1,0 +1,54 @@
+"""scripts/gpu_lease.sh, the lent GPU's one command, dry-run on the CPU: a lease is 15 minutes, so a
+command that fails on the current code (a renamed option, a file that no longer exists) loses it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from omni.model import OmniModel
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_lease.sh"
+SHIPPED = ROOT / "checkpoints" / "omni-tiny"
+
+
+def lease(tmp_path, **env):
+    full = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "OUT": str(tmp_path / "out"), "RUN": str(tmp_path / "run"), "DEVICE": "cpu", "ROWS": "1",
+            "WORKERS": "0", "THREADS": "1", "STEPS": "2", **env}
+    return subprocess.run(["bash", str(SCRIPT)], env=full, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(not (SHIPPED / "config.json").is_file(), reason="needs the shipped checkpoint")
+def test_the_lease_command_trains_exports_and_fills_out(tmp_path):
+    r = lease(tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "out"
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and all((out / f).stat().st_size < 16 * 2**20 for f in files)  # what $OUT brings back
+    assert {"config.json", "model.safetensors.index.json", "log.jsonl", "train_config.json"} <= set(files)
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["dtype"] == "bfloat16" and meta["weights"] == "ema"
+    assert meta["training"]["step"] == 2 and meta["training"]["data_seed"] == 75
+    assert meta["training"]["config"]["init_from"] == "checkpoints/omni-tiny"
+    assert meta["training"]["init"]["training"] == json.loads((SHIPPED / "config.json").read_text())["training"]
+    assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 2
+    # what the CPU does with it afterwards: the shipped tokenizers beside the weights, then load
+    for name in ("tokenizer.json", "visual_tokenizer.json", "visual_tokenizer.safetensors"):
+        shutil.copy(SHIPPED / name, out / name)
+    assert OmniModel.from_pretrained(out).cfg == OmniModel.from_pretrained(SHIPPED, with_tokenizers=False).cfg
+
+
+def test_the_lease_command_refuses_bad_settings(tmp_path):
+    r = lease(tmp_path, OUT="")
+    assert r.returncode != 0 and "set OUT" in r.stderr
+    r = lease(tmp_path, ROWS="6x")
+    assert r.returncode == 2 and "ROWS must be a whole number" in r.stderr
+    (tmp_path / "run").mkdir()
+    r = lease(tmp_path)
+    assert r.returncode == 2 and "exists" in r.stderr and not (tmp_path / "out").exists()
