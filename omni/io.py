@@ -75,6 +75,14 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: corrupt or truncated safetensors file ({e})") from None
 
 
+def check_finite(state: dict[str, torch.Tensor], where) -> None:
+    """ValueError naming `where` and the tensors holding NaN or inf: weights a diverged run wrote load
+    without complaint and answer with NaN hidden states (argmax reads them as token 0)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{where}: {len(bad)} tensor(s) hold NaN or inf (a diverged run?), e.g. {bad[:3]}")
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
     from safetensors.torch import save
 

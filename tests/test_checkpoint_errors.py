@@ -374,3 +374,26 @@ def test_cli_reports_one_line(ck, tmp_path):
                         "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert r.stderr == f"error: {ck / 'config.json'}: bad model config: d_model must be an integer, got '256' (str)\n"
+
+
+def test_weights_holding_nan_or_inf_are_named(ck):
+    """A diverged run's weights (NaN or inf) loaded without a word and answered with NaN hidden states,
+    which greedy decoding reads as token 0; the model's and the visual tokenizer's are checked."""
+    from omni.io import read_safetensors, save_safetensors
+
+    shard = sorted(ck.glob("model-*.safetensors"))[0]
+    state = read_safetensors(shard)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name][0] = float("nan")
+    save_safetensors(state, shard, {"format": "omni-checkpoint-v1"})
+    with pytest.raises(ValueError, match=rf"model.safetensors: 1 tensor\(s\) hold NaN or inf.*{name}"):
+        load(ck)
+    shutil.copy(SHIPPED / shard.name, shard)
+    vis = ck / "visual_tokenizer.safetensors"
+    state = read_safetensors(vis)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name].view(-1)[0] = float("inf")
+    save_safetensors(state, vis)
+    with pytest.raises(ValueError, match="visual_tokenizer.safetensors: 1 tensor"):
+        VisualTokenizer.load(ck)
+    load(ck)  # the model's own weights are fine again

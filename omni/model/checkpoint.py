@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from omni.io import check_device, read_json, read_safetensors, save_safetensors, write_json
+from omni.io import check_device, check_finite, read_json, read_safetensors, save_safetensors, write_json
 from omni.tokens.visual import VisualTokenizer
 
 from .config import OmniConfig
@@ -179,6 +179,7 @@ def from_pretrained(directory: str | Path, device: str = "cpu", with_tokenizers:
     except RuntimeError as e:  # a tensor too large to describe
         raise ValueError(f"{where}: bad model config: sizes no model can have ({e})") from None
     fit_state(state, shapes, d / "model.safetensors", "config.json")
+    check_finite(state, d / "model.safetensors")
     model = OmniModel(cfg)
     model.load_state_dict(fit_state(state, model.state_dict(), d / "model.safetensors", "config.json"))
     if with_tokenizers:

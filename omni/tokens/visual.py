@@ -20,7 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omni.io import check_type, load_safetensors, read_json, read_safetensors, save_safetensors, write_json
+from omni.io import (
+    check_finite,
+    check_type,
+    load_safetensors,
+    read_json,
+    read_safetensors,
+    save_safetensors,
+    write_json,
+)
 from omni.tokens.image import RANGE_TOLERANCE
 
 
@@ -230,6 +238,7 @@ class VisualTokenizer(nn.Module):
         except RuntimeError as e:  # a tensor too large to describe
             raise ValueError(f"{where}: bad visual tokenizer config: sizes no tokenizer can have ({e})") from None
         load_safetensors(probe, weights, state)
+        check_finite(state, weights)
         model = cls(cfg)
         load_safetensors(model, weights, state)
         return model.eval()
