@@ -313,6 +313,9 @@ class Mixture:
     """Batches of packed sequences, a pure function of (data seed, step)."""
 
     def __init__(self, mix: MixtureConfig, writer: Writer):
+        if mix.image_size != writer.vq.cfg.image_size:  # it was "images must be (B, 32, 32, 3)" from the encoder
+            raise ValueError(f"the mixture's image_size {mix.image_size} is not its visual tokenizer's, "
+                             f"{writer.vq.cfg.image_size}: the world renders the images the tokenizer encodes")
         self.mix, self.w = mix, writer
         self.tasks = [t for t in FORMS if mix.task_weights.get(t, 0) > 0]
         p = np.array([mix.task_weights[t] for t in self.tasks], dtype=np.float64)
@@ -326,7 +329,8 @@ class Mixture:
         examples per task (fixed seeds of the train split): images have a fixed length, texts vary."""
         cfg, out = self.w.cfg, {}
         for task in self.tasks:
-            key = (task, n, self.world, cfg.patch_grid, cfg.latent_grid, self.w.tok.vocab_size,
+            # source_latents adds an image to nvs, edit and video (Format.source_image)
+            key = (task, n, self.world, cfg.patch_grid, cfg.latent_grid, cfg.source_latents, self.w.tok.vocab_size,
                    self.w.vq.cfg.grid)
             if key not in _LENGTHS:
                 exs = sample(task, list(range(n)), self.world)

@@ -10,6 +10,7 @@ optimizer, scheduler and EMA state — replays exactly the run that was interrup
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -236,6 +237,20 @@ def _model_conflicts(new: dict, old: dict, preset_name: str) -> list[str]:
     return out
 
 
+def stop_if_diverged(step: int, losses: dict, gnorm, out: Path) -> None:
+    """A FloatingPointError when a step's loss or gradient norm is NaN or infinite. The update would write
+    NaN into every weight and AdamW moment, and the checkpoints that follow would rotate the good ones
+    out (training went on, logging NaN); stopping before it leaves the newest checkpoint finite."""
+    loss, g = float(losses["loss"]), float(gnorm)
+    if math.isfinite(loss) and math.isfinite(g):
+        return
+    bad = [k for k, v in losses.items() if not math.isfinite(float(v))]
+    raise FloatingPointError(f"step {step}: the loss is {loss} ({', '.join(bad) or 'every term finite'}) and the "
+                             f"gradient norm {g}: training diverged or met a bad batch. Stopped before the update; "
+                             f"the checkpoints in {out} are of earlier steps (a new run with a lower --lr or a "
+                             "longer --warmup may avoid it)")
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warmup, then cosine decay to min_lr_ratio x lr at the last step."""
     if step < cfg.warmup:
@@ -255,13 +270,27 @@ class BatchStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         wid, n = (info.id, info.num_workers) if info else (0, 1)
-        torch.set_num_threads(1)
         for step in range(self.start + wid, self.end, n):
             # a step's global batch is world x accum micro-batches; rank r's micro-batch i is the
             # mixture's batch number (step * world + r) * accum + i, so one process accumulating
             # world x accum micro-batches sees exactly what world processes see together
             first = (step * self.world + self.rank) * self.accum
-            yield step, [self.mixture.batch(first + i) for i in range(self.accum)]
+            with _one_thread():
+                micro = [self.mixture.batch(first + i) for i in range(self.accum)]
+            yield step, micro
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Batches are made on one torch thread, in a worker process and (--workers 0) in the training process
+    alike, so they are the same whatever the workers; the training process gets its --threads back for
+    the step (setting 1 for good there trained every --workers 0 run on one thread)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _collate(x):
@@ -449,7 +478,7 @@ class Trainer:
                             if torch.is_tensor(v) and v.dim() and v.shape != p.shape:
                                 raise RuntimeError(f"optimizer state {k} of shape {tuple(v.shape)} for a "
                                                    f"parameter of shape {tuple(p.shape)}")
-        except (KeyError, TypeError, RuntimeError, IndexError) as e:
+        except (KeyError, TypeError, RuntimeError, IndexError, ValueError, AttributeError) as e:
             raise ValueError(f"{d}: a checkpoint this run cannot resume from ({type(e).__name__}: {e})") from None
         self.step = step
 
@@ -507,8 +536,6 @@ class Trainer:
     def train_step(self, micro: list[Batch]) -> dict:
         """One optimizer step over micro-batches (gradients averaged, across DDP ranks too).
         Returned losses are the means over micro-batches and ranks."""
-        import contextlib
-
         model = self.ddp if self.ddp is not None else self.model
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.cfg, self.step)
@@ -534,6 +561,7 @@ class Trainer:
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         if hasattr(gnorm, "full_tensor"):  # FSDP: the norm over every rank's shards
             gnorm = gnorm.full_tensor()
+        stop_if_diverged(self.step + 1, out, gnorm, self.out)  # every rank sees the same reduced values
         self.opt.step()
         if self.ema is not None:
             with torch.no_grad():
@@ -604,6 +632,8 @@ class Trainer:
             bar.close()
         if logf is not None:
             logf.close()
+        if tb is not None:  # its events are written by a background thread: close flushes them
+            tb.close()
         return last
 
 
