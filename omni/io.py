@@ -86,8 +86,10 @@ def check_finite(state: dict[str, torch.Tensor], where) -> None:
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
     from safetensors.torch import save
 
+    # an empty metadata dict is None: safetensors 0.8 writes {} tensors with {} metadata as a header it
+    # cannot read back ('{},"__metadata__":{}}'; a trainer state saved before any step)
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                metadata={k: str(v) for k, v in (metadata or {}).items()})
+                metadata={k: str(v) for k, v in (metadata or {}).items()} or None)
     atomic_write_bytes(path, data)
 
 

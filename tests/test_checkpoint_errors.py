@@ -397,3 +397,14 @@ def test_weights_holding_nan_or_inf_are_named(ck):
     with pytest.raises(ValueError, match="visual_tokenizer.safetensors: 1 tensor"):
         VisualTokenizer.load(ck)
     load(ck)  # the model's own weights are fine again
+
+
+def test_an_empty_safetensors_file_reads_back(tmp_path):
+    """save_safetensors({}) wrote a header safetensors cannot parse (its empty metadata dict), so a
+    trainer state saved before any step read back as 'corrupt or truncated'."""
+    from omni.io import read_safetensors, save_safetensors
+
+    save_safetensors({}, tmp_path / "e.safetensors")
+    assert read_safetensors(tmp_path / "e.safetensors") == {}
+    save_safetensors({"a": torch.ones(2)}, tmp_path / "a.safetensors", {"format": "x"})
+    assert torch.equal(read_safetensors(tmp_path / "a.safetensors")["a"], torch.ones(2))

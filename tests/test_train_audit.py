@@ -140,3 +140,14 @@ def test_the_tensorboard_writer_is_closed_when_the_run_ends(tmp_path, monkeypatc
     monkeypatch.setattr(omni.train.loop, "_tensorboard", lambda out: Writer_())
     train_main(str(tmp_path / "r"), steps=1, log=quiet, **fast())
     assert ("loss", 1) in Writer_.scalars and Writer_.closed
+
+
+def test_average_refuses_weights_given_as_a_string(tmp_path):
+    """average(weights="12") read the string as the two weights 1 and 2."""
+    from omni.serve.testing import random_tiny_checkpoint
+    from omni.train import average
+
+    a, b = random_tiny_checkpoint(tmp_path / "a", seed=0), random_tiny_checkpoint(tmp_path / "b", seed=1)
+    with pytest.raises(ValueError, match="weights must be 2 finite non-negative numbers"):
+        average([a, b], tmp_path / "c", weights="12")
+    assert not (tmp_path / "c").exists()

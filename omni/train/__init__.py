@@ -91,7 +91,9 @@ def _reachable_visual(cfg: TrainConfig, run_dir: Path, newest: Path, say) -> Tra
     import shutil
     from dataclasses import replace
 
-    names = ("visual_tokenizer.json", "visual_tokenizer.safetensors")
+    from omni.tokens.visual import VisualTokenizer
+
+    names = VisualTokenizer.FILES  # config first: what says the tokenizer is there
     if (Path(cfg.visual) / names[0]).is_file() or not all((newest / n).is_file() for n in names):
         return cfg  # reachable, or no copy to fall back on (VisualTokenizer.load names the missing file)
     own = run_dir / "visual-tokenizer"

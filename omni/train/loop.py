@@ -742,6 +742,8 @@ def average(sources, dest: str | Path, weights=None, dtype: str = "bfloat16", fi
         raise ValueError(f"averaging needs at least two models, got {len(sources)}")
     n = len(sources)
     try:
+        if isinstance(weights, (str, bytes)):  # "12" read as the two weights 1 and 2
+            raise TypeError
         w = [1.0 / n] * n if weights is None else [float(x) for x in weights]
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"weights must be {n} finite non-negative numbers with a positive sum, got {weights!r}") \
