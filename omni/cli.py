@@ -170,7 +170,7 @@ def eval_checker(
     spec (should be high) and with a mismatched spec of the same category (should be low)."""
     import json
 
-    from omni.eval.checker import validate_on_world
+    from omni.eval.checker import BLUR_RADII, validate_on_world
 
     _positive("--n", n)
     if size < 8:
@@ -178,8 +178,8 @@ def eval_checker(
     for name, v in (("--noise", noise), ("--blur-sigma", blur_sigma)):  # NaN and inf fail too
         if not 0 <= v < float("inf"):
             raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-    if blur < 0:
-        raise ValueError(f"--blur must be >= 0, got {blur}")
+    if blur not in BLUR_RADII:  # before the renders: degrade refused it only after them, without the option's name
+        raise ValueError(f"--blur must be one of {', '.join(map(str, BLUR_RADII))} (px), got {blur}")
     r = validate_on_world(n, seed_start, size, noise, blur, blur_sigma)
     if json_out:
         typer.echo(json.dumps(r))
@@ -188,9 +188,14 @@ def eval_checker(
                f"noise {noise}, blur radius {blur}, blur sigma {blur_sigma}")
     typer.echo(f"{'category':<15}{'n':>6}{'own spec':>10}{'mismatched':>12}")
     mm = r["mismatched"]["categories"]
+
+    def pct(x: float | None) -> str:  # "-": no mismatched spec of the category (or none at all)
+        return "-" if x is None else f"{x:.1%}"
+
     for cat, v in r["matched"]["categories"].items():
-        typer.echo(f"{cat:<15}{v['n']:>6}{v['pass']:>10.1%}{mm.get(cat, {}).get('pass', float('nan')):>12.1%}")
-    typer.echo(f"{'overall':<15}{'':>6}{r['matched']['overall']['pass']:>10.1%}{r['mismatched']['overall']['pass']:>12.1%}")
+        typer.echo(f"{cat:<15}{v['n']:>6}{pct(v['pass']):>10}{pct(mm.get(cat, {}).get('pass')):>12}")
+    typer.echo(f"{'overall':<15}{'':>6}{pct(r['matched']['overall']['pass']):>10}"
+               f"{pct(r['mismatched']['overall']['pass']):>12}")
 
 
 @tokens_app.command("build-text")
@@ -344,7 +349,7 @@ def _sampling_seeds(text: str) -> list[int]:
     except ValueError:
         raise ValueError(f"--seed must be integers, comma-separated, got {text!r}") from None
     if not seeds or any(not 0 <= s < 2**64 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seed must be distinct integers in [0, 2^64), got {text!r}")
+        raise ValueError(f"--seed must be integers in [0, 2^64), none twice, got {text!r}")
     return seeds
 
 
@@ -386,6 +391,9 @@ def _eval_task_command(task: str):
         if pose_decoder not in POSE_DECODERS:  # checked before the model loads
             raise ValueError(f"--pose-decoder must be {' or '.join(POSE_DECODERS)}, not {pose_decoder!r}")
         model = _load(checkpoint, device)
+        if pose_decoder == "head" and not model.cfg.pose_head:  # the engine decoded text, and the output said nothing
+            raise ValueError(f"--pose-decoder head: {checkpoint} has no pose head (its pose texts are decoded "
+                             "as text); leave the option out")
         r = evaluate_seeds(lambda s: Engine(model, seed=s, pose_decoder=pose_decoder, **sampling), seeds, task, n,
                            seed_start, plan, log=None if json_out else lambda m: typer.echo(m, err=True),
                            pose_motions=motions)
@@ -437,7 +445,7 @@ def eval_context_use(
     the true captions and visual codes."""
     import json
 
-    from omni.eval.context_use import ANSWER_TASKS, IMAGES, STEP_NAMES, context_use
+    from omni.eval.context_use import ANSWER_TASKS, IMAGES, STEP_NAMES, check_noise_levels, context_use
     from omni.eval.run import eval_world
     from omni.world.tasks import split_of_range
 
@@ -454,8 +462,7 @@ def eval_context_use(
             ts = [float(x) for x in t.split(",") if x.strip()]
         except ValueError:
             raise ValueError(f"--t must be numbers separated by commas, got {t!r}") from None
-        if not ts or not all(0.0 < x <= 1.0 for x in ts):  # before the model loads, not after
-            raise ValueError(f"--t: noise levels must lie in (0, 1], got {t!r}")
+        check_noise_levels(ts, "--t: noise levels")  # before the model loads, not after
     res = context_use(_load(checkpoint, device), task, n, seed_start, ts, vqa_thought=vqa_thought)
     tables, extra = res["tables"], ({"by_group": res["by_group"]} if res["by_group"] else {})
     for key in ("thought_steps", "thought_steps_views"):
@@ -638,11 +645,12 @@ def eval_curves(
     out: str = typer.Option("training_curves.png", help="Output PNG."),
 ):
     """Plot a training run's loss curves from its JSONL log (or several runs' logs, chained)."""
-    from omni.eval.report import chain_logs, diverged, plot_training
+    from omni.eval.report import chain_logs, diverged, plot_chained
 
     _image_file("--out", out)
-    typer.echo(f"wrote {plot_training(log, out)}")
-    for k, s in diverged(chain_logs(log)[0]).items():  # the plot marks them too
+    rows, starts = chain_logs(log)  # read once: the plot and the warnings see the same entries
+    typer.echo(f"wrote {plot_chained(rows, starts, out)}")
+    for k, s in diverged(rows).items():  # the plot marks them too
         typer.echo(f"warning: {k} is not finite from step {s} (the run diverged there)", err=True)
 
 
@@ -684,6 +692,7 @@ def ablate_command(
     from omni.world.tasks import split_of_range
 
     _positive("--n", n)
+    _sampling_seeds(str(seed))  # the engine refused it only after the model loaded, without the option's name
     if task not in PLANS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(PLANS)}")
     eval_world(task, vqa_thought=vqa_thought)

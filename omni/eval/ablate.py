@@ -21,7 +21,7 @@ from omni.world import sample
 from omni.world.tasks import split_of_range
 
 from .report import AblationTable, ablation_table, higher_is_better
-from .run import eval_world, fidelity, held_out, inputs_of, score, texts_of
+from .run import check_scores_finite, eval_world, fidelity, held_out, inputs_of, score, texts_of
 
 # the score each table reports (and whether higher is better); more columns go into the JSON
 MAIN_METRIC = {"vqa": ("accuracy", True), "spatial": ("accuracy", True), "t2i": ("pass", True),
@@ -114,10 +114,15 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
     from omni.io import read_json, write_json
     from omni.model.checkpoint import weights_digest
 
+    if task not in PLANS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(PLANS)}")
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
     rows = rows or PLANS[task]
     plans = {name: parse_plan(task, steps) for name, steps in rows.items()}
     split = split_of_range(seed_start, n)
-    examples = sample(task, range(seed_start, seed_start + n), eval_world(task, vqa_thought=vqa_thought))
+    world = eval_world(task, vqa_thought=vqa_thought, size=engine.model.cfg.image_size)  # at the model's size
+    examples = sample(task, range(seed_start, seed_start + n), world)
     focused = {"vqa_thought": vqa_thought} if vqa_thought != "inventory" else {}
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
     context: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
@@ -133,7 +138,10 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
                  "weights": weights_digest(engine.model), **focused}
         if resume and partial.is_file():
             saved = read_json(partial)
-            differ = [k for k, v in which.items() if saved.get(k) != v]
+            # vqa_thought is written only when not the default, so an inventory run's `which` lacks it (and
+            # resumed a focused run's file): compared with the default filled in on both sides
+            differ = [k for k, v in {**which, "vqa_thought": vqa_thought}.items()
+                      if {"vqa_thought": "inventory", **saved}.get(k) != v]
             if differ:
                 raise ValueError(f"{partial} keeps another ablation's progress ({', '.join(differ)} differ): "
                                  "remove it, or resume with the same arguments and checkpoint")
@@ -173,6 +181,8 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
                 "flow_shift": engine.flow_shift}
     how = (f"text {_how(engine.temperature, engine.top_k)}, visual tokens "
            f"{_how(engine.visual_temperature, engine.visual_top_k)}, sampling seed {engine.seed}")
+    for name in plans:  # ablation_table's own error would name the row, not the metric or the seed
+        check_scores_finite(scores[name], range(seed_start, seed_start + n), f"{task} row {name!r}")
     tables = {}
     for key in scores[next(iter(plans))]:
         tables[key] = ablation_table({name: scores[name][key] for name in plans},

@@ -405,14 +405,15 @@ def check(image, spec: dict) -> CheckResult:
 
 
 def summarize(results: Sequence[CheckResult]) -> dict:
-    """Pass rate and mean soft score per category, and overall = mean over categories (GenEval)."""
+    """Pass rate and mean soft score per category, and overall = mean over categories (GenEval); the
+    overall rates are None without results (JSON has no NaN: `json.dumps` wrote one, an invalid file)."""
     cats: dict[str, list[CheckResult]] = {}
     for r in results:
         cats.setdefault(r.category, []).append(r)
     per = {c: {"n": len(rs), "pass": float(np.mean([r.passed for r in rs])),
                "score": float(np.mean([r.score for r in rs]))} for c, rs in sorted(cats.items())}
-    overall = {"pass": float(np.mean([v["pass"] for v in per.values()])) if per else float("nan"),
-               "score": float(np.mean([v["score"] for v in per.values()])) if per else float("nan")}
+    overall = {"pass": float(np.mean([v["pass"] for v in per.values()])) if per else None,
+               "score": float(np.mean([v["score"] for v in per.values()])) if per else None}
     return {"categories": per, "overall": overall}
 
 
@@ -443,6 +444,7 @@ def mismatched_specs(specs: Sequence[dict]) -> list[dict | None]:
 
 
 _BINOMIAL = {1: np.array([1.0, 2.0, 1.0]) / 4.0, 2: np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0}
+BLUR_RADII = (0, *_BINOMIAL)  # degrade's binomial blurs (0: none)
 
 
 def degrade(images: np.ndarray, noise: float = 0.0, blur: int = 0, blur_sigma: float = 0.0,
@@ -452,7 +454,7 @@ def degrade(images: np.ndarray, noise: float = 0.0, blur: int = 0, blur_sigma: f
     x = np.asarray(images, dtype=np.float32)
     if blur:
         if blur not in _BINOMIAL:
-            raise ValueError(f"blur radius must be 0, 1 or 2, got {blur}")
+            raise ValueError(f"blur radius must be one of {', '.join(map(str, BLUR_RADII))}, got {blur}")
         for axis in (-3, -2):
             x = ndimage.convolve1d(x, _BINOMIAL[blur], axis=axis, mode="nearest")
     if blur_sigma:

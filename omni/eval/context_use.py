@@ -54,6 +54,18 @@ def row_names(task: str = "t2i") -> list[str]:
     return ["direct", *(f"+{f}" for f in context_forms(task) if f != "direct")]
 
 
+def check_noise_levels(ts: Sequence[float], what: str = "noise levels") -> None:
+    """Each level in (0, 1], at least one, no two alike as the tables name them (`t=0.5`): a level given
+    twice scored every example twice in one table (n doubled, its interval too narrow), and two that
+    print alike (0.5, 0.5000001) wrote one table over the other."""
+    ts = list(ts)
+    if not ts or not all(0.0 < t <= 1.0 for t in ts):  # NaN fails too
+        raise ValueError(f"{what} must lie in (0, 1], got {ts}")
+    names = [f"t={t:g}" for t in ts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} must differ, got {ts}")
+
+
 def _check(model: OmniModel, n: int, seed_start: int) -> None:
     if model.tokenizer is None or model.visual is None:
         raise ValueError("the model has no tokenizers attached (load it with OmniModel.from_pretrained)")
@@ -68,9 +80,7 @@ def flow_context_use(model: OmniModel, n: int, seed_start: int, ts: Sequence[flo
     """One table per noise level t: each row's mean per-example flow MSE over n t2i examples from
     seed_start, with 95% intervals and the paired difference to the prompt row (lower is better)."""
     _check(model, n, seed_start)
-    bad = [t for t in ts if not 0.0 < t <= 1.0]
-    if bad or not ts:
-        raise ValueError(f"noise levels must lie in (0, 1], got {list(ts)}")
+    check_noise_levels(ts)
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)

@@ -121,6 +121,9 @@ def probe(n_train: int = 20_000, steps: int = 3000, n: int = 500, seed: int = 0,
                     *((f"--{k}", v) for k, v in size.items())):
         if v <= 0:
             raise ValueError(f"{name} must be positive, got {v}")
+    if n_train < 2:  # one pair's standard deviation is NaN: every prediction was NaN, refused only when scored
+        raise ValueError(f"--train must be at least 2 (the pose numbers are standardised over the training "
+                         f"pairs), got {n_train}")
     if arch not in ARCHS:
         raise ValueError(f"unknown --arch {arch!r}; known: {', '.join(ARCHS)}")
     if set(size) - set(VIT_SIZES) or (size and arch == "cnn"):

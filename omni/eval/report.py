@@ -252,13 +252,18 @@ def plot_training(log_path: str | Path | Sequence[str | Path], out: str | Path,
     so single steps are noisy). Zero entries — a loss absent from that batch — are skipped. By
     default the four losses every run has, and the pose head's where the run logged one. Several
     logs are chained end to end (`chain_logs`), a dashed line where each later one starts."""
+    paths = [log_path] if isinstance(log_path, (str, Path)) else list(log_path)
+    return plot_chained(*chain_logs(paths), out, keys, window)
+
+
+def plot_chained(rows: Mapping[int, Mapping], starts: Sequence[int], out: str | Path,
+                 keys: Sequence[str] | None = None, window: int = 25) -> Path:
+    """`plot_training` of logs already read and chained (`chain_logs`' rows and starts)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = [log_path] if isinstance(log_path, (str, Path)) else list(log_path)
-    rows, starts = chain_logs(paths)
     steps = sorted(rows)
     if keys is None:
         keys = LOSS_CURVES + (("pose",) if any(r.get("pose", 0) > 0 for r in rows.values()) else ())

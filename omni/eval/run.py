@@ -243,17 +243,31 @@ def fidelity(ex: Example, res: Result) -> dict:
     return out
 
 
-def eval_world(task: str, pose_motions: Sequence[str] = ("orbit",), vqa_thought: str = "inventory") -> WorldConfig:
+def eval_world(task: str, pose_motions: Sequence[str] = ("orbit",), vqa_thought: str = "inventory",
+               size: int = 32) -> WorldConfig:
     """The world `evaluate` samples `task` from: the benchmark's, or for pose other camera motions, or
     for vqa the focused thought (the questions, images and answers are the same: only the true thought
-    the model's own is compared with changes). A ValueError for unknown motions or thoughts, or for
-    either option given to another task."""
-    world = WorldConfig(pose_motions=tuple(pose_motions), vqa_thought=vqa_thought)
+    the model's own is compared with changes), its images at `size` (the model's). A ValueError for
+    unknown motions or thoughts, or for either option given to another task."""
+    world = WorldConfig(size=size, pose_motions=tuple(pose_motions), vqa_thought=vqa_thought)
     if task != "pose" and world.pose_motions != ("orbit",):
         raise ValueError(f"--pose-motions applies to the pose task only, not {task}")
     if task != "vqa" and vqa_thought != "inventory":
         raise ValueError(f"--vqa-thought applies to the vqa task only, not {task}")
     return world
+
+
+def check_scores_finite(scores: dict[str, Sequence[float]], seeds: Sequence[int], where: str) -> None:
+    """A ValueError naming the metric, the example and its seed where a per-example score is NaN or
+    infinite (a PSNR of identical images is inf; the mean and its interval would be too): bootstrap_ci's
+    own error does not say which metric. `where` names the run (a task, an ablation row)."""
+    for k, v in scores.items():
+        bad = [i for i, x in enumerate(v) if not np.isfinite(x)]
+        if bad:
+            i = bad[0]
+            raise ValueError(f"{where}: metric {k!r} is not finite for {len(bad)} of {len(v)} examples "
+                             f"(first: example {i}, seed {seeds[i]}: {v[i]}); its mean and interval "
+                             "would be meaningless")
 
 
 def evaluate_seeds(make_engine, seeds: Sequence[int], task: str, n: int, seed_start: int,
@@ -290,7 +304,7 @@ def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Seq
         raise ValueError(f"unknown task {task!r}; known: {', '.join(EVAL_TASKS)}")
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    world = eval_world(task, pose_motions)
+    world = eval_world(task, pose_motions, size=engine.model.cfg.image_size)  # a 64-px model sees 64-px worlds
     split = split_of_range(seed_start, n)
     examples = sample(task, range(seed_start, seed_start + n), world)
     per: dict[str, list[float]] = {}
@@ -307,6 +321,7 @@ def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Seq
             per.setdefault(k, []).append(v)
         if log and (i + 1) % max(1, n // 10) == 0:
             log(f"{task}: {i + 1}/{n}")
+    check_scores_finite(per, range(seed_start, seed_start + n), task)
     metrics = {k: bootstrap_ci(v) for k, v in per.items()}
     fit = {"pose_fit": pose_fit(examples, [t and t["output"] for t in texts])} if task == "pose" else {}
     return {"task": task, "plan": steps, "n": n, "seed_start": seed_start, "split": split, "metrics": metrics,
