@@ -739,16 +739,17 @@ def unroll_command(
     from omni.eval.run import inputs_of, score
     from omni.unroll.engine import Engine, parse_plan
     from omni.unroll.trace import write_trace
-    from omni.world import sample
+    from omni.world import WorldConfig, sample
     from omni.world.export import ensure_writable_dir
     from omni.world.tasks import split_of
 
     parse_plan(task, plan)  # an unknown task or primitive fails here
     split_of(seed)  # a seed in no split is an error
     ensure_writable_dir(out)
-    ex = sample(task, [seed])[0]
-    parse_plan(task, plan, inputs_of(ex))
-    engine = Engine(_load(checkpoint, device))
+    parse_plan(task, plan, inputs_of(sample(task, [seed])[0]))  # a plan the example cannot feed, before the load
+    model = _load(checkpoint, device)
+    ex = sample(task, [seed], WorldConfig(size=model.cfg.image_size))[0]  # at the model's size, as omni eval
+    engine = Engine(model)
     res = engine.run(inputs_of(ex), plan)
     path = write_trace(res, out, extra={"seed": seed, "score": score(ex, res)})
     typer.echo(f"{task} plan {', '.join(res.plan) or 'direct'}: output {res.output.text or res.output.kind}")

@@ -124,6 +124,19 @@ def test_demo_at_the_models_size(model, tmp_path):
     assert set(traces) == {"depth"} and (tmp_path / "d.png").is_file()
 
 
+
+def test_unroll_at_the_models_size(model, tmp_path):
+    """omni unroll sampled its example at 32 px whatever the model's size (as eval and ablate did)."""
+    from omni.model import OmniModel
+
+    big = OmniModel(dataclasses.replace(model.cfg, image_size=64)).eval()
+    big.tokenizer = model.tokenizer
+    object.__setattr__(big, "visual", model.visual)
+    big.save_pretrained(tmp_path / "ck")
+    r = cli("unroll", "depth", "--plan", "direct", "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 0, r.stderr
+    assert np.load(tmp_path / "o" / "output.npy").shape[:2] == (64, 64)
+
 def test_curves_read_each_log_once(tmp_path, monkeypatch):
     """The command read every log twice (the plot, then the divergence warnings): twice the time, and
     a log still being written could show the plot one set of entries and the warnings another."""
