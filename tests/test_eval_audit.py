@@ -222,3 +222,17 @@ def test_probe_needs_two_training_pairs():
 
     with pytest.raises(ValueError, match="--train must be at least 2"):
         probe(n_train=1, steps=1, n=1, batch=1)
+
+
+def test_resume_refuses_another_flow_start(model, tmp_path):
+    """The resume check compared every engine setting the scores depend on but flow_start (where an
+    image-to-image flow starts): a run at 0.8 continued one at 1.0."""
+    from omni.eval.ablate import ablate
+    from omni.unroll import Engine
+
+    p = tmp_path / "depth_partial.json"
+    ablate(Engine(model, flow_steps=1), "depth", 1, TEST, rows={"baseline": []}, partial=p)
+    assert json.loads(p.read_text())["engine"]["flow_start"] == 1.0
+    with pytest.raises(ValueError, match="keeps another ablation's progress \\(engine differ\\)"):
+        ablate(Engine(model, flow_steps=1, flow_start=0.8), "depth", 1, TEST, rows={"baseline": []}, partial=p,
+               resume=True)

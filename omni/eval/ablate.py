@@ -60,7 +60,8 @@ def engine_settings(engine: Engine) -> dict:
             "visual_top_k": engine.visual_top_k, "seed": engine.seed, "cfg_scale": engine.cfg_scale,
             "cfg_interval": list(engine.cfg_interval), "flow_steps": engine.flow_steps,
             "flow_shift": engine.flow_shift, "think_tokens": engine.think_tokens,
-            "layout_tokens": engine.layout_tokens, "pose_decoder": engine.pose_decoder, "reencode": engine.reencode}
+            "layout_tokens": engine.layout_tokens, "pose_decoder": engine.pose_decoder, "reencode": engine.reencode,
+            "flow_start": engine.flow_start}  # image-to-image flows start there (the Python API's option)
 
 
 def _progress(saved: dict, plans: dict, n: int, engine: Engine, path: Path):
