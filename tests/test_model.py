@@ -731,3 +731,20 @@ def test_flow_sampler_starts_from_the_noised_source():
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="start must be in"):
             sample_latents(m, c.fork(), steps=2, source=src, start=bad)
+
+
+def test_generate_tokens_checks_the_room_first():
+    """A generation that filled the KV cache midway stopped with "KV cache full" and lost every token it
+    had made; the room is checked before any compute (the message keeps the phrase the server maps to
+    context_full)."""
+    m = model()
+    c = KVCache(m.cfg, max_len=10)
+    extend(m, c, [Segment("text", [5, 6, 7, 8])])
+    with pytest.raises(ValueError, match=r"KV cache full: max_new 7 tokens may not fit \(4 of 10 positions used, "
+                                         r"room for 6\)"):
+        generate_tokens(m, c, 7)
+    assert c.length == 4
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="max_new must be an integer >= 0"):
+            generate_tokens(m, c, bad)
+    assert len(generate_tokens(m, c, 6)[0]) <= 6 and c.length <= 10

@@ -57,6 +57,12 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
     cfg = model.cfg
     if kind not in ("text", "visual"):
         raise ValueError(f"can only generate text or visual tokens, not {kind!r}")
+    if isinstance(max_new, bool) or not isinstance(max_new, numbers.Integral) or max_new < 0:
+        raise ValueError(f"max_new must be an integer >= 0, got {max_new!r}")
+    room = cache.max_len - cache.length
+    if max_new > room:  # each token joins the cache: a full cache midway stopped the run and lost what it made
+        raise ValueError(f"KV cache full: max_new {max_new} tokens may not fit ({cache.length} of {cache.max_len} "
+                         f"positions used, room for {room})")
     lo, hi = (0, cfg.text_vocab) if kind == "text" else (cfg.text_vocab, cfg.vocab_size)
     out: list[list[int]] = [[] for _ in range(cache.rows)]
     done = [False] * cache.rows
