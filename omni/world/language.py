@@ -47,8 +47,15 @@ def object_stats(scene: Scene, ids: np.ndarray, depth: np.ndarray,
     integer pixel coordinates: exact sums, so the same floats as np.mean), median depth (the middle
     of its sorted depths, or the float mean of the middle two, as np.median) and nearest depth."""
     K = len(scene.objects)
-    flat_ids = np.asarray(ids).reshape(-1).astype(np.int64)
-    d_flat = np.asarray(depth).reshape(-1)
+    ids, depth = np.asarray(ids), np.asarray(depth)
+    # a depth map of another shape was read at the wrong pixels (or past its end), silently where its first
+    # pixels covered the objects; amodal masks of another shape gave wrong visible fractions
+    if ids.ndim != 2 or depth.shape != ids.shape:
+        raise ValueError(f"ids and depth must be (H, W) maps of one shape, got {ids.shape} and {depth.shape}")
+    if amodal is not None and np.shape(amodal) != (K, *ids.shape):
+        raise ValueError(f"amodal masks must be (objects, H, W) = {(K, *ids.shape)}, got {np.shape(amodal)}")
+    flat_ids = ids.reshape(-1).astype(np.int64)
+    d_flat = depth.reshape(-1)
     on = np.flatnonzero((flat_ids >= 0) & (flat_ids < K))  # raster order, as np.nonzero gives
     if not len(on):
         return []
@@ -89,6 +96,8 @@ def relative_position(box_a, box_b) -> set[str]:
     offset = centre_a - centre_b, shrunk by 0.1 x (dim_a + dim_b) per axis; a relation holds where
     the shrunk offset, divided by |offset|, exceeds 0.5 along that axis."""
     a, b = np.asarray(box_a, dtype=np.float64), np.asarray(box_b, dtype=np.float64)
+    if a.shape != (4,) or b.shape != (4,):  # three numbers broadcast into a silent answer
+        raise ValueError(f"boxes must be 4 numbers (x0, y0, x1, y1), got {box_a!r} and {box_b!r}")
     ca, cb = (a[:2] + a[2:]) / 2, (b[:2] + b[2:]) / 2
     dim_a, dim_b = a[2:] - a[:2], b[2:] - b[:2]
     offset = ca - cb
@@ -165,12 +174,19 @@ def detailed_caption(stats: list[ObjectStats], height: int, width: int) -> str:
 
 def grid_cell(s: ObjectStats, height: int, width: int, grid: int = LAYOUT_GRID) -> tuple[int, int]:
     """(column, row) of the layout grid cell holding the object's centroid."""
+    _check_grid(grid)
     u, v = s.centroid
     return min(grid - 1, int(u * grid / width)), min(grid - 1, int(v * grid / height))
 
 
+def _check_grid(grid) -> None:
+    if isinstance(grid, (bool, np.bool_)) or not isinstance(grid, (int, np.integer)) or grid < 1:
+        raise ValueError(f"the layout grid must be a whole number of cells >= 1, got {grid!r}")  # 0 wrote cell (-1,-1)
+
+
 def layout_text(stats: list[ObjectStats], height: int, width: int, grid: int = LAYOUT_GRID) -> str:
     """'layout: large red cube at (2,5); small blue sphere at (6,3).' in raster order of cells."""
+    _check_grid(grid)
     if not stats:
         return "layout: empty."
     cells = [(grid_cell(s, height, width, grid), s) for s in stats]

@@ -51,7 +51,25 @@ POSE_MOTIONS = ("orbit", "move_turn")
 VQA_THOUGHTS = ("inventory", "focused")
 
 
+def _real(x) -> bool:
+    """A real number (Python's or numpy's int or float, not a bool); NaN and infinities included."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def _integer(x, what: str) -> int:
+    """x as a Python int: an int or numpy integer, not a bool; else a TypeError naming `what`."""
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{what} must be an integer, got the bool {x!r}")
+    try:
+        return operator.index(x)  # a float (1.5, or 2e9) would be truncated, or lie in a split by accident
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {type(x).__name__} {x!r}") from None
+
+
 def split_of(seed: int) -> str:
+    """The split holding `seed`: a ValueError where none does, a TypeError for a non-integer (1.5 lay in
+    "train", True too)."""
+    seed = _integer(seed, "a seed")
     for name, (lo, hi) in SPLITS.items():
         if lo <= seed < hi:
             return name
@@ -61,7 +79,10 @@ def split_of(seed: int) -> str:
 def split_of_range(start: int, n: int) -> str:
     """The one split holding every seed of start .. start + n - 1; a ValueError if some seed lies in
     no split (the splits are disjoint ranges with gaps between them, so a range in two splits always
-    crosses a gap)."""
+    crosses a gap). A negative n is a ValueError (it was the split of start), a non-integer a TypeError."""
+    n = _integer(n, "the number of seeds n")
+    if n < 0:
+        raise ValueError(f"the number of seeds n must be >= 0, got {n}")
     first = split_of(start)
     lo, hi = SPLITS[first]
     if start + n > hi:
@@ -93,10 +114,30 @@ class WorldConfig:
     vqa_thought: str = "inventory"
 
     def __post_init__(self):
+        # each option's type and range checked here, where it is given: a float size or frame count failed deep
+        # in torch or range(), a dict for scene in the first sampler, a NaN angle in the renderer; "no" turned
+        # shadows on; a non-integer novel view angle was written rounded ("look up 30 degrees." for 30.4)
+        for name in ("size", "video_frames", "max_attempts"):
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"WorldConfig.{name} must be an integer, got {type(value).__name__} {value!r}")
         if not 8 <= self.size <= MAX_SIZE:
             raise ValueError(f"image size must lie in 8..{MAX_SIZE} px, got {self.size}")
         if self.video_frames < 2:
             raise ValueError("a video needs at least 2 frames")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts (drafts per example) must be at least 1, got {self.max_attempts}")
+        if not _real(self.fov) or not 0.0 < self.fov < 180.0:
+            raise ValueError(f"field of view must lie in (0, 180) degrees, got {self.fov!r}")
+        if not _real(self.novel_view_deg) or not 0.0 < self.novel_view_deg < 180.0 \
+                or self.novel_view_deg != round(self.novel_view_deg):
+            raise ValueError(f"novel_view_deg must be a whole number of degrees in 1..179 (the nvs task writes it "
+                             f"so: 'look up 30 degrees.'), got {self.novel_view_deg!r}")
+        if not isinstance(self.scene, SceneOptions):
+            raise TypeError(f"WorldConfig.scene must be a SceneOptions, got {type(self.scene).__name__} {self.scene!r}")
+        if not isinstance(self.shadows, (bool, np.bool_)):
+            raise TypeError(f"WorldConfig.shadows must be True or False, got {type(self.shadows).__name__} "
+                            f"{self.shadows!r}")
         motions = (self.pose_motions,) if isinstance(self.pose_motions, str) else tuple(self.pose_motions)
         bad = [m for m in motions if m not in POSE_MOTIONS]
         if not motions or bad or len(set(motions)) != len(motions):
@@ -249,7 +290,15 @@ def vqa_step(thought: str) -> str:
 
 
 def options_text(options: list[str]) -> str:
+    """'A. <option> B. <option> ...': at most len(LETTERS) options (a fifth was an IndexError)."""
+    _check_options(options)
     return " ".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+
+
+def _check_options(options) -> None:
+    if isinstance(options, str) or not 1 <= len(options) <= len(LETTERS):
+        raise ValueError(f"options must be a list of 1..{len(LETTERS)} texts (letters {', '.join(LETTERS)}), "
+                         f"got {options!r}")
 
 
 def rel_pose_dict(T: np.ndarray) -> dict:
@@ -640,6 +689,9 @@ def spatial_conclusion(options: list[str], answer_text: str) -> str:
     local (copy the next option, compare it with the one just stated, repeat the letter just
     written); a bare "that is: <option>, so the answer is B." asked the model to find the option
     among the shuffled ones and read its letter in one token, which omni-tiny never learned."""
+    _check_options(options)
+    if list(options).count(answer_text) != 1:  # list.index named neither the options nor a duplicate
+        raise ValueError(f"the answer {answer_text!r} must be exactly one of the options {list(options)!r}")
     k = options.index(answer_text)
     items = ". ".join(f"{LETTERS[i]}. {o}: {'yes' if i == k else 'no'}" for i, o in enumerate(options[:k + 1]))
     return f"that is: {answer_text}. {items}, so the answer is {LETTERS[k]}."
