@@ -14,6 +14,7 @@ def test_references_are_model_free_floors():
     assert {"rre", "rte"} <= set(r["pose"])
     assert 0.2 < r["depth"]["delta1"]["mean"] < 0.9  # a constant depth is right on part of each image only
     assert r["t2i"]["pass"]["mean"] < 0.6  # another prompt's image mostly fails this prompt
+    assert set(r["spatial"]) == {"accuracy", "accuracy_option_prior"}
     for m in r.values():
         for v in m.values():
             assert v["lo"] <= v["mean"] <= v["hi"]
@@ -123,3 +124,15 @@ def test_references_and_probe_score_held_out_seeds_only_and_fail_in_one_line():
                          ("omni.eval.probe", ["--train", "4", "--steps", "1", "--n", "2", "--lr", "-1"])):
         r = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and "Traceback" not in r.stderr and "error:" in r.stderr, r.stderr
+
+
+def test_the_option_prior_reads_what_the_options_give_away():
+    """Among camera_object's four options the answer is never behind the camera (the world draws no
+    such question), so a prior that reads the options, not the images, answers those questions about
+    half the time, above the letter prior's 25 %: the floor a spatial score is read against."""
+    from omni.world import sample
+
+    exs = sample("spatial", range(2_000_000_000, 2_000_000_200))
+    assert not any(e.spec["answer_text"].startswith("behind") for e in exs if e.spec["qtype"] == "camera_object")
+    r = references(n=200, n_train=400)["metrics"]["spatial"]
+    assert r["accuracy_option_prior"]["mean"] > r["accuracy"]["mean"] + 0.05, r

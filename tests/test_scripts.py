@@ -52,3 +52,19 @@ def test_the_lease_command_refuses_bad_settings(tmp_path):
     (tmp_path / "run").mkdir()
     r = lease(tmp_path)
     assert r.returncode == 2 and "exists" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_world_skews_counts_what_the_world_gives_away():
+    """scripts/world_skews.py (docs/world_audit.md's table) runs and counts; camera_object's answers are
+    never behind the camera in this world (when the world is fixed, the audit's table changes too)."""
+    run = [sys.executable, str(ROOT / "scripts" / "world_skews.py")]
+    r = subprocess.run([*run, "--n", "60", "--json"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    cam = out["spatial"]["answers"]["camera_object"]
+    assert cam and not any(a.startswith("behind") for a in cam)
+    assert sum(out["t2i"]["categories"].values()) == 60
+    assert sum(out["t2i"]["math_objects_drawn"].values()) == out["t2i"]["categories"].get("math", 0)
+    for bad in (["--n", "0"], ["--seed-start", "999999990", "--n", "20"]):  # no split holds the second
+        r = subprocess.run([*run, *bad], capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -3,7 +3,10 @@ to be "above chance". Each is scored by the same code as the model (omni.eval.ru
 
     vqa       the most frequent answer of each question kind on training seeds (a prior that sees
               the question's kind, not the image)
-    spatial   the most frequent option letter on training seeds (uniform chance is 25 %)
+    spatial   the most frequent option letter on training seeds (uniform chance is 25 %); and
+              `accuracy_option_prior`: of the four options offered, the one that is the answer most
+              often on training seeds for the question's type (a prior that reads the options, not the
+              images: camera_object's answer is never behind the camera, so it picks among two)
     t2i       the checker on the ground-truth render of another test prompt of the same category
               (an image of the right kind, not of this prompt)
     depth     every pixel at the mean ground-truth depth of training images (metric, no alignment)
@@ -55,9 +58,17 @@ def references(n: int = 500, seed_start: int = 2_000_000_000, n_train: int = 200
     preds = [prior[ex.spec["kind"]].most_common(1)[0][0] if prior[ex.spec["kind"]] else "" for ex in te]
     out["vqa"] = {"accuracy": qa_accuracy(preds, [ex.answer for ex in te])["scores"]}
 
-    letter = Counter(ex.answer for ex in sample("spatial", train)).most_common(1)[0][0]
+    tr = sample("spatial", train)
+    letter = Counter(ex.answer for ex in tr).most_common(1)[0][0]
+    answers: dict[str, Counter] = defaultdict(Counter)
+    for ex in tr:
+        answers[ex.spec["qtype"]][ex.spec["answer_text"]] += 1
     te = sample("spatial", test)
-    out["spatial"] = {"accuracy": qa_accuracy([letter] * n, [ex.answer for ex in te])["scores"]}
+    # ties (and options never the answer) go to the first offered: max keeps the first of equals
+    picked = [max(ex.spec["options"], key=lambda o, c=answers[ex.spec["qtype"]]: c[o]) for ex in te]
+    out["spatial"] = {"accuracy": qa_accuracy([letter] * n, [ex.answer for ex in te])["scores"],
+                      "accuracy_option_prior": [float(o == ex.spec["answer_text"])
+                                                for o, ex in zip(picked, te, strict=True)]}
 
     te = sample("t2i", test)
     by_cat: dict[str, list[int]] = defaultdict(list)
