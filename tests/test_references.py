@@ -128,8 +128,9 @@ def test_references_and_probe_score_held_out_seeds_only_and_fail_in_one_line():
 
 def test_the_option_prior_reads_what_the_options_give_away():
     """Among camera_object's four options the answer is never behind the camera (the world draws no
-    such question: a skew docs/world_audit.md lists for the next retrain, which will change this), so a prior that reads the options, not the images, answers those questions about
-    half the time, above the letter prior's 25 %: the floor a spatial score is read against."""
+    such question: a skew docs/world_audit.md lists for the next retrain, which will change this), so
+    a prior that reads the options, not the images, answers those questions about half the time,
+    above the letter prior's 25 %: the floor a spatial score is read against."""
     from omni.world import sample
 
     exs = sample("spatial", range(2_000_000_000, 2_000_000_200))

@@ -139,3 +139,12 @@ def test_default_examples_byte_identical():
         for e in sample(task, seeds, WorldConfig(size=32)):
             h.update(json.dumps(e.to_json(), sort_keys=True).encode())
     assert h.hexdigest()[:16] == "8b2568bb49def698"
+
+
+def test_a_seed_in_no_split_names_the_splits_readably():
+    """split_of printed the SPLITS dict itself; it says the ranges as sample does."""
+    from omni.world.tasks import split_of
+
+    with pytest.raises(ValueError, match=r"seed 1500000000 lies in no split: train 0\.\.999999999, "
+                                         r"val 1000000000\.\.1000999999, test 2000000000\.\.2000999999$"):
+        split_of(1_500_000_000)

@@ -73,7 +73,12 @@ def split_of(seed: int) -> str:
     for name, (lo, hi) in SPLITS.items():
         if lo <= seed < hi:
             return name
-    raise ValueError(f"seed {seed} lies in no split: {SPLITS}")
+    raise ValueError(f"seed {seed} lies in no split: {splits_text()}")
+
+
+def splits_text() -> str:
+    """'train 0..999999999, val 1000000000..1000999999, test 2000000000..2000999999'."""
+    return ", ".join(f"{name} {lo}..{hi - 1}" for name, (lo, hi) in SPLITS.items())
 
 
 def split_of_range(start: int, n: int) -> str:
@@ -1078,8 +1083,7 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
         except TypeError:
             raise TypeError(f"seeds must be integers, got {s!r} ({type(s).__name__}) at position {i}") from None
         if not any(lo <= seed < hi for lo, hi in SPLITS.values()):
-            raise ValueError(f"seed {seed} (position {i}) lies in no split: "
-                             + ", ".join(f"{name} {lo}..{hi - 1}" for name, (lo, hi) in SPLITS.items()))
+            raise ValueError(f"seed {seed} (position {i}) lies in no split: {splits_text()}")
         out.append(seed)
     return out
 
