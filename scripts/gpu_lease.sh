@@ -8,7 +8,8 @@
 #   on the CPU:   OUT=/tmp/x DEVICE=cpu ROWS=1 WORKERS=0 STEPS=2 bash scripts/gpu_lease.sh   (a dry run)
 #
 # The settings are environment variables (defaults: the plan of docs/gpu_training.md for one H100/H200);
-# anything after the script's name is passed on to `python -m omni.train` and overrides them.
+# anything after the script's name is passed on to `python3 -m omni.train` and overrides them; PYTHON names
+# another interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -23,6 +24,7 @@ MINUTES=${MINUTES:-8.3}     # training's guard inside the device's 600 s a comma
 DATA_SEED=${DATA_SEED:-75}  # not used by any shipped stage (stage 14b's slices took 69 and 73)
 LR=${LR:-2e-4}
 RUN=${RUN:-runs/lease}
+PY=${PYTHON:-python3}       # the device's python3 holds its PyTorch (.library/device/KINDS.md)
 for name in ROWS WORKERS THREADS STEPS DATA_SEED; do
     [[ ${!name} =~ ^[0-9]+$ ]] || { echo "gpu_lease.sh: $name must be a whole number, got '${!name}'" >&2; exit 2; }
 done
@@ -36,7 +38,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then  # the GPU's utilisation every 10
 fi
 
 # stage 13's mixture (README, "What checkpoints/omni-tiny does": the s15 slice) from the shipped model
-python -m omni.train --out "$RUN" --preset tiny --device "$DEVICE" --workers "$WORKERS" --threads "$THREADS" \
+"$PY" -m omni.train --out "$RUN" --preset tiny --device "$DEVICE" --workers "$WORKERS" --threads "$THREADS" \
     --rows "$ROWS" --row-len 1024 --accum 1 --init-from checkpoints/omni-tiny --lr "$LR" --warmup 100 \
     --ema 0.998 --keep 1 --data-seed "$DATA_SEED" --steps "$STEPS" --save-every 1000 --max-minutes "$MINUTES" \
     --source-latents --source-cond --pair-cond --pose-head --model '{"w_pose": 10}' --pose-motions orbit,move_turn \
@@ -44,6 +46,6 @@ python -m omni.train --out "$RUN" --preset tiny --device "$DEVICE" --workers "$W
     --task-weights '{"vqa": 3.0, "t2i": 1.5, "spatial": 3.0, "depth": 2.0, "pose": 7.0, "nvs": 2.0, "video": 3.5, "edit": 3.5}' \
     "$@"
 
-python -c "import sys; from omni.train import export; export(sys.argv[1], sys.argv[1] + '-m', dtype='bfloat16')" "$RUN"
+"$PY" -c "import sys; from omni.train import export; export(sys.argv[1], sys.argv[1] + '-m', dtype='bfloat16')" "$RUN"
 cp "$RUN-m"/config.json "$RUN-m"/model*.safetensors* "$RUN"/log.jsonl "$RUN"/train_config.json "$OUT"/
 ls -l "$OUT"
