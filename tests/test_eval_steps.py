@@ -59,6 +59,22 @@ def test_every_checkpoint_scored_as_omni_eval_scores_it(run, tmp_path, monkeypat
             steps_mod.scores_by_step(run, out, ["vqa", "depth"], n=2, extra={9: shipped})
 
 
+def test_scores_of_another_model_at_a_step_are_not_reused(run, tmp_path):
+    """Reuse went by step number alone: an --also model at a step the run has (or a second run into
+    the same --out) was given the first model's scores. Each file records its model's config digest."""
+    from omni.eval.steps import scores_by_step
+    from omni.serve.testing import random_tiny_checkpoint
+
+    out = tmp_path / "out"
+    first = scores_by_step(run, out, ["depth"], n=1)
+    src = json.loads((out / "step-0000002" / "depth.json").read_text())["source"]
+    assert src.startswith("config.json sha256 ")
+    other = random_tiny_checkpoint(tmp_path / "other")
+    with pytest.raises(ValueError, match="scores another model at step 2"):
+        scores_by_step(None, out, ["depth"], n=1, extra={2: other})
+    assert scores_by_step(run, out, ["depth"], n=1)["steps"] == first["steps"]  # its own: reused
+
+
 def test_export_a_chosen_step(run, tmp_path):
     """export(step=N) ships that checkpoint's EMA weights, not the newest, says which in its record,
     and refuses a step the run did not keep."""

@@ -3,9 +3,10 @@
 plan on the same held-out examples as `omni eval TASK`; or, as the task `spatial-thought`, by where
 the true spatial thought breaks (`thought_steps`: its option, copy, verdict and letter steps).
 
-Each (step, task) result is written to `out/step-N/TASK.json` (the `omni eval TASK --json` object)
-as soon as it exists and is reused when present, so the command can follow a run that is still
-training, be stopped, and be run again. `out/scores_by_step.json` and `.png` summarise them.
+Each (step, task) result is written to `out/step-N/TASK.json` (the `omni eval TASK --json` object,
+with `source`: which model it scored) as soon as it exists and is reused when present (if of the same
+model), so the command can follow a run that is still training, be stopped, and be run again.
+`out/scores_by_step.json` and `.png` summarise them.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
     for s in sorted(points):
         kind, d = points[s]
         where = out / f"step-{s:07d}"
+        source = _source(d)
         todo = [t for t in tasks if not (where / f"{t}.json").is_file()]
         if todo:
             where.mkdir(exist_ok=True)
@@ -97,13 +99,16 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
                 model_dir = _export_step(d, Path(tmp) / "model") if kind == "run" else d
                 model = OmniModel.from_pretrained(model_dir)
                 for t in todo:
-                    r = _score(model, t, sizes[t], seed_start)
+                    r = {**_score(model, t, sizes[t], seed_start), "source": source}
                     atomic_write_bytes(where / f"{t}.json", json.dumps(r).encode())
                     if log:
                         log(f"step {s}: {t} " + ", ".join(f"{k} {v['mean']:.4f}" for k, v in r["metrics"].items()))
         steps[s] = {}
         for t in tasks:
             r = _kept(where / f"{t}.json", t)
+            if r.get("source", source) != source:  # files written before sources were recorded are taken as they are
+                raise ValueError(f"{where / f'{t}.json'} scores another model at step {s} ({r['source']}, not "
+                                 f"{source}): remove it or use another --out")
             if r.get("n") != sizes[t] or r.get("seed_start") != seed_start:
                 raise ValueError(f"{where / f'{t}.json'} scores n={r.get('n')} from seed {r.get('seed_start')}, "
                                  f"not n={sizes[t]} from {seed_start}: remove it or use another --out")
@@ -116,6 +121,16 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
     atomic_write_bytes(out / "scores_by_step.md", steps_markdown(summary).encode())
     plot_scores_by_step(summary, out / "scores_by_step.png")
     return summary
+
+
+def _source(d: Path) -> str:
+    """Which model a step's scores are of: the SHA-256 (16 hex digits) of its checkpoint's config.json,
+    which records its training (run config, data seed, step; or an export's source and weights). A step
+    number alone said nothing of it: a second run, or an --also model at a step the run has, reused the
+    first one's scores (the same config means the same weights: training is deterministic)."""
+    import hashlib
+
+    return "config.json sha256 " + hashlib.sha256((Path(d) / "config.json").read_bytes()).hexdigest()[:16]
 
 
 def _kept(path: Path, task: str) -> dict:
