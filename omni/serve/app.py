@@ -157,7 +157,10 @@ class Server:
     def __init__(self, model: OmniModel, settings: ServeSettings, name: str):
         settings.validate()
         self.model, self.settings, self.name = model, settings, name
-        Engine(model)  # fails now if the model has no tokenizers
+        # fails now if the model has no tokenizers, or a setting is one the engine refuses (a float number
+        # of flow steps, say, failed every request with a 500)
+        Engine(model, flow_steps=settings.flow_steps, cfg_scale=settings.cfg_scale,
+               think_tokens=settings.think_tokens, layout_tokens=settings.layout_tokens)
         self.runner = Runner(settings.max_queue)
         self.store = ArtifactStore(settings.artifact_ttl_s, settings.max_artifact_runs)
         self.started = time.time()
@@ -280,6 +283,18 @@ class Server:
             job.cancelled.set()  # a client that went away stops its run at the next step
 
 
+def _json_type(content_type: str) -> bool:
+    """Whether a Content-Type is one FastAPI reads a body as JSON under (application/json, .../x+json)."""
+    kind = content_type.split(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed its connection (the body has been read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _error_event(status: int, code: str, message: str) -> dict:
     return {"event": "error", "status": status, **error_body(code, message)}
 
@@ -339,6 +354,10 @@ def create_app(checkpoint: str | Path | None = None, settings: ServeSettings | N
         details = [{"loc": [str(x) for x in d.get("loc", ())], "msg": str(d.get("msg", "")),
                     "type": str(d.get("type", ""))} for d in e.errors()]
         summary = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5]) or "invalid request"
+        ctype = request.headers.get("content-type", "")
+        if [d["loc"] for d in details] == [["body"]] and not _json_type(ctype):  # the body was not read as JSON
+            got = f"got {ctype!r}" if ctype else "none was given"
+            summary = f"the body must be a JSON object sent with Content-Type: application/json ({got}); {summary}"
         return JSONResponse(error_body("invalid_request", summary, details), 422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -352,15 +371,33 @@ def create_app(checkpoint: str | Path | None = None, settings: ServeSettings | N
         return JSONResponse(error_body("internal", f"{type(e).__name__}: {e}"), 500)
 
     @app.post("/v1/unroll", response_model=UnrollResponse, responses=ERRORS, tags=["runs"])
-    async def unroll(req: UnrollRequest) -> JSONResponse:
+    async def unroll(req: UnrollRequest, request: Request) -> Response:
         """Run a plan on one input and return the final output with the whole workspace (trace). Images
         come back as artifact URLs under `/v1/artifacts/{run_id}/` that expire."""
-        async for ev in await server.events(req):
-            if ev["event"] == "done":
-                return JSONResponse(ev["result"])
-            if ev["event"] == "error":
-                return JSONResponse({"error": ev["error"]}, ev["status"])
-        raise RuntimeError("the run ended without a result")
+        events = await server.events(req)
+
+        async def answer() -> JSONResponse:
+            async for ev in events:
+                if ev["event"] == "done":
+                    return JSONResponse(ev["result"])
+                if ev["event"] == "error":
+                    return JSONResponse({"error": ev["error"]}, ev["status"])
+            raise RuntimeError("the run ended without a result")
+
+        # a client that goes away stops its run at the next step, as a streamed run's does (the server
+        # is told by the connection, not by a read of the answer, which never comes)
+        run, gone = asyncio.ensure_future(answer()), asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not run.done():
+                run.cancel()  # closing the events cancels the job
+        if not run.done():
+            await asyncio.wait({run})
+        if run.cancelled():
+            return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+        return run.result()
 
     @app.post("/v1/unroll/stream", tags=["runs"], responses={**ERRORS, 200: {
         "description": "`application/x-ndjson`: one `StreamEvent` JSON object per line — `queued` (position), "

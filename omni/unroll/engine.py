@@ -216,6 +216,8 @@ def parse_plan(task: str, plan: str | Sequence[str] | None, inputs: Inputs | Non
                 raise ValueError(f"plan {plan!r} has an empty step (a comma with no primitive name beside it)")
     elif isinstance(plan, Sequence) and all(isinstance(p, str) for p in plan):
         steps = [p.strip() for p in plan]
+        if not all(steps):  # it was "unknown primitive ''"
+            raise ValueError(f"plan {list(plan)!r} has an empty step (a name that is empty or only spaces)")
     else:
         raise TypeError(f"a plan is a string or a list of primitive names, got {plan!r}")
     for s in steps:

@@ -47,7 +47,8 @@ def write_trace(res: Result, out_dir: str | Path, extra: dict | None = None) -> 
     if o.kind == "depth":
         d = o.data["depth"]
         np.save(out / "output.npy", d.astype(np.float32))
-        Image.fromarray(colorize_depth(d, np.ones_like(d, dtype=bool))).save(out / "output.png")
+        # the finite pixels, as the server colours them (one infinite pixel made every pixel NaN, black)
+        Image.fromarray(colorize_depth(d, np.isfinite(d))).save(out / "output.png")
         trace["output"]["depth"] = "output.npy"
         trace["output"]["image"] = "output.png"
     trace.update(extra or {})
