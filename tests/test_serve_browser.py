@@ -184,3 +184,19 @@ def test_upload_and_errors(page, problems, tmp_path):
     assert steps_of(page, "A") == ["input", "think", "output"]
     assert "how many cubes are there?" in page.inner_text('.card[data-step="input"]')
     assert all_images_loaded(page)
+
+
+def test_an_empty_sampling_field_leaves_the_servers_default(page):
+    """An emptied sampling box was sent as 0 (visual temperature 0: greedy visual tokens, which
+    collapse onto one code, instead of the default 1); it is now left out of the request."""
+    bodies = []
+    page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if r.url.endswith("/v1/unroll/stream")
+            else None)
+    page.select_option("#task", "vqa")
+    page.click("summary:has-text('sampling')")  # the sampling fields are folded away
+    page.fill("#visual-temperature", "")
+    page.fill("#temperature", "0.5")
+    page.click("#run")
+    wait_done(page)
+    sent = bodies[-1]
+    assert "visual_temperature" not in sent and sent["temperature"] == 0.5 and sent["visual_top_k"] == 16, sent

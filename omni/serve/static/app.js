@@ -138,12 +138,14 @@ function readFile(file) {
 
 async function inputBody() {
   const t = $("#task").value;
-  const body = { task: t, sample_seed: Number($("#sample-seed").value || 0),
-    temperature: Number($("#temperature").value || 0),
-    visual_temperature: Number($("#visual-temperature").value || 0),
-    visual_top_k: Number($("#visual-top-k").value || 0),
-    flow_shift: Number($("#flow-shift").value || 1) };
-  if ($("#cfg-scale").value !== "") body.cfg_scale = Number($("#cfg-scale").value);
+  const body = { task: t };
+  // a sampling field left empty is left out, so the server's default applies (an empty visual
+  // temperature was sent as 0: greedy visual tokens, not the default 1)
+  for (const [id, key] of [["sample-seed", "sample_seed"], ["temperature", "temperature"],
+      ["visual-temperature", "visual_temperature"], ["visual-top-k", "visual_top_k"],
+      ["flow-shift", "flow_shift"], ["cfg-scale", "cfg_scale"]]) {
+    if ($("#" + id).value !== "") body[key] = Number($("#" + id).value);
+  }
   if ($("#source-seed").checked) {
     body.seed = Number($("#seed").value);
     return body;
