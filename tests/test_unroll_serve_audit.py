@@ -107,6 +107,25 @@ def test_a_traced_depth_map_is_coloured_on_its_finite_pixels(tmp_path):
                           colorize_depth(finite, np.ones_like(finite, dtype=bool)))
 
 
+
+def test_a_trace_is_strict_json_when_a_score_is_infinite(tmp_path):
+    """trace.json was written with NaN and Infinity (a PSNR of identical images is inf), which JSON
+    parsers refuse; they are null now, as in the server's answers. One json_safe for both."""
+    import json
+
+    from omni.unroll.trace import json_safe
+
+    def refuse(c):
+        raise ValueError(c)
+
+    d = np.ones((8, 8), np.float32)
+    res = Result("depth", [], Item("output", "depth", data={"depth": d}), [Item("input", "text", text="")])
+    path = write_trace(res, tmp_path, extra={"score": {"psnr": float("inf"), "ssim": np.float32(0.5),
+                                                      "delta1": np.float64("nan")}})
+    t = json.loads(path.read_text(), parse_constant=refuse)
+    assert t["score"] == {"psnr": None, "ssim": 0.5, "delta1": None}
+    assert json_safe({1: (np.int64(2), np.array([1.5, np.inf]))}) == {"1": [2, [1.5, None]]}
+
 def test_a_plan_list_with_an_empty_step_says_so(client):
     """A list plan with an empty or blank name was "unknown primitive ''" (a string plan's empty step is
     named as one)."""

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from omni.io import atomic_write_bytes
 from omni.unroll.engine import DEFAULT_PLAN, Engine
-from omni.unroll.trace import as_json
+from omni.unroll.trace import json_safe
 from omni.world import SPLITS, WorldConfig, sample
 from omni.world.export import colorize_depth, ensure_writable_dir, to_uint8
 
@@ -83,5 +83,5 @@ def demo(engine: Engine, out: str | Path, seed: int = SPLITS["test"][0], tasks=E
         sheet.paste(r, (0, y))
         y += r.height + 6
     sheet.save(out)
-    atomic_write_bytes(out.with_suffix(".json"), json.dumps(traces, indent=2, default=as_json).encode())
+    atomic_write_bytes(out.with_suffix(".json"), json.dumps(json_safe(traces), indent=2, allow_nan=False).encode())
     return traces

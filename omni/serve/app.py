@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -50,6 +49,7 @@ from omni.unroll.engine import (
     Item,
     parse_pose,
 )
+from omni.unroll.trace import json_safe
 
 from .inputs import TASK_INPUTS, InputError, Prepared, prepare
 from .jobs import ArtifactStore, Cancelled, Job, Runner
@@ -116,21 +116,6 @@ def error_body(code: str, message: str, details: list | None = None) -> dict:
     return {"error": {"code": code, "message": message, **({"details": details} if details else {})}}
 
 
-def finite(x: Any) -> Any:
-    """JSON-safe: NaN and infinities become null, numpy scalars Python numbers, recursively."""
-    if isinstance(x, dict):
-        return {str(k): finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [finite(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return finite(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def png_bytes(img: np.ndarray) -> bytes:
     a = img if img.dtype == np.uint8 else (np.clip(np.nan_to_num(img), 0, 1) * 255 + 0.5).astype(np.uint8)
     buf = io.BytesIO()
@@ -148,7 +133,7 @@ def pose_info(text: str | None) -> dict | None:
     T = parse_pose(text or "")
     if T is None or not np.isfinite(T).all():
         return None
-    return finite({"center": T[:3, 3], "forward": T[:3, 2], "matrix": T})
+    return json_safe({"center": T[:3, 3], "forward": T[:3, 2], "matrix": T})
 
 
 class Server:
@@ -190,7 +175,7 @@ class Server:
                 {"min_m": float(d[ok].min()) if ok.any() else None, "max_m": float(d[ok].max()) if ok.any() else None})
         if item.kind == "pose":
             rec["pose"] = pose_info(item.text)
-        return finite(rec)
+        return json_safe(rec)
 
     def execute(self, prep: Prepared, req: UnrollRequest, job: Job, emit) -> dict:
         """Run in the model's thread, emitting events as the workspace grows; returns the last event
@@ -222,7 +207,7 @@ class Server:
             result = {"run_id": run_id, "task": req.task, "plan": res.plan, "input": inp, "steps": records[:-1],
                       "output": records[-1], "context_tokens": sum(int(r["tokens"]) for r in records),
                       "seconds": round(time.perf_counter() - t0, 4), "expires_at": expires, "reference": reference}
-            return {"event": "done", "result": finite(result)}
+            return {"event": "done", "result": json_safe(result)}
         except Cancelled as e:
             return _error_event(504, "timeout", f"the run was stopped: {e} (limit {self.settings.timeout_s:g} s)")
         except ValueError as e:

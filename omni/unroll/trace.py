@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -21,11 +22,21 @@ def _png(img: np.ndarray, path: Path) -> str:
     return path.name
 
 
-def as_json(x):
-    """numpy scalars and arrays (and tensors) as JSON numbers and lists: `json.dumps(..., default=as_json)`."""
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+def json_safe(x):
+    """x as strict JSON can hold it, recursively: NaN and infinities become null (json.dumps wrote NaN and
+    Infinity, which JSON parsers refuse: an infinite PSNR in a trace's score), numpy scalars and arrays and
+    tensors Python numbers and lists, keys strings."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, np.generic):  # arrays and tensors
+        return json_safe(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def write_trace(res: Result, out_dir: str | Path, extra: dict | None = None) -> Path:
@@ -52,7 +63,7 @@ def write_trace(res: Result, out_dir: str | Path, extra: dict | None = None) -> 
         trace["output"]["depth"] = "output.npy"
         trace["output"]["image"] = "output.png"
     trace.update(extra or {})
-    atomic_write_bytes(out / "trace.json", json.dumps(trace, indent=2, default=as_json).encode())
+    atomic_write_bytes(out / "trace.json", json.dumps(json_safe(trace), indent=2, allow_nan=False).encode())
     written = {rec["image"] for rec in trace["steps"] if rec.get("image")}
     written |= {trace["output"][k] for k in ("image", "depth") if trace["output"].get(k)}
     for f in out.iterdir():
