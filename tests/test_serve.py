@@ -20,7 +20,7 @@ from omni.serve import ServeSettings, create_app
 from omni.serve.jobs import ArtifactStore, Cancelled, Job, Runner
 from omni.serve.schemas import UnrollRequest
 from omni.serve.testing import LiveServer, free_port, random_tiny_checkpoint
-from omni.unroll.engine import NEEDS, PLANS, PRIMITIVES, VISUAL_SAMPLING, Item, register
+from omni.unroll.engine import PLANS, PRIMITIVES, VISUAL_SAMPLING, Item
 from omni.world import sample
 
 FAST = dict(flow_steps=2, think_tokens=8, layout_tokens=8)
@@ -66,21 +66,6 @@ def assert_error(r, status, code, needle=""):
     assert body["error"]["code"] == code, body
     assert needle.lower() in body["error"]["message"].lower(), body
     assert "Traceback" not in r.text
-
-
-@pytest.fixture
-def temp_primitive():
-    """Register test-only primitives for one test and remove them afterwards."""
-    added = []
-
-    def add(name, fn):
-        register(name)(fn)
-        added.append(name)
-
-    yield add
-    for name in added:
-        PRIMITIVES.pop(name, None)
-        NEEDS.pop(name, None)
 
 
 # -- catalogues ---------------------------------------------------------------------------------------
@@ -573,22 +558,12 @@ def test_queue_full_429_and_timeout_504(ckpt, temp_primitive):
         assert [e["event"] for e in events[:3]] == ["queued", "start", "step"]
 
 
-def test_client_going_away_stops_the_run(ckpt, temp_primitive):
-    gate, marks = threading.Event(), []
-
-    def wait(engine, ws):
-        gate.wait(20)
-        return Item("test_wait", "text", text="waited")
-
-    def mark(engine, ws):
-        marks.append("ran")
-        return Item("test_mark", "text", text="marked")
-
-    temp_primitive("test_wait", wait)
-    temp_primitive("test_mark", mark)
+def test_client_going_away_stops_the_run(ckpt, gated):
+    gate, marks = gated
     app = create_app(ckpt, ServeSettings(**FAST))
     with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        with c.stream("POST", "/v1/unroll/stream", json={"task": "vqa", "seed": 1, "plan": "test_wait,test_mark"}) as r:
+        body = {"task": "vqa", "seed": 1, "plan": "gated_wait,gated_mark"}
+        with c.stream("POST", "/v1/unroll/stream", json=body) as r:
             lines = r.iter_lines()
             first = [json.loads(next(lines)) for _ in range(3)]
         assert [e["event"] for e in first] == ["queued", "start", "step"]  # then the client hangs up
@@ -601,7 +576,7 @@ def test_client_going_away_stops_the_run(ckpt, temp_primitive):
             time.sleep(0.02)
         assert c.get("/healthz").json()["queue"] == idle
         assert marks == []  # the step after the one running when the client left never ran
-        r = c.post("/v1/unroll", json={"task": "vqa", "seed": 1, "plan": "test_mark"})
+        r = c.post("/v1/unroll", json={"task": "vqa", "seed": 1, "plan": "gated_mark"})
         assert r.status_code == 200 and marks == ["ran"]
 
 

@@ -1,7 +1,6 @@
 """A helper's audit of omni.unroll (engine, trace) and omni.serve (app): each test fails on the code
 before its fix. The random tiny model: the outputs are noise, the plumbing is what is tested."""
 
-import threading
 import time
 
 import httpx
@@ -14,7 +13,6 @@ from PIL import Image
 from omni.serve import ServeSettings, create_app
 from omni.serve.testing import LiveServer, random_tiny_model
 from omni.unroll import Item, Result, parse_plan
-from omni.unroll.engine import NEEDS, PRIMITIVES, register
 from omni.unroll.trace import write_trace
 
 FAST = dict(flow_steps=2, think_tokens=8, layout_tokens=8)
@@ -32,37 +30,12 @@ def client(model):
         yield c
 
 
-@pytest.fixture
-def temp_primitive():
-    added = []
-
-    def add(name, fn):
-        register(name)(fn)
-        added.append(name)
-
-    yield add
-    for name in added:
-        PRIMITIVES.pop(name, None)
-        NEEDS.pop(name, None)
-
-
-def test_a_plain_run_stops_when_its_client_goes_away(model, temp_primitive):
+def test_a_plain_run_stops_when_its_client_goes_away(model, gated):
     """POST /v1/unroll (not streamed) ran every step for a client that had hung up, holding the model
     and a place in the queue; it now stops at the next step, as a streamed run does."""
-    gate, marks = threading.Event(), []
-
-    def wait(engine, ws):
-        gate.wait(20)
-        return Item("audit_wait", "text", text="waited")
-
-    def mark(engine, ws):
-        marks.append("ran")
-        return Item("audit_mark", "text", text="marked")
-
-    temp_primitive("audit_wait", wait)
-    temp_primitive("audit_mark", mark)
+    gate, marks = gated
     app = create_app(model=model, settings=ServeSettings(**FAST))
-    body = {"task": "vqa", "seed": 1, "plan": "audit_wait,audit_mark"}
+    body = {"task": "vqa", "seed": 1, "plan": "gated_wait,gated_mark"}
     with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(srv.url + "/v1/unroll", json=body, timeout=1.0)  # the client gives up and hangs up
@@ -75,8 +48,8 @@ def test_a_plain_run_stops_when_its_client_goes_away(model, temp_primitive):
             time.sleep(0.02)
         assert c.get("/healthz").json()["queue"] == idle
         assert marks == []  # the step after the one running when the client left never ran
-        r = c.post("/v1/unroll", json={"task": "vqa", "seed": 1, "plan": "audit_mark"})  # a client that waits
-        assert r.status_code == 200 and marks == ["ran"] and r.json()["plan"] == ["audit_mark"]
+        r = c.post("/v1/unroll", json={"task": "vqa", "seed": 1, "plan": "gated_mark"})  # a client that waits
+        assert r.status_code == 200 and marks == ["ran"] and r.json()["plan"] == ["gated_mark"]
 
 
 @pytest.mark.parametrize("setting,needle", [({"flow_steps": 2.5}, "flow_steps must be an integer"),
