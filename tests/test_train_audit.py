@@ -151,3 +151,15 @@ def test_average_refuses_weights_given_as_a_string(tmp_path):
     with pytest.raises(ValueError, match="weights must be 2 finite non-negative numbers"):
         average([a, b], tmp_path / "c", weights="12")
     assert not (tmp_path / "c").exists()
+
+
+def test_a_killed_runs_half_written_checkpoint_is_removed_on_resume(tmp_path):
+    """A run killed while writing a checkpoint left `.tmp-step-N/` (never COMPLETE, never read) in the
+    run directory for good; the next slice removes it."""
+    run = tmp_path / "r"
+    train_main(str(run), steps=1, save_every=1, log=quiet, **fast())
+    half = run / ".tmp-step-0000007"  # a step this slice never saves (its own save clears its own tmp)
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"\0" * 10)
+    train_main(str(run), steps=2, save_every=1, resume=True, log=quiet, **fast())
+    assert not half.exists() and (run / "step-0000002" / "COMPLETE").is_file()

@@ -581,6 +581,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             write_json(self.out / "train_config.json", cfg.to_dict())
+            for tmp in self.out.glob(".tmp-step-*"):  # a killed run's half-written checkpoint (never COMPLETE)
+                shutil.rmtree(tmp, ignore_errors=True)
         if self.step >= cfg.steps:  # a finished run resumed: nothing to do, and say so
             self.log(f"{self.out} is already at step {self.step} of {cfg.steps}: nothing to train "
                      "(a larger --steps continues it)")
