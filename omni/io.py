@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 
@@ -112,6 +113,14 @@ def load_safetensors(module: nn.Module, path: str | Path, state: dict[str, torch
     if any(t.is_meta for t in own.values()):
         return
     module.load_state_dict({k: state[k].to(own[k].dtype) for k in own})
+
+
+def check_int(name: str, value, lo: int | None = None) -> None:
+    """ValueError naming `name` unless `value` is an integer (Python's or numpy's, not a bool) >= lo."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
 
 
 def check_type(name: str, value, kind: str) -> None:

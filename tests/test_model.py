@@ -233,8 +233,9 @@ def test_flow_sampler_rejects_bad_steps_scale_and_noise():
     cfg = m.cfg
     c = KVCache(cfg)
     extend(m, c, [Segment("text", [5, 6, 7])])
-    for bad in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="steps must be a positive integer"):
+    for bad, msg in ((0, "steps must be >= 1, got 0"), (-1, "steps must be >= 1, got -1"),
+                     (2.5, "steps must be an integer, got 2.5"), (True, "steps must be an integer, got True")):
+        with pytest.raises(ValueError, match=msg):
             sample_latents(m, c.fork(), steps=bad)
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="cfg_scale must be a finite number"):
@@ -480,8 +481,12 @@ def test_cache_sizes_and_guidance_interval_are_checked():
     guidance off without a word (the engine checked it, the function did not)."""
     m = model()
     assert KVCache(m.cfg).max_len == m.cfg.max_seq and KVCache(m.cfg, max_len=7).max_len == 7
-    for kw in ({"max_len": 0}, {"max_len": -3}, {"max_len": 2.5}, {"rows": 0}, {"rows": True}):
-        with pytest.raises(ValueError, match="KVCache (rows|max_len) must be a positive integer"):
+    for kw, msg in (({"max_len": 0}, "KVCache max_len must be >= 1, got 0"),
+                    ({"max_len": -3}, "KVCache max_len must be >= 1, got -3"),
+                    ({"max_len": 2.5}, "KVCache max_len must be an integer, got 2.5"),
+                    ({"rows": 0}, "KVCache rows must be >= 1, got 0"),
+                    ({"rows": True}, "KVCache rows must be an integer, got True")):
+        with pytest.raises(ValueError, match=msg):
             KVCache(m.cfg, **kw)
     c = KVCache(m.cfg)
     extend(m, c, [Segment("text", [5, 6, 7])])
@@ -744,7 +749,8 @@ def test_generate_tokens_checks_the_room_first():
                                          r"room for 6\)"):
         generate_tokens(m, c, 7)
     assert c.length == 4
-    for bad in (-1, 2.0, True):
-        with pytest.raises(ValueError, match="max_new must be an integer >= 0"):
+    for bad, msg in ((-1, "max_new must be >= 0, got -1"), (2.0, "max_new must be an integer, got 2.0"),
+                     (True, "max_new must be an integer, got True")):
+        with pytest.raises(ValueError, match=msg):
             generate_tokens(m, c, bad)
     assert len(generate_tokens(m, c, 6)[0]) <= 6 and c.length <= 10

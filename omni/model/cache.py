@@ -12,10 +12,11 @@ new cache, so branches (CFG, ablation rows) continue from one encoding of their 
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
+
+from omni.io import check_int
 
 from .batch import Batch, Segment, attention_mask, pack
 from .config import OmniConfig
@@ -30,11 +31,10 @@ class KVCache:
                  dtype: torch.dtype = torch.float32):
         self.cfg = cfg
         # max_len=0 read as "the model's max_seq", a negative one failed inside torch.zeros
-        for name, n in (("rows", rows), ("max_len", cfg.max_seq if max_len is None else max_len)):
-            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-                raise ValueError(f"KVCache {name} must be a positive integer, got {n!r}")
-        self.max_len = cfg.max_seq if max_len is None else int(max_len)
-        rows = int(rows)
+        max_len = cfg.max_seq if max_len is None else max_len
+        check_int("KVCache rows", rows, 1)
+        check_int("KVCache max_len", max_len, 1)
+        self.max_len, rows = int(max_len), int(rows)
         shape = (cfg.n_layers, rows, cfg.n_heads, self.max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)

@@ -12,10 +12,11 @@ guidance interval, v_c elsewhere. The Euler grid is uniform in t, or shifted tow
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
+
+from omni.io import check_int
 
 from .batch import MIN_SHIFT, Segment, shift_t
 from .cache import KVCache
@@ -57,8 +58,7 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
     cfg = model.cfg
     if kind not in ("text", "visual"):
         raise ValueError(f"can only generate text or visual tokens, not {kind!r}")
-    if isinstance(max_new, bool) or not isinstance(max_new, numbers.Integral) or max_new < 0:
-        raise ValueError(f"max_new must be an integer >= 0, got {max_new!r}")
+    check_int("max_new", max_new, 0)
     room = cache.max_len - cache.length
     if max_new > room:  # each token joins the cache: a full cache midway stopped the run and lost what it made
         raise ValueError(f"KV cache full: max_new {max_new} tokens may not fit ({cache.length} of {cache.max_len} "
@@ -114,8 +114,7 @@ def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg
     device = cache.k.device if cache is not None else next(model.parameters()).device
     # steps < 1 ran no Euler step and returned the starting noise as the image; a NaN guidance scale
     # made every latent NaN; noise of another row count was integrated as extra (or too few) images
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:  # numpy ints too
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    check_int("steps", steps, 1)
     if not math.isfinite(cfg_scale):
         raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
     if noise is not None and tuple(noise.shape) != (rows, n, cfg.latent_dim):

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from omni.io import check_int
 from omni.model.batch import MIN_SHIFT, Batch, Segment, pack, shift_t
 from omni.unroll.format import BLOCKS, VIEW_TAGS, Format
 from omni.world import SPLITS, Example, WorldConfig, sample
@@ -104,11 +105,7 @@ class MixtureConfig:
 
     def __post_init__(self):
         for name, lo in (("data_seed", 0), ("rows", 1), ("row_len", 1), ("image_size", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer, got {v!r}")
-            if v < lo:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
+            check_int(f"--{name.replace('_', '-')}", getattr(self, name), lo)
         if self.row_len > MAX_ROW_LEN:
             raise ValueError(f"--row-len must be at most {MAX_ROW_LEN}, got {self.row_len}")
         if not MIN_SHIFT <= self.t_shift < float("inf"):

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from omni.io import atomic_write_bytes, read_json, read_safetensors, save_safetensors, write_json
+from omni.io import atomic_write_bytes, check_int, read_json, read_safetensors, save_safetensors, write_json
 from omni.model import OmniModel, preset
 from omni.model.batch import Batch
 from omni.tokens.text import TextTokenizer
@@ -81,8 +81,8 @@ class TrainConfig:
             raise ValueError(f"--preset: unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
         for name, lo in (("steps", 1), ("warmup", 0), ("accum", 1), ("save_every", 1), ("keep", 1), ("log_every", 1),
                          ("threads", 0), ("workers", 0)):
-            _check_int(name, getattr(self, name), lo)
-        _check_int("seed", self.seed)
+            check_int(option(name), getattr(self, name), lo)
+        check_int(option("seed"), self.seed)
         _check(math.isfinite(_real(self.lr)) and _real(self.lr) > 0, "lr", self.lr, "> 0")
         _check(0 <= _real(self.min_lr_ratio) <= 1, "min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
         wd = _real(self.weight_decay)
@@ -152,13 +152,6 @@ def _check(ok: bool, name: str, value, want: str) -> None:
 def _real(x) -> float:
     """x as a float, NaN for what is not a number (so that every check fails on it)."""
     return float(x) if isinstance(x, numbers.Real) and not isinstance(x, bool) else math.nan
-
-
-def _check_int(name: str, value, lo: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{option(name)} must be an integer, got {value!r}")
-    if lo is not None and value < lo:
-        raise ValueError(f"{option(name)} must be >= {lo}, got {value}")
 
 
 # options that only say how this process runs (where, with how many threads and data workers, sharded
