@@ -736,10 +736,10 @@ def unroll_command(
     out: str = typer.Option(..., help="Output directory: output, every intermediate image, trace.json."),
 ):
     """Unroll one plan on one world example; write the final output, intermediate images and trace.json."""
-    from omni.eval.run import inputs_of, score
+    from omni.eval.run import eval_world, inputs_of, score
     from omni.unroll.engine import Engine, parse_plan
     from omni.unroll.trace import write_trace
-    from omni.world import WorldConfig, sample
+    from omni.world import sample
     from omni.world.export import ensure_writable_dir
     from omni.world.tasks import split_of
 
@@ -748,7 +748,7 @@ def unroll_command(
     ensure_writable_dir(out)
     parse_plan(task, plan, inputs_of(sample(task, [seed])[0]))  # a plan the example cannot feed, before the load
     model = _load(checkpoint, device)
-    ex = sample(task, [seed], WorldConfig(size=model.cfg.image_size))[0]  # at the model's size, as omni eval
+    ex = sample(task, [seed], eval_world(task, size=model.cfg.image_size))[0]  # the world omni eval samples
     engine = Engine(model)
     res = engine.run(inputs_of(ex), plan)
     path = write_trace(res, out, extra={"seed": seed, "score": score(ex, res)})

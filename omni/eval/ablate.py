@@ -136,13 +136,12 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
         partial = Path(partial)
         which = {"task": task, "n": n, "seed_start": seed_start, "rows": [[k, v] for k, v in plans.items()],
                  "engine": engine_settings(engine),
-                 "weights": weights_digest(engine.model), **focused}
+                 "weights": weights_digest(engine.model), "vqa_thought": vqa_thought}
         if resume and partial.is_file():
             saved = read_json(partial)
-            # vqa_thought is written only when not the default, so an inventory run's `which` lacks it (and
-            # resumed a focused run's file): compared with the default filled in on both sides
-            differ = [k for k, v in {**which, "vqa_thought": vqa_thought}.items()
-                      if {"vqa_thought": "inventory", **saved}.get(k) != v]
+            # progress files written before 2026-12-07 name vqa_thought only when it is not the default (an
+            # inventory run resumed a focused run's file): theirs is read with the default filled in
+            differ = [k for k, v in which.items() if {"vqa_thought": "inventory", **saved}.get(k) != v]
             if differ:
                 raise ValueError(f"{partial} keeps another ablation's progress ({', '.join(differ)} differ): "
                                  "remove it, or resume with the same arguments and checkpoint")

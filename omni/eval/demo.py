@@ -14,10 +14,10 @@ from PIL import Image, ImageDraw, ImageFont
 from omni.io import atomic_write_bytes
 from omni.unroll.engine import DEFAULT_PLAN, Engine
 from omni.unroll.trace import json_safe
-from omni.world import SPLITS, WorldConfig, sample
+from omni.world import SPLITS, sample
 from omni.world.export import colorize_depth, ensure_writable_dir, to_uint8
 
-from .run import EVAL_TASKS, inputs_of, score
+from .run import EVAL_TASKS, eval_world, inputs_of, score
 
 TILE = 96
 
@@ -37,9 +37,8 @@ def demo(engine: Engine, out: str | Path, seed: int = SPLITS["test"][0], tasks=E
     ensure_writable_dir(out.parent)  # before the runs: an unwritable place fails first, not after all eight
     font = ImageFont.load_default()
     rows, traces = [], {}
-    world = WorldConfig(size=engine.model.cfg.image_size)  # the model's image size
     for task in tasks:
-        ex = sample(task, [seed], world)[0]
+        ex = sample(task, [seed], eval_world(task, size=engine.model.cfg.image_size))[0]
         res = engine.run(inputs_of(ex), DEFAULT_PLAN[task])
         tiles = [_tile(v, k, font) for k, v in inputs_of(ex).images.items()]
         lines = [f"{task}  plan: {', '.join(res.plan) or 'direct'}", f"input: {inputs_of(ex).text}"]
