@@ -73,7 +73,7 @@ def test_seeds_of_split_of_and_split_of_range_are_integers():
     for seed in (1.5, 2.0e9, "5"):
         with pytest.raises(TypeError, match="a seed must be an integer"):
             split_of(seed)
-    with pytest.raises(TypeError, match=re.escape("a seed must be an integer, got the bool True")):
+    with pytest.raises(TypeError, match=re.escape("a seed must be an integer, got bool True")):
         split_of(True)
     with pytest.raises(ValueError, match=re.escape("the number of seeds n must be >= 0, got -3")):
         split_of_range(5, -3)

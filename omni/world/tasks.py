@@ -58,9 +58,9 @@ def _real(x) -> bool:
 
 def _integer(x, what: str) -> int:
     """x as a Python int: an int or numpy integer, not a bool; else a TypeError naming `what`."""
-    if isinstance(x, (bool, np.bool_)):
-        raise TypeError(f"{what} must be an integer, got the bool {x!r}")
     try:
+        if isinstance(x, (bool, np.bool_)):  # True is no 1
+            raise TypeError
         return operator.index(x)  # a float (1.5, or 2e9) would be truncated, or lie in a split by accident
     except TypeError:
         raise TypeError(f"{what} must be an integer, got {type(x).__name__} {x!r}") from None
@@ -123,9 +123,7 @@ class WorldConfig:
         # in torch or range(), a dict for scene in the first sampler, a NaN angle in the renderer; "no" turned
         # shadows on; a non-integer novel view angle was written rounded ("look up 30 degrees." for 30.4)
         for name in ("size", "video_frames", "max_attempts"):
-            value = getattr(self, name)
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"WorldConfig.{name} must be an integer, got {type(value).__name__} {value!r}")
+            _integer(getattr(self, name), f"WorldConfig.{name}")
         if not 8 <= self.size <= MAX_SIZE:
             raise ValueError(f"image size must lie in 8..{MAX_SIZE} px, got {self.size}")
         if self.video_frames < 2:
