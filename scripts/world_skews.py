@@ -20,15 +20,9 @@ import re
 from collections import Counter
 
 from omni.world import WorldConfig, sample
-from omni.world.tasks import split_of_range
+from omni.world.tasks import _in_frame, split_of_range
 
 NUMBERS = ("one", "two", "three", "four", "five", "six")
-
-
-def _in_view(w2c, p) -> tuple[float, float]:
-    """(x right, z forward) of world point p in a camera's frame."""
-    c = w2c[:3, :3] @ p + w2c[:3, 3]
-    return float(c[0]), float(c[2])
 
 
 def skews(n: int, seed_start: int) -> dict:
@@ -45,7 +39,7 @@ def skews(n: int, seed_start: int) -> dict:
             answers.setdefault(q, Counter())[ex.spec["answer_text"]] += 1
             continue
         w2c = ex.views["view2"].w2c
-        lean = {o.name: math.atan2(*_in_view(w2c, o.center)) for o in ex.scenes["main"].objects}
+        lean = {o.name: math.atan2(*_in_frame(w2c, o.center)) for o in ex.scenes["main"].objects}
         not_leftmost += min(lean, key=lean.get) != ex.spec["answer_text"]
     out["spatial"] = {"answers": {q: dict(c.most_common()) for q, c in sorted(answers.items())},
                       "object_object_answer_not_leftmost_of_scene": not_leftmost}
