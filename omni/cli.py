@@ -36,13 +36,13 @@ def _csv(s: str | None) -> tuple[str, ...] | None:
 
 
 def _world_config(size: int, shapes: str | None, colors: str | None, min_objects: int, max_objects: int,
-                  shadows: bool):
+                  shadows: bool, revision: int = 1):
     from omni.world import SceneOptions, WorldConfig
     from omni.world.scene import COLORS, SHAPES
 
     opts = SceneOptions(shapes=_csv(shapes) or SHAPES, colors=_csv(colors) or COLORS,
                         min_objects=min_objects, max_objects=max_objects)
-    return WorldConfig(size=size, scene=opts, shadows=shadows)
+    return WorldConfig(size=size, scene=opts, shadows=shadows, revision=revision)
 
 
 def _tasks(task: str) -> list[str]:
@@ -102,6 +102,12 @@ ShapesOpt = typer.Option(None, help="Comma-separated shapes to use (default: all
 ColorsOpt = typer.Option(None, help="Comma-separated colours to use (default: all).")
 
 
+def _revision_option(name: str = "--revision"):
+    return typer.Option(1, name, help="The world's revision: 1 (what the shipped model was trained and scored on) "
+                                      "or 2 (docs/world_audit.md's mends: camera_object answers behind the "
+                                      "camera too, t2i prompts not skewed by redrafts, grammar).")
+
+
 @world_app.command("sample")
 @user_errors
 def world_sample(
@@ -115,13 +121,14 @@ def world_sample(
     min_objects: int = typer.Option(1),
     max_objects: int = typer.Option(6),
     shadows: bool = typer.Option(False, help="Cast shadows."),
+    revision: int = _revision_option(),
 ):
     """Write examples as PNG + .npy (depth in metres, instance ids) + examples.jsonl."""
     from omni.world import sample
     from omni.world.export import ensure_writable_dir, save_examples
 
     _positive("--n", n)
-    cfg = _world_config(size, shapes, colors, min_objects, max_objects, shadows)
+    cfg = _world_config(size, shapes, colors, min_objects, max_objects, shadows, revision)
     tasks = _tasks(task)
     ensure_writable_dir(out)
     examples = [ex for t in tasks for ex in sample(t, range(seed, seed + n), cfg)]
@@ -142,6 +149,7 @@ def world_sheet(
     min_objects: int = typer.Option(1),
     max_objects: int = typer.Option(6),
     shadows: bool = typer.Option(False, help="Cast shadows."),
+    revision: int = _revision_option(),
 ):
     """One contact sheet: each example's views, depth and texts."""
     from omni.world import sample
@@ -149,7 +157,7 @@ def world_sheet(
 
     _positive("--n", n)
     _image_file("--out", out)
-    cfg = _world_config(size, shapes, colors, min_objects, max_objects, shadows)
+    cfg = _world_config(size, shapes, colors, min_objects, max_objects, shadows, revision)
     examples = [ex for t in _tasks(task) for ex in sample(t, range(seed, seed + n), cfg)]
     path = contact_sheet(examples, out)
     typer.echo(f"wrote {path}")
@@ -373,6 +381,7 @@ def _eval_task_command(task: str):
         pose_motions: str = typer.Option("orbit", help="pose only: the pairs' camera motions, comma-separated: "
                                                        "orbit (the benchmark) and/or move_turn (moved like "
                                                        "the spatial task's second view)."),
+        world_revision: int = _revision_option("--world-revision"),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ):
         import json
@@ -385,7 +394,7 @@ def _eval_task_command(task: str):
         seeds = _sampling_seeds(seed)
         parse_plan(task, plan)  # a bad plan fails before the model loads
         split_of_range(seed_start, n)
-        motions = eval_world(task, _csv(pose_motions)).pose_motions  # checked before the model loads
+        motions = eval_world(task, _csv(pose_motions), revision=world_revision).pose_motions  # before the model loads
         sampling = _sampling(0.0, 0, visual_temperature, visual_top_k) | _flow(cfg_scale, flow_steps, flow_shift,
                                                                                flow_start)
         if pose_decoder not in POSE_DECODERS:  # checked before the model loads
@@ -396,7 +405,7 @@ def _eval_task_command(task: str):
                              "as text); leave the option out")
         r = evaluate_seeds(lambda s: Engine(model, seed=s, pose_decoder=pose_decoder, **sampling), seeds, task, n,
                            seed_start, plan, log=None if json_out else lambda m: typer.echo(m, err=True),
-                           pose_motions=motions)
+                           pose_motions=motions, world_revision=world_revision)
         if json_out:
             typer.echo(json.dumps(r))
             return
@@ -676,6 +685,7 @@ def ablate_command(
     vqa_thought: str = typer.Option("inventory", help="vqa only: the world's thought the model's own is compared "
                                                       "with: inventory (the world's default) or focused (for a "
                                                       "model trained with --vqa-thought focused)."),
+    world_revision: int = _revision_option("--world-revision"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run kept in OUT/TASK_partial.json "
                                 "(same arguments and checkpoint): the same results as a run that never stopped."),
@@ -695,7 +705,7 @@ def ablate_command(
     _sampling_seeds(str(seed))  # the engine refused it only after the model loaded, without the option's name
     if task not in PLANS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(PLANS)}")
-    eval_world(task, vqa_thought=vqa_thought)
+    eval_world(task, vqa_thought=vqa_thought, revision=world_revision)
     chosen = None
     if rows:
         names = [r.strip() for r in rows.split(",") if r.strip()]
@@ -714,7 +724,7 @@ def ablate_command(
                          "checkpoint); remove the file to start again")
     engine = Engine(_load(checkpoint, device), seed=seed, **sampling)
     r = ablate(engine, task, n, seed_start, rows=chosen, log=None if json_out else lambda m: typer.echo(m, err=True),
-               partial=partial, resume=resume, vqa_thought=vqa_thought)
+               partial=partial, resume=resume, vqa_thought=vqa_thought, world_revision=world_revision)
     files = save_ablation(r, out)
     partial.unlink()
     if json_out:
@@ -847,6 +857,7 @@ def train(
     vqa_thought: str = typer.Option("inventory", help="The vqa thought's shape: inventory (every object, then "
                                                       "the step: the world's default) or focused (only the "
                                                       "objects the question names)."),
+    world_revision: int = _revision_option("--world-revision"),
     task_weights: str = typer.Option("", help='JSON of task weights over the defaults, e.g. \'{"spatial": 2}\'.'),
     form_weights: str = typer.Option("", help='JSON of form weights per task (others 1, drills 0), e.g. '
                                               '\'{"spatial": {"pose": 3}}\'.'),
@@ -902,6 +913,7 @@ def train(
             overrides[k] = v
     mixture = MixtureConfig(data_seed=data_seed, rows=rows, row_len=row_len, t_shift=t_shift,
                             edit_start=edit_start, pose_motions=_csv(pose_motions), vqa_thought=vqa_thought,
+                            world_revision=world_revision,
                             **MixtureConfig.weights(task_weights, form_weights))
     # the options the command line gave: --resume compares exactly those with the saved run's
     named = {k for k in ctx.params if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE",

@@ -1,14 +1,16 @@
 """What the world's default examples give away, counted (docs/world_audit.md): the answers and prompts
 a model can learn without the images, and the grammar slips it is trained to write.
 
-    python scripts/world_skews.py [--n 1000] [--seed-start 2000000000] [--json]
+    python scripts/world_skews.py [--n 1000] [--seed-start 2000000000] [--revision 1] [--json]
 
-Counted over n consecutive seeds of one split at size 32 (the shipped model's world):
+Counted over n consecutive seeds of one split at size 32, in the world's revision 1 (the shipped
+model's world) or 2 (which mends these; WorldConfig.revision):
 - spatial: each question type's answers (camera_object's are never behind the camera), and the
   object_object questions whose answer is not the leftmost object of the scene (5-6 objects, 4 offered);
 - t2i: prompt categories, the counting prompts' numbers, the position prompts' relations, and the
   number of objects the math prompts ask for (redrafts skew them toward 1);
-- grammar: "a" before a vowel sound in t2i texts, "1 of them are" and "there are 1 " in vqa thoughts.
+- grammar: "a" before a vowel sound in t2i texts, "1 of them are" and "there are 1 " in vqa thoughts,
+  "-0.0" in spatial thoughts.
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ from omni.world.tasks import _in_frame, split_of_range
 NUMBERS = ("one", "two", "three", "four", "five", "six")
 
 
-def skews(n: int, seed_start: int) -> dict:
+def skews(n: int, seed_start: int, revision: int = 1) -> dict:
     split_of_range(seed_start, n)  # the seeds must lie in one split
     seeds = range(seed_start, seed_start + n)
-    world = WorldConfig(size=32)
-    out: dict = {"n": n, "seed_start": seed_start}
+    world = WorldConfig(size=32, revision=revision)
+    out: dict = {"n": n, "seed_start": seed_start, "revision": revision}
 
     answers: dict[str, Counter] = {}
-    not_leftmost = 0
+    not_leftmost = minus_zero = 0
     for ex in sample("spatial", seeds, world):
         q = ex.spec["qtype"]
+        minus_zero += bool(re.search(r"-0\.0(?!\d)", ex.texts["thinking"]))
         if q != "object_object":
             answers.setdefault(q, Counter())[ex.spec["answer_text"]] += 1
             continue
@@ -42,7 +45,8 @@ def skews(n: int, seed_start: int) -> dict:
         lean = {o.name: math.atan2(*_in_frame(w2c, o.center)) for o in ex.scenes["main"].objects}
         not_leftmost += min(lean, key=lean.get) != ex.spec["answer_text"]
     out["spatial"] = {"answers": {q: dict(c.most_common()) for q, c in sorted(answers.items())},
-                      "object_object_answer_not_leftmost_of_scene": not_leftmost}
+                      "object_object_answer_not_leftmost_of_scene": not_leftmost,
+                      "thoughts_with_minus_zero": minus_zero}
 
     cats, counting, position, math_objects = Counter(), Counter(), Counter(), Counter()
     vowel = 0
@@ -75,12 +79,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seed-start", type=int, default=2_000_000_000)
+    ap.add_argument("--revision", type=int, default=1, help="the world's revision (1: the shipped model's)")
     ap.add_argument("--json", action="store_true", help="one JSON object instead of the indented report")
     a = ap.parse_args(argv)
     if a.n <= 0:
         ap.error(f"--n must be positive, got {a.n}")
     try:
-        r = skews(a.n, a.seed_start)
+        r = skews(a.n, a.seed_start, a.revision)
     except ValueError as e:
         ap.error(str(e))
     print(json.dumps(r) if a.json else json.dumps(r, indent=2))

@@ -36,6 +36,7 @@ def test_the_lease_command_trains_exports_and_fills_out(tmp_path):
     assert meta["dtype"] == "bfloat16" and meta["weights"] == "ema"
     assert meta["training"]["step"] == 2 and meta["training"]["data_seed"] == 75
     assert meta["training"]["config"]["init_from"] == "checkpoints/omni-tiny"
+    assert meta["training"]["config"]["mixture"]["world_revision"] == 2  # docs/world_audit.md's mended world
     assert meta["training"]["init"]["training"] == json.loads((SHIPPED / "config.json").read_text())["training"]
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 2
     # what the CPU does with it afterwards: the shipped tokenizers beside the weights, then load
@@ -52,11 +53,13 @@ def test_the_lease_command_refuses_bad_settings(tmp_path):
     (tmp_path / "run").mkdir()
     r = lease(tmp_path)
     assert r.returncode == 2 and "exists" in r.stderr and not (tmp_path / "out").exists()
+    r = lease(tmp_path, WORLD_REVISION="3", RUN=str(tmp_path / "run3"))  # the mixture refuses it before training
+    assert r.returncode == 2 and "--world-revision must be one of 1, 2" in r.stderr
 
 
 def test_world_skews_counts_what_the_world_gives_away():
     """scripts/world_skews.py (docs/world_audit.md's table) runs and counts; camera_object's answers are
-    never behind the camera in this world (when the world is fixed, the audit's table changes too)."""
+    never behind the camera in revision 1 (the shipped model's world), and are in revision 2."""
     run = [sys.executable, str(ROOT / "scripts" / "world_skews.py")]
     r = subprocess.run([*run, "--n", "60", "--json"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr
@@ -65,6 +68,13 @@ def test_world_skews_counts_what_the_world_gives_away():
     assert cam and not any(a.startswith("behind") for a in cam)
     assert sum(out["t2i"]["categories"].values()) == 60
     assert sum(out["t2i"]["math_objects_drawn"].values()) == out["t2i"]["categories"].get("math", 0)
-    for bad in (["--n", "0"], ["--seed-start", "999999990", "--n", "20"]):  # no split holds the second
+    r = subprocess.run([*run, "--n", "60", "--revision", "2", "--json"], capture_output=True, text=True, timeout=600,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["revision"] == 2 and any(a.startswith("behind") for a in out["spatial"]["answers"]["camera_object"])
+    assert out["spatial"]["object_object_answer_not_leftmost_of_scene"] == 0
+    # no split holds the second's seeds; the world has no revision 3
+    for bad in (["--n", "0"], ["--seed-start", "999999990", "--n", "20"], ["--revision", "3"]):
         r = subprocess.run([*run, *bad], capture_output=True, text=True, timeout=600, cwd=ROOT)
         assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr

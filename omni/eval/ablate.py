@@ -103,11 +103,12 @@ def _progress(saved: dict, plans: dict, n: int, engine: Engine, path: Path):
 
 def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, list[str]] | None = None,
            log=None, partial: str | Path | None = None, resume: bool = False, save_every: float = 10.0,
-           vqa_thought: str = "inventory") -> dict:
+           vqa_thought: str = "inventory", world_revision: int = 1) -> dict:
     """Per-example scores of every row on the same examples, and a table per reported score.
 
     vqa_thought (vqa only): the world's thought the model's own is compared with ("focused" for a
-    model trained on it; the examples and their answers are the same).
+    model trained on it; the examples and their answers are the same). world_revision: the world's
+    revision the examples are drawn from (`eval_world`; 1, the shipped tables').
 
     partial: a file that keeps the progress (written atomically at most every `save_every` seconds and
     after the last example); with resume=True and that file present, the run continues from it (a
@@ -122,9 +123,12 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
     rows = rows or PLANS[task]
     plans = {name: parse_plan(task, steps) for name, steps in rows.items()}
     split = split_of_range(seed_start, n)
-    world = eval_world(task, vqa_thought=vqa_thought, size=engine.model.cfg.image_size)  # at the model's size
+    world = eval_world(task, vqa_thought=vqa_thought, size=engine.model.cfg.image_size,  # at the model's size
+                       revision=world_revision)
     examples = sample(task, range(seed_start, seed_start + n), world)
     focused = {"vqa_thought": vqa_thought} if vqa_thought != "inventory" else {}
+    if world_revision != 1:
+        focused["world_revision"] = world_revision
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
     context: dict[str, dict[str, list[float]]] = {name: {} for name in plans}
     texts: dict[str, list[dict | None]] = {name: [] for name in plans}
@@ -136,12 +140,14 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
         partial = Path(partial)
         which = {"task": task, "n": n, "seed_start": seed_start, "rows": [[k, v] for k, v in plans.items()],
                  "engine": engine_settings(engine),
-                 "weights": weights_digest(engine.model), "vqa_thought": vqa_thought}
+                 "weights": weights_digest(engine.model), "vqa_thought": vqa_thought, "world_revision": world_revision}
         if resume and partial.is_file():
             saved = read_json(partial)
             # progress files written before 2026-12-07 name vqa_thought only when it is not the default (an
-            # inventory run resumed a focused run's file): theirs is read with the default filled in
-            differ = [k for k, v in which.items() if {"vqa_thought": "inventory", **saved}.get(k) != v]
+            # inventory run resumed a focused run's file), and no world revision: theirs are read with the
+            # defaults filled in
+            differ = [k for k, v in which.items()
+                      if {"vqa_thought": "inventory", "world_revision": 1, **saved}.get(k) != v]
             if differ:
                 raise ValueError(f"{partial} keeps another ablation's progress ({', '.join(differ)} differ): "
                                  "remove it, or resume with the same arguments and checkpoint")

@@ -124,7 +124,7 @@ def _per_example_scores(name: str, out: Mapping) -> dict[str, tuple[str, list]]:
 
 
 # what else an output's examples depend on, with the value an output that does not record it had
-EXAMPLE_KEYS = {"pose_motions": ["orbit"], "vqa_thought": "inventory"}
+EXAMPLE_KEYS = {"pose_motions": ["orbit"], "vqa_thought": "inventory", "world_revision": 1}
 
 
 def compare_outputs(outputs: Mapping[str, Mapping]) -> dict[str, AblationTable]:

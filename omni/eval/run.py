@@ -244,12 +244,13 @@ def fidelity(ex: Example, res: Result) -> dict:
 
 
 def eval_world(task: str, pose_motions: Sequence[str] = ("orbit",), vqa_thought: str = "inventory",
-               size: int = 32) -> WorldConfig:
+               size: int = 32, revision: int = 1) -> WorldConfig:
     """The world `evaluate` samples `task` from: the benchmark's, or for pose other camera motions, or
     for vqa the focused thought (the questions, images and answers are the same: only the true thought
-    the model's own is compared with changes), its images at `size` (the model's). A ValueError for
-    unknown motions or thoughts, or for either option given to another task."""
-    world = WorldConfig(size=size, pose_motions=tuple(pose_motions), vqa_thought=vqa_thought)
+    the model's own is compared with changes), its images at `size` (the model's), of the world's
+    `revision` (WorldConfig.revision: 1, the shipped tables' world, or 2, docs/world_audit.md's mends). A
+    ValueError for unknown motions, thoughts or revisions, or for either option given to another task."""
+    world = WorldConfig(size=size, pose_motions=tuple(pose_motions), vqa_thought=vqa_thought, revision=revision)
     if task != "pose" and world.pose_motions != ("orbit",):
         raise ValueError(f"--pose-motions applies to the pose task only, not {task}")
     if task != "vqa" and vqa_thought != "inventory":
@@ -271,7 +272,8 @@ def check_scores_finite(scores: dict[str, Sequence[float]], seeds: Sequence[int]
 
 
 def evaluate_seeds(make_engine, seeds: Sequence[int], task: str, n: int, seed_start: int,
-                   plan: str | Sequence[str] | None = None, log=None, pose_motions: Sequence[str] = ("orbit",)) -> dict:
+                   plan: str | Sequence[str] | None = None, log=None, pose_motions: Sequence[str] = ("orbit",),
+                   world_revision: int = 1) -> dict:
     """`evaluate` once per sampling seed (`make_engine(seed)` builds each run's engine), each example's
     scores averaged over the seeds: an image task's score then stands for the model rather than one draw
     of the sampler's noise, whose redraw moves a mean over 500 examples by as much as two models differ
@@ -284,7 +286,8 @@ def evaluate_seeds(make_engine, seeds: Sequence[int], task: str, n: int, seed_st
         raise ValueError(f"sampling seeds must differ, got {seeds}")
     runs = []
     for s in seeds:
-        runs.append(evaluate(make_engine(s), task, n, seed_start, plan, log=log, pose_motions=pose_motions))
+        runs.append(evaluate(make_engine(s), task, n, seed_start, plan, log=log, pose_motions=pose_motions,
+                             world_revision=world_revision))
         runs[-1]["sampling_seeds"] = [s]
     if len(runs) == 1:
         return runs[0]
@@ -296,15 +299,17 @@ def evaluate_seeds(make_engine, seeds: Sequence[int], task: str, n: int, seed_st
 
 
 def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Sequence[str] | None = None,
-             log=None, pose_motions: Sequence[str] = ("orbit",)) -> dict:
+             log=None, pose_motions: Sequence[str] = ("orbit",), world_revision: int = 1) -> dict:
     """Run `plan` on n examples of `task` (seeds seed_start ...) and summarise every score with its
     95 % bootstrap interval; per-example scores are kept for paired comparisons. `pose_motions`
-    (pose only) draws the pairs from other camera motions than the orbits of the default benchmark."""
+    (pose only) draws the pairs from other camera motions than the orbits of the default benchmark;
+    `world_revision` samples the examples from that revision of the world (`eval_world`)."""
     if task not in EVAL_TASKS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(EVAL_TASKS)}")
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    world = eval_world(task, pose_motions, size=engine.model.cfg.image_size)  # a 64-px model sees 64-px worlds
+    # a 64-px model sees 64-px worlds
+    world = eval_world(task, pose_motions, size=engine.model.cfg.image_size, revision=world_revision)
     split = split_of_range(seed_start, n)
     examples = sample(task, range(seed_start, seed_start + n), world)
     per: dict[str, list[float]] = {}
@@ -329,4 +334,5 @@ def evaluate(engine: Engine, task: str, n: int, seed_start: int, plan: str | Seq
             **({"texts": texts} if any(texts) else {}), **fit,
             **({"pose_decoder": engine.pose_decoder} if engine.model.cfg.pose_head else {}),
             **({"flow_start": engine.flow_start} if task in SOURCE_VIEW and engine.flow_start != 1 else {}),
-            **({"pose_motions": list(world.pose_motions)} if world.pose_motions != ("orbit",) else {})}
+            **({"pose_motions": list(world.pose_motions)} if world.pose_motions != ("orbit",) else {}),
+            **({"world_revision": world.revision} if world.revision != 1 else {})}

@@ -39,7 +39,7 @@ from omni.io import check_int
 from omni.model.batch import MIN_SHIFT, Batch, Segment, pack, shift_t
 from omni.unroll.format import BLOCKS, VIEW_TAGS, Format
 from omni.world import SPLITS, Example, WorldConfig, sample
-from omni.world.tasks import VQA_THOUGHTS, conclusion_pieces
+from omni.world.tasks import VQA_THOUGHTS, WORLD_REVISIONS, conclusion_pieces
 
 # the context forms of each task; each is a set of context blocks (the first form is the direct one)
 FORMS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -102,6 +102,9 @@ class MixtureConfig:
     # trained on the straight path from its source image noised at that level, x = (1 - s) source + s noise,
     # to its target (Writer.gen), the start the sampler takes with `flow_start` s (SDEdit, Meng et al. 2022)
     edit_start: float = 1.0
+    # the world's revision the examples are drawn from (omni.world.WorldConfig.revision): 1, what every
+    # shipped model was trained on, or 2, with docs/world_audit.md's mends
+    world_revision: int = 1
 
     def __post_init__(self):
         for name, lo in (("data_seed", 0), ("rows", 1), ("row_len", 1), ("image_size", 1)):
@@ -120,6 +123,10 @@ class MixtureConfig:
         object.__setattr__(self, "pose_motions", motions)  # a tuple, also when read back from JSON
         if self.vqa_thought not in VQA_THOUGHTS:
             raise ValueError(f"--vqa-thought must be one of {', '.join(VQA_THOUGHTS)}, got {self.vqa_thought!r}")
+        check_int("--world-revision", self.world_revision, 1)
+        if self.world_revision not in WORLD_REVISIONS:
+            raise ValueError(f"--world-revision must be one of {', '.join(map(str, WORLD_REVISIONS))}, "
+                             f"got {self.world_revision}")
         _check_weights("task weights", self.task_weights, FORMS)
         if not any(self.task_weights.get(t, 0) > 0 for t in FORMS):
             raise ValueError("task weights: at least one task needs a positive weight")
@@ -319,7 +326,8 @@ class Mixture:
         self.task_p = p / p.sum()
         lo, hi = SPLITS["train"]
         self.seed_range = (lo, hi)
-        self.world = WorldConfig(size=mix.image_size, pose_motions=mix.pose_motions, vqa_thought=mix.vqa_thought)
+        self.world = WorldConfig(size=mix.image_size, pose_motions=mix.pose_motions, vqa_thought=mix.vqa_thought,
+                                 revision=mix.world_revision)
 
     def form_lengths(self, n: int = PROBE_EXAMPLES) -> dict[tuple[str, str], tuple[int, int]]:
         """The shortest and longest sequence, in tokens, of every (task, form) this mixture draws, over n

@@ -25,7 +25,9 @@ from omni.io import check_device
 from . import language as L
 from .camera import (
     DEFAULT_FOV,
+    camera_center,
     intrinsics,
+    look_at,
     move_view,
     orbit_camera,
     pose_to_text,
@@ -49,6 +51,11 @@ MAX_SIZE = 1024  # the renderer holds a few float arrays of size^2 per view: bey
 VIEW_DIRECTIONS = ("up", "down", "left", "right")
 POSE_MOTIONS = ("orbit", "move_turn")
 VQA_THOUGHTS = ("inventory", "focused")
+# the world's revisions (WorldConfig.revision). 1 draws exactly the examples omni-tiny was trained and
+# scored on; 2 mends what docs/world_audit.md found: spatial camera_object answers in all four quadrants
+# (view 2 stands among the objects), object_object's true answer always among the options, a t2i
+# prompt kept across redrafts (math answers 1..4, as counting), and the grammar of a few texts.
+WORLD_REVISIONS = (1, 2)
 
 
 def _real(x) -> bool:
@@ -117,13 +124,18 @@ class WorldConfig:
     # question's step) or "focused" (only the objects the question names, each found by its place,
     # then the step). The question, image and answer of every seed are the same for both.
     vqa_thought: str = "inventory"
+    # which revision of the world's tasks (WORLD_REVISIONS): 1, the default, draws what it always drew
+    revision: int = 1
 
     def __post_init__(self):
         # each option's type and range checked here, where it is given: a float size or frame count failed deep
         # in torch or range(), a dict for scene in the first sampler, a NaN angle in the renderer; "no" turned
         # shadows on; a non-integer novel view angle was written rounded ("look up 30 degrees." for 30.4)
-        for name in ("size", "video_frames", "max_attempts"):
+        for name in ("size", "video_frames", "max_attempts", "revision"):
             _integer(getattr(self, name), f"WorldConfig.{name}")
+        if self.revision not in WORLD_REVISIONS:
+            raise ValueError(f"world revision must be one of {', '.join(map(str, WORLD_REVISIONS))} "
+                             f"(docs/world_audit.md), got {self.revision}")
         if not 8 <= self.size <= MAX_SIZE:
             raise ValueError(f"image size must lie in 8..{MAX_SIZE} px, got {self.size}")
         if self.video_frames < 2:
@@ -343,6 +355,11 @@ def _vqa(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     return Draft({"main": scene}, {"image": ("main", w2c)}, finish)
 
 
+def _are(n: int, cfg: WorldConfig) -> str:
+    """The verb for n things: "is" for one from revision 2 on (revision 1 wrote "there are 1 cone")."""
+    return "is" if n == 1 and cfg.revision >= 2 else "are"
+
+
 def _count(objs, **attrs) -> list[Obj]:
     return [o for o in objs if all(getattr(o, k) == val for k, val in attrs.items())]
 
@@ -448,7 +465,7 @@ def _vqa_arithmetic(rng, scene, st, cfg):
             counted = "; ".join(f"the {s}s are: {_found(_count(objs, shape=s), st, cfg)}, so {k}"
                                 for s, k in ((s1, n1), (s2, n2)))
         else:
-            counted = f"there are {n1} {L.plural(s1, n1)} and {n2} {L.plural(s2, n2)}"
+            counted = f"there {_are(n1, cfg)} {n1} {L.plural(s1, n1)} and {n2} {L.plural(s2, n2)}"
         return q, f"{counted}; {n1} {op} {n2} = {val}.", str(val), kind
     color = str(rng.choice(sorted({o.color for o in objs})))
     k = len(_count(objs, color=color))
@@ -457,7 +474,8 @@ def _vqa_arithmetic(rng, scene, st, cfg):
         step = f"the objects that are not {color} are: {_found([o for o in objs if o.color != color], st, cfg)}; " \
                f"that makes {n - k}."
     else:
-        step = f"there are {n} objects and {k} of them are {color}; {n} - {k} = {n - k}."
+        step = (f"there {_are(n, cfg)} {n} {L.plural('object', n) if cfg.revision >= 2 else 'objects'} and "
+                f"{k} of them {_are(k, cfg)} {color}; {n} - {k} = {n - k}.")
     return f"if every {color} object were removed, how many objects would remain?", step, str(n - k), "remove"
 
 
@@ -521,8 +539,21 @@ class T2IPlan:
     level: int | None = None  # difficulty of math / mapping prompts
 
 
-def _t2i_spec(rng: np.random.Generator, cfg: WorldConfig, category: str) -> T2IPlan:
+def _t2i_spec(rng: np.random.Generator, cfg: WorldConfig, category: str, memo: dict | None = None) -> T2IPlan:
+    """A prompt of `category`. From revision 2 on, what decides its difficulty (counting's number,
+    position's relation, math's level and answer) is drawn once and kept in `memo` across redrafts, and
+    only its shapes and colours are drawn anew: revision 1 drew the whole prompt anew at every redraft,
+    so hard prompts (four objects, above / below, math answers of 4-6) were replaced by easy ones. The
+    whole prompt cannot be kept: some never render checkably at 32 px (four cylinders, 0 of 400 drafts)."""
     shapes, colors = list(cfg.scene.shapes), list(cfg.scene.colors)
+
+    def kept(key, draw):
+        if memo is None or cfg.revision < 2:
+            return draw()
+        if key not in memo:
+            memo[key] = draw()
+        return memo[key]
+
     if category in T2I_OBJECTS:  # the count range this category shares with the scene options'
         least, most = _t2i_objects(cfg.scene, category)
 
@@ -552,7 +583,7 @@ def _t2i_spec(rng: np.random.Generator, cfg: WorldConfig, category: str) -> T2IP
                 f"one {s1} and one {s2}, side by side.", [req(s1), req(s2)], [], [(s1, col()), (s2, col())])
     if category == "counting":
         (s,) = pick(shapes)
-        n = int(rng.integers(least, most + 1))
+        n = kept("n", lambda: int(rng.integers(least, most + 1)))
         return T2IPlan(f"a photo of {L.NUMBER_WORDS[n]} {s}s.", f"exactly {n} {s}s, spread apart.",
                 [req(s, count=n)], [req(s, count=n + 1)], [(s, col()) for _ in range(n)])
     if category == "colors":
@@ -560,7 +591,7 @@ def _t2i_spec(rng: np.random.Generator, cfg: WorldConfig, category: str) -> T2IP
         return T2IPlan(f"a photo of {L.article(c)} {c} {s}.", f"one {c} {s}.", [req(s, c)], [], [(s, c)])
     if category == "position":
         s1, s2 = pick(shapes, 2)
-        rel = str(rng.choice(list(_REL_REGIONS)))
+        rel = kept("relation", lambda: str(rng.choice(list(_REL_REGIONS))))
         hint = {"left of": f"the {s1} on the left and the {s2} on the right.",
                 "right of": f"the {s1} on the right and the {s2} on the left.",
                 "above": f"the {s1} further back, higher in the image, and the {s2} in front.",
@@ -570,12 +601,19 @@ def _t2i_spec(rng: np.random.Generator, cfg: WorldConfig, category: str) -> T2IP
     if category == "color_attr":
         s1, s2 = pick(shapes, 2)
         c1, c2 = pick(colors, 2)
+        a1, a2 = (L.article(c1), L.article(c2)) if cfg.revision >= 2 else ("a", "a")  # 1: "a orange cone"
         return T2IPlan(f"a photo of {L.article(c1)} {c1} {s1} and {L.article(c2)} {c2} {s2}.",
-                f"a {c1} {s1} and a {c2} {s2}.", [req(s1, c1), req(s2, c2)], [], [(s1, c1), (s2, c2)])
+                f"{a1} {c1} {s1} and {a2} {c2} {s2}.", [req(s1, c1), req(s2, c2)], [], [(s1, c1), (s2, c2)])
     if category == "math":
         (s,) = pick(shapes)
-        level = int(rng.integers(1, 4))
-        expr, n = _math_expr(rng, level, least, most)
+        level = kept("level", lambda: int(rng.integers(1, 4)))
+        # revision 2 asks for at most 4 objects, as counting (5 and 6 were never rendered checkably), unless
+        # the scene options ask for more
+        if cfg.revision < 2:
+            expr, n = _math_expr(rng, level, least, most)
+        else:
+            n = kept("n", lambda: _math_expr(rng, level, least, min(most, max(4, least)))[1])
+            expr, n = _math_expr(rng, level, n, n)
         return T2IPlan(f"a photo of as many {s}s as {expr}.", f"{expr} = {n}, so exactly {n} {L.plural(s, n)}.",
                 [req(s, count=n)], [req(s, count=n + 1)], [(s, col()) for _ in range(n)], level=level)
     if category == "mapping":
@@ -635,7 +673,7 @@ def _t2i(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     fits = tuple(c for c in T2I_CATEGORIES
                  if T2I_OBJECTS[c][0] <= cfg.scene.max_objects and T2I_OBJECTS[c][1] >= cfg.scene.min_objects)
     category = memo.setdefault("category", str(rng.choice(fits)))
-    plan = _t2i_spec(rng, cfg, category)
+    plan = _t2i_spec(rng, cfg, category, memo)
     rel = plan.relation
     while True:
         scene = Scene()
@@ -683,6 +721,22 @@ def _in_frame(w2c: np.ndarray, p) -> tuple[float, float]:
     """(x right, z forward) of world point p in a camera's frame."""
     c = w2c[:3, :3] @ np.asarray(p) + w2c[:3, 3]
     return float(c[0]), float(c[2])
+
+
+def _quadrant(w2c: np.ndarray, p, level: bool = True) -> int | None:
+    """The quadrant of world point p about a camera (0 front-left, 1 front-right, 2 behind-left, 3
+    behind-right; `_QUADRANTS`'s order), or None within 0.3 m of either dividing line. `level`: the same
+    quadrant by 0.3 m for someone standing at the camera facing its way with a level head, too (a pitched
+    camera's "behind" and a person's differ for points near its feet), else None."""
+    x, z = _in_frame(w2c, p)
+    q = (0 if z > 0 else 2) + (0 if x < 0 else 1)
+    if abs(x) < 0.3 or abs(z) < 0.3:
+        return None
+    if level:
+        xl, zl = _level_frame(w2c, p)
+        if abs(xl) < 0.3 or abs(zl) < 0.3 or (0 if zl > 0 else 2) + (0 if xl < 0 else 1) != q:
+            return None
+    return q
 
 
 def spatial_conclusion(options: list[str], answer_text: str) -> str:
@@ -752,6 +806,51 @@ def move_and_turn(rng: np.random.Generator, w2c: np.ndarray) -> np.ndarray:
     return rotate_view(move_view(w2c, offset), turn, float(rng.uniform(15, 40)))
 
 
+def standing_camera(rng: np.random.Generator, scene: Scene, place_half: float) -> np.ndarray | None:
+    """Revision 2's camera_object view 2: a camera standing among the objects at 0.7-1.1 m, looking at
+    one of them (1.6 m or more away) turned up to 20 degrees left or right, so that other objects can
+    lie beside or behind it; it stands within 1 m around the square objects are placed in. None when
+    the standing point drawn is too close to an object, or the one looked at too close to it."""
+    half = place_half + 1.0
+    p = rng.uniform(-half, half, 2)
+    if any(math.hypot(o.x - p[0], o.y - p[1]) < o.footprint + 0.4 for o in scene.objects):
+        return None
+    o = scene.objects[int(rng.integers(len(scene.objects)))]
+    if math.hypot(o.x - p[0], o.y - p[1]) < 1.6:
+        return None
+    eye = (float(p[0]), float(p[1]), float(rng.uniform(0.7, 1.1)))
+    w2c = look_at(eye, (o.x, o.y, o.height / 2))
+    return rotate_view(w2c, str(rng.choice(["left", "right"])), float(rng.uniform(0, 20)))
+
+
+def _facing_quadrant(rng: np.random.Generator, scene: Scene, place_half: float, q: int,
+                     tries: int = 20) -> np.ndarray | None:
+    """A standing camera (`standing_camera`) with some object in quadrant q of it, by the camera's and a
+    level head's frames both: up to `tries` cameras are drawn (no render needed), None if none has."""
+    for _ in range(tries):
+        w2c = standing_camera(rng, scene, place_half)
+        if w2c is not None and any(_quadrant(w2c, o.center) == q for o in scene.objects):
+            return w2c
+    return None
+
+
+def _level_frame(w2c: np.ndarray, p) -> tuple[float, float]:
+    """(x right, z forward) of world point p for someone standing at the camera facing its way, head
+    level: the camera's heading without its pitch."""
+    f = w2c[2, :3].copy()  # the camera's forward axis in world axes (z up), made level
+    f[2] = 0.0
+    f /= np.linalg.norm(f)
+    r = np.array([f[1], -f[0], 0.0])  # its right, level
+    d = np.asarray(p, dtype=np.float64) - camera_center(w2c)
+    return float(d @ r), float(d @ f)
+
+
+def _dm(x: float, cfg: WorldConfig) -> str:
+    """x with one decimal; from revision 2 on never "-0.0"."""
+    t = f"{x:.1f}"
+    return t[1:] if t == "-0.0" and cfg.revision >= 2 else t
+
+
 def _spatial(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
     opts = cfg.scene
     if opts.max_objects < 2:
@@ -760,11 +859,22 @@ def _spatial(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
                          opts.place_half)
     scene = sample_scene(rng, opts2, unique=True)
     w2c1, _ = random_camera(rng)
-    w2c2 = move_and_turn(rng, w2c1)
+    if cfg.revision >= 2:  # the question type first: camera_object's view 2 stands among the objects
+        qtype = memo.setdefault("qtype", str(rng.choice(SPATIAL_QTYPES)))
+        # and its answer's quadrant is drawn once, so all four are equally often right
+        quadrant = memo.setdefault("quadrant", int(rng.integers(4))) if qtype == "camera_object" else None
+        w2c2 = _facing_quadrant(rng, scene, opts.place_half, quadrant) if qtype == "camera_object" else \
+            move_and_turn(rng, w2c1)
+        if w2c2 is None:
+            w2c2 = move_and_turn(rng, w2c1)  # a draft that `finish` rejects, rendered like any other
+            quadrant = -1
+    else:
+        w2c2 = move_and_turn(rng, w2c1)
     cams = {"view1": ("main", w2c1), "view2": ("main", w2c2)}
     for d in VIEW_DIRECTIONS:
         cams[f"look_{d}"] = ("main", rotate_view(w2c1, d, cfg.novel_view_deg))
-    qtype = memo.setdefault("qtype", str(rng.choice(SPATIAL_QTYPES)))
+    if cfg.revision < 2:
+        qtype = memo.setdefault("qtype", str(rng.choice(SPATIAL_QTYPES)))
 
     def finish(views):
         st1 = all_visible(views["view1"], scene, 0.3, cfg.min_pixels)
@@ -786,23 +896,28 @@ def _spatial(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
             cand = sorted(st1, key=lambda s: (s.index in seen2, rng.random()))
             pick = None
             for s in cand:
-                x, z = _in_frame(w2c2, s.obj.center)
-                if abs(x) >= 0.3 and abs(z) >= 0.3:
-                    pick = (s, x, z)
+                q = _quadrant(w2c2, s.obj.center, level=cfg.revision >= 2)
+                if q is not None and (cfg.revision < 2 or q == quadrant):
+                    pick = (s, *_in_frame(w2c2, s.obj.center), q)
                     break
             if pick is None:
                 return None
-            s, x, z = pick
+            s, x, z, q = pick
             x1, z1 = _in_frame(w2c1, s.obj.center)
-            answer_text = _QUADRANTS[(0 if z > 0 else 2) + (0 if x < 0 else 1)]
+            answer_text = _QUADRANTS[q]
             options = list(_QUADRANTS)
             question = (f"standing at the camera of view 2 and facing the same way, where is the "
                         f"{s.obj.name}?")
-            reason = (f"the {s.obj.name} is at x {x1:.1f}, z {z1:.1f} in view 1's frame, which is x {x:.1f},"
-                      f" z {z:.1f} in view 2's frame.")
+            reason = (f"the {s.obj.name} is at x {_dm(x1, cfg)}, z {_dm(z1, cfg)} in view 1's frame, which is "
+                      f"x {_dm(x, cfg)}, z {_dm(z, cfg)} in view 2's frame.")
         else:
             objs = list(scene.objects)
             rng.shuffle(objs)
+            if cfg.revision >= 2 and len(objs) > 4:  # the leftmost of all must be among the 4 offered
+                lean = [math.atan2(*_in_frame(w2c2, o.center)) for o in objs]
+                first = int(np.argmin(lean))
+                if first >= 4:
+                    objs[3], objs[first] = objs[first], objs[3]
             objs = objs[:4]
             pos = [_in_frame(w2c2, o.center) for o in objs]
             if any(z < 0.3 for _, z in pos):
