@@ -689,6 +689,8 @@ def ablate_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run kept in OUT/TASK_partial.json "
                                 "(same arguments and checkpoint): the same results as a run that never stopped."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished TASK ablation's files in OUT "
+                                   "(refused otherwise: they may be hours of work)."),
 ):
     """The paper's rows for TASK on the same held-out examples: a table, its JSON and a plot. Progress
     is kept in OUT/TASK_partial.json until the run ends."""
@@ -722,6 +724,10 @@ def ablate_command(
     if partial.exists() and not resume:
         raise ValueError(f"{partial} keeps an unfinished run: --resume continues it (same arguments and "
                          "checkpoint); remove the file to start again")
+    finished = Path(out) / f"{task}_scores.json"
+    if finished.exists() and not overwrite and not partial.exists():  # a resumed run was let in when it began
+        raise ValueError(f"{finished} holds a finished {task} ablation: choose another --out, or --overwrite to "
+                         "replace its files")
     engine = Engine(_load(checkpoint, device), seed=seed, **sampling)
     r = ablate(engine, task, n, seed_start, rows=chosen, log=None if json_out else lambda m: typer.echo(m, err=True),
                partial=partial, resume=resume, vqa_thought=vqa_thought, world_revision=world_revision)

@@ -120,6 +120,8 @@ def test_export_refuses_colliding_examples_and_empty_sheets(tmp_path):
     (["demo", "--out", "blocker.d"], "--out must be an image file name"),
     (["ablate", "vqa", "--n", "1", "--out", "blocker/x"], "cannot write"),
     (["ablate", "vqa", "--n", "1", "--out", "busy"], "keeps an unfinished run: --resume continues it"),
+    (["ablate", "vqa", "--n", "1", "--out", "done"], "holds a finished vqa ablation: choose another --out, or"),
+    (["ablate", "vqa", "--n", "1", "--out", "done", "--resume"], "holds a finished vqa ablation"),
     (["serve", "--max-body-mb", "nan"], "--max-body-mb must be positive"),
     (["eval", "vqa", "--n", "1", "--device", "gpu"], "unknown device 'gpu'"),
     (["ablate", "vqa", "--n", "1", "--out", "o", "--device", "cuda:7"], "device 'cuda:7'"),
@@ -132,7 +134,7 @@ def test_export_refuses_colliding_examples_and_empty_sheets(tmp_path):
 ])
 def test_bad_options_fail_before_the_model_loads(tmp_path, monkeypatch, args, needle):
     """Each is refused with one line before any checkpoint is read (there is none to read here). In
-    process (typer's runner), so the 30 cases pay torch's import once; the entry point itself is run as
+    process (typer's runner), so the 32 cases pay torch's import once; the entry point itself is run as
     a process by the tests around it."""
     from typer.testing import CliRunner
 
@@ -141,6 +143,8 @@ def test_bad_options_fail_before_the_model_loads(tmp_path, monkeypatch, args, ne
     (tmp_path / "blocker").write_text("x")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "vqa_partial.json").write_text("{}")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "vqa_scores.json").write_text("{}")
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(app, [*args, "--checkpoint", str(tmp_path / "no-such-checkpoint")])
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and needle in r.stderr, r.stderr
