@@ -97,6 +97,8 @@ def test_readout_on_a_random_model():
     assert "| colour | … the share in its best head | " in table
     with pytest.raises(ValueError, match="different splits"):
         readout(m, n_train=4, n=4, train_start=0, seed_start=10)
+    with pytest.raises(ValueError, match="held-out seeds 5..8 are training seeds"):  # probes fit on test seeds
+        readout(m, n_train=4, n=4, train_start=2_000_000_000, seed_start=5)
     with pytest.raises(ValueError, match="at least 2"):
         readout(m, n_train=1, n=4)
 

@@ -244,11 +244,16 @@ def _targets(data: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def check_seeds(n_train: int, n: int, train_start: int, seed_start: int) -> None:
-    """Each range in one split, the two in different ones, and at least 2 examples in each."""
+    """Each range in one split, the two in different ones, at least 2 examples in each, and the held-out
+    ones not training seeds (the model was trained on those: probes scored there read what it memorised)."""
     if n_train < 2 or n < 2:
         raise ValueError(f"the probes need at least 2 training and 2 held-out examples, got {n_train} and {n}")
-    if split_of_range(train_start, n_train) == split_of_range(seed_start, n):
+    held = split_of_range(seed_start, n)
+    if split_of_range(train_start, n_train) == held:
         raise ValueError("the probes' training seeds and held-out seeds must lie in different splits")
+    if held == "train":
+        raise ValueError(f"the probes' held-out seeds {seed_start}..{seed_start + n - 1} are training seeds, which "
+                         "the model was trained on: score them on the val or test split (--seed-start)")
 
 
 def readout(model: OmniModel, n_train: int = 1000, n: int = 500, train_start: int = 0,
