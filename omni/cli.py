@@ -595,6 +595,7 @@ def eval_steps(
     seed_start: int = typer.Option(2_000_000_000, help="First seed (default: the test split)."),
     also: str = typer.Option("", help="More points, STEP=MODEL_DIR comma-separated (e.g. the shipped model "
                                       "at its last step: 3000=checkpoints/omni-tiny)."),
+    world_revision: int = _revision_option("--world-revision"),
 ):
     """How a run's held-out scores grew with its steps: each checkpoint's EMA weights (exported as the
     shipped model is) scored with the direct plan, as `omni eval TASK` scores them."""
@@ -612,7 +613,7 @@ def eval_steps(
     if run is None and not extra:
         raise ValueError("give --run (a training run) or --also STEP=MODEL_DIR")
     r = scores_by_step(run, out, names, n, {"t2i": n_t2i}, seed_start, extra,
-                       log=lambda m: typer.echo(m, err=True))
+                       log=lambda m: typer.echo(m, err=True), world_revision=world_revision)
     typer.echo(steps_markdown(r), nl=False)
     typer.echo(f"wrote {out}/scores_by_step.json, .md and .png")
 

@@ -75,6 +75,23 @@ def test_scores_of_another_model_at_a_step_are_not_reused(run, tmp_path):
     assert scores_by_step(run, out, ["depth"], n=1)["steps"] == first["steps"]  # its own: reused
 
 
+def test_steps_on_the_worlds_revision_2(run, tmp_path):
+    """`omni eval steps --world-revision 2` scores the mended world's examples (as `omni eval TASK
+    --world-revision 2` does), records the revision, and reuses no score of the other revision."""
+    from omni.eval.steps import scores_by_step
+
+    out = tmp_path / "out"
+    r = scores_by_step(run, out, ["spatial"], n=2, world_revision=2)
+    assert r["world_revision"] == 2
+    assert json.loads((out / "step-0000002" / "spatial.json").read_text())["world_revision"] == 2
+    with pytest.raises(ValueError, match="scores the world's revision 2, not 1"):
+        scores_by_step(run, out, ["spatial"], n=2)
+    with pytest.raises(ValueError, match="spatial-thought scores the world's revision 1 only"):
+        scores_by_step(run, tmp_path / "o2", ["spatial-thought"], n=2, world_revision=2)
+    with pytest.raises(ValueError, match="world revision must be one of 1, 2"):
+        scores_by_step(run, tmp_path / "o3", ["vqa"], n=2, world_revision=7)
+
+
 def test_export_a_chosen_step(run, tmp_path):
     """export(step=N) ships that checkpoint's EMA weights, not the newest, says which in its record,
     and refuses a step the run did not keep."""

@@ -28,14 +28,14 @@ MAIN = {"vqa": "accuracy", "spatial": "accuracy", "depth": "delta1", "pose": "au
 TASKS = ("vqa", "spatial", "depth", "pose", "t2i")
 
 
-def _score(model, task: str, n: int, seed_start: int) -> dict:
+def _score(model, task: str, n: int, seed_start: int, world_revision: int = 1) -> dict:
     """`omni eval TASK --json`'s object for the direct plan, or for THOUGHT one holding
     thought_steps' steps as its metrics (and its letters and question types)."""
     from omni.eval.run import evaluate
     from omni.unroll import Engine
 
     if task != THOUGHT:  # a fresh engine per task: the same draws as `omni eval TASK`
-        return evaluate(Engine(model), task, n, seed_start, "direct")
+        return evaluate(Engine(model), task, n, seed_start, "direct", world_revision=world_revision)
     from omni.eval.context_use import STEP_NAMES, thought_steps
 
     r = thought_steps(model, n, seed_start)
@@ -61,17 +61,24 @@ def _export_step(step_dir: Path, dest: Path) -> Path:
 
 def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[str] = TASKS, n: int = 500,
                    n_by_task: Mapping[str, int] | None = None, seed_start: int = 2_000_000_000,
-                   extra: Mapping[int, str | Path] | None = None, log: Callable[[str], None] | None = None) -> dict:
+                   extra: Mapping[int, str | Path] | None = None, log: Callable[[str], None] | None = None,
+                   world_revision: int = 1) -> dict:
     """Score every complete checkpoint of `run_dir` (and `extra`: step -> an exported model directory,
     e.g. the shipped model at its last step) on each task, n examples each (n_by_task overrides per
-    task), with the direct plan. Returns {"tasks", "n", "seed_start", "steps": {step: {task: {metric:
-    {"mean", "lo", "hi"}}}}} and writes it with a plot into `out`."""
+    task), with the direct plan, on the world's `world_revision` (WorldConfig.revision). Returns {"tasks",
+    "n", "seed_start", "steps": {step: {task: {metric: {"mean", "lo", "hi"}}}}} and writes it with a plot
+    into `out`."""
+    from omni.eval.run import eval_world
     from omni.model import OmniModel
     from omni.world.tasks import split_of_range
 
     bad = [t for t in tasks if t not in (*EVAL_TASKS, THOUGHT)]
     if bad or not tasks:
         raise ValueError(f"unknown task(s) {bad or tasks!r}; known: {', '.join((*EVAL_TASKS, THOUGHT))}")
+    for t in tasks:  # the revision checked before any model loads
+        if t == THOUGHT and world_revision != 1:
+            raise ValueError(f"{THOUGHT} scores the world's revision 1 only (omni eval context-use samples it)")
+        eval_world(t if t != THOUGHT else "spatial", revision=world_revision)
     sizes = {t: (n_by_task or {}).get(t, n) for t in tasks}
     for t, k in sizes.items():
         if k < 1:
@@ -99,7 +106,7 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
                 model_dir = _export_step(d, Path(tmp) / "model") if kind == "run" else d
                 model = OmniModel.from_pretrained(model_dir)
                 for t in todo:
-                    r = {**_score(model, t, sizes[t], seed_start), "source": source}
+                    r = {**_score(model, t, sizes[t], seed_start, world_revision), "source": source}
                     atomic_write_bytes(where / f"{t}.json", json.dumps(r).encode())
                     if log:
                         log(f"step {s}: {t} " + ", ".join(f"{k} {v['mean']:.4f}" for k, v in r["metrics"].items()))
@@ -109,6 +116,9 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
             if r.get("source", source) != source:  # files written before sources were recorded are taken as they are
                 raise ValueError(f"{where / f'{t}.json'} scores another model at step {s} ({r['source']}, not "
                                  f"{source}): remove it or use another --out")
+            if r.get("world_revision", 1) != world_revision:
+                raise ValueError(f"{where / f'{t}.json'} scores the world's revision {r.get('world_revision', 1)}, not "
+                                 f"{world_revision}: remove it or use another --out")
             if r.get("n") != sizes[t] or r.get("seed_start") != seed_start:
                 raise ValueError(f"{where / f'{t}.json'} scores n={r.get('n')} from seed {r.get('seed_start')}, "
                                  f"not n={sizes[t]} from {seed_start}: remove it or use another --out")
@@ -116,6 +126,7 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
             if t == "pose":
                 fits[s] = r.get("pose_fit", {}).get("corr") or [None] * 6
     summary = {"tasks": list(tasks), "n": sizes, "seed_start": seed_start, "steps": steps,
+               **({"world_revision": world_revision} if world_revision != 1 else {}),
                **({"pose_corr": fits} if fits else {})}
     atomic_write_bytes(out / "scores_by_step.json", json.dumps(summary, indent=1).encode())
     atomic_write_bytes(out / "scores_by_step.md", steps_markdown(summary).encode())
