@@ -444,6 +444,7 @@ def eval_context_use(
     vqa_thought: str = typer.Option("inventory", help="vqa only: the world's thought the model's own is compared "
                                                       "with: inventory (the world's default) or focused (for a "
                                                       "model trained with --vqa-thought focused)."),
+    world_revision: int = _revision_option("--world-revision"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Does the model use each context? Its output given the world's true contexts (as in training)
@@ -462,7 +463,7 @@ def eval_context_use(
     split_of_range(seed_start, n)
     if task != "t2i" and task not in ANSWER_TASKS:
         raise ValueError(f"--task must be t2i or one of {', '.join(ANSWER_TASKS)}, got {task!r}")
-    eval_world(task, vqa_thought=vqa_thought)  # checked before the model loads
+    eval_world(task, vqa_thought=vqa_thought, revision=world_revision)  # checked before the model loads
     ts = None
     if t is not None:
         if task != "t2i":
@@ -472,13 +473,15 @@ def eval_context_use(
         except ValueError:
             raise ValueError(f"--t must be numbers separated by commas, got {t!r}") from None
         check_noise_levels(ts, "--t: noise levels")  # before the model loads, not after
-    res = context_use(_load(checkpoint, device), task, n, seed_start, ts, vqa_thought=vqa_thought)
+    res = context_use(_load(checkpoint, device), task, n, seed_start, ts, vqa_thought=vqa_thought,
+                      world_revision=world_revision)
     tables, extra = res["tables"], ({"by_group": res["by_group"]} if res["by_group"] else {})
     for key in ("thought_steps", "thought_steps_views"):
         if key in res:
             extra[key] = res[key]
     if json_out:
         typer.echo(json.dumps({"checkpoint": checkpoint, "task": task, "n": n, "seed_start": seed_start,
+                               **({"world_revision": world_revision} if world_revision != 1 else {}),
                                "tables": {k: v.to_json() for k, v in tables.items()}, **extra}))
     else:
         typer.echo("\n".join(v.markdown() for v in tables.values()))

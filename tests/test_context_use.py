@@ -9,6 +9,7 @@ from omni.model import OmniModel, preset
 from omni.tokens.text import TextTokenizer
 from omni.tokens.visual import VisualTokenizer
 from omni.train.loop import DEFAULT_VISUAL
+from omni.world import sample
 
 SMALL = dict(d_model=64, n_layers=2, n_heads=4)
 
@@ -286,6 +287,32 @@ def test_vqa_thought_steps_on_the_focused_thought():
         context_use(m, "spatial", 1, 1_000_000_000, vqa_thought="focused")
     with pytest.raises(ValueError, match="vqa thought must be one of"):
         context_use(m, "vqa", 1, 1_000_000_000, vqa_thought="long")
+
+
+def test_context_use_on_the_worlds_revision_2(monkeypatch):
+    """Every measure samples the revision it is given (the spatial thought's steps read revision 2's
+    camera_object thoughts too), and says so; a revision the world lacks is refused first."""
+    import omni.eval.context_use as cu
+    from omni.serve.testing import random_tiny_model
+
+    drawn = []
+
+    def spy(task, seeds, cfg=None):
+        drawn.append((task, cfg.revision))
+        return sample(task, seeds, cfg)
+
+    monkeypatch.setattr(cu, "sample", spy)
+    m = random_tiny_model(0)
+    r = cu.context_use(m, "spatial", 3, 2_000_000_000, world_revision=2)
+    assert r["world_revision"] == 2 and r["thought_steps"]["n"] == 3
+    assert drawn == [("spatial", 2)] * 3  # the answers' contexts, the thought's steps, after the views
+    drawn.clear()
+    cu.context_use(m, "t2i", 1, 2_000_000_000, ts=[0.5], world_revision=2)
+    cu.context_use(m, "vqa", 2, 2_000_000_000, world_revision=2)
+    assert drawn == [("t2i", 2), ("t2i", 2), ("vqa", 2), ("vqa", 2)]
+    assert "world_revision" not in cu.context_use(m, "depth", 1, 2_000_000_000)
+    with pytest.raises(ValueError, match="world revision must be one of 1, 2"):
+        cu.context_use(m, "t2i", 1, 2_000_000_000, world_revision=0)
 
 
 def test_answer_context_use_errors():

@@ -76,7 +76,7 @@ def _check(model: OmniModel, n: int, seed_start: int) -> None:
 
 @torch.no_grad()
 def flow_context_use(model: OmniModel, n: int, seed_start: int, ts: Sequence[float] = NOISE_LEVELS,
-                     seed: int = 0) -> dict[str, AblationTable]:
+                     seed: int = 0, world_revision: int = 1) -> dict[str, AblationTable]:
     """One table per noise level t: each row's mean per-example flow MSE over n t2i examples from
     seed_start, with 95% intervals and the paired difference to the prompt row (lower is better)."""
     _check(model, n, seed_start)
@@ -84,7 +84,8 @@ def flow_context_use(model: OmniModel, n: int, seed_start: int, ts: Sequence[flo
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    exs = sample("t2i", list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size))
+    exs = sample("t2i", list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size,
+                                                                              revision=world_revision))
     names = row_names()
     scores = {t: {k: [] for k in names} for t in ts}
     device = next(model.parameters()).device
@@ -121,7 +122,8 @@ ROLLOUT_FORMS = {"prompt": "visual", "+short": "short+visual", "+long": "long+vi
 
 
 @torch.no_grad()
-def rollout_context_use(model: OmniModel, n: int, seed_start: int, batch: int = 8) -> dict[str, AblationTable]:
+def rollout_context_use(model: OmniModel, n: int, seed_start: int, batch: int = 8,
+                        world_revision: int = 1) -> dict[str, AblationTable]:
     """Does the visual-token rollout read the text before it? The target image's visual codes,
     teacher-forced after the prompt alone ("prompt"), after the world's short thought ("+short") and
     after its layout text ("+long"), written exactly as the mixture's visual forms write them, and
@@ -136,7 +138,8 @@ def rollout_context_use(model: OmniModel, n: int, seed_start: int, batch: int = 
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    exs = sample("t2i", list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size))
+    exs = sample("t2i", list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size,
+                                                                              revision=world_revision))
     names = list(ROLLOUT_FORMS)
     scores = {k: {name: [] for name in names} for k in ("codes nll", "codes accuracy")}
     device = next(model.parameters()).device
@@ -177,7 +180,7 @@ def _answer_only(w: Writer, segs: list) -> list:
 
 @torch.no_grad()
 def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
-                       batch: int = 8, vqa_thought: str = "inventory") -> dict:
+                       batch: int = 8, vqa_thought: str = "inventory", world_revision: int = 1) -> dict:
     """The answer tasks' output given each true context of FORMS[task] (the world's thought, pose
     text, novel views, captions, visual codes, written as in training), on n examples from
     seed_start, every row on the same examples. vqa / spatial: `accuracy` — 1 when every answer token
@@ -195,7 +198,7 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    world = eval_world(task, vqa_thought=vqa_thought)
+    world = eval_world(task, vqa_thought=vqa_thought, revision=world_revision)
     exs = sample(task, list(range(seed_start, seed_start + n)), dataclasses.replace(world, size=cfg.image_size))
     keys = ("delta1", "abs_rel") if task == "depth" else ("accuracy", "answer nll")
     scores = {k: {name: [] for name in names} for k in keys}
@@ -306,7 +309,8 @@ def _before_thought(w: Writer, segs: list[Segment]) -> list[Segment]:
 
 
 @torch.no_grad()
-def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, form: str = "think") -> dict:
+def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, form: str = "think",
+                  world_revision: int = 1) -> dict:
     """Where a spatial thought breaks, step by step, given the world's true thought up to each step
     (teacher-forced, as in training, on n examples from seed_start). Per example, a step scores 1
     when every token of every span of it is the argmax given the true thought before it:
@@ -327,7 +331,8 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, for
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    exs = sample("spatial", list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size))
+    exs = sample("spatial", list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size,
+                                                                                  revision=world_revision))
     device = next(model.parameters()).device
     scores: dict[str, list[float]] = {k: [] for k in STEP_NAMES}
     letters = {c: 0 for c in LETTERS}
@@ -389,7 +394,7 @@ def _vqa_thought_sequence(w: Writer, ex, image_of=None) -> tuple[list[Segment], 
 
 @torch.no_grad()
 def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8,
-                      vqa_thought: str = "inventory") -> dict:
+                      vqa_thought: str = "inventory", world_revision: int = 1) -> dict:
     """Where a vqa thought breaks, piece by piece, given the world's true thought up to each piece
     (teacher-forced, as in training, on n examples from seed_start): the number of objects seen, each
     listed object's size, colour, shape and position word, the question's step (all of it; and its
@@ -409,7 +414,7 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8,
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    wc = WorldConfig(size=cfg.image_size, vqa_thought=vqa_thought)
+    wc = WorldConfig(size=cfg.image_size, vqa_thought=vqa_thought, revision=world_revision)
     exs = sample("vqa", list(range(seed_start, seed_start + n)), wc)
     device = next(model.parameters()).device
     names = (*VQA_PIECES, "listing")
@@ -460,26 +465,30 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8,
 
 
 def context_use(model: OmniModel, task: str, n: int, seed_start: int,
-                ts: Sequence[float] | None = None, vqa_thought: str = "inventory") -> dict:
+                ts: Sequence[float] | None = None, vqa_thought: str = "inventory", world_revision: int = 1) -> dict:
     """Either measure, by task, in one shape: {"tables": name -> AblationTable, "by_group": question
     type -> row -> {"n", metric means}}. t2i: `flow_context_use` at the noise levels ts (default
     NOISE_LEVELS; tables "t=0.95", ...; no question types), then `rollout_context_use` (tables "codes
     nll", "codes accuracy"). vqa / spatial / depth:
     `answer_context_use` (ts must be None: they have no noise level); spatial adds "thought_steps"
     (`thought_steps`: where the true thought's last steps break) and "thought_steps_views" (the same
-    with the thought after the true pose text and views, where the +novel views plan thinks)."""
-    eval_world(task, vqa_thought=vqa_thought)  # vqa's focused thought, for vqa only
+    with the thought after the true pose text and views, where the +novel views plan thinks).
+    world_revision: the world's revision every measure samples (WorldConfig.revision); recorded when not 1."""
+    eval_world(task, vqa_thought=vqa_thought, revision=world_revision)  # vqa's focused thought, for vqa only
+    rev = {"world_revision": world_revision} if world_revision != 1 else {}
     if task == "t2i":
-        return {"tables": {**flow_context_use(model, n, seed_start, NOISE_LEVELS if ts is None else ts),
-                           **rollout_context_use(model, n, seed_start)},
-                "by_group": {}}
+        return {"tables": {**flow_context_use(model, n, seed_start, NOISE_LEVELS if ts is None else ts,
+                                              world_revision=world_revision),
+                           **rollout_context_use(model, n, seed_start, world_revision=world_revision)},
+                "by_group": {}, **rev}
     row_names(task)  # an unknown task fails here, before anything else
     if ts is not None:
         raise ValueError(f"noise levels apply to t2i's context use only, not {task}")
-    res = answer_context_use(model, task, n, seed_start, vqa_thought=vqa_thought)
+    res = answer_context_use(model, task, n, seed_start, vqa_thought=vqa_thought, world_revision=world_revision)
     if task == "spatial":
-        res["thought_steps"] = thought_steps(model, n, seed_start)
-        res["thought_steps_views"] = thought_steps(model, n, seed_start, form="views")
+        res["thought_steps"] = thought_steps(model, n, seed_start, world_revision=world_revision)
+        res["thought_steps_views"] = thought_steps(model, n, seed_start, form="views", world_revision=world_revision)
     if task == "vqa":
-        res["thought_steps"] = vqa_thought_steps(model, n, seed_start, vqa_thought=vqa_thought)
-    return res
+        res["thought_steps"] = vqa_thought_steps(model, n, seed_start, vqa_thought=vqa_thought,
+                                                 world_revision=world_revision)
+    return {**res, **rev}

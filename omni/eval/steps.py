@@ -38,9 +38,10 @@ def _score(model, task: str, n: int, seed_start: int, world_revision: int = 1) -
         return evaluate(Engine(model), task, n, seed_start, "direct", world_revision=world_revision)
     from omni.eval.context_use import STEP_NAMES, thought_steps
 
-    r = thought_steps(model, n, seed_start)
+    r = thought_steps(model, n, seed_start, world_revision=world_revision)
     return {"task": task, "n": n, "seed_start": seed_start, "metrics": {k: r[k] for k in STEP_NAMES},
-            "letters": r["letters"], "by_group": r["by_group"]}
+            "letters": r["letters"], "by_group": r["by_group"],
+            **({"world_revision": world_revision} if world_revision != 1 else {})}
 
 
 def run_checkpoints(run_dir: str | Path) -> dict[int, Path]:
@@ -75,10 +76,7 @@ def scores_by_step(run_dir: str | Path | None, out: str | Path, tasks: Sequence[
     bad = [t for t in tasks if t not in (*EVAL_TASKS, THOUGHT)]
     if bad or not tasks:
         raise ValueError(f"unknown task(s) {bad or tasks!r}; known: {', '.join((*EVAL_TASKS, THOUGHT))}")
-    for t in tasks:  # the revision checked before any model loads
-        if t == THOUGHT and world_revision != 1:
-            raise ValueError(f"{THOUGHT} scores the world's revision 1 only (omni eval context-use samples it)")
-        eval_world(t if t != THOUGHT else "spatial", revision=world_revision)
+    eval_world("spatial", revision=world_revision)  # the revision checked before any model loads
     sizes = {t: (n_by_task or {}).get(t, n) for t in tasks}
     for t, k in sizes.items():
         if k < 1:
