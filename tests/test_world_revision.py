@@ -49,12 +49,14 @@ def test_revision_2_leaves_the_other_tasks_alone():
 
 def test_camera_object_answers_lie_in_all_four_quadrants_and_are_true():
     """Revision 1's answers were never behind the camera (view 2 only stepped aside); revision 2's view 2
-    stands among the objects and the answer's quadrant is drawn evenly, true in the camera's frame and
-    for a level head alike, by 0.3 m."""
+    stands among the objects, shows two of them or more (one alone, seen close, leaves where the camera
+    stands undetermined), and the answer's quadrant is drawn evenly, true in the camera's frame and for
+    a level head alike, by 0.3 m."""
     exs = [e for e in sample("spatial", range(TEST, TEST + 240), R2) if e.spec["qtype"] == "camera_object"]
     got = Counter(e.spec["answer_text"] for e in exs)
     assert set(got) == set(_QUADRANTS) and min(got.values()) >= 0.15 * len(exs), got
     for e in exs:
+        assert sum(s.pixels >= R2.min_pixels for s in e.stats("view2")) >= 2
         name = re.search(r"where is the (.+)\?", e.texts["question"])[1]
         (obj,) = [o for o in e.scenes["main"].objects if o.name == name]
         w2c = e.views["view2"].w2c

@@ -807,26 +807,33 @@ def move_and_turn(rng: np.random.Generator, w2c: np.ndarray) -> np.ndarray:
 
 
 def standing_camera(rng: np.random.Generator, scene: Scene, place_half: float) -> np.ndarray | None:
-    """Revision 2's camera_object view 2: a camera standing among the objects at 0.7-1.1 m, looking at
-    one of them (1.6 m or more away) turned up to 20 degrees left or right, so that other objects can
-    lie beside or behind it; it stands within 1 m around the square objects are placed in. None when
-    the standing point drawn is too close to an object, or the one looked at too close to it."""
-    half = place_half + 1.0
-    p = rng.uniform(-half, half, 2)
-    if any(math.hypot(o.x - p[0], o.y - p[1]) < o.footprint + 0.4 for o in scene.objects):
+    """Revision 2's camera_object view 2: a camera standing among the objects (in the square they are
+    placed in, 0.3 m or more from each, 0.7-1.1 m high), looking between two of them that are each 0.9 m
+    or more away and at most 36 degrees apart as it sees them, turned up to 4 degrees: it shows both,
+    which fixes where it stands (one object alone, seen close, would leave the camera anywhere around
+    it), while the others can lie beside or behind it. None when the point drawn sees no such pair."""
+    objs = scene.objects
+    p = rng.uniform(-place_half, place_half, 2)
+    if any(math.hypot(o.x - p[0], o.y - p[1]) < o.footprint + 0.3 for o in objs):
         return None
-    o = scene.objects[int(rng.integers(len(scene.objects)))]
-    if math.hypot(o.x - p[0], o.y - p[1]) < 1.6:
+    v = np.array([[o.x, o.y] for o in objs]) - p
+    dist = np.linalg.norm(v, axis=1)
+    cos = (v @ v.T) / np.outer(dist, dist)
+    ok = (dist[:, None] >= 0.9) & (dist[None, :] >= 0.9) & (cos >= math.cos(math.radians(36.0)))
+    pairs = [(i, j) for i, j in zip(*np.nonzero(np.triu(ok, 1)), strict=True)]
+    if not pairs:
         return None
+    i, j = pairs[int(rng.integers(len(pairs)))]
     eye = (float(p[0]), float(p[1]), float(rng.uniform(0.7, 1.1)))
-    w2c = look_at(eye, (o.x, o.y, o.height / 2))
-    return rotate_view(w2c, str(rng.choice(["left", "right"])), float(rng.uniform(0, 20)))
+    w2c = look_at(eye, (np.asarray(objs[i].center) + np.asarray(objs[j].center)) / 2)
+    return rotate_view(w2c, str(rng.choice(["left", "right"])), float(rng.uniform(0, 4)))
 
 
 def _facing_quadrant(rng: np.random.Generator, scene: Scene, place_half: float, q: int,
-                     tries: int = 20) -> np.ndarray | None:
+                     tries: int = 150) -> np.ndarray | None:
     """A standing camera (`standing_camera`) with some object in quadrant q of it, by the camera's and a
-    level head's frames both: up to `tries` cameras are drawn (no render needed), None if none has."""
+    level head's frames both: up to `tries` cameras are drawn (no render needed; behind the camera is
+    the rare case), None if none has. The render then checks that the two objects it looks at show."""
     for _ in range(tries):
         w2c = standing_camera(rng, scene, place_half)
         if w2c is not None and any(_quadrant(w2c, o.center) == q for o in scene.objects):
@@ -869,7 +876,7 @@ def _spatial(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
             w2c2 = move_and_turn(rng, w2c1)  # a draft that `finish` rejects, rendered like any other
             quadrant = -1
     else:
-        w2c2 = move_and_turn(rng, w2c1)
+        w2c2, quadrant = move_and_turn(rng, w2c1), None
     cams = {"view1": ("main", w2c1), "view2": ("main", w2c2)}
     for d in VIEW_DIRECTIONS:
         cams[f"look_{d}"] = ("main", rotate_view(w2c1, d, cfg.novel_view_deg))
@@ -880,6 +887,10 @@ def _spatial(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
         st1 = all_visible(views["view1"], scene, 0.3, cfg.min_pixels)
         st2 = L.object_stats(scene, views["view2"].ids, views["view2"].depth)
         if st1 is None or not any(s.pixels >= cfg.min_pixels for s in st2):
+            return None
+        # revision 2's standing view 2 shows two objects or more: one alone, seen close, leaves where the camera
+        # stands around it (and so the answer) undetermined
+        if quadrant is not None and sum(s.pixels >= cfg.min_pixels for s in st2) < 2:
             return None
         T = relative_pose(w2c1, w2c2)
         tx, tz, yaw = T[0, 3], T[2, 3], yaw_of(T)
