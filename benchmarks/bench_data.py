@@ -1,12 +1,14 @@
 """Benchmark of the training data pipeline on one CPU thread: how many batches of the shipped
 checkpoint's mixture one data-loader worker makes a second, and where its time goes.
 
-    python benchmarks/bench_data.py [--rows 32] [--batches 6] [--checkpoint checkpoints/omni-tiny] [--json]
+    python benchmarks/bench_data.py [--rows 32] [--batches 6] [--checkpoint checkpoints/omni-tiny]
+                                    [--world-revision N] [--json]
 
 A worker of `omni train` calls `Mixture.batch(step)` once per step (one thread each, as
 `BatchStream` sets). This times that call for `--batches` consecutive steps of the mixture the
 checkpoint was trained with (its config.json's training.config.mixture: task and form weights, pose
-motions, image size; `--rows` replaces its rows), after one untimed warm-up batch, and splits the
+motions, image size, world revision; `--rows` replaces its rows, `--world-revision` its world's revision),
+after one untimed warm-up batch, and splits the
 time into the stages of `Mixture.sequences` and `Mixture.batch`, by wrapping the functions they call:
 
     render   `omni.world.sample`: scenes drawn, rendered (RGB, depth, ids) and described, per task
@@ -69,13 +71,15 @@ class Timers:
         return timed
 
 
-def mixture_of(checkpoint: Path, rows: int | None) -> tuple[data.Mixture, dict]:
+def mixture_of(checkpoint: Path, rows: int | None, world_revision: int | None = None) -> tuple[data.Mixture, dict]:
     cfg = json.loads((checkpoint / "config.json").read_text())
     record = cfg["training"]
     if "average" in record:  # an average of trained models: the newest source's mixture (its last slice)
         record = record["average"][-1]["training"]
     train = TrainConfig.from_dict(record["config"])
     mix = train.mixture if rows is None else dataclasses.replace(train.mixture, rows=rows)
+    if world_revision is not None:
+        mix = dataclasses.replace(mix, world_revision=world_revision)
     tok = TextTokenizer.default()
     vq = VisualTokenizer.load(ROOT / train.visual)
     mcfg = preset(train.preset, **tokenizer_fields(tok, vq), **train.model_overrides)
@@ -89,12 +93,17 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=6, help="timed batches (after one warm-up batch)")
     ap.add_argument("--first-step", type=int, default=1000)
     ap.add_argument("--gpu-steps-per-s", type=float, default=13.0)
+    ap.add_argument("--world-revision", type=int, default=None,
+                    help="draw from this revision of the world instead of the checkpoint's (docs/world_audit.md)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.rows < 1 or args.batches < 1:
         sys.exit("--rows and --batches must be >= 1")
     torch.set_num_threads(1)
-    mixture, mix = mixture_of(Path(args.checkpoint), args.rows)
+    try:
+        mixture, mix = mixture_of(Path(args.checkpoint), args.rows, args.world_revision)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     timers = Timers()
     vq = mixture.w.vq
     vq.latents, vq.encode = timers.wrap("encode", vq.latents), timers.wrap("encode", vq.encode)
@@ -121,7 +130,8 @@ def main() -> None:
     out = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "checkpoint": str(args.checkpoint), "rows": args.rows, "row_len": mix["row_len"], "batches": args.batches,
+        "checkpoint": str(args.checkpoint), "world_revision": mix["world_revision"], "rows": args.rows,
+        "row_len": mix["row_len"], "batches": args.batches,
         "seconds_per_batch": per_batch, "cpu_over_wall": cpu / wall,
         "batches_per_s": 1 / per_batch, "examples_per_s": examples / wall, "tokens_per_s": tokens / wall,
         "fill": tokens / (args.batches * args.rows * mix["row_len"]),
@@ -134,7 +144,7 @@ def main() -> None:
         print(json.dumps(out, indent=1))
         return
     print(f"{out['machine']['processor']}, torch {torch.__version__}, one thread; {args.checkpoint}'s mixture, "
-          f"{args.rows} rows x {mix['row_len']} tokens")
+          f"{args.rows} rows x {mix['row_len']} tokens, the world's revision {mix['world_revision']}")
     print(f"  {per_batch:.2f} s a batch ({out['batches_per_s']:.2f} batches/s, {out['examples_per_s']:.0f} "
           f"examples/s, {out['tokens_per_s']:,.0f} tokens/s; rows {out['fill']:.0%} full; cpu/wall {cpu / wall:.2f})")
     print("  time: " + ", ".join(f"{k} {v:.0%}" for k, v in out["stages_share"].items()))

@@ -19,3 +19,11 @@ def test_bench_data_runs_on_the_shipped_checkpoint():
     out = json.loads(r.stdout)
     assert out["rows"] == 2 and out["batches"] == 1 and out["tokens_per_s"] > 0 and 0 < out["fill"] <= 1
     assert abs(sum(out["stages_share"].values()) - 1) < 1e-6
+    assert out["world_revision"] == 1  # the shipped model's mixture
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_data.py"), "--batches", "1", "--rows", "1",
+                        "--world-revision", "2", "--json"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0 and json.loads(r.stdout)["world_revision"] == 2, r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_data.py"), "--world-revision", "9"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "--world-revision must be one of 1, 2" in r.stderr, r.stderr
