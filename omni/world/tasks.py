@@ -833,7 +833,8 @@ def _facing_quadrant(rng: np.random.Generator, scene: Scene, place_half: float, 
                      tries: int = 150) -> np.ndarray | None:
     """A standing camera (`standing_camera`) with some object in quadrant q of it, by the camera's and a
     level head's frames both: up to `tries` cameras are drawn (no render needed; behind the camera is
-    the rare case), None if none has. The render then checks that the two objects it looks at show."""
+    the rare case), None if none has. The render then checks that two objects or more show (the two it
+    looks at may hide each other)."""
     for _ in range(tries):
         w2c = standing_camera(rng, scene, place_half)
         if w2c is not None and any(_quadrant(w2c, o.center) == q for o in scene.objects):
