@@ -754,6 +754,7 @@ def unroll_command(
     plan: str = typer.Option("default", help="A plan: a row name, 'default', 'direct' or primitives 'a,b'."),
     seed: int = typer.Option(2_000_000_000, help="World seed of the example (default: the first test seed)."),
     out: str = typer.Option(..., help="Output directory: output, every intermediate image, trace.json."),
+    world_revision: int = _revision_option("--world-revision"),
 ):
     """Unroll one plan on one world example; write the final output, intermediate images and trace.json."""
     from omni.eval.run import eval_world, inputs_of, score
@@ -765,13 +766,16 @@ def unroll_command(
 
     parse_plan(task, plan)  # an unknown task or primitive fails here
     split_of(seed)  # a seed in no split is an error
+    world = eval_world(task, revision=world_revision)
     ensure_writable_dir(out)
-    parse_plan(task, plan, inputs_of(sample(task, [seed])[0]))  # a plan the example cannot feed, before the load
+    parse_plan(task, plan, inputs_of(sample(task, [seed], world)[0]))  # a plan the example cannot feed, before the load
     model = _load(checkpoint, device)
-    ex = sample(task, [seed], eval_world(task, size=model.cfg.image_size))[0]  # the world omni eval samples
+    # the world omni eval samples, at the model's image size
+    ex = sample(task, [seed], eval_world(task, size=model.cfg.image_size, revision=world_revision))[0]
     engine = Engine(model)
     res = engine.run(inputs_of(ex), plan)
-    path = write_trace(res, out, extra={"seed": seed, "score": score(ex, res)})
+    rev = {"world_revision": world_revision} if world_revision != 1 else {}
+    path = write_trace(res, out, extra={"seed": seed, **rev, "score": score(ex, res)})
     typer.echo(f"{task} plan {', '.join(res.plan) or 'direct'}: output {res.output.text or res.output.kind}")
     typer.echo(f"wrote {path}")
 

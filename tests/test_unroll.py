@@ -224,6 +224,13 @@ def test_unroll_cli(model, tmp_path):
                           "--plan", "estimate_pose", "--out", str(tmp_path / "v")], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "estimate_pose" in bad.stderr
+    # the mended world's example (docs/world_audit.md): a camera_object question whose answer is behind the camera
+    r = subprocess.run([sys.executable, "-m", "omni.cli", "unroll", "spatial", "--checkpoint", str(tmp_path / "ck"),
+                        "--plan", "direct", "--seed", "2000000001", "--world-revision", "2", "--out",
+                        str(tmp_path / "r2")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    tr = json.loads((tmp_path / "r2" / "trace.json").read_text())
+    assert tr["world_revision"] == 2 and tr["seed"] == 2_000_000_001
 
 
 def test_context_fidelity_against_the_world():
