@@ -27,7 +27,7 @@ from omni.model.config import IMAGE_CLEAN, IMAGE_GEN, IMAGE_IN
 from omni.tokens.image import unpatchify
 from omni.train.data import DRILLS, FORMS, Writer, conclusion_text
 from omni.unroll.format import BLOCKS
-from omni.world import WorldConfig, sample
+from omni.world import sample
 from omni.world.tasks import LETTERS, VQA_PIECES, conclusion_pieces, split_of_range, vqa_thought_pieces
 
 from .ablate import group_means, question_types
@@ -84,8 +84,8 @@ def flow_context_use(model: OmniModel, n: int, seed_start: int, ts: Sequence[flo
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    exs = sample("t2i", list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size,
-                                                                              revision=world_revision))
+    exs = sample("t2i", list(range(seed_start, seed_start + n)),
+                 eval_world("t2i", size=cfg.image_size, revision=world_revision))
     names = row_names()
     scores = {t: {k: [] for k in names} for t in ts}
     device = next(model.parameters()).device
@@ -138,8 +138,8 @@ def rollout_context_use(model: OmniModel, n: int, seed_start: int, batch: int = 
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    exs = sample("t2i", list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size,
-                                                                              revision=world_revision))
+    exs = sample("t2i", list(range(seed_start, seed_start + n)),
+                 eval_world("t2i", size=cfg.image_size, revision=world_revision))
     names = list(ROLLOUT_FORMS)
     scores = {k: {name: [] for name in names} for k in ("codes nll", "codes accuracy")}
     device = next(model.parameters()).device
@@ -198,8 +198,8 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    world = eval_world(task, vqa_thought=vqa_thought, revision=world_revision)
-    exs = sample(task, list(range(seed_start, seed_start + n)), dataclasses.replace(world, size=cfg.image_size))
+    world = eval_world(task, vqa_thought=vqa_thought, size=cfg.image_size, revision=world_revision)
+    exs = sample(task, list(range(seed_start, seed_start + n)), world)
     keys = ("delta1", "abs_rel") if task == "depth" else ("accuracy", "answer nll")
     scores = {k: {name: [] for name in names} for k in keys}
     device = next(model.parameters()).device
@@ -331,8 +331,8 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, for
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    exs = sample("spatial", list(range(seed_start, seed_start + n)), WorldConfig(size=cfg.image_size,
-                                                                                  revision=world_revision))
+    exs = sample("spatial", list(range(seed_start, seed_start + n)),
+                 eval_world("spatial", size=cfg.image_size, revision=world_revision))
     device = next(model.parameters()).device
     scores: dict[str, list[float]] = {k: [] for k in STEP_NAMES}
     letters = {c: 0 for c in LETTERS}
@@ -414,7 +414,7 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8,
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    wc = WorldConfig(size=cfg.image_size, vqa_thought=vqa_thought, revision=world_revision)
+    wc = eval_world("vqa", vqa_thought=vqa_thought, size=cfg.image_size, revision=world_revision)
     exs = sample("vqa", list(range(seed_start, seed_start + n)), wc)
     device = next(model.parameters()).device
     names = (*VQA_PIECES, "listing")
