@@ -5,10 +5,10 @@ a model can learn without the images, and the grammar slips it is trained to wri
 
 Counted over n consecutive seeds of one split at size 32, in the world's revision 1 (the shipped
 model's world) or 2 (which mends these; WorldConfig.revision):
-- spatial: each question type's answers (camera_object's are never behind the camera), and the
-  object_object questions whose answer is not the leftmost object of the scene (5-6 objects, 4 offered);
+- spatial: each question type's answers (in revision 1 camera_object's are never behind the camera), and
+  the object_object questions whose answer is not the leftmost object of the scene (5-6 objects, 4 offered);
 - t2i: prompt categories, the counting prompts' numbers, the position prompts' relations, and the
-  number of objects the math prompts ask for (redrafts skew them toward 1);
+  number of objects the math prompts ask for (in revision 1 redrafts skew them toward 1);
 - grammar: "a" before a vowel sound in t2i texts, "1 of them are" and "there are 1 " in vqa thoughts,
   "-0.0" in spatial thoughts.
 """
