@@ -162,6 +162,26 @@ def test_world_cli_samples_revision_2(tmp_path):
     r = CliRunner().invoke(app, ["world", "sample", "--task", "spatial", "--n", "2", "--seed", str(TEST),
                                  "--revision", "2", "--out", str(tmp_path / "w")])
     assert r.exit_code == 0, r.output
+    # the examples' world goes beside them (examples.jsonl alone did not say which revision drew them),
+    # and draws them again
+    world = WorldConfig.from_dict(json.loads((tmp_path / "w" / "world.json").read_text()))
+    assert world == R2
+    lines = [json.loads(x) for x in (tmp_path / "w" / "examples.jsonl").read_text().splitlines()]
+    assert [e.texts for e in sample("spatial", [TEST, TEST + 1], world)] == [x["texts"] for x in lines]
+    assert [e.texts for e in sample("spatial", [TEST, TEST + 1])] != [x["texts"] for x in lines]
     r = CliRunner().invoke(app, ["world", "sample", "--task", "spatial", "--n", "2", "--revision", "0",
                                  "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "world revision must be one of" in r.output
+
+
+def test_world_config_round_trips_through_json():
+    w = WorldConfig(size=16, revision=2, scene=SceneOptions(shapes=("cube", "cone"), max_objects=4),
+                    pose_motions=("orbit", "move_turn"), shadows=True)
+    assert WorldConfig.from_dict(json.loads(json.dumps(w.to_dict()))) == w
+    assert WorldConfig.from_dict({}) == WorldConfig()
+    with pytest.raises(ValueError, match="unknown world config field.*sizee, scene.colours"):
+        WorldConfig.from_dict({"sizee": 3, "scene": {"colours": ["red"]}})
+    with pytest.raises(ValueError, match="world revision must be one of"):
+        WorldConfig.from_dict({"revision": 7})
+    with pytest.raises(TypeError, match="a world config is a JSON object"):
+        WorldConfig.from_dict([1, 2])

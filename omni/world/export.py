@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .tasks import Example
+from .tasks import Example, WorldConfig
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -50,10 +50,12 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return p
 
 
-def save_examples(examples: list[Example], out_dir: str | Path) -> Path:
+def save_examples(examples: list[Example], out_dir: str | Path, world: WorldConfig | None = None) -> Path:
     """Per view: `<task>_<seed>_<view>.png`, `..._depth.png` (colorized), `..._depth.npy` (float32
     metres, background = DEPTH_FAR), `..._ids.npy` (int16 instance ids); and `examples.jsonl` with
-    texts, answers, specs, scenes, intrinsics and extrinsics and the file names."""
+    texts, answers, specs, scenes, intrinsics and extrinsics and the file names. With `world`, the
+    config the examples were drawn from (its size, scene options, revision, ...) goes beside them as
+    `world.json`, so they can be drawn again: `WorldConfig.from_dict(json.load(...))`."""
     seen = set()
     for ex in examples:  # files are named by (task, seed): a repeat would overwrite the first's images
         if (ex.task, ex.seed) in seen:
@@ -72,6 +74,8 @@ def save_examples(examples: list[Example], out_dir: str | Path) -> Path:
                 rec["views"][name]["files"] = {"rgb": f"{stem}.png", "depth": f"{stem}_depth.npy",
                                                "depth_png": f"{stem}_depth.png", "ids": f"{stem}_ids.npy"}
             f.write(json.dumps(rec) + "\n")
+    if world is not None:
+        (out / "world.json").write_text(json.dumps(world.to_dict(), indent=1) + "\n")
     return out
 
 

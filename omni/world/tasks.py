@@ -10,6 +10,7 @@ rejection does not skew the mix towards easy kinds. An example's random stream d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import re
@@ -161,6 +162,24 @@ class WorldConfig:
         object.__setattr__(self, "pose_motions", motions)
         if self.vqa_thought not in VQA_THOUGHTS:
             raise ValueError(f"vqa thought must be one of {', '.join(VQA_THOUGHTS)}, got {self.vqa_thought!r}")
+
+    def to_dict(self) -> dict:
+        """The config as JSON-ready fields (the scene options a dict of their own)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WorldConfig:
+        """The config `to_dict` wrote (fields left out take their defaults); an unknown field is a
+        ValueError naming it, a bad value the field's own error."""
+        if not isinstance(d, dict) or not isinstance(d.get("scene", {}), dict):
+            raise TypeError(f"a world config is a JSON object (its scene one too), got {d!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        scene_known = {f.name for f in dataclasses.fields(SceneOptions)}
+        unknown = sorted(set(d) - known) + sorted(f"scene.{k}" for k in set(d.get("scene", {})) - scene_known)
+        if unknown:
+            raise ValueError(f"unknown world config field(s): {', '.join(unknown)}")
+        scene = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get("scene", {}).items()}
+        return cls(**{**d, "scene": SceneOptions(**scene)})
 
     @property
     def K(self) -> np.ndarray:
