@@ -123,7 +123,8 @@ def world_sample(
     shadows: bool = typer.Option(False, help="Cast shadows."),
     revision: int = _revision_option(),
 ):
-    """Write examples as PNG + .npy (depth in metres, instance ids) + examples.jsonl."""
+    """Write examples as PNG + .npy (depth in metres, instance ids) + examples.jsonl, and the world's
+    config (size, scene options, revision) as world.json."""
     from omni.world import sample
     from omni.world.export import ensure_writable_dir, save_examples
 
@@ -132,7 +133,7 @@ def world_sample(
     tasks = _tasks(task)
     ensure_writable_dir(out)
     examples = [ex for t in tasks for ex in sample(t, range(seed, seed + n), cfg)]
-    save_examples(examples, out)
+    save_examples(examples, out, world=cfg)
     typer.echo(f"wrote {len(examples)} examples to {out}")
 
 
@@ -173,6 +174,7 @@ def eval_checker(
     blur: int = typer.Option(0, help="Binomial blur radius in pixels (1 = [1,2,1]/4 per axis)."),
     blur_sigma: float = typer.Option(0.0, help="Gaussian blur sigma in pixels."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    world_revision: int = _revision_option("--world-revision"),
 ):
     """Validate the checker on ground-truth renders: pass rates per category with each image's own
     spec (should be high) and with a mismatched spec of the same category (should be low)."""
@@ -188,12 +190,13 @@ def eval_checker(
             raise ValueError(f"{name} must be a finite number >= 0, got {v}")
     if blur not in BLUR_RADII:  # before the renders: degrade refused it only after them, without the option's name
         raise ValueError(f"--blur must be one of {', '.join(map(str, BLUR_RADII))} (px), got {blur}")
-    r = validate_on_world(n, seed_start, size, noise, blur, blur_sigma)
+    r = validate_on_world(n, seed_start, size, noise, blur, blur_sigma, revision=world_revision)
     if json_out:
         typer.echo(json.dumps(r))
         return
+    rev = f", world revision {world_revision}" if world_revision != 1 else ""
     typer.echo(f"checker on {n} ground-truth t2i renders, seeds {seed_start}..{seed_start + n - 1}, {size}px, "
-               f"noise {noise}, blur radius {blur}, blur sigma {blur_sigma}")
+               f"noise {noise}, blur radius {blur}, blur sigma {blur_sigma}{rev}")
     typer.echo(f"{'category':<15}{'n':>6}{'own spec':>10}{'mismatched':>12}")
     mm = r["mismatched"]["categories"]
 
@@ -521,6 +524,7 @@ def eval_readout(
     n: int = typer.Option(500, help="Held-out examples the probes are scored on."),
     seed_start: int = typer.Option(2_000_000_000, help="First held-out seed (default: the test split)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    world_revision: int = _revision_option("--world-revision"),
 ):
     """What the hidden states carry, layer by layer: linear probes, fit on training seeds and scored
     on held-out ones, of the image tokens' covering object (colour, shape, size) and of each word
@@ -528,9 +532,11 @@ def eval_readout(
     import json
 
     from omni.eval.readout import check_seeds, readout, readout_markdown
+    from omni.world import WorldConfig
 
     check_seeds(train, n, train_start, seed_start)  # before the model loads
-    res = readout(_load(checkpoint, device), train, n, train_start, seed_start)
+    WorldConfig(revision=world_revision)
+    res = readout(_load(checkpoint, device), train, n, train_start, seed_start, revision=world_revision)
     if json_out:
         typer.echo(json.dumps({"checkpoint": checkpoint, **res}))
     else:
@@ -788,16 +794,19 @@ def demo_command(
     out: str = typer.Option("omni_demo.png", help="Contact sheet PNG (the traces go beside it as .json)."),
     seed: int = typer.Option(2_000_000_000, help="World seed of each task's example (default: the test split)."),
     flow_steps: int = _flow_steps_option(),
+    world_revision: int = _revision_option("--world-revision"),
 ):
     """Run every task once with its default plan: one contact sheet of inputs, context and outputs."""
     from omni.eval.demo import demo
     from omni.unroll.engine import Engine
+    from omni.world import WorldConfig
     from omni.world.tasks import split_of
 
     _positive("--flow-steps", flow_steps)
     _image_file("--out", out)
     split_of(seed)  # a seed in no split is an error
-    traces = demo(Engine(_load(checkpoint, device), flow_steps=flow_steps), out, seed)
+    WorldConfig(revision=world_revision)  # before the model loads
+    traces = demo(Engine(_load(checkpoint, device), flow_steps=flow_steps), out, seed, revision=world_revision)
     for task, t in traces.items():
         typer.echo(f"{task:8s} " + ", ".join(f"{k} {v:.3f}" for k, v in t["score"].items()))
     typer.echo(f"wrote {out}")

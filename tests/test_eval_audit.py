@@ -167,7 +167,7 @@ def test_checker_json_is_json_without_mismatched_specs(monkeypatch):
     one = {"noise": 0.0, "blur": 0, "blur_sigma": 0.0, "matched": summarize([CheckResult("mapping", [("has", True)])]),
            "mismatched": summarize([])}  # validate_on_world's result for seed 2000000000 alone, without the renders
     monkeypatch.setattr("omni.eval.checker.validate_on_world",
-                        lambda n, seed_start, size, *a: {"n": n, "seed_start": seed_start, "size": size, **one})
+                        lambda n, seed_start, size, *a, **k: {"n": n, "seed_start": seed_start, "size": size, **one})
     r = cli("eval", "checker", "--n", "1", "--json")
     assert r.exit_code == 0, r.stderr
     out = strict_json(r.stdout)
@@ -236,3 +236,21 @@ def test_resume_refuses_another_flow_start(model, tmp_path):
     with pytest.raises(ValueError, match="keeps another ablation's progress \\(engine differ\\)"):
         ablate(Engine(model, flow_steps=1, flow_start=0.8), "depth", 1, TEST, rows={"baseline": []}, partial=p,
                resume=True)
+
+
+def test_demo_on_revision_2(model, tmp_path):
+    """omni demo sampled revision 1 only; --world-revision 2 shows the mended world's example, and the
+    traces say which."""
+    from omni.eval.demo import demo
+    from omni.eval.run import inputs_of
+    from omni.unroll import Engine
+    from omni.world import WorldConfig, sample
+
+    traces = demo(Engine(model, think_tokens=4), tmp_path / "d.png", TEST, tasks=("spatial",), revision=2)
+    question = traces["spatial"]["steps"][0]["text"]
+    assert traces["spatial"]["world_revision"] == 2
+    assert question == inputs_of(sample("spatial", [TEST], WorldConfig(revision=2))[0]).text
+    assert question != inputs_of(sample("spatial", [TEST])[0]).text
+    assert json.loads((tmp_path / "d.json").read_text())["spatial"]["world_revision"] == 2
+    r = cli("demo", "--world-revision", "0", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x.png"))
+    assert r.exit_code == 2 and "world revision must be one of 1, 2" in r.stderr

@@ -180,6 +180,24 @@ def test_cli_eval_checker_json():
         assert needle in bad.stderr, bad.stderr
 
 
+def test_cli_eval_checker_on_revision_2():
+    """The checker's ceiling on the world's revision 2 (whose t2i prompts keep their hard counts and
+    positions across redrafts): its renders, its record."""
+    from typer.testing import CliRunner
+
+    from omni.cli import app
+
+    r = CliRunner().invoke(app, ["eval", "checker", "--n", "40", "--world-revision", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["world_revision"] == 2 and out["matched"]["overall"]["pass"] > 0.9
+    exs = sample("t2i", range(2_000_000_000, 2_000_000_040), WorldConfig(revision=2))
+    assert out == {"n": 40, "seed_start": 2_000_000_000, "size": 32, "world_revision": 2,
+                   **validate_on_examples(exs)}
+    bad = CliRunner().invoke(app, ["eval", "checker", "--n", "2", "--world-revision", "3"])
+    assert bad.exit_code == 2 and "world revision must be one of 1, 2" in bad.stderr
+
+
 def test_compare_pairs_two_eval_outputs_example_by_example(tmp_path):
     """`omni eval compare` reads two `omni eval --json` outputs of one task on the same examples and
     gives each metric's Δ paired per example; errors fall when a model improves (lower is better);

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from test_context_use import tiny
+from typer.testing import CliRunner
 
 from omni.eval.readout import CLASSES, _patch_labels, collect, fit_probe, readout, readout_markdown
 from omni.tokens.image import patchify
@@ -116,6 +117,25 @@ def test_cli(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "different splits" in bad.stderr, bad.stderr
     assert np.isfinite(out["targets"]["patch colour"]["layer"][0]["mean"])
+
+
+def test_readout_on_revision_2(tmp_path, monkeypatch):
+    """Every example the probes fit and score on is drawn from the world's revision asked for, and the
+    output says which; an unknown revision is refused before the model loads."""
+    import omni.eval.readout as ro
+    from omni.cli import app
+
+    drawn = []
+    real = ro.sample
+    monkeypatch.setattr(ro, "sample", lambda task, seeds, cfg: drawn.append(cfg.revision) or real(task, seeds, cfg))
+    tiny().save_pretrained(tmp_path / "ck")
+    r = CliRunner().invoke(app, ["eval", "readout", "--checkpoint", str(tmp_path / "ck"), "--train", "4", "--n", "2",
+                                 "--seed-start", "1000000000", "--world-revision", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["world_revision"] == 2 and drawn == [2] * 4
+    bad = CliRunner().invoke(app, ["eval", "readout", "--checkpoint", str(tmp_path / "none"), "--train", "4",
+                                   "--n", "2", "--seed-start", "1000000000", "--world-revision", "9"])
+    assert bad.exit_code == 2 and "world revision must be one of 1, 2" in bad.stderr, bad.output
 
 
 def test_attention_is_the_models_own(monkeypatch):

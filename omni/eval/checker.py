@@ -465,16 +465,17 @@ def degrade(images: np.ndarray, noise: float = 0.0, blur: int = 0, blur_sigma: f
 
 
 def validate_on_world(n: int, seed_start: int, size: int = 32, noise: float = 0.0, blur: int = 0,
-                      blur_sigma: float = 0.0, seed: int = 0) -> dict:
-    """The checker on ground-truth renders of n t2i examples (seeds seed_start ...), optionally
-    degraded, each checked against its own spec and against a mismatched spec of its category.
-    Returns pass rates per category and overall (mean over categories), for both."""
+                      blur_sigma: float = 0.0, seed: int = 0, revision: int = 1) -> dict:
+    """The checker on ground-truth renders of n t2i examples (seeds seed_start ...) of the world's
+    `revision`, optionally degraded, each checked against its own spec and against a mismatched spec of
+    its category. Returns pass rates per category and overall (mean over categories), for both (and
+    `world_revision` where it is not 1)."""
     from omni.world import WorldConfig, sample
 
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    exs = sample("t2i", range(seed_start, seed_start + n), WorldConfig(size=size))
-    return {"n": n, "seed_start": seed_start, "size": size,
+    exs = sample("t2i", range(seed_start, seed_start + n), WorldConfig(size=size, revision=revision))
+    return {"n": n, "seed_start": seed_start, "size": size, **({"world_revision": revision} if revision != 1 else {}),
             **validate_on_examples(exs, noise, blur, blur_sigma, seed)}
 
 

@@ -32,16 +32,22 @@ def _tile(img: np.ndarray, label: str, font) -> Image.Image:
     return out
 
 
-def demo(engine: Engine, out: str | Path, seed: int = SPLITS["test"][0], tasks=EVAL_TASKS) -> dict:
+def demo(engine: Engine, out: str | Path, seed: int = SPLITS["test"][0], tasks=EVAL_TASKS,
+         revision: int = 1) -> dict:
+    """Each of `tasks` once on the example of `seed` in the world's `revision`, at the model's image size:
+    the contact sheet at `out`, the traces (each with its score, and `world_revision` where it is not 1)
+    beside it as JSON; returns the traces."""
     out = Path(out)
+    eval_world(tasks[0], revision=revision)  # an unknown revision before any run
     ensure_writable_dir(out.parent)  # before the runs: an unwritable place fails first, not after all eight
     font = ImageFont.load_default()
     rows, traces = [], {}
     for task in tasks:
-        ex = sample(task, [seed], eval_world(task, size=engine.model.cfg.image_size))[0]
+        ex = sample(task, [seed], eval_world(task, size=engine.model.cfg.image_size, revision=revision))[0]
         res = engine.run(inputs_of(ex), DEFAULT_PLAN[task])
         tiles = [_tile(v, k, font) for k, v in inputs_of(ex).images.items()]
-        lines = [f"{task}  plan: {', '.join(res.plan) or 'direct'}", f"input: {inputs_of(ex).text}"]
+        rev = f"  (world revision {revision})" if revision != 1 else ""
+        lines = [f"{task}  plan: {', '.join(res.plan) or 'direct'}{rev}", f"input: {inputs_of(ex).text}"]
         for it in res.items[1:]:
             if it.image is not None:
                 tiles.append(_tile(it.image, it.step, font))
@@ -64,7 +70,8 @@ def demo(engine: Engine, out: str | Path, seed: int = SPLITS["test"][0], tasks=E
             lines.append(f"ground truth: {ex.answer}")
         scores = score(ex, res)
         lines.append("score: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-        traces[task] = {**res.trace(), "seed": seed, "score": scores}
+        traces[task] = {**res.trace(), "seed": seed, **({"world_revision": revision} if revision != 1 else {}),
+                        "score": scores}
         wrapped = [w for line in lines for w in textwrap.wrap(line, 90)]
         width = sum(t.width + 4 for t in tiles) + 560
         row = Image.new("RGB", (width, max(TILE + 16, 12 * len(wrapped) + 8)), "white")

@@ -105,7 +105,7 @@ def _attention_at(qk: list[tuple], row: int, p: int, keys: torch.Tensor) -> torc
 
 @torch.no_grad()
 def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image: bool = False,
-            attention: bool = False) -> dict:
+            attention: bool = False, revision: int = 1) -> dict:
     """The residual stream (layer 0 = the embedding, then after each layer) at the VQA think sequences'
     image tokens and at the thought's named tokens, for the examples of `seeds`, with their labels.
     other_image: each example's image replaced by the next one's (the last takes the first's); the
@@ -114,7 +114,7 @@ def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image:
     image ("image mass") and, for a listed object's size, colour and shape, the share of that mass
     on the patches the object covers ("object mass") and those patches' share of the image ("object
     share": what looking everywhere alike would give), and that share in each head ("object mass by
-    head").
+    head"). revision: the world's (WorldConfig.revision).
     Returns {"patch": {"x": (N, layers + 1, d), "pixels": (N, p*p*3), "y": (N, 4)},
              name: {"x": (M, layers + 1, d), "y": (M,), "lm": (M,) the LM head's choice among the
              kind's words, "image mass": (M, layers), "object mass": (M', layers), "object mass by
@@ -123,7 +123,7 @@ def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image:
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    exs = sample("vqa", list(seeds), WorldConfig(size=cfg.image_size))
+    exs = sample("vqa", list(seeds), WorldConfig(size=cfg.image_size, revision=revision))
     device = next(model.parameters()).device
     grabbed: list[torch.Tensor] = []
     inputs: list[tuple] = []  # each layer's (x, routing): its attention is recomputed at the probed tokens
@@ -257,20 +257,24 @@ def check_seeds(n_train: int, n: int, train_start: int, seed_start: int) -> None
 
 
 def readout(model: OmniModel, n_train: int = 1000, n: int = 500, train_start: int = 0,
-            seed_start: int = 2_000_000_000, batch: int = 8) -> dict:
+            seed_start: int = 2_000_000_000, batch: int = 8, revision: int = 1) -> dict:
     """Per target (PATCH_TARGETS, TEXT_TARGETS) and layer, a linear probe's held-out accuracy
     (bootstrap mean and 95 % interval), with its references: the majority class of the training
     labels, for patches the probe on raw pixels, for text the LM head's choice among the target's
     words and the probe with another example's image. Trains on n_train examples from train_start,
-    scores n from seed_start (each range must lie in one split)."""
+    scores n from seed_start (each range must lie in one split), on the world's `revision` (recorded
+    as `world_revision` where it is not 1)."""
     check_seeds(n_train, n, train_start, seed_start)
-    train = _targets(collect(model, range(train_start, train_start + n_train), batch))
-    test_data = collect(model, range(seed_start, seed_start + n), batch, attention=True)
+    WorldConfig(revision=revision)  # an unknown revision before any compute
+    trains, tests = range(train_start, train_start + n_train), range(seed_start, seed_start + n)
+    train = _targets(collect(model, trains, batch, revision=revision))
+    test_data = collect(model, tests, batch, attention=True, revision=revision)
     test = _targets(test_data)
-    train_o = _targets(collect(model, range(train_start, train_start + n_train), batch, other_image=True))
-    test_o = _targets(collect(model, range(seed_start, seed_start + n), batch, other_image=True))
+    train_o = _targets(collect(model, trains, batch, other_image=True, revision=revision))
+    test_o = _targets(collect(model, tests, batch, other_image=True, revision=revision))
     layers = model.cfg.n_layers + 1
     res: dict = {"n_train": n_train, "n": n, "seed_start": seed_start, "train_start": train_start,
+                 **({"world_revision": revision} if revision != 1 else {}),
                  "layers": list(range(layers)), "targets": {}}
     for name, (xtr, ytr, ptr) in train.items():
         xte, yte, pte = test[name]
