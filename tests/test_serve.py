@@ -16,12 +16,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from omni.eval.run import inputs_of
 from omni.serve import ServeSettings, create_app
 from omni.serve.jobs import ArtifactStore, Cancelled, Job, Runner
 from omni.serve.schemas import UnrollRequest
 from omni.serve.testing import LiveServer, free_port, random_tiny_checkpoint
 from omni.unroll.engine import PLANS, PRIMITIVES, VISUAL_SAMPLING, Item
-from omni.world import sample
+from omni.world import WorldConfig, sample
 
 FAST = dict(flow_steps=2, think_tokens=8, layout_tokens=8)
 SEED = 2_000_000_000
@@ -138,6 +139,21 @@ def test_unroll_world_seed(client, task, plan, steps, out_kind):
         assert res["reference"]["answer"] == ex.answer and res["reference"]["score"]["accuracy"] in (0.0, 1.0)
 
 
+def test_unroll_world_seed_of_revision_2(client):
+    """A seed draws from the world's revision 2 when the request asks (the server sampled revision 1
+    only), and the run's input says which revision it drew from."""
+    ex1, ex2 = sample("spatial", [SEED])[0], sample("spatial", [SEED], WorldConfig(revision=2))[0]
+    assert ex1.texts["question"] != ex2.texts["question"]
+    for rev, ex in ((1, ex1), (2, ex2)):
+        r = client.post("/v1/unroll", json={"task": "spatial", "seed": SEED, "plan": "direct", "world_revision": rev})
+        assert r.status_code == 200, r.text
+        res = r.json()
+        assert res["input"]["world_revision"] == rev and res["reference"]["answer"] == ex.answer
+        assert res["steps"][0]["text"] == inputs_of(ex).text
+    up = client.post("/v1/unroll", json={"task": "t2i", "text": "a red cube.", "plan": "direct"}).json()
+    assert up["input"]["world_revision"] is None  # uploaded inputs come from no world
+
+
 def test_same_request_same_run(client):
     body = {"task": "vqa", "seed": SEED + 3, "plan": "+thinking", "temperature": 1.0, "sample_seed": 7}
     a, b = client.post("/v1/unroll", json=body).json(), client.post("/v1/unroll", json=body).json()
@@ -190,7 +206,7 @@ def test_every_number_of_a_request_is_strict():
     fields = UnrollRequest.model_fields
     ints = {n for n, f in fields.items() if f.annotation in (int, int | None)}
     floats = {n for n, f in fields.items() if f.annotation in (float, float | None)}
-    assert ints == {"seed", "sample_seed", "visual_top_k"}
+    assert ints == {"seed", "sample_seed", "visual_top_k", "world_revision"}
     assert floats == {"temperature", "visual_temperature", "cfg_scale", "flow_shift"}
     for name in ints | floats:
         for bad in (True, False, "1", *((1.0,) if name in ints else ())):
@@ -324,6 +340,9 @@ BAD_BODIES = [
     ({"task": "t2i", "text": "a red cube.<eos>"}, 400, "bad_input", "tag(s) <eos>"),
     ({"task": "vqa", "seed": 1_500_000_000}, 400, "bad_input", "lies in no split"),
     ({"task": "vqa", "seed": True}, 422, "invalid_request", "seed"),
+    ({"task": "vqa", "seed": 1, "world_revision": 3}, 422, "invalid_request", "body.world_revision"),
+    ({"task": "vqa", "seed": 1, "world_revision": True}, 422, "invalid_request", "body.world_revision"),
+    ({"task": "t2i", "text": "a red cube.", "world_revision": 2}, 400, "bad_input", "`world_revision` chooses"),
     # every number is strict, as `seed` is: JSON `true` is not 1, nor is "1" (nor 1.0 an integer)
     ({"task": "vqa", "seed": 1, "sample_seed": True}, 422, "invalid_request", "body.sample_seed"),
     ({"task": "vqa", "seed": 1, "sample_seed": "3"}, 422, "invalid_request", "body.sample_seed"),
@@ -654,6 +673,10 @@ def test_request_flow_shift_bound_is_the_engines():
     from omni.serve.schemas import MIN_FLOW_SHIFT
 
     assert MIN_FLOW_SHIFT == MIN_SHIFT
+    from omni.serve.schemas import MAX_WORLD_REVISION  # the same for the world's revisions
+    from omni.world.tasks import WORLD_REVISIONS
+
+    assert WORLD_REVISIONS == tuple(range(1, MAX_WORLD_REVISION + 1))
     assert UnrollRequest(task="t2i", flow_shift=MIN_SHIFT).flow_shift == MIN_SHIFT
     for small in (5e-324, MIN_SHIFT / 2):
         with pytest.raises(ValidationError, match="flow_shift"):

@@ -200,3 +200,17 @@ def test_an_empty_sampling_field_leaves_the_servers_default(page):
     wait_done(page)
     sent = bodies[-1]
     assert "visual_temperature" not in sent and sent["temperature"] == 0.5 and sent["visual_top_k"] == 16, sent
+
+
+def test_a_world_seed_of_revision_2(page):
+    """The page asks for the world's revision with the seed, and the input card says which it drew from."""
+    bodies = []
+    page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if r.url.endswith("/v1/unroll/stream")
+            else None)
+    page.select_option("#task", "spatial")
+    page.select_option("#plan-a", "baseline")
+    page.select_option("#world-revision", "2")
+    page.click("#run")
+    wait_done(page)
+    assert bodies[-1]["world_revision"] == 2 and bodies[-1]["seed"] == 2000000000
+    assert "world seed 2000000000 (world revision 2)" in page.inner_text('.card[data-step="input"]')

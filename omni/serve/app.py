@@ -186,7 +186,8 @@ class Server:
             run_id, expires = self.store.new_run()
             images = {k: self.store.put(run_id, f"input_{k}.png", png_bytes(v), "image/png")
                       for k, v in prep.inputs.images.items()}
-            inp = {"seed": prep.seed, "text": prep.inputs.text, "images": images}
+            inp = {"seed": prep.seed, "world_revision": None if prep.seed is None else req.world_revision,
+                   "text": prep.inputs.text, "images": images}
             emit({"event": "start", "run_id": run_id, "plan": prep.steps, "input": inp})
             records: list[dict] = []
 

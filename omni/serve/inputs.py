@@ -81,6 +81,9 @@ def prepare(req: UnrollRequest, engine: Engine, world_size: int) -> Prepared:
     slots, text_role = TASK_INPUTS[task]
     given = {k: v for k, v in (req.images.model_dump() if req.images else {}).items() if v is not None}
     example = None
+    if req.seed is None and req.world_revision != 1:
+        raise InputError(400, "bad_input", "`world_revision` chooses the world a `seed` draws from; uploaded "
+                                           "images and text have none")
     if req.seed is not None:
         if given or req.text is not None:
             raise InputError(400, "bad_input", "give either `seed` (a world example) or `images` / `text`, not both")
@@ -93,7 +96,7 @@ def prepare(req: UnrollRequest, engine: Engine, world_size: int) -> Prepared:
         except ValueError as e:
             raise InputError(400, "bad_input", str(e)) from None
 
-        example = sample(task, [req.seed], WorldConfig(size=world_size))[0]
+        example = sample(task, [req.seed], WorldConfig(size=world_size, revision=req.world_revision))[0]
         inputs = inputs_of(example)
     else:
         extra = sorted(set(given) - set(slots))

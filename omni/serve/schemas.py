@@ -19,6 +19,7 @@ MAX_PLAN_STEPS = 8  # the engine's own limit (omni.unroll.parse_plan)
 MAX_PLAN_CHARS = 400
 MAX_SEED = 2**31 - 1
 MIN_FLOW_SHIFT = 1e-3  # omni.model.batch.MIN_SHIFT, stated literally (this module is kept free of torch)
+MAX_WORLD_REVISION = 2  # the world's revisions are 1..this (omni.world.tasks.WORLD_REVISIONS, stated literally)
 
 Task = Literal["vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit"]
 B64 = Field(None, min_length=1, max_length=MAX_IMAGE_B64_CHARS,
@@ -50,6 +51,10 @@ class UnrollRequest(BaseModel):
                              description="Take the input from the world's example for this seed (its images and "
                                          "text; for t2i also the ground-truth layout that `oracle_text` needs). "
                                          "Test split: 2000000000..2000999999. Give either `seed` or images/text.")
+    world_revision: int = Field(1, ge=1, le=MAX_WORLD_REVISION, strict=True,
+                                description="Which revision of the world `seed` draws from: 1 (what the shipped "
+                                            "model was trained and scored on) or 2 (docs/world_audit.md's mends). "
+                                            "Only with `seed`.")
     images: ImagesIn | None = Field(None, description="Uploaded images (instead of `seed`): RGB PNG or JPEG, at "
                                                       f"most {MAX_IMAGE_SIDE} x {MAX_IMAGE_SIDE}; center-cropped to "
                                                       "a square and resized to the model's image size.")
@@ -107,6 +112,7 @@ class StepRecord(BaseModel):
 
 class InputRecord(BaseModel):
     seed: int | None
+    world_revision: int | None = Field(None, description="The world's revision the seed drew from (with `seed`).")
     text: str
     images: dict[str, str] = Field(..., description="URL of each input image as the model saw it.")
 

@@ -148,6 +148,7 @@ async function inputBody() {
   }
   if ($("#source-seed").checked) {
     body.seed = Number($("#seed").value);
+    body.world_revision = Number($("#world-revision").value);
     return body;
   }
   const images = {};
@@ -294,7 +295,10 @@ function stepCard(step, col) {
     for (const [name, url] of Object.entries(col.input ? col.input.images : {})) imgs.append(figure(url, name));
     if (imgs.childElementCount) card.append(imgs);
     if (step.text) card.append(el("pre", { class: "text", text: step.text }));
-    if (col.input && col.input.seed != null) card.append(el("div", { class: "note", text: `world seed ${col.input.seed}` }));
+    if (col.input && col.input.seed != null) {
+      const rev = col.input.world_revision > 1 ? ` (world revision ${col.input.world_revision})` : "";
+      card.append(el("div", { class: "note", text: `world seed ${col.input.seed}${rev}` }));
+    }
     return card;
   }
   if (step.kind === "pose") {
