@@ -248,6 +248,14 @@ def test_uploaded_images(client):
     assert res["input"]["seed"] is None and res["input"]["text"] == "how many cubes?" and res["reference"] is None
     got = fetch_png(client, res["input"]["images"]["image"]).astype(np.float32) / 255
     assert np.abs(got - rgb).max() <= 1 / 255 + 1e-6  # a 32 x 32 upload is used as it is
+    # base64 wrapped in lines of 76 (what `base64 FILE` and MIME write) was refused as not base64
+    wrapped = base64.encodebytes(base64.b64decode(png_b64(rgb))).decode()
+    assert "\n" in wrapped.strip()
+    r = client.post("/v1/unroll", json={"task": "vqa", "images": {"image": wrapped}, "text": "how many cubes?",
+                                        "plan": "direct"})
+    assert r.status_code == 200, r.text
+    assert np.array_equal(fetch_png(client, r.json()["input"]["images"]["image"]),
+                          fetch_png(client, res["input"]["images"]["image"]))
     # a non-square JPEG as a data URL: center-cropped and resized to 32 x 32
     big = np.zeros((48, 64, 3), np.uint8)
     big[:, 8:56] = 200  # the center square is light, the cropped margins dark

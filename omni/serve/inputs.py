@@ -42,6 +42,7 @@ def decode_image(name: str, b64: str, size: int) -> np.ndarray:
         head, _, s = s.partition(",")
         if not head.endswith(";base64"):
             raise InputError(400, "bad_image", f"image {name!r}: a data URL must be base64 (data:image/png;base64,...)")
+    s = "".join(s.split())  # line breaks (`base64` wraps at 76 columns, as MIME does) and spaces carry nothing
     try:
         raw = base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError):
