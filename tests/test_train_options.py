@@ -225,6 +225,7 @@ def test_resume_refuses_options_that_differ_from_the_saved_run(tmp_path):
     assert saved["mixture"]["rows"] == 1 and saved["model_overrides"] == SMALL and saved["warmup"] == 2
     assert saved["steps"] == 2 and saved["fsdp"] is True
     assert any("--steps 2 (saved: 1)" in s and "--fsdp True (saved: False)" in s for s in said), said
+    assert any("--fsdp shards across torchrun's processes; this is one process" in s for s in said), said
     with pytest.raises(ValueError, match="--steps 1 is below the step of the checkpoint"):
         train_main(str(run), steps=1, resume=True, log=quiet, **fast())
     said = []  # a finished run resumed at its own --steps: nothing trained, and it says so
@@ -555,3 +556,14 @@ def test_resume_when_the_recorded_visual_tokenizer_is_gone(tmp_path):
         (d / "visual_tokenizer.json").unlink()
     with pytest.raises((FileNotFoundError, ValueError), match="visual_tokenizer.json"):
         train_main(str(run), steps=4, resume=True, log=quiet, **fast(keep=1))
+
+
+def test_a_warmup_longer_than_the_run_is_said(tmp_path):
+    """--warmup > --steps was accepted without a word: the learning rate never reaches --lr."""
+    said = []
+    train_main(str(tmp_path / "w"), steps=1, log=said.append, **fast(warmup=4, lr=1e-3))
+    assert any("--warmup 4 is longer than the run (--steps 1): the learning rate peaks at 0.00025, not --lr 0.001"
+               in s for s in said), said
+    said = []
+    train_main(str(tmp_path / "v"), steps=2, log=said.append, **fast(warmup=2))
+    assert not any("--warmup" in s for s in said), said

@@ -373,6 +373,12 @@ class Trainer:
         self.step = 0
         if row_len_warning and self.rank == 0:
             self.log(row_len_warning)
+        if cfg.warmup > cfg.steps and self.rank == 0:  # accepted without a word
+            self.log(f"--warmup {cfg.warmup} is longer than the run (--steps {cfg.steps}): the learning rate "
+                     f"peaks at {lr_at(cfg, cfg.steps - 1):.3g}, not --lr {cfg.lr:g}")
+        if cfg.fsdp and self.world == 1:  # it was recorded and ignored without a word
+            self.log("--fsdp shards across torchrun's processes; this is one process, so it trains unsharded "
+                     "(run it under torchrun --nproc_per_node N to shard)")
 
     def _init_from(self, d: Path) -> None:
         """Load a checkpoint directory's weights (config.json + model safetensors) into the new model.
