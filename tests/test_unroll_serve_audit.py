@@ -53,7 +53,10 @@ def test_a_plain_run_stops_when_its_client_goes_away(model, gated):
 
 
 @pytest.mark.parametrize("setting,needle", [({"flow_steps": 2.5}, "flow_steps must be an integer"),
-                                            ({"think_tokens": True}, "think_tokens must be an integer")])
+                                            ({"think_tokens": True}, "think_tokens must be an integer"),
+                                            # a run's images were 404 by the time a long run ended
+                                            ({"artifact_ttl_s": 60.0, "timeout_s": 120.0},
+                                             r"artifact_ttl_s \(60 s\) must be at least timeout_s \(120 s\)")])
 def test_settings_the_engine_refuses_fail_when_the_app_is_made(model, setting, needle):
     """A setting that passed ServeSettings.validate but that the engine refuses made every request a 500."""
     with pytest.raises(ValueError, match=needle):

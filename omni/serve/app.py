@@ -104,6 +104,9 @@ class ServeSettings:
             raise ValueError(f"cfg_scale must not be negative, got {self.cfg_scale}")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must not be negative, got {self.max_queue}")
+        if self.artifact_ttl_s < self.timeout_s:  # a run's images are kept from its start: they were 404 on arrival
+            raise ValueError(f"artifact_ttl_s ({self.artifact_ttl_s:g} s) must be at least timeout_s "
+                             f"({self.timeout_s:g} s): a run's images would expire before the run may end")
 
 
 class ApiError(Exception):
