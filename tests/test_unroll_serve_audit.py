@@ -83,6 +83,24 @@ def test_a_traced_depth_map_is_coloured_on_its_finite_pixels(tmp_path):
                           colorize_depth(finite, np.ones_like(finite, dtype=bool)))
 
 
+def test_a_trace_writes_a_uint8_image_as_the_server_does(tmp_path):
+    """A user primitive's uint8 image was clipped to 0 / 255 by write_trace (as if floats in [0, 1]) where
+    the server kept it; a float image with NaN pixels was cast from NaN. One conversion (to_uint8) for both."""
+    import io
+
+    from omni.serve.app import png_bytes
+
+    rgb8 = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)
+    rgbf = np.linspace(0, 1, 32 * 32 * 3, dtype=np.float32).reshape(32, 32, 3)
+    rgbf[0, 0, 0] = np.nan
+    items = [Item("input", "text", text=""), Item("mine", "image", image=rgb8), Item("yours", "image", image=rgbf)]
+    write_trace(Result("vqa", ["mine", "yours"], Item("output", "text", text="a"), items), tmp_path)
+    for i, (name, img) in enumerate((("mine", rgb8), ("yours", rgbf)), start=1):
+        png = np.asarray(Image.open(tmp_path / f"step_{i}_{name}.png"))
+        assert np.array_equal(png, np.asarray(Image.open(io.BytesIO(png_bytes(img)))))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "step_1_mine.png")), rgb8)
+    assert np.asarray(Image.open(tmp_path / "step_2_yours.png"))[0, 0, 0] == 0
+
 
 def test_a_trace_is_strict_json_when_a_score_is_infinite(tmp_path):
     """trace.json was written with NaN and Infinity (a PSNR of identical images is inf), which JSON

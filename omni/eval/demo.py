@@ -23,7 +23,7 @@ TILE = 96
 
 
 def _tile(img: np.ndarray, label: str, font) -> Image.Image:
-    im = Image.fromarray(img if img.dtype == np.uint8 else to_uint8(img))
+    im = Image.fromarray(to_uint8(img))
     w = TILE * im.width // max(im.height, 1)
     im = im.resize((w, TILE), Image.NEAREST)
     out = Image.new("RGB", (w, TILE + 12), "white")

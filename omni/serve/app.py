@@ -120,9 +120,10 @@ def error_body(code: str, message: str, details: list | None = None) -> dict:
 
 
 def png_bytes(img: np.ndarray) -> bytes:
-    a = img if img.dtype == np.uint8 else (np.clip(np.nan_to_num(img), 0, 1) * 255 + 0.5).astype(np.uint8)
+    from omni.world.export import to_uint8
+
     buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
+    Image.fromarray(to_uint8(img)).save(buf, format="PNG")
     return buf.getvalue()
 
 

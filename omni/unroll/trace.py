@@ -18,7 +18,9 @@ _TRACE_FILE = re.compile(r"step_\d+_\w+\.png|output\.png|output\.npy")
 
 
 def _png(img: np.ndarray, path: Path) -> str:
-    Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
+    from omni.world.export import to_uint8
+
+    Image.fromarray(to_uint8(img)).save(path)  # as the server converts it (a uint8 image was clipped to 0/255)
     return path.name
 
 

@@ -15,7 +15,12 @@ from .tasks import Example, WorldConfig
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
-    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    """An image as uint8 pixels: floats in [0, 1] rounded (clipped; NaN as 0), uint8 as it is. The one
+    conversion of every image the project writes (world renders, traces, the server's artifacts)."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype == np.uint8:
+        return rgb
+    return (np.clip(np.nan_to_num(rgb, nan=0.0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def colorize_depth(depth: np.ndarray, valid: np.ndarray | None = None, cmap: str = "turbo") -> np.ndarray:
