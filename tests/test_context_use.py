@@ -190,6 +190,29 @@ def test_thought_steps_on_the_conclusion_drills(drill):
     assert r["option"]["mean"] == 1 and sum(r["letters"].values()) == 3 and r["copy_words"]
 
 
+def test_thought_steps_on_the_deduced_drill():
+    """form="deduced" scores the reasoned drill's sequence with the option among its targets: the option
+    reasoned to from the thought before it, then the copies, verdicts and letter."""
+    from omni.eval.context_use import _thought_sequence, thought_steps
+    from omni.model import pack
+    from omni.train.data import Writer
+    from omni.world import sample
+
+    m = tiny()
+    w = Writer(m.tokenizer, m.visual, m.cfg)
+    for ex in sample("spatial", range(1_000_000_000, 1_000_000_006)):
+        seq, spans = _thought_sequence(w, ex, form="deduced")
+        reasoned, _ = _thought_sequence(w, ex, form="reasoned")
+        flat = [t for sg in seq if sg.kind == "text" for t in sg.tokens]
+        assert flat == [t for sg in reasoned if sg.kind == "text" for t in sg.tokens]
+        k = "ABCD".index(ex.answer)
+        assert [what for _, what in spans] == ["option"] + ["copy", "verdict"] * (k + 1) + ["letter"]
+        tgt = pack([seq], m.cfg).target[0]
+        assert m.tokenizer.decode(tgt[tgt >= 0].tolist()).strip().startswith(ex.spec["answer_text"])
+    r = thought_steps(m, 3, 1_000_000_000, batch=2, form="deduced")
+    assert 0 <= r["option"]["mean"] <= 1 and sum(r["letters"].values()) == 3
+
+
 def test_thought_steps_after_the_views():
     """form="views" is the views form up to </think>: the two images, question, true pose text and the
     four true views, then the same targets as the think form's; an unknown form is refused."""

@@ -433,10 +433,10 @@ def test_spatial_conclusion_drill(writer):
     from omni.world import sample
 
     names, p = Mixture(MixtureConfig(), writer).mix.forms("spatial")
-    assert names[-3:] == ["conclusion", "reasoned", "reasoned+views"] and list(p[-3:]) == [0.0] * 3
+    assert names[-4:] == ["conclusion", "reasoned", "reasoned+views", "deduced"] and list(p[-4:]) == [0.0] * 4
     mix = Mixture(MixtureConfig(**MixtureConfig.weights("", '{"spatial": {"conclusion": 2}}')), writer)
     names, p = mix.mix.forms("spatial")
-    assert abs(p[names.index("conclusion")] - 2 / 6) < 1e-12 and p[-1] == p[-2] == 0
+    assert abs(p[names.index("conclusion")] - 2 / 6) < 1e-12 and p[-1] == p[-2] == p[-3] == 0
     for ex in sample("spatial", range(40, 52)):
         segs = writer.write(ex, "conclusion", np.random.default_rng(0))
         assert {s.kind for s in segs} == {"text"}
@@ -461,3 +461,9 @@ def test_spatial_conclusion_drill(writer):
         for a, b in zip(rv[:-3], views[:-2], strict=True):  # all but the views form's thought and answer
             assert a.kind == b.kind and a.loss == b.loss and np.array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
         assert all(list(a.tokens) == list(b.tokens) for a, b in zip(rv[-3:], r[-3:], strict=True))
+        # "deduced": the reasoned drill's tokens, its loss from the option on (the option reasoned to as well)
+        d = writer.write(ex, "deduced", np.random.default_rng(0))
+        assert [s.loss for s in d] == [s.loss for s in r] and d[4].tokens == r[4].tokens
+        assert list(d[2].tokens) + list(d[3].tokens) == list(r[2].tokens) + list(r[3].tokens)
+        assert writer.tok.decode(list(d[2].tokens)).endswith("that is:")
+        assert writer.tok.decode(list(d[3].tokens)).startswith(" " + ex.spec["answer_text"] + ".")

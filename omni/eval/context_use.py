@@ -286,15 +286,18 @@ def _thought_sequence(w: Writer, ex, form: str = "think") -> tuple[list[Segment]
     its loss only on the thought's named steps (`_thought_pieces`); and those spans' (token count,
     name) in order. form: "views" writes the thought after the true pose text and the four true views
     (the views form: where the +novel views plan thinks); a drill (DRILLS: "conclusion" or "reasoned",
-    text alone, or "reasoned+views", after the views; the option is context there, so no "option" span)."""
+    text alone, or "reasoned+views", after the views; the option is context there, so no "option" span;
+    "deduced", the reasoned drill with the option under loss)."""
     if form not in THOUGHT_FORMS + DRILLS["spatial"]:
         raise ValueError(f"unknown spatial thought form {form!r}; known: "
                          f"{', '.join(THOUGHT_FORMS + DRILLS['spatial'])}")
     segs = w.write(ex, form, np.random.default_rng(0))
     before = _before_thought(w, segs)  # every segment up to the <think> tag, no loss
-    if form in DRILLS["spatial"]:  # the drill's <think> segment carries its option: context, no loss
+    if form in DRILLS["spatial"]:  # the drill's <think> segment carries its context, no loss: up to the option
+        blocks = FORMS["spatial"][form]  # ("deduced": the option is under loss) or with it (the other drills)
         before = before[:-1] + [segs[len(before) - 1]]
-        body = _thought_pieces(w, conclusion_text(ex.texts["thinking"], "reasoning" in FORMS["spatial"][form]))[2:]
+        cut = 1 if "option" in blocks else 2
+        body = _thought_pieces(w, conclusion_text(ex.texts["thinking"], "reasoning" in blocks))[cut:]
     else:
         body = _thought_pieces(w, ex.texts["thinking"])
     seq = before + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(BLOCKS["think"][1])]

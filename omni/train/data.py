@@ -48,7 +48,8 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
             "short+visual": ("short", "visual"), "long+visual": ("long", "visual")},
     "spatial": {"direct": (), "think": ("think",), "pose": ("pose",), "views": ("pose", "views", "think"),
                 "conclusion": ("conclusion",), "reasoned": ("conclusion", "reasoning"),
-                "reasoned+views": ("pose", "views", "conclusion", "reasoning")},
+                "reasoned+views": ("pose", "views", "conclusion", "reasoning"),
+                "deduced": ("conclusion", "reasoning", "option")},
     "depth": {"direct": (), "detailed": ("detailed",), "depthcap": ("depthcap",),
               "depthcap+visual": ("depthcap", "visual")},
     "pose": {"direct": ()},
@@ -67,7 +68,11 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
 #   spatial "reasoned+views": the reasoned drill written where the +novel views plan thinks, after the two
 #   images, the question, the true pose text and the four true views (the views form's context), so the
 #   copies are made with ~300 tokens of images between them and the question
-DRILLS: dict[str, tuple[str, ...]] = {"spatial": ("conclusion", "reasoned", "reasoned+views")}
+#   spatial "deduced": the reasoned drill with its loss from the option on (the option too): the step from the
+#   thought's view-2 coordinates or stated motion to the option (docs/world_audit.md: on revision 2 the shipped
+#   model states camera_object's option 18.9 % right given the true thought, having never seen a point behind
+#   the camera), on text alone, at a fraction of the think form's tokens
+DRILLS: dict[str, tuple[str, ...]] = {"spatial": ("conclusion", "reasoned", "reasoned+views", "deduced")}
 
 
 def conclusion_text(thought: str, reasoning: bool) -> str:
@@ -238,7 +243,7 @@ class Writer(Format):
     def _spatial(self, ex, blocks, rng):
         if "conclusion" in blocks and "views" not in blocks:  # the drills on text alone (DRILLS)
             return [self.tags("<spatial>"), self.block("question", ex.texts["question"]),
-                    *self.conclusion(ex.texts["thinking"], "reasoning" in blocks),
+                    *self.conclusion(ex.texts["thinking"], "reasoning" in blocks, "option" in blocks),
                     self.block("answer", ex.answer, loss=True, eos=True)]
         segs = [self.tags("<spatial>"), *self.view_pair(ex.views["view1"].rgb, ex.views["view2"].rgb),
                 self.block("question", ex.texts["question"])]
@@ -255,14 +260,15 @@ class Writer(Format):
             segs += self.conclusion(ex.texts["thinking"], "reasoning" in blocks)
         return segs + [self.block("answer", ex.answer, loss=True, eos=True)]
 
-    def conclusion(self, thought: str, reasoning: bool = False) -> list[Segment]:
+    def conclusion(self, thought: str, reasoning: bool = False, option: bool = False) -> list[Segment]:
         """<think> that is: <option> + the rest of a spatial thought's conclusion </think>: the option it
         reasons to as context (with `reasoning`, the whole thought up to it), a loss on what follows
-        (the copies, verdicts, letter and closing tag)."""
+        (the copies, verdicts, letter and closing tag); with `option`, the loss from the option on."""
         c = conclusion_text(thought, reasoning)
         pieces = conclusion_pieces(c)
-        head = self.ids(BLOCKS["think"][0]) + self.tok.encode("".join(p for p, _ in pieces[:2]))
-        rest = self.tok.encode("".join(p for p, _ in pieces[2:]))
+        cut = 1 if option else 2
+        head = self.ids(BLOCKS["think"][0]) + self.tok.encode("".join(p for p, _ in pieces[:cut]))
+        rest = self.tok.encode("".join(p for p, _ in pieces[cut:]))
         if head[1:] + rest != self.tok.encode(" " + c.strip()):
             raise ValueError(f"the conclusion's option and steps tokenize differently from the whole: {c!r}")
         return [Segment("text", head), Segment("text", rest + self.ids(BLOCKS["think"][1]), loss=True)]
