@@ -697,6 +697,13 @@ def test_pose_head_targets_in_training_and_pose_texts_in_the_engine():
     assert decoded == engine(base).run(inputs_of(ex), "direct").output.text
     with pytest.raises(ValueError, match="pose_decoder must be one of"):
         engine(m, pose_decoder="regress")
+    # a diverged head's huge numbers are written within ±999.999, so the text keeps to the allowance
+    # context_bound counts (1e9 wrote 90 tokens where 62 are allowed)
+    with torch.no_grad():
+        m.pose_head.bias.fill_(1e9)
+    e = engine(m, pose_decoder="head")
+    step = e.run(inputs_of(sp), "estimate_pose").items[-1]
+    assert step.text == numbers_to_text([999.999] * 6) and step.tokens <= 62
 
 
 def test_an_ablation_resumes_with_the_draws_of_a_run_that_never_stopped(model, tmp_path):

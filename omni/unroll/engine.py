@@ -31,6 +31,7 @@ from omni.world.camera import numbers_to_text, text_to_pose
 
 from .format import BLOCKS, SOURCE_VIEW, VIEW_TAGS, Format
 
+POSE_TEXT_LIMIT = 999.999  # the largest number the pose head writes (Workspace.write_pose)
 TASK_TAGS = {t: f"<{t}>" for t in ("vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit")}
 # the images each task takes (names as in omni.eval.run.inputs_of) and what its text is (None: it has none)
 TASK_INPUTS: dict[str, tuple[tuple[str, ...], str | None]] = {
@@ -138,7 +139,9 @@ class Workspace:
         self.append([fmt.tags("<campose>")])
         with torch.no_grad():
             vals = engine.model.pose(self.cache.last_hidden[:1]).float()[0].cpu().numpy()
-        text = numbers_to_text(vals)
+        # within ±999.999 (metres, radians: the world's lie within ±10) a pose text keeps to the 62 tokens
+        # context_bound allows it; a diverged head's 1e9 wrote 90 (NaN stays NaN: the text does not parse)
+        text = numbers_to_text(np.clip(vals, -POSE_TEXT_LIMIT, POSE_TEXT_LIMIT))
         self.append([Segment("text", fmt.tok.encode(" " + text) + fmt.ids("</campose>"))])
         return text, self.cache.length - before
 
