@@ -747,14 +747,12 @@ def _quadrant(w2c: np.ndarray, p, level: bool = True) -> int | None:
     behind-right; `_QUADRANTS`'s order), or None within 0.3 m of either dividing line. `level`: the same
     quadrant by 0.3 m for someone standing at the camera facing its way with a level head, too (a pitched
     camera's "behind" and a person's differ for points near its feet), else None."""
-    x, z = _in_frame(w2c, p)
-    q = (0 if z > 0 else 2) + (0 if x < 0 else 1)
-    if abs(x) < 0.3 or abs(z) < 0.3:
+    def of(x: float, z: float) -> int | None:
+        return None if abs(x) < 0.3 or abs(z) < 0.3 else (0 if z > 0 else 2) + (0 if x < 0 else 1)
+
+    q = of(*_in_frame(w2c, p))
+    if q is None or (level and of(*_level_frame(w2c, p)) != q):
         return None
-    if level:
-        xl, zl = _level_frame(w2c, p)
-        if abs(xl) < 0.3 or abs(zl) < 0.3 or (0 if zl > 0 else 2) + (0 if xl < 0 else 1) != q:
-            return None
     return q
 
 
