@@ -532,10 +532,10 @@ def eval_readout(
     import json
 
     from omni.eval.readout import check_seeds, readout, readout_markdown
-    from omni.world import WorldConfig
+    from omni.eval.run import eval_world
 
     check_seeds(train, n, train_start, seed_start)  # before the model loads
-    WorldConfig(revision=world_revision)
+    eval_world("vqa", revision=world_revision)
     res = readout(_load(checkpoint, device), train, n, train_start, seed_start, revision=world_revision)
     if json_out:
         typer.echo(json.dumps({"checkpoint": checkpoint, **res}))
@@ -798,14 +798,14 @@ def demo_command(
 ):
     """Run every task once with its default plan: one contact sheet of inputs, context and outputs."""
     from omni.eval.demo import demo
+    from omni.eval.run import eval_world
     from omni.unroll.engine import Engine
-    from omni.world import WorldConfig
     from omni.world.tasks import split_of
 
     _positive("--flow-steps", flow_steps)
     _image_file("--out", out)
     split_of(seed)  # a seed in no split is an error
-    WorldConfig(revision=world_revision)  # before the model loads
+    eval_world("vqa", revision=world_revision)  # before the model loads
     traces = demo(Engine(_load(checkpoint, device), flow_steps=flow_steps), out, seed, revision=world_revision)
     for task, t in traces.items():
         typer.echo(f"{task:8s} " + ", ".join(f"{k} {v:.3f}" for k, v in t["score"].items()))

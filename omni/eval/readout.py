@@ -37,14 +37,15 @@ from omni.model.config import IMAGE_IN
 from omni.model.transformer import apply_rope
 from omni.tokens.image import patchify
 from omni.train.data import Writer
-from omni.world import WorldConfig, sample
 from omni.world import language as L
+from omni.world import sample
 from omni.world.render import ID_GROUND, ID_SKY
 from omni.world.scene import COLORS, SHAPES, SIZES
 from omni.world.tasks import split_of_range
 
 from .context_use import _vqa_thought_sequence
 from .metrics import bootstrap_ci
+from .run import eval_world
 
 PATCH_TARGETS = ("patch object", "patch colour", "patch shape", "patch size")
 TEXT_TARGETS = ("count", "size", "colour", "shape", "position")  # vqa_thought_pieces' names
@@ -123,7 +124,7 @@ def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image:
     model = model.eval()
     cfg = model.cfg
     w = Writer(model.tokenizer, model.visual, cfg)
-    exs = sample("vqa", list(seeds), WorldConfig(size=cfg.image_size, revision=revision))
+    exs = sample("vqa", list(seeds), eval_world("vqa", size=cfg.image_size, revision=revision))
     device = next(model.parameters()).device
     grabbed: list[torch.Tensor] = []
     inputs: list[tuple] = []  # each layer's (x, routing): its attention is recomputed at the probed tokens
@@ -265,7 +266,7 @@ def readout(model: OmniModel, n_train: int = 1000, n: int = 500, train_start: in
     scores n from seed_start (each range must lie in one split), on the world's `revision` (recorded
     as `world_revision` where it is not 1)."""
     check_seeds(n_train, n, train_start, seed_start)
-    WorldConfig(revision=revision)  # an unknown revision before any compute
+    eval_world("vqa", revision=revision)  # an unknown revision before any compute
     trains, tests = range(train_start, train_start + n_train), range(seed_start, seed_start + n)
     train = _targets(collect(model, trains, batch, revision=revision))
     test_data = collect(model, tests, batch, attention=True, revision=revision)
