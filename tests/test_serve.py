@@ -93,6 +93,9 @@ def test_health_primitives_plans(client):
     assert plans["tasks"]["t2i"] == {"images": [], "text": "prompt", "default": ["think_long", "rollout_visual"],
                                      "presets": PLANS["t2i"]}
     assert plans["tasks"]["depth"]["text"] is None
+    from omni.world.tasks import WORLD_REVISIONS  # the page's choice of revision is built from this list
+
+    assert plans["world_revisions"] == list(WORLD_REVISIONS)
 
 
 # -- runs -----------------------------------------------------------------------------------------------
@@ -528,6 +531,8 @@ def test_page_and_docs_are_local(client):
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, name
     js = client.get("/static/app.js").text
     assert "/v1/unroll/stream" in js and "/v1/plans" in js and "/v1/primitives" in js
+    choice = client.get("/").text.split('id="world-revision"')[1].split("</select>")[0]
+    assert "world_revisions" in js and "<option" not in choice  # the revisions come from /v1/plans
     docs = client.get("/docs")
     assert docs.status_code == 200 and "cdn" not in docs.text.lower()
     assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200

@@ -57,6 +57,7 @@ from .schemas import (
     MAX_IMAGE_SIDE,
     MAX_PLAN_STEPS,
     MAX_TEXT_CHARS,
+    MAX_WORLD_REVISION,
     ErrorResponse,
     HealthResponse,
     PlansResponse,
@@ -428,10 +429,11 @@ def create_app(checkpoint: str | Path | None = None, settings: ServeSettings | N
 
     @app.get("/v1/plans", response_model=PlansResponse, tags=["plans"])
     async def plans() -> dict:
-        """Per task: the images and text it takes, the paper's default plan and the preset rows."""
+        """Per task: the images and text it takes, the paper's default plan and the preset rows; and the
+        world's revisions a request's seed may draw from."""
         return {"max_steps": MAX_PLAN_STEPS, "tasks": {
             t: {"images": list(TASK_INPUTS[t][0]), "text": TASK_INPUTS[t][1], "default": DEFAULT_PLAN[t],
-                "presets": PLANS[t]} for t in PLANS}}
+                "presets": PLANS[t]} for t in PLANS}, "world_revisions": list(range(1, MAX_WORLD_REVISION + 1))}
 
     @app.get("/healthz", response_model=HealthResponse, tags=["server"])
     async def healthz() -> dict:

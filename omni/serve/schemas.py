@@ -183,6 +183,7 @@ class TaskPlans(BaseModel):
 class PlansResponse(BaseModel):
     max_steps: int
     tasks: dict[str, TaskPlans]
+    world_revisions: list[int]  # what a request's `world_revision` may name (the page's choice)
 
 
 class QueueInfo(BaseModel):

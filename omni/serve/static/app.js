@@ -44,6 +44,10 @@ async function init() {
   const task = $("#task");
   for (const t of Object.keys(state.plans.tasks)) task.append(el("option", { value: t, text: t }));
   task.value = "spatial";
+  // the world's revisions, as the API lists them: 1 (what the shipped model was trained on) first
+  for (const r of state.plans.world_revisions) {
+    $("#world-revision").append(el("option", { value: String(r), text: r === 1 ? "world revision 1" : `world revision ${r} (mended)` }));
+  }
   task.addEventListener("change", onTask);
   for (const r of document.querySelectorAll("input[name=source]")) r.addEventListener("change", onSource);
   $("#compare").addEventListener("change", () => { $("#plan-b-box").hidden = !$("#compare").checked; });
