@@ -458,7 +458,7 @@ def eval_context_use(
     the true captions and visual codes."""
     import json
 
-    from omni.eval.context_use import ANSWER_TASKS, COMPARE, IMAGES, STEP_NAMES, check_noise_levels, context_use
+    from omni.eval.context_use import ANSWER_TASKS, IMAGES, STEP_NAMES, check_noise_levels, context_use
     from omni.eval.run import eval_world
     from omni.world.tasks import split_of_range
 
@@ -505,8 +505,7 @@ def eval_context_use(
             for key, where in (("thought_steps", ""), ("thought_steps_views", " after the true pose text and views")):
                 st = extra[key]
                 typer.echo(f"the true thought{where}, step by step (teacher-forced): " + ", ".join(
-                    f"{k} {st[k]['mean']:.3f} [{st[k]['lo']:.3f}, {st[k]['hi']:.3f}]"
-                    for k in (*STEP_NAMES, COMPARE) if k in st)
+                    f"{k} {st[k]['mean']:.3f} [{st[k]['lo']:.3f}, {st[k]['hi']:.3f}]" for k in STEP_NAMES)
                     + "; letters stated: " + ", ".join(f"{c} {k}" for c, k in st["letters"].items()))
                 for q, v in st["verdicts"].items():
                     typer.echo(f"verdicts{where}, {q}: said yes to {_rate(v['said_yes_if_match'])} of "

@@ -211,33 +211,6 @@ def test_thought_steps_on_the_deduced_drill():
         assert m.tokenizer.decode(tgt[tgt >= 0].tolist()).strip().startswith(ex.spec["answer_text"])
     r = thought_steps(m, 3, 1_000_000_000, batch=2, form="deduced")
     assert 0 <= r["option"]["mean"] <= 1 and sum(r["letters"].values()) == 3
-    assert "compare" not in r  # revision 1 has no running comparison
-
-
-def test_thought_steps_score_the_running_comparison():
-    """On revision 2 object_object's running comparison is a step of its own ("compare"), scored over the
-    examples that have one, in the think form and in the deduced drill, where it is the first target."""
-    from omni.eval.context_use import _thought_sequence, thought_steps
-    from omni.train.data import Writer
-    from omni.world import WorldConfig
-
-    m = tiny()
-    w = Writer(m.tokenizer, m.visual, m.cfg)
-    exs = sample("spatial", range(2_000_000_000, 2_000_000_012), WorldConfig(size=m.cfg.image_size, revision=2))
-    oo = [i for i, e in enumerate(exs) if e.spec["qtype"] == "object_object"]
-    assert oo
-    for form in ("think", "deduced"):
-        for i, ex in enumerate(exs):
-            _, spans = _thought_sequence(w, ex, form=form)
-            steps = [what for _, what in spans]
-            k = ex.texts["thinking"].count("so the leftmost is")
-            assert steps.count("compare") == k and (k > 0) == (i in oo)
-            if form == "deduced":
-                assert steps[:k + 1] == ["compare"] * k + ["option"]
-        r = thought_steps(m, 12, 2_000_000_000, batch=4, form=form, world_revision=2)
-        assert 0 <= r["compare"]["mean"] <= 1
-        assert "compare" in r["by_group"]["object_object"]
-        assert all("compare" not in v for g, v in r["by_group"].items() if g != "object_object")
 
 
 def test_thought_steps_after_the_views():

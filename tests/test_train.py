@@ -1,7 +1,6 @@
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -468,29 +467,3 @@ def test_spatial_conclusion_drill(writer):
         assert list(d[2].tokens) + list(d[3].tokens) == list(r[2].tokens) + list(r[3].tokens)
         assert writer.tok.decode(list(d[2].tokens)).endswith("that is:")
         assert writer.tok.decode(list(d[3].tokens)).startswith(" " + ex.spec["answer_text"] + ".")
-
-
-def test_deduced_drill_on_a_running_comparison(writer):
-    """On revision 2's object_object thought the deduced drill's loss starts at the running comparison:
-    each "the <object> at <angle>" it names leftmost, then the option on; the angles it compares (read
-    from the images in the think form) stay context. The other drills keep the whole comparison as
-    context, the option too. The tokens are the thought's own in both."""
-    from omni.world import WorldConfig, sample
-
-    exs = [e for e in sample("spatial", range(2_000_000_000, 2_000_000_040), WorldConfig(revision=2))
-           if e.spec["qtype"] == "object_object"]
-    assert exs
-    for ex in exs:
-        d = writer.write(ex, "deduced", np.random.default_rng(0))
-        r = writer.write(ex, "reasoned", np.random.default_rng(0))
-        flat = [t for s in d[2:-1] for t in s.tokens]
-        assert flat == [t for s in r[2:-1] for t in s.tokens]
-        assert flat == list(writer.block("think", ex.texts["thinking"]).tokens)
-        text = [(writer.tok.decode(list(s.tokens)), s.loss) for s in d[2:-1]]
-        lossy = [t.strip() for t, loss in text if loss]
-        stated = [t for t, loss in text if not loss]
-        named = re.findall(r"so the leftmost is (the [a-z]+ [a-z]+ at -?\d+)\.", ex.texts["thinking"])
-        assert lossy[:len(named)] == named and lossy[len(named)].startswith(ex.spec["answer_text"] + ".")
-        assert all(" degrees" not in t for t in lossy) and stated[0].rstrip().endswith("so the leftmost is")
-        assert [s.loss for s in r[2:]] == [False, True, True]  # the reasoned drill: all of it context to the option
-        assert writer.tok.decode(list(r[2].tokens)).endswith("that is: " + ex.spec["answer_text"])

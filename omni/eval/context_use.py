@@ -25,7 +25,7 @@ from omni.model import OmniModel, pack
 from omni.model.batch import Segment
 from omni.model.config import IMAGE_CLEAN, IMAGE_GEN, IMAGE_IN
 from omni.tokens.image import unpatchify
-from omni.train.data import DRILLS, FORMS, Writer, conclusion_cut, conclusion_text
+from omni.train.data import DRILLS, FORMS, Writer, conclusion_text
 from omni.unroll.format import BLOCKS
 from omni.world import sample
 from omni.world.tasks import LETTERS, VQA_PIECES, conclusion_pieces, split_of_range, vqa_thought_pieces
@@ -236,7 +236,6 @@ def answer_context_use(model: OmniModel, task: str, n: int, seed_start: int,
 
 
 STEP_NAMES = ("option", "copy", "verdict", "letter")
-COMPARE = "compare"  # revision 2's object_object running comparison (`omni.world.tasks.leftmost_reasoning`)
 
 
 def verdict_report(records: Sequence[tuple[str, int, bool, float]]) -> dict[str, dict]:
@@ -297,8 +296,8 @@ def _thought_sequence(w: Writer, ex, form: str = "think") -> tuple[list[Segment]
     if form in DRILLS["spatial"]:  # the drill's <think> segment carries its context, no loss: up to the option
         blocks = FORMS["spatial"][form]  # ("deduced": the option is under loss) or with it (the other drills)
         before = before[:-1] + [segs[len(before) - 1]]
-        body = _thought_pieces(w, conclusion_text(ex.texts["thinking"], "reasoning" in blocks))
-        body = body[conclusion_cut([("", what) for _, what in body], "option" in blocks):]
+        cut = 1 if "option" in blocks else 2
+        body = _thought_pieces(w, conclusion_text(ex.texts["thinking"], "reasoning" in blocks))[cut:]
     else:
         body = _thought_pieces(w, ex.texts["thinking"])
     seq = before + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(BLOCKS["think"][1])]
@@ -321,15 +320,12 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, for
     `option` — the option it concludes ("that is: <option>"; the comparison of the stated angles,
     distances or motion); `copy` — each option's words copied from the question after its letter;
     `verdict` — each yes / no (is the option just copied the one stated?); `letter` — the letter
-    it then states (that of the option it said yes to); `compare` — in revision 2's object_object
-    thought, every step of its running comparison (the leftmost so far and its angle, each given the
-    angles stated; only over the examples that have one, so absent on revision 1). form="views"
-    scores the thought written after the true pose text and four true views (the views form);
-    form="conclusion", "reasoned" or "reasoned+views" the same steps on that drill's sequence
-    (`omni.train.data.DRILLS`: the question, then the thought from its option on, or the whole
-    thought, with no images or after the views; its "option" is context there, so always 1).
-    Returns {"n", "option", "copy", "verdict", "letter" (and "compare" where any has one): bootstrap
-    mean and 95% interval, "letters":
+    it then states (that of the option it said yes to). form="views" scores the thought written after
+    the true pose text and four true views (the views form); form="conclusion", "reasoned" or
+    "reasoned+views" the same steps on that drill's sequence (`omni.train.data.DRILLS`: the question,
+    then the thought from its option on, or the whole thought, with no images or after the views; its
+    "option" is context there, so always 1).
+    Returns {"n", "option", "copy", "verdict", "letter": bootstrap mean and 95% interval, "letters":
     how often each letter is the argmax, "by_group": question type -> {"n", one mean per step},
     "copy_words": question type -> the fraction of the copied options' j-th words (tokens) that are
     the argmax, j = 0, 1, ...: where in an option the copy goes wrong, "verdicts": `verdict_report` of
@@ -341,7 +337,7 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, for
     exs = sample("spatial", list(range(seed_start, seed_start + n)),
                  eval_world("spatial", size=cfg.image_size, revision=world_revision))
     device = next(model.parameters()).device
-    scores: dict[str, list[float | None]] = {k: [] for k in (*STEP_NAMES, COMPARE)}
+    scores: dict[str, list[float]] = {k: [] for k in STEP_NAMES}
     letters = {c: 0 for c in LETTERS}
     yes, no = w.tok.encode(" yes")[0], w.tok.encode(" no")[0]
     verdicts: list[tuple[str, int, bool, float]] = []
@@ -359,7 +355,7 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, for
             lg, tgt = _target_logits(model, b, h, r, slice(0, cfg.text_vocab))
             pred = lg.argmax(-1)
             hit = pred == tgt
-            k, place, right = 0, 0, {name: True for name in scores}
+            k, place, right = 0, 0, {name: True for name in STEP_NAMES}
             qtype = chunk[r].spec["qtype"]
             by_word = words.setdefault(qtype, {})
             for size, what in spans[r]:
@@ -376,12 +372,8 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, for
                 k += size
             for name in STEP_NAMES:
                 scores[name].append(float(right[name]))
-            has = any(what == COMPARE for _, what in spans[r])
-            scores[COMPARE].append(float(right[COMPARE]) if has else None)
     groups = question_types("spatial", exs)
-    compared = [v for v in scores[COMPARE] if v is not None]
-    return {"n": n, **{k: bootstrap_ci(scores[k]) for k in STEP_NAMES},
-            **({COMPARE: bootstrap_ci(compared)} if compared else {}), "letters": letters,
+    return {"n": n, **{k: bootstrap_ci(v) for k, v in scores.items()}, "letters": letters,
             "by_group": {g: rows["true"] for g, rows in group_means(groups, {"true": scores}).items()},
             "copy_words": {g: [float(np.mean(by[j])) for j in sorted(by)] for g, by in sorted(words.items())},
             "verdicts": verdict_report(verdicts)}

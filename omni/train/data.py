@@ -75,14 +75,6 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
 DRILLS: dict[str, tuple[str, ...]] = {"spatial": ("conclusion", "reasoned", "reasoned+views", "deduced")}
 
 
-def conclusion_cut(pieces: list[tuple[str, str | None]], option: bool) -> int:
-    """Where a conclusion drill's loss starts among a thought's `conclusion_pieces`: after the option
-    (the drills that take it as context) or, `option` (the "deduced" drill), at its first named step,
-    the option or the first step of a running comparison before it."""
-    named = [i for i, (_, what) in enumerate(pieces) if what]
-    return named[0] if option else next(i for i, (_, what) in enumerate(pieces) if what == "option") + 1
-
-
 def conclusion_text(thought: str, reasoning: bool) -> str:
     """What of a spatial thought a conclusion drill writes: from "that is: <option>" on, or (reasoning,
     the "reasoned" drill) all of it."""
@@ -271,25 +263,15 @@ class Writer(Format):
     def conclusion(self, thought: str, reasoning: bool = False, option: bool = False) -> list[Segment]:
         """<think> that is: <option> + the rest of a spatial thought's conclusion </think>: the option it
         reasons to as context (with `reasoning`, the whole thought up to it), a loss on what follows
-        (the copies, verdicts, letter and closing tag); with `option`, the loss from the option on, and
-        on each step of a running comparison before it (revision 2's object_object, "compare"), the
-        angles it compares staying context."""
+        (the copies, verdicts, letter and closing tag); with `option`, the loss from the option on."""
         c = conclusion_text(thought, reasoning)
         pieces = conclusion_pieces(c)
-        cut, at = conclusion_cut(pieces, option), conclusion_cut(pieces, False) - 1
-        runs = [(self.tok.encode("".join(p for p, _ in pieces[:cut])), False)]
-        runs += [(self.tok.encode(p), what is not None or i > at) for i, (p, what) in enumerate(pieces) if i >= cut]
-        if [t for ids, _ in runs for t in ids] != self.tok.encode(" " + c.strip()):
+        cut = 1 if option else 2
+        head = self.ids(BLOCKS["think"][0]) + self.tok.encode("".join(p for p, _ in pieces[:cut]))
+        rest = self.tok.encode("".join(p for p, _ in pieces[cut:]))
+        if head[1:] + rest != self.tok.encode(" " + c.strip()):
             raise ValueError(f"the conclusion's option and steps tokenize differently from the whole: {c!r}")
-        runs[0] = (self.ids(BLOCKS["think"][0]) + runs[0][0], False)
-        runs.append((self.ids(BLOCKS["think"][1]), True))
-        segs: list[Segment] = []
-        for ids, loss in runs:  # adjacent runs of the same loss as one segment
-            if segs and segs[-1].loss == loss:
-                segs[-1] = Segment("text", list(segs[-1].tokens) + ids, loss=loss)
-            elif ids:
-                segs.append(Segment("text", ids, loss=loss))
-        return segs
+        return [Segment("text", head), Segment("text", rest + self.ids(BLOCKS["think"][1]), loss=True)]
 
     def _depth(self, ex, blocks, rng):
         v = ex.views["image"]

@@ -771,28 +771,6 @@ def spatial_conclusion(options: list[str], answer_text: str) -> str:
     return f"that is: {answer_text}. {items}, so the answer is {LETTERS[k]}."
 
 
-def leftmost_reasoning(names: list[str], angles: list[float]) -> str:
-    """Revision 2's object_object reasoning: each object's angle in view 2 (degrees, whole; left is
-    less), and after each but the first the leftmost so far, with its angle, by a running comparison:
-    "the red cube is at -12 degrees. the blue ball is at 5 degrees, so the leftmost is the red cube at
-    -12. the green cone is at -30 degrees, so the leftmost is the green cone at -30." Each comparison
-    reads the two numbers just stated and copies one of two names; revision 1's list of four angles
-    asked for their least in one step, which no model here learned (docs/experiments.md, "A running
-    comparison for object_object"). The comparison is of the whole degrees written (a tie keeps the
-    earlier), so it follows the text; the question's 5-degree margin makes the last one the truth."""
-    if len(names) != len(angles) or not names:
-        raise ValueError(f"one angle per object, at least one: {len(names)} names, {len(angles)} angles")
-    deg = [int(round(a)) + 0 for a in angles]  # + 0: never "-0"
-    steps, best = [], 0
-    for i, (name, d) in enumerate(zip(names, deg, strict=True)):
-        step = f"the {name} is at {d} degrees"
-        if i:
-            best = i if d < deg[best] else best
-            step += f", so the leftmost is the {names[best]} at {deg[best]}"
-        steps.append(step + ".")
-    return " ".join(steps)
-
-
 # Readers of the thoughts the world writes: the one place, beside their writers, that knows their shape.
 # They read a model's thoughts too, which may be malformed (None then) or follow an older world's form.
 _STATED = re.compile(r"so the answer is (.+?)\.?\s*$")
@@ -800,7 +778,6 @@ _STATED_OPTION = re.compile(r"that is: ([^.,]+)[.,]")  # today's "that is: X. A.
 _OPENING = re.compile(r"(.* that is:)( [^.]+)")
 _ITEM = re.compile(rf"(\. [{LETTERS}]\.)( [^:.]+)(:)( yes| no)")
 _CLOSING = re.compile(rf"(, so the answer is)( [{LETTERS}])(\.)")
-_LEFTMOST = re.compile(r"(?<=, so the leftmost is)( the [^.,]+ at -?\d+)(?=\.)")  # leftmost_reasoning's
 
 
 def stated_answer(thought: str) -> str | None:
@@ -819,9 +796,7 @@ def stated_option(thought: str) -> str | None:
 
 def conclusion_pieces(thought: str) -> list[tuple[str, str | None]]:
     """The world's spatial thought cut into its steps: text pieces whose concatenation is
-    " " + thought.strip(), each named by the step it is or None: "compare" (in revision 2's object_object
-    thought, each "the <object> at <angle>" the running comparison names leftmost so far,
-    `leftmost_reasoning`), "option" (the option reasoned to), per
+    " " + thought.strip(), each named by the step it is or None: "option" (the option reasoned to), per
     listed option "copy" (its words, copied from the question) and "verdict" (" yes" / " no": is it the
     option just stated), and "letter" (the one stated). Each named piece starts with its space, so it
     tokenizes on its own as in the whole. A thought not of `spatial_conclusion`'s shape is a ValueError."""
@@ -829,12 +804,7 @@ def conclusion_pieces(thought: str) -> list[tuple[str, str | None]]:
     m = _OPENING.match(text)
     if m is None:
         raise ValueError(f"not a spatial thought of the world's shape: {thought[-80:]!r}")
-    pieces: list[tuple[str, str | None]] = []
-    at = 0
-    for c in _LEFTMOST.finditer(m.group(1)):
-        pieces += [(m.group(1)[at:c.start()], None), (c.group(1), "compare")]
-        at = c.end()
-    pieces += [(m.group(1)[at:], None), (m.group(2), "option")]
+    pieces: list[tuple[str, str | None]] = [(m.group(1), None), (m.group(2), "option")]
     pos, said = m.end(), None
     while said != " yes" and (it := _ITEM.match(text, pos)):
         pieces += [(it.group(1), None), (it.group(2), "copy"), (it.group(3), None), (it.group(4), "verdict")]
@@ -991,10 +961,7 @@ def _spatial(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
             rng.shuffle(fill)
             options = [o.name for o in objs] + fill[: 4 - len(objs)]
             question = "seen from the camera of view 2, which object is farthest to the left?"
-            if cfg.revision >= 2:
-                reason = leftmost_reasoning([o.name for o in objs], ang)
-            else:
-                reason = " ".join(f"the {o.name} is at {a:.0f} degrees." for o, a in zip(objs, ang, strict=True))
+            reason = " ".join(f"the {o.name} is at {a:.0f} degrees." for o, a in zip(objs, ang, strict=True))
         rng.shuffle(options)
         letter = LETTERS[options.index(answer_text)]
         pose = pose_to_text(T)
