@@ -864,6 +864,8 @@ def train(
     warmup: int = typer.Option(100),
     save_every: int = typer.Option(200),
     keep: int = typer.Option(2, help="Checkpoints kept (the newest; older ones are deleted)."),
+    log_every: int = typer.Option(10, help="Steps between TensorBoard scalars and the progress bar's loss and "
+                                           "tokens/s (log.jsonl holds every step)."),
     workers: int = typer.Option(1, help="DataLoader worker processes making batches."),
     threads: int = typer.Option(0, help="torch threads (0: torch's default)."),
     rows: int = typer.Option(4, help="Rows per batch."),
@@ -942,7 +944,8 @@ def train(
     named = {k for k in ctx.params if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE",
                                                                                            "ENVIRONMENT")}
     last = train_main(out, preset, steps, resume, device, max_minutes=max_minutes, named=named, lr=lr,
-                      warmup=warmup, save_every=save_every, keep=keep, workers=workers, threads=threads, ema=ema,
+                      warmup=warmup, save_every=save_every, keep=keep, log_every=log_every, workers=workers,
+                      threads=threads, ema=ema,
                       accum=accum, fsdp=fsdp, init_from=init_from, model_overrides=overrides, mixture=mixture)
     typer.echo(json.dumps(last))
 

@@ -467,3 +467,28 @@ def test_spatial_conclusion_drill(writer):
         assert list(d[2].tokens) + list(d[3].tokens) == list(r[2].tokens) + list(r[3].tokens)
         assert writer.tok.decode(list(d[2].tokens)).endswith("that is:")
         assert writer.tok.decode(list(d[3].tokens)).startswith(" " + ex.spec["answer_text"] + ".")
+
+
+def test_log_every_spaces_tensorboard_and_the_bar_not_the_jsonl(tmp_path, monkeypatch):
+    """log.jsonl has every step; TensorBoard's scalars (and the bar's figures) come every log_every steps
+    and at the last."""
+    from omni.train import loop
+
+    written = []
+
+    class Board:
+        def add_scalar(self, k, v, step):
+            written.append((k, step))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(loop, "_tensorboard", lambda out: Board())
+    cfg = TrainConfig(steps=5, log_every=2, save_every=5, workers=0, warmup=1,
+                      model_overrides=json.loads(SMALL), mixture=MixtureConfig(rows=1, row_len=512))
+    loop.Trainer(cfg, tmp_path, log=lambda *_: None).run()
+    steps = [json.loads(x)["step"] for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+    assert sorted({s for k, s in written if k == "loss"}) == [2, 4, 5]
+    with pytest.raises(ValueError, match="--log-every must be >= 1"):
+        TrainConfig(log_every=0)

@@ -60,7 +60,7 @@ class TrainConfig:
     seed: int = 0  # model initialisation
     save_every: int = 200
     keep: int = 2
-    log_every: int = 10
+    log_every: int = 10  # steps between TensorBoard scalars and progress-bar figures (log.jsonl has every step)
     device: str = "cpu"
     threads: int = 0
     workers: int = 1
@@ -604,16 +604,18 @@ class Trainer:
                      step_s=round(dt, 3),
                      tokens_per_s=round(tokens / (time.perf_counter() - t0), 1))
             last = m
+            shown = self.step % cfg.log_every == 0 or self.step == cfg.steps
             if logf is not None:
                 logf.write(json.dumps(m) + "\n")
                 logf.flush()
-                if tb is not None:
+                if tb is not None and shown:
                     for k, v in m.items():
                         if isinstance(v, float):
                             tb.add_scalar(k, v, self.step)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
+                if shown:
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
             stop = max_seconds is not None and time.perf_counter() - started >= max_seconds
             if max_seconds is not None and self.world > 1:  # every rank follows rank 0's clock
                 flag = torch.tensor([float(stop)], device=self.device if self.device.type == "cuda" else "cpu")
