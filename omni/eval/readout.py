@@ -266,7 +266,6 @@ def readout(model: OmniModel, n_train: int = 1000, n: int = 500, train_start: in
     scores n from seed_start (each range must lie in one split), on the world's `revision` (recorded
     as `world_revision` where it is not 1)."""
     check_seeds(n_train, n, train_start, seed_start)
-    eval_world("vqa", revision=revision)  # an unknown revision before any compute
     trains, tests = range(train_start, train_start + n_train), range(seed_start, seed_start + n)
     train = _targets(collect(model, trains, batch, revision=revision))
     test_data = collect(model, tests, batch, attention=True, revision=revision)

@@ -50,6 +50,7 @@ from omni.unroll.engine import (
     parse_pose,
 )
 from omni.unroll.trace import json_safe
+from omni.world.export import to_uint8
 
 from .inputs import TASK_INPUTS, InputError, Prepared, prepare
 from .jobs import ArtifactStore, Cancelled, Job, Runner
@@ -121,8 +122,6 @@ def error_body(code: str, message: str, details: list | None = None) -> dict:
 
 
 def png_bytes(img: np.ndarray) -> bytes:
-    from omni.world.export import to_uint8
-
     buf = io.BytesIO()
     Image.fromarray(to_uint8(img)).save(buf, format="PNG")
     return buf.getvalue()

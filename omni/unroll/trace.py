@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from omni.world.export import to_uint8
+
 from .engine import Result
 
 # the files a trace writes beside trace.json; those an earlier trace in the same directory wrote and this
@@ -18,8 +20,6 @@ _TRACE_FILE = re.compile(r"step_\d+_\w+\.png|output\.png|output\.npy")
 
 
 def _png(img: np.ndarray, path: Path) -> str:
-    from omni.world.export import to_uint8
-
     Image.fromarray(to_uint8(img)).save(path)  # as the server converts it (a uint8 image was clipped to 0/255)
     return path.name
 
