@@ -25,7 +25,7 @@ from omni.model import OmniModel, pack
 from omni.model.batch import Segment
 from omni.model.config import IMAGE_CLEAN, IMAGE_GEN, IMAGE_IN
 from omni.tokens.image import unpatchify
-from omni.train.data import DRILLS, FORMS, Writer, conclusion_text
+from omni.train.data import DRILLS, FORMS, Writer, conclusion_cut, conclusion_text
 from omni.unroll.format import BLOCKS
 from omni.world import sample
 from omni.world.tasks import LETTERS, VQA_PIECES, conclusion_pieces, split_of_range, vqa_thought_pieces
@@ -296,8 +296,8 @@ def _thought_sequence(w: Writer, ex, form: str = "think") -> tuple[list[Segment]
     if form in DRILLS["spatial"]:  # the drill's <think> segment carries its context, no loss: up to the option
         blocks = FORMS["spatial"][form]  # ("deduced": the option is under loss) or with it (the other drills)
         before = before[:-1] + [segs[len(before) - 1]]
-        cut = 1 if "option" in blocks else 2
-        body = _thought_pieces(w, conclusion_text(ex.texts["thinking"], "reasoning" in blocks))[cut:]
+        body = _thought_pieces(w, conclusion_text(ex.texts["thinking"], "reasoning" in blocks))
+        body = body[conclusion_cut("option" in blocks):]
     else:
         body = _thought_pieces(w, ex.texts["thinking"])
     seq = before + [Segment("text", ids, loss=what is not None) for ids, what in body] + [w.tags(BLOCKS["think"][1])]

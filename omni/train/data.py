@@ -75,6 +75,12 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
 DRILLS: dict[str, tuple[str, ...]] = {"spatial": ("conclusion", "reasoned", "reasoned+views", "deduced")}
 
 
+def conclusion_cut(option: bool) -> int:
+    """Where a conclusion drill's loss starts among its thought's `conclusion_pieces` (the text up to
+    "that is:", the option, then the steps): at the option (`option`, the "deduced" drill) or after it."""
+    return 1 if option else 2
+
+
 def conclusion_text(thought: str, reasoning: bool) -> str:
     """What of a spatial thought a conclusion drill writes: from "that is: <option>" on, or (reasoning,
     the "reasoned" drill) all of it."""
@@ -266,7 +272,7 @@ class Writer(Format):
         (the copies, verdicts, letter and closing tag); with `option`, the loss from the option on."""
         c = conclusion_text(thought, reasoning)
         pieces = conclusion_pieces(c)
-        cut = 1 if option else 2
+        cut = conclusion_cut(option)
         head = self.ids(BLOCKS["think"][0]) + self.tok.encode("".join(p for p, _ in pieces[:cut]))
         rest = self.tok.encode("".join(p for p, _ in pieces[cut:]))
         if head[1:] + rest != self.tok.encode(" " + c.strip()):
