@@ -269,10 +269,12 @@ def test_vqa_thought_steps_score_the_true_thoughts_pieces():
         assert all(torch.equal(swapped[i].pixels, w.pixels(other.views["image"].rgb)) for i in imgs)
         assert all(a.tokens == b.tokens for a, b in zip(swapped, seq, strict=True) if a.kind == "text")
     r = vqa_thought_steps(m, 5, 1_000_000_000, batch=2)
+    five = sample("vqa", range(1_000_000_000, 1_000_000_005))
     assert r["n"] == 5 and set(IMAGES) <= set(r) and r["chance"]["colour"] == 1 / 8
     for im in IMAGES:
+        relation = {"step relation"} if any(ex.spec["kind"] == "left_right" for ex in five) else set()
         assert set(r[im]) == {"count", "size", "colour", "shape", "position", "step", "step colour", "step shape",
-                              "answer", "listing"}
+                              "answer", "listing"} | relation
         assert all(0 <= v["mean"] <= 1 for v in r[im].values()) and r[im]["answer"]["mean"] == 0
     assert sum(g["own image"]["n"] for g in r["by_group"].values()) == 5
     assert sum(g["own image"]["n"] for g in r["by_kind"].values()) == 5
@@ -282,6 +284,9 @@ def test_vqa_thought_steps_score_the_true_thoughts_pieces():
     exs = sample("vqa", range(1_000_000_000, 1_000_000_040))
     r = vqa_thought_steps(m, 40, 1_000_000_000, batch=8)
     yn = [ex.answer for ex in exs if ex.answer in ("yes", "no")]
+    lr = sum(ex.spec["kind"] == "left_right" for ex in exs)  # their relation word, scored on its own
+    assert lr and r["own image"]["step relation"]["n"] == lr
+    assert "step relation" in r["by_kind"]["left_right"]["own image"]
     assert yn and set(r["yes_no"]) == set(IMAGES)
     for im in IMAGES:
         assert {t: sum(c.values()) for t, c in r["yes_no"][im].items()} == {a: yn.count(a) for a in set(yn)}
@@ -298,7 +303,8 @@ def test_vqa_thought_steps_on_the_focused_thought():
     r = vqa_thought_steps(m, 4, 1_000_000_000, batch=2, vqa_thought="focused")
     assert r["vqa_thought"] == "focused"
     for im in IMAGES:
-        assert set(r[im]) <= {"step", "step colour", "step shape", "answer"} and {"step", "answer"} <= set(r[im])
+        assert set(r[im]) <= {"step", "step colour", "step shape", "step relation", "answer"} \
+            and {"step", "answer"} <= set(r[im])
     assert all("listing" not in g[im] for g in r["by_group"].values() for im in IMAGES)
     assert "vqa_thought" not in vqa_thought_steps(m, 1, 1_000_000_000)
     inv = answer_context_use(m, "vqa", 2, 1_000_000_000)["tables"]["answer nll"]

@@ -38,6 +38,7 @@ def test_the_lease_command_trains_exports_and_fills_out(tmp_path):
     assert meta["training"]["config"]["init_from"] == "checkpoints/omni-tiny"
     assert meta["training"]["config"]["mixture"]["world_revision"] == 2  # docs/world_audit.md's mended world
     assert meta["training"]["config"]["mixture"]["form_weights"]["spatial"]["deduced"] == 4  # its behind quadrants
+    assert meta["training"]["config"]["mixture"]["form_weights"]["vqa"] == {"direct": 1, "think": 1, "deduced": 1}
     assert meta["training"]["init"]["training"] == json.loads((SHIPPED / "config.json").read_text())["training"]
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 2
     # what the CPU does with it afterwards: the shipped tokenizers beside the weights, then load

@@ -24,11 +24,13 @@ from omni.world.tasks import (
     SPLITS,
     T2I_CATEGORIES,
     TASKS,
+    VQA_STEP_PARTS,
     WorldConfig,
     conclusion_pieces,
     split_of,
     stated_answer,
     stated_option,
+    vqa_conclusion_cut,
     vqa_thought_pieces,
 )
 
@@ -436,10 +438,17 @@ def test_vqa_thought_pieces_name_what_the_thought_states():
         n = int(named[0][1])
         step = named[1 + 4 * n:-1]
         assert [w for w, _ in named[:1 + 4 * n]] == ["count", *["size", "colour", "shape", "position"] * n]
-        assert named[-1][0] == "answer" and step and {w for w, _ in step} <= {"step", "step colour", "step shape"}
+        assert named[-1][0] == "answer" and step and {w for w, _ in step} <= set(VQA_STEP_PARTS)
         # the step word by word, its colour and shape words named as such
         assert all((w == "step colour") == (v.rstrip(".,;:") in COLORS) for w, v in step)
         assert all((w == "step shape") == (v.rstrip(".,;:") in SHAPES) for w, v in step)
+        # left_right's relation word: the one the two x centres it states imply, once; no other step has one
+        rel = [v for w, v in step if w == "step relation"]
+        if ex.spec["kind"] == "left_right":
+            xa, xb = (int(x) for x in re.findall(r"at x (\d+)", thought))
+            assert rel == ["left" if xa < xb else "right"]
+        else:
+            assert rel == []
         listed = [tuple(v for _, v in named[1 + 4 * i:5 + 4 * i]) for i in range(n)]
         assert all(s in SIZES and c in COLORS and sh in SHAPES for s, c, sh, _ in listed)
         assert ex.texts["caption"].startswith(f"{n} object")
@@ -453,6 +462,35 @@ def test_vqa_thought_pieces_name_what_the_thought_states():
                 "i see 1 object: a large red cube on the left. so the answer is 1."):  # no step
         with pytest.raises(ValueError, match="not a vqa thought of the world's shape"):
             vqa_thought_pieces(bad)
+
+
+def test_vqa_conclusion_cut_leaves_the_numbers_read_as_context():
+    """The cut falls at a piece's start after the step's last number: the numbers stated (x centres,
+    distances, counts) lie before it, what they imply after it (left_right's relation, closer's answer);
+    a step without a number is cut at its first word; the focused thought is cut the same way."""
+    kinds = set()
+    for cfg in (WorldConfig(), WorldConfig(vqa_thought="focused")):
+        for ex in sample("vqa", SEEDS[:60], cfg):
+            thought = ex.texts["thinking"]
+            text, cut = " " + thought.strip(), vqa_conclusion_cut(thought)
+            starts, pos = [], 0
+            for p, what in vqa_thought_pieces(thought):
+                starts.append((pos, what))
+                pos += len(p)
+            assert (cut, next(w for c, w in starts if c == cut)) in starts and text[cut] == " "
+            step_at = next(c for c, w in starts if w in VQA_STEP_PARTS)
+            closing = text.rindex(" so the answer is")
+            assert step_at <= cut <= closing and not any(ch.isdigit() for ch in text[cut:closing])
+            assert (cut == step_at) == (not any(ch.isdigit() for ch in text[step_at:closing]))
+            kind = ex.spec["kind"]
+            kinds.add(kind)
+            if kind == "left_right":
+                assert re.fullmatch(r" so the .+ is (left|right) of the .+\. so the answer is (yes|no)\.", text[cut:])
+            if kind == "closer":
+                assert text[cut:] == f" m. so the answer is {ex.answer}."
+    assert {"left_right", "closer", "sum", "color_of_shape"} <= kinds
+    with pytest.raises(ValueError, match="not a vqa thought of the world's shape"):
+        vqa_conclusion_cut("the cube is red.")
 
 
 def test_focused_vqa_thought_names_only_what_the_question_asks():
@@ -470,7 +508,7 @@ def test_focused_vqa_thought_names_only_what_the_question_asks():
         assert not thought.startswith("i see") and thought.endswith(f" so the answer is {b.answer}.")
         pieces = vqa_thought_pieces(thought)
         assert "".join(p for p, _ in pieces) == " " + thought
-        assert {w for _, w in pieces} <= {None, "step", "step colour", "step shape", "answer"}
+        assert {w for _, w in pieces} <= {None, *VQA_STEP_PARTS, "answer"}
         listing = a.texts["thinking"].split(". ")[0]  # "i see N objects: a large red cube on the left, ..."
         found = re.findall(r"an? (\w+) (\w+) (on the left|in the center|on the right)", thought)
         for colour, shape, place in found:

@@ -469,6 +469,36 @@ def test_spatial_conclusion_drill(writer):
         assert writer.tok.decode(list(d[3].tokens)).startswith(" " + ex.spec["answer_text"] + ".")
 
 
+def test_vqa_deduced_drill(writer):
+    """vqa's drill is off unless named; named, it is written as text alone: the question, the thought
+    up to its step's last number as context, a loss on the rest (left_right's relation, closer's
+    choice, the closing) and on the answer; its tokens are the think form's thought and answer."""
+    from omni.world import sample
+    from omni.world.tasks import vqa_conclusion_cut
+
+    names, p = Mixture(MixtureConfig(), writer).mix.forms("vqa")
+    assert names == ["direct", "think", "deduced"] and list(p) == [0.5, 0.5, 0.0]
+    names, p = Mixture(MixtureConfig(**MixtureConfig.weights("", '{"vqa": {"deduced": 2}}')), writer).mix.forms("vqa")
+    assert list(p) == [0.25, 0.25, 0.5]
+    kinds = set()
+    for ex in sample("vqa", range(40, 60)):
+        segs = writer.write(ex, "deduced", np.random.default_rng(0))
+        think = writer.write(ex, "think", np.random.default_rng(0))
+        assert {s.kind for s in segs} == {"text"} and [s.loss for s in segs] == [False, False, False, True, True]
+        assert list(segs[2].tokens) + list(segs[3].tokens) == list(think[-2].tokens)  # the think form's block
+        assert segs[4].tokens == think[-1].tokens and segs[4].tokens[-1] == writer.tok.eos
+        assert segs[1].tokens == think[-3].tokens  # the question
+        thought = " " + ex.texts["thinking"].strip()
+        rest = writer.tok.decode(list(segs[3].tokens))
+        assert rest == thought[vqa_conclusion_cut(ex.texts["thinking"]):]  # the closing tag is special
+        kinds.add(ex.spec["kind"])
+        if ex.spec["kind"] == "left_right":
+            assert " left of " in rest or " right of " in rest
+    assert "left_right" in kinds or "closer" in kinds
+    with pytest.raises(ValueError, match="tokenizes differently"):  # a cut inside a word splits a token
+        writer.cut_block("think", "the cube is red.", 7)
+
+
 def test_log_every_spaces_tensorboard_and_the_bar_not_the_jsonl(tmp_path, monkeypatch):
     """log.jsonl has every step; TensorBoard's scalars (and the bar's figures) come every log_every steps
     and at the last."""

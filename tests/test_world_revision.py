@@ -109,6 +109,29 @@ def test_vqa_thoughts_agree_in_number():
         vqa_thought_pieces(t)  # the inventory's pieces still read
 
 
+def test_vqa_left_right_thought_states_its_verdict():
+    """Revision 2's left_right thought copies the relation asked beside the one its x centres imply and
+    says whether they agree ("the question asks right of: no."), the answer then read from that verdict;
+    revision 1 draws the same question, image and answer with the thought it always had."""
+    seen = Counter()
+    r1 = sample("vqa", range(TEST, TEST + 200))
+    for e1, e2 in zip(r1, sample("vqa", range(TEST, TEST + 200), R2), strict=True):
+        assert (e1.texts["question"], e1.answer, e1.spec) == (e2.texts["question"], e2.answer, e2.spec)
+        if e2.spec["kind"] != "left_right":
+            assert "the question asks" not in e2.texts["thinking"]
+            continue
+        asked = re.fullmatch(r"is the .+ (left of|right of) the .+\?", e2.texts["question"]).group(1)
+        found = re.search(r", so the .+ is (left of|right of) the ", e2.texts["thinking"]).group(1)
+        assert e2.answer == ("yes" if asked == found else "no")
+        assert e2.texts["thinking"] == e1.texts["thinking"].replace(
+            " so the answer is", f" the question asks {asked}: {e2.answer}. so the answer is")
+        named = [(what, p.strip()) for p, what in vqa_thought_pieces(e2.texts["thinking"]) if what]
+        assert [v for w, v in named if w == "step verdict"] == [e2.answer + "."]
+        assert [v for w, v in named if w == "step relation"] == [found.split()[0]]
+        seen[e2.answer] += 1
+    assert seen["yes"] >= 3 and seen["no"] >= 3
+
+
 def test_every_training_form_writes_revision_2_examples():
     from omni.model import preset
     from omni.tokens.text import TextTokenizer

@@ -28,7 +28,7 @@ from omni.tokens.image import unpatchify
 from omni.train.data import DRILLS, FORMS, Writer, conclusion_cut, conclusion_text
 from omni.unroll.format import BLOCKS
 from omni.world import sample
-from omni.world.tasks import LETTERS, VQA_PIECES, conclusion_pieces, split_of_range, vqa_thought_pieces
+from omni.world.tasks import LETTERS, VQA_PIECES, VQA_STEP_PARTS, conclusion_pieces, split_of_range, vqa_thought_pieces
 
 from .ablate import group_means, question_types
 from .metrics import bootstrap_ci, depth_metrics, pair_auc
@@ -380,7 +380,6 @@ def thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8, for
 
 
 IMAGES = ("own image", "other image")
-STEP_PARTS = ("step", "step colour", "step shape")  # the vqa step's words, by what they name
 
 
 def _vqa_thought_sequence(w: Writer, ex, image_of=None) -> tuple[list[Segment], list[tuple[int, str]]]:
@@ -401,8 +400,9 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8,
     """Where a vqa thought breaks, piece by piece, given the world's true thought up to each piece
     (teacher-forced, as in training, on n examples from seed_start): the number of objects seen, each
     listed object's size, colour, shape and position word, the question's step (all of it; and its
-    colour and shape words alone, most of them copies) and the answer (`omni.world.tasks.
-    vqa_thought_pieces`; a piece is right when every token of it is the argmax).
+    colour and shape words alone, most of them copies, and left_right's relation word, read from the
+    two x centres the step states) and the answer (`omni.world.tasks.vqa_thought_pieces`; a piece is
+    right when every token of it is the argmax).
     Scored twice: with the example's own image ("own image") and, the text unchanged, with the next
     example's image (the last takes the first's; "other image", where n >= 2): what the thought gets
     from the image is the difference, and what it gets without it lies at or above the chance rate of
@@ -450,7 +450,7 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8,
                 k += size
             for name in VQA_PIECES:  # None where a thought has no such piece (a step without a colour)
                 if name == "step":  # the whole step: its colour and shape words too
-                    rates[im][name].append(float(all(x for p in STEP_PARTS for x in got.get(p, ()))))
+                    rates[im][name].append(float(all(x for p in VQA_STEP_PARTS for x in got.get(p, ()))))
                 else:
                     rates[im][name].append(float(np.mean(got[name])) if name in got else None)
             rates[im]["listing"].append(float(all(x for p in ("size", "colour", "shape", "position") for x in got[p]))
@@ -460,7 +460,7 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8,
         out[im] = {k: bootstrap_ci(kept) for k, v in rates[im].items() if (kept := [x for x in v if x is not None])}
     out["chance"] = {"size": 1 / len(wc.scene.sizes), "colour": 1 / len(wc.scene.colors),
                      "shape": 1 / len(wc.scene.shapes)}
-    keys = ("count", "colour", "shape", "listing", "step", "step colour", "step shape", "answer")
+    keys = ("count", "colour", "shape", "listing", *VQA_STEP_PARTS, "answer")
     for name, groups in (("by_group", question_types("vqa", exs)), ("by_kind", [ex.spec["kind"] for ex in exs])):
         out[name] = group_means(groups, {im: {k: rates[im][k] for k in keys} for im in images})
     out["yes_no"] = yes_no

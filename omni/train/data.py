@@ -39,11 +39,11 @@ from omni.io import check_int
 from omni.model.batch import MIN_SHIFT, Batch, Segment, pack, shift_t
 from omni.unroll.format import BLOCKS, VIEW_TAGS, Format
 from omni.world import SPLITS, Example, WorldConfig, sample
-from omni.world.tasks import VQA_THOUGHTS, WORLD_REVISIONS, conclusion_pieces
+from omni.world.tasks import VQA_THOUGHTS, WORLD_REVISIONS, conclusion_pieces, vqa_conclusion_cut
 
 # the context forms of each task; each is a set of context blocks (the first form is the direct one)
 FORMS: dict[str, dict[str, tuple[str, ...]]] = {
-    "vqa": {"direct": (), "think": ("think",)},
+    "vqa": {"direct": (), "think": ("think",), "deduced": ("deduced",)},
     "t2i": {"direct": (), "short": ("short",), "long": ("long",), "visual": ("visual",),
             "short+visual": ("short", "visual"), "long+visual": ("long", "visual")},
     "spatial": {"direct": (), "think": ("think",), "pose": ("pose",), "views": ("pose", "views", "think"),
@@ -72,7 +72,14 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
 #   thought's view-2 coordinates or stated motion to the option (docs/world_audit.md: on revision 2 the shipped
 #   model states camera_object's option 18.9 % right given the true thought, having never seen a point behind
 #   the camera), on text alone, at a fraction of the think form's tokens
-DRILLS: dict[str, tuple[str, ...]] = {"spatial": ("conclusion", "reasoned", "reasoned+views", "deduced")}
+#   vqa "deduced": <vqa> <question>q</question> <think>the thought</think> <answer>a</answer> on text alone,
+#   the thought up to its step's last number as context and the loss from there on (`vqa_conclusion_cut`):
+#   the step from the numbers a thought read off the image to what they imply ("x 19 ... x 28, so the
+#   cone is left of the cube", "4.6 m ... 6.1 m. so the answer is the sphere") and from a stated
+#   relation to yes or no, which the shipped model, given the true thought, gets at chance
+#   (docs/eval/context_use_vqa.json: closer 36.7 %, left_right 54.5 %)
+DRILLS: dict[str, tuple[str, ...]] = {"vqa": ("deduced",),
+                                      "spatial": ("conclusion", "reasoned", "reasoned+views", "deduced")}
 
 
 def conclusion_cut(option: bool) -> int:
@@ -230,6 +237,11 @@ class Writer(Format):
         return getattr(self, f"_{ex.task}")(ex, blocks, rng)
 
     def _vqa(self, ex, blocks, rng):
+        if "deduced" in blocks:  # the drill on text alone (DRILLS)
+            thought = ex.texts["thinking"]
+            return [self.tags("<vqa>"), self.block("question", ex.texts["question"]),
+                    *self.cut_block("think", thought, vqa_conclusion_cut(thought)),
+                    self.block("answer", ex.answer, loss=True, eos=True)]
         segs = [self.tags("<vqa>"), *self.image(ex.views["image"].rgb), self.block("question", ex.texts["question"])]
         if "think" in blocks:
             segs.append(self.block("think", ex.texts["thinking"], loss=True))
@@ -272,12 +284,18 @@ class Writer(Format):
         (the copies, verdicts, letter and closing tag); with `option`, the loss from the option on."""
         c = conclusion_text(thought, reasoning)
         pieces = conclusion_pieces(c)
-        cut = conclusion_cut(option)
-        head = self.ids(BLOCKS["think"][0]) + self.tok.encode("".join(p for p, _ in pieces[:cut]))
-        rest = self.tok.encode("".join(p for p, _ in pieces[cut:]))
-        if head[1:] + rest != self.tok.encode(" " + c.strip()):
-            raise ValueError(f"the conclusion's option and steps tokenize differently from the whole: {c!r}")
-        return [Segment("text", head), Segment("text", rest + self.ids(BLOCKS["think"][1]), loss=True)]
+        return self.cut_block("think", c, sum(len(p) for p, _ in pieces[:conclusion_cut(option)]))
+
+    def cut_block(self, name: str, body: str, cut: int) -> list[Segment]:
+        """<name> body </name> as `block` writes it, in two segments: the text up to character `cut` of
+        " " + body.strip() as context, a loss on the rest and the closing tag. Their tokens are the
+        block's own; a cut that splits a token is a ValueError."""
+        open_tag, close_tag = BLOCKS[name]
+        text = " " + body.strip()
+        head, rest = self.tok.encode(text[:cut]), self.tok.encode(text[cut:])
+        if head + rest != self.tok.encode(text):
+            raise ValueError(f"a cut at character {cut} tokenizes differently from the whole: {text!r}")
+        return [Segment("text", self.ids(open_tag) + head), Segment("text", rest + self.ids(close_tag), loss=True)]
 
     def _depth(self, ex, blocks, rng):
         v = ex.views["image"]

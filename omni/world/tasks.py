@@ -275,8 +275,20 @@ _VQA_OPENING = re.compile(r"( i see)( \d+)( objects?:)")
 _VQA_ITEM = re.compile(r"(,| and)?( an?)( {size})( {colour})( {shape})( on the left| in the center| on the right)"
                        .format(**{k: "(?:" + "|".join(v) + ")" for k, v in _WORDS.items()}))
 _VQA_CLOSING = re.compile(r"( so the answer is)( [^.]+)(\.)")
-VQA_PIECES = ("count", "size", "colour", "shape", "position", "step", "step colour", "step shape", "answer")
+# the step's words, by what they name (`vqa_thought_pieces`)
+VQA_STEP_PARTS = ("step", "step colour", "step shape", "step relation", "step verdict")
+VQA_PIECES = ("count", "size", "colour", "shape", "position", *VQA_STEP_PARTS, "answer")
 _STEP_WORDS = {**{c: "step colour" for c in COLORS}, **{sh: "step shape" for sh in SHAPES}}
+
+
+def _step_word(words: list[str], i: int) -> str:
+    """What the i-th word of a vqa step names (`vqa_thought_pieces`)."""
+    word = words[i]
+    if word in ("left", "right") and words[i + 1:i + 2] == ["of"]:
+        return "step relation"
+    if word in ("yes.", "no.") and i and words[i - 1].endswith(":"):
+        return "step verdict"
+    return _STEP_WORDS.get(word.rstrip(".,;:"), "step")
 
 
 def vqa_thought_pieces(thought: str) -> list[tuple[str, str | None]]:
@@ -285,8 +297,11 @@ def vqa_thought_pieces(thought: str) -> list[tuple[str, str | None]]:
     by what it states or None: "count" (the objects seen), per object listed "size", "colour", "shape"
     and "position" (" on the left", ...), the question's step word by word ("step colour" and "step
     shape" for the colour and shape words in it, copied from the question or the listing or, in a
-    focused thought, read from the image; "step" for the others) and "answer". Each named piece starts
-    with its space. A thought not of that shape is a ValueError."""
+    focused thought, read from the image; "step relation" for the left or right of "left of" / "right
+    of", the relation a left_right step concludes from the two x centres it states; "step verdict" for
+    the yes or no after "the question asks left of:", revision 2's verdict on whether the relation
+    asked is the one found; "step" for the others) and "answer". Each named piece starts with its
+    space. A thought not of that shape is a ValueError."""
     text = " " + thought.strip()
     bad = ValueError(f"not a vqa thought of the world's shape: {thought[:80]!r}")
     pieces: list[tuple[str, str | None]] = []
@@ -305,9 +320,27 @@ def vqa_thought_pieces(thought: str) -> list[tuple[str, str | None]]:
     end = _VQA_CLOSING.search(text, pos)
     if end is None or end.start() <= pos + 1 or end.end() != len(text) or text[pos] != " ":
         raise bad
-    step = [(" " + word, _STEP_WORDS.get(word.rstrip(".,;:"), "step")) for word in text[pos + 1:end.start()].split(" ")]
+    words = text[pos + 1:end.start()].split(" ")
+    step = [(" " + word, _step_word(words, i)) for i, word in enumerate(words)]
     pieces += [*step, (end.group(1), None), (end.group(2), "answer"), (end.group(3), None)]
     return [(p, what) for p, what in pieces if p]
+
+
+def vqa_conclusion_cut(thought: str) -> int:
+    """Where a vqa thought's conclusion starts, as an index into " " + thought.strip(): after the
+    question's step's last word holding a digit (what the thought read off the image or counted: the
+    objects' x centres and distances, the counts), or at the step's first word when it holds none; what
+    follows (the relation the numbers imply, "so the answer is X.") is what the thought concludes from
+    the text before it. Always at a piece's start, which begins with its space (`vqa_thought_pieces`,
+    whose ValueError a thought not of the world's shape raises)."""
+    pos, start, cut = 0, None, None
+    for piece, what in vqa_thought_pieces(thought):
+        if what in VQA_STEP_PARTS:
+            start = pos if start is None else start
+            if any(c.isdigit() for c in piece):
+                cut = pos + len(piece)
+        pos += len(piece)
+    return cut if cut is not None else start
 
 
 def vqa_step(thought: str) -> str:
@@ -457,6 +490,8 @@ def _vqa_relation(rng, scene, st, cfg):
             ans = "yes" if asked in rel else "no"
             step = (f"the {a.obj.name} is centred at x {a.centroid[0]:.0f} and the {b.obj.name} at x "
                     f"{b.centroid[0]:.0f}, so the {a.obj.name} is {rel.pop()} the {b.obj.name}.")
+            if cfg.revision >= 2:  # the relation asked, copied beside the one found, and whether they agree
+                step += f" the question asks {asked}: {ans}."
             return f"is the {a.obj.name} {asked} the {b.obj.name}?", step, ans, kind
         if abs(a.median_depth - b.median_depth) < 0.3:
             continue
