@@ -27,9 +27,13 @@ WORLD_REVISION=${WORLD_REVISION:-2}  # the world with docs/world_audit.md's mend
 # spatial's "deduced" drill (the step from the thought's coordinates to the option, on text alone), which revision
 # 2's behind-the-camera answers need (docs/experiments.md, "A drill for the behind quadrants"); 0 with revision 1
 DEDUCED=${DEDUCED:-$([[ $WORLD_REVISION == 2 ]] && echo 4 || echo 0)}
+# vqa's "deduced" drill (the step from the numbers a thought read to its answer, on text alone; with revision 2
+# the left_right verdict too), beside its direct and think forms' 1 each (docs/experiments.md, "VQA's relation
+# answers")
+VQA_DEDUCED=${VQA_DEDUCED:-1}
 RUN=${RUN:-runs/lease}
 PY=${PYTHON:-python3}       # the device's python3 holds its PyTorch (.library/device/KINDS.md)
-for name in ROWS WORKERS THREADS STEPS DATA_SEED WORLD_REVISION DEDUCED; do
+for name in ROWS WORKERS THREADS STEPS DATA_SEED WORLD_REVISION DEDUCED VQA_DEDUCED; do
     [[ ${!name} =~ ^[0-9]+$ ]] || { echo "gpu_lease.sh: $name must be a whole number, got '${!name}'" >&2; exit 2; }
 done
 [[ -e $RUN ]] && { echo "gpu_lease.sh: $RUN exists; set RUN to a new directory" >&2; exit 2; }
@@ -48,7 +52,7 @@ fi
     --ema 0.998 --keep 1 --data-seed "$DATA_SEED" --steps "$STEPS" --save-every 1000 --max-minutes "$MINUTES" \
     --source-latents --source-cond --pair-cond --pose-head --model '{"w_pose": 10}' --pose-motions orbit,move_turn \
     --world-revision "$WORLD_REVISION" \
-    --form-weights '{"spatial": {"direct": 4, "pose": 3, "reasoned": 2, "conclusion": 1, "views": 3, "reasoned+views": 5, "deduced": '"$DEDUCED"'}, "t2i": {"long+visual": 4, "short+visual": 2}, "depth": {"direct": 1, "detailed": 1.5, "depthcap": 1.5, "depthcap+visual": 2}}' \
+    --form-weights '{"vqa": {"direct": 1, "think": 1, "deduced": '"$VQA_DEDUCED"'}, "spatial": {"direct": 4, "pose": 3, "reasoned": 2, "conclusion": 1, "views": 3, "reasoned+views": 5, "deduced": '"$DEDUCED"'}, "t2i": {"long+visual": 4, "short+visual": 2}, "depth": {"direct": 1, "detailed": 1.5, "depthcap": 1.5, "depthcap+visual": 2}}' \
     --task-weights '{"vqa": 3.0, "t2i": 1.5, "spatial": 3.0, "depth": 2.0, "pose": 7.0, "nvs": 2.0, "video": 3.5, "edit": 3.5}' \
     "$@"
 
