@@ -130,15 +130,29 @@ def test_language_reads_maps_of_one_shape():
     assert L.layout_text(st, 16, 16, grid=1).count("at (0,0)") == len(st)
 
 
+def _to_1e9(x):
+    """x (JSON) with every float rounded to 9 decimal places (-0.0 written 0.0)."""
+    if isinstance(x, float):
+        return round(x, 9) + 0.0
+    if isinstance(x, dict):
+        return {k: _to_1e9(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_to_1e9(v) for v in x]
+    return x
+
+
 def test_default_examples_byte_identical():
-    """Every task's texts, answers, specs, scenes and cameras at the defaults (size 32) for seeds of each split:
-    the digest was taken on the code before these checks (the shipped model's data)."""
+    """Every task's texts, answers, specs, scenes and cameras at the defaults (size 32) for seeds of each split,
+    the floats to 9 decimal places: their last bits depend on the CPU, through the BLAS kernel numpy picks for it
+    (OPENBLAS_CORETYPE=Haswell, Zen, SkylakeX and Prescott write relative poses ~1e-16 apart, zeros as +-4e-16).
+    The digest is that of the code before these checks (the shipped model's data, written with SkylakeX's
+    kernels, whose full-precision digest was 8b2568bb49def698), the same with every kernel."""
     seeds = [*range(SPLITS["test"][0], SPLITS["test"][0] + 6), 0, 1, SPLITS["val"][0], SPLITS["val"][0] + 1]
     h = hashlib.sha256()
     for task in TASKS:
         for e in sample(task, seeds, WorldConfig(size=32)):
-            h.update(json.dumps(e.to_json(), sort_keys=True).encode())
-    assert h.hexdigest()[:16] == "8b2568bb49def698"
+            h.update(json.dumps(_to_1e9(e.to_json()), sort_keys=True).encode())
+    assert h.hexdigest()[:16] == "c8abc7a7a6ba0968"
 
 
 def test_a_seed_in_no_split_names_the_splits_readably():

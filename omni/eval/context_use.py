@@ -400,9 +400,9 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8,
     """Where a vqa thought breaks, piece by piece, given the world's true thought up to each piece
     (teacher-forced, as in training, on n examples from seed_start): the number of objects seen, each
     listed object's size, colour, shape and position word, the question's step (all of it; and its
-    colour and shape words alone, most of them copies, and left_right's relation word, read from the
-    two x centres the step states) and the answer (`omni.world.tasks.vqa_thought_pieces`; a piece is
-    right when every token of it is the argmax).
+    colour and shape words alone, most of them copies, left_right's relation word, read from the two x
+    centres the step states, and revision 2's verdict on it) and the answer
+    (`omni.world.tasks.vqa_thought_pieces`; a piece is right when every token of it is the argmax).
     Scored twice: with the example's own image ("own image") and, the text unchanged, with the next
     example's image (the last takes the first's; "other image", where n >= 2): what the thought gets
     from the image is the difference, and what it gets without it lies at or above the chance rate of
