@@ -270,9 +270,9 @@ def test_vqa_thought_steps_score_the_true_thoughts_pieces():
         assert all(a.tokens == b.tokens for a, b in zip(swapped, seq, strict=True) if a.kind == "text")
     r = vqa_thought_steps(m, 5, 1_000_000_000, batch=2)
     five = sample("vqa", range(1_000_000_000, 1_000_000_005))
+    relation = {"step relation"} if any(ex.spec["kind"] == "left_right" for ex in five) else set()
     assert r["n"] == 5 and set(IMAGES) <= set(r) and r["chance"]["colour"] == 1 / 8
     for im in IMAGES:
-        relation = {"step relation"} if any(ex.spec["kind"] == "left_right" for ex in five) else set()
         assert set(r[im]) == {"count", "size", "colour", "shape", "position", "step", "step colour", "step shape",
                               "answer", "listing"} | relation
         assert all(0 <= v["mean"] <= 1 for v in r[im].values()) and r[im]["answer"]["mean"] == 0

@@ -141,7 +141,7 @@ def _to_1e9(x):
     return x
 
 
-def test_default_examples_byte_identical():
+def test_default_examples_unchanged_to_nine_decimals():
     """Every task's texts, answers, specs, scenes and cameras at the defaults (size 32) for seeds of each split,
     the floats to 9 decimal places: their last bits depend on the CPU, through the BLAS kernel numpy picks for it
     (OPENBLAS_CORETYPE=Haswell, Zen, SkylakeX and Prescott write relative poses ~1e-16 apart, zeros as +-4e-16).
