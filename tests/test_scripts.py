@@ -56,7 +56,7 @@ def test_the_lease_command_refuses_bad_settings(tmp_path):
     r = lease(tmp_path)
     assert r.returncode == 2 and "exists" in r.stderr and not (tmp_path / "out").exists()
     r = lease(tmp_path, WORLD_REVISION="3", RUN=str(tmp_path / "run3"))  # the mixture refuses it before training
-    assert r.returncode == 2 and "--world-revision must be one of 1, 2" in r.stderr
+    assert r.returncode == 2 and "--world-revision: world revision must be one of 1, 2" in r.stderr
 
 
 def test_world_skews_counts_what_the_world_gives_away():

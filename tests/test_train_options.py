@@ -93,6 +93,11 @@ def test_train_config_rejects_bad_values_naming_the_option(kw, needle):
                                           "move_turn, got ('orbit', 'spin')"),
     ({"pose_motions": ()}, "--pose-motions: pose motions must be distinct names"),
     ({"pose_motions": ("orbit", "orbit")}, "--pose-motions: pose motions must be distinct names"),
+    # the world's own checks (WorldConfig), under the flag that set them
+    ({"vqa_thought": "short"}, "--vqa-thought: vqa thought must be one of inventory, focused, got 'short'"),
+    ({"world_revision": 3}, "--world-revision: world revision must be one of 1, 2"),
+    ({"world_revision": 2.0}, "--world-revision: WorldConfig.revision must be an integer, got float 2.0"),
+    ({"world_revision": True}, "--world-revision: WorldConfig.revision must be an integer, got bool True"),
 ])
 def test_mixture_config_rejects_bad_values_naming_the_option(kw, needle):
     with pytest.raises(ValueError, match=re.escape(needle)):
@@ -125,7 +130,7 @@ def test_vqa_thought_reaches_the_mixtures_vqa_sequences(writer):
         assert ex.texts["thinking"] in texts[m.vqa_thought]
     assert "i see" in texts["inventory"] and "i see" not in texts["focused"]
     assert mx.form_lengths(4)[("vqa", "think")] != Mixture(mix, writer).form_lengths(4)[("vqa", "think")]
-    with pytest.raises(ValueError, match="--vqa-thought must be one of inventory, focused"):
+    with pytest.raises(ValueError, match="--vqa-thought: vqa thought must be one of inventory, focused"):
         MixtureConfig(vqa_thought="short")
 
 

@@ -147,7 +147,7 @@ def test_every_training_form_writes_revision_2_examples():
     mix = Mixture(MixtureConfig(rows=1, row_len=1024, world_revision=2), w)
     assert mix.world.revision == 2
     assert mix.batch(0)[0].token.shape == (1, 1024)
-    with pytest.raises(ValueError, match="--world-revision must be one of 1, 2"):
+    with pytest.raises(ValueError, match="--world-revision: world revision must be one of 1, 2"):
         MixtureConfig(world_revision=5)
 
 

@@ -39,7 +39,7 @@ from omni.io import check_int
 from omni.model.batch import MIN_SHIFT, Batch, Segment, pack, shift_t
 from omni.unroll.format import BLOCKS, VIEW_TAGS, Format
 from omni.world import SPLITS, Example, WorldConfig, sample
-from omni.world.tasks import VQA_THOUGHTS, WORLD_REVISIONS, conclusion_pieces, vqa_conclusion_cut
+from omni.world.tasks import conclusion_pieces, vqa_conclusion_cut
 
 # the context forms of each task; each is a set of context blocks (the first form is the direct one)
 FORMS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -134,17 +134,16 @@ class MixtureConfig:
         if isinstance(self.edit_start, bool) or not isinstance(self.edit_start, numbers.Real) \
                 or not 0.0 < self.edit_start <= 1.0:
             raise ValueError(f"--edit-start must be in (0, 1], got {self.edit_start!r}")
-        try:
-            motions = WorldConfig(pose_motions=self.pose_motions).pose_motions
-        except ValueError as e:
-            raise ValueError(f"--pose-motions: {e}") from None
-        object.__setattr__(self, "pose_motions", motions)  # a tuple, also when read back from JSON
-        if self.vqa_thought not in VQA_THOUGHTS:
-            raise ValueError(f"--vqa-thought must be one of {', '.join(VQA_THOUGHTS)}, got {self.vqa_thought!r}")
-        check_int("--world-revision", self.world_revision, 1)
-        if self.world_revision not in WORLD_REVISIONS:
-            raise ValueError(f"--world-revision must be one of {', '.join(map(str, WORLD_REVISIONS))}, "
-                             f"got {self.world_revision}")
+        # the world's options are checked where the world defines them (WorldConfig), each error under its flag
+        for flag, kw in (("--pose-motions", {"pose_motions": self.pose_motions}),
+                         ("--vqa-thought", {"vqa_thought": self.vqa_thought}),
+                         ("--world-revision", {"revision": self.world_revision})):
+            try:
+                world = WorldConfig(**kw)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{flag}: {e}") from None
+            if flag == "--pose-motions":
+                object.__setattr__(self, "pose_motions", world.pose_motions)  # a tuple, also when read back from JSON
         _check_weights("task weights", self.task_weights, FORMS)
         if not any(self.task_weights.get(t, 0) > 0 for t in FORMS):
             raise ValueError("task weights: at least one task needs a positive weight")
