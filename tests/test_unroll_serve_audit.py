@@ -1,6 +1,7 @@
 """A helper's audit of omni.unroll (engine, trace) and omni.serve (app): each test fails on the code
 before its fix. The random tiny model: the outputs are noise, the plumbing is what is tested."""
 
+import json
 import time
 
 import httpx
@@ -81,6 +82,29 @@ def test_a_traced_depth_map_is_coloured_on_its_finite_pixels(tmp_path):
     write_trace(Result("depth", [], Item("output", "depth", data={"depth": finite}), res.items), tmp_path)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "output.png")),
                           colorize_depth(finite, np.ones_like(finite, dtype=bool)))
+
+
+def test_a_steps_depth_map_is_written_as_the_outputs_and_the_servers_are(tmp_path):
+    """A depth map a (user) primitive adds as a step was dropped by write_trace (Item.to_json leaves arrays
+    out) where the server wrote it: now it is step_<i>_<step>_depth.npy in metres and a coloured .png beside
+    the step's own image, both named in trace.json, and a later trace without it removes them."""
+    from omni.world.export import colorize_depth
+
+    d = np.linspace(1, 5, 8 * 8, dtype=np.float32).reshape(8, 8)
+    img = np.zeros((8, 8, 3), np.float32)
+    steps = [Item("input", "text", text=""), Item("guess", "depth", data={"depth": d}),
+             Item("both", "depth", image=img, data={"depth": d * 2})]
+    tr = json.loads(write_trace(Result("vqa", ["guess", "both"], Item("output", "text", text="a"), steps),
+                                tmp_path).read_text())
+    assert tr["steps"][1]["depth"] == "step_1_guess_depth.npy" and tr["steps"][1]["image"] == "step_1_guess_depth.png"
+    assert np.array_equal(np.load(tmp_path / "step_1_guess_depth.npy"), d)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "step_1_guess_depth.png")),
+                          colorize_depth(d, np.isfinite(d)))
+    assert tr["steps"][2]["image"] == "step_2_both.png" and tr["steps"][2]["depth_image"] == "step_2_both_depth.png"
+    assert np.array_equal(np.load(tmp_path / tr["steps"][2]["depth"]), d * 2)
+    assert not {"depth", "image"} & set(tr["output"])  # a text output writes no file
+    write_trace(Result("vqa", [], Item("output", "text", text="a"), steps[:1]), tmp_path)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["trace.json"]
 
 
 def test_a_trace_writes_a_uint8_image_as_the_server_does(tmp_path):
