@@ -467,9 +467,11 @@ def test_vqa_thought_pieces_name_what_the_thought_states():
 def test_vqa_conclusion_cut_leaves_the_numbers_read_as_context():
     """The cut falls at a piece's start after the step's last number: the numbers stated (x centres,
     distances, counts) lie before it, what they imply after it (left_right's relation, closer's answer);
-    a step without a number is cut at its first word; the focused thought is cut the same way."""
+    a step without a number is cut at its first word; the focused thought is cut the same way, and both on
+    revision 2, whose left_right step ends on its verdict (the relation asked and whether it holds)."""
     kinds = set()
-    for cfg in (WorldConfig(), WorldConfig(vqa_thought="focused")):
+    for cfg in (WorldConfig(), WorldConfig(vqa_thought="focused"), WorldConfig(revision=2),
+                WorldConfig(vqa_thought="focused", revision=2)):
         for ex in sample("vqa", SEEDS[:60], cfg):
             thought = ex.texts["thinking"]
             text, cut = " " + thought.strip(), vqa_conclusion_cut(thought)
@@ -485,7 +487,13 @@ def test_vqa_conclusion_cut_leaves_the_numbers_read_as_context():
             kind = ex.spec["kind"]
             kinds.add(kind)
             if kind == "left_right":
-                assert re.fullmatch(r" so the .+ is (left|right) of the .+\. so the answer is (yes|no)\.", text[cut:])
+                if cfg.revision == 1:
+                    assert re.fullmatch(r" so the .+ is (left|right) of the .+\. so the answer is (yes|no)\.",
+                                        text[cut:])
+                else:
+                    m = re.fullmatch(r" so the .+ is (left|right) of the .+\. the question asks (left|right) of: "
+                                     r"(yes|no)\. so the answer is (yes|no)\.", text[cut:])
+                    assert m and m[3] == m[4] == ex.answer and (m[1] == m[2]) == (ex.answer == "yes")
             if kind == "closer":
                 assert text[cut:] == f" m. so the answer is {ex.answer}."
     assert {"left_right", "closer", "sum", "color_of_shape"} <= kinds
