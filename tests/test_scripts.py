@@ -1,8 +1,10 @@
 """scripts/gpu_lease.sh, the lent GPU's one command, dry-run on the CPU: a lease is 15 minutes, so a
-command that fails on the current code (a renamed option, a file that no longer exists) loses it."""
+command that fails on the current code (a renamed option, a file that no longer exists) loses it. And the
+counting scripts behind figures in the docs (world_skews.py, vqa_relations.py)."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,3 +82,44 @@ def test_world_skews_counts_what_the_world_gives_away():
     for bad in (["--n", "0"], ["--seed-start", "999999990", "--n", "20"], ["--revision", "3"]):
         r = subprocess.run([*run, *bad], capture_output=True, text=True, timeout=600, cwd=ROOT)
         assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_vqa_relations_reads_the_thoughts_numbers(tmp_path):
+    """scripts/vqa_relations.py (docs/experiments.md, "VQA's relation answers"): the world's own thoughts,
+    as if a model wrote them, read every relation right with no error; the same thoughts with the two
+    objects' numbers swapped order none of them right, and their own step no longer follows from them."""
+    from omni.world import WorldConfig, sample
+
+    seeds = range(2_000_000_000, 2_000_000_120)
+    exs = sample("vqa", seeds, WorldConfig(revision=2))
+
+    def swapped(t: str) -> str:  # the x centres, or the distances, of the two objects exchanged
+        m = re.search(r"x (\d+) and the ([a-z ]+) at x (\d+)", t) or re.search(
+            r"about (\d+\.\d) m away and the ([a-z ]+) about (\d+\.\d) m", t)
+        if not m or m[1] == m[3]:
+            return t
+        return t[:m.start(1)] + m[3] + t[m.end(1):m.start(3)] + m[1] + t[m.end(3):]
+
+    def scores(name: str, edit) -> Path:
+        texts = [{"steps": [["think", edit(ex.texts["thinking"])]], "output": ex.answer} for ex in exs]
+        path = tmp_path / name / "vqa_scores.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"task": "vqa", "n": len(exs), "seed_start": seeds[0], "world_revision": 2,
+                                    "texts": {"+thinking": texts}}))
+        return path.parent
+
+    run = [sys.executable, str(ROOT / "scripts" / "vqa_relations.py"), "--json"]
+    r = subprocess.run([*run, str(scores("true", lambda t: t)), str(scores("swapped", swapped))],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    true, swap = json.loads(r.stdout)
+    lr, cl = true["left_right"], true["closer"]
+    assert lr["n"] >= 5 and cl["n"] >= 5
+    assert lr["named"] == lr["relation"] == lr["order"] == lr["step"] == lr["follows"] == lr["n"]
+    assert lr["x_error"] == 0 and lr["x_error_n"] == lr["n"] and lr["x_error_centre"] > 0
+    assert cl["named"] == cl["order"] == cl["follows"] == cl["n"] and cl["m_error"] == 0 and cl["ties"] == 0
+    slr, scl = swap["left_right"], swap["closer"]
+    assert slr["order"] == 0 and slr["step"] == 0 and slr["relation"] == lr["n"] and slr["x_error"] > 0
+    assert scl["order"] == 0 and scl["follows"] == 0 and scl["m_error"] > 0
+    r = subprocess.run([*run, str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode != 0 and "no vqa_scores.json" in r.stderr and "Traceback" not in r.stderr

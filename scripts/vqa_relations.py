@@ -1,0 +1,176 @@
+"""What a model's own VQA thoughts read for the relation questions, counted from an ablation's texts
+(docs/experiments.md, "VQA's relation answers"): is the thought's reading of the image (the x centres of
+"is X left of Y", the distances of "which is closer") right, is its step from those numbers right, and does
+the answer follow it?
+
+    python scripts/vqa_relations.py DIR_OR_vqa_scores.json [...] [--row +thinking] [--json]
+
+Each argument is an `omni ablate vqa --out DIR` folder or its vqa_scores.json; the examples are drawn
+again from the seeds, world revision and vqa thought it records, and the row's thoughts (default
++thinking) are read with the world's own sentences:
+
+- left_right ("is the purple cone left of the blue cylinder?"; the thought "the purple cone is centred at
+  x 9 and the blue cylinder at x 30, so the purple cone is left of the blue cylinder."):
+  `named` the step names the question's two objects (in either order); `relation` the relation it
+  concludes, of the question's first object to its second, is the world's; `order` its two x centres
+  order the objects as the world's do (`ties`: it gives both the same x, which orders nothing); `step` its
+  relation follows from its own two x centres;
+  `follows` the answer is the yes / no its relation implies for the relation asked; `x_error` the mean
+  absolute error of its x centres in pixels where it names both objects, beside `x_error_centre`, that of
+  guessing the image's centre column for both on the same examples;
+- closer ("which is closer to the camera, the X or the Y?"; "the X is about 4.6 m away and the Y about
+  6.1 m."): `named`, `order` (its two distances put the world's nearer object nearer; `ties`: the same
+  distance for both), `follows` (the
+  answer names the object its own distances put nearer), `m_error` and `m_error_mean` (guessing, on
+  the same examples, the mean of the true distances of every closer question's objects).
+
+Counts are of the examples of that kind; a thought that does not state the step in the world's words counts
+as wrong for every item but `named` when it names the objects elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from omni.world import WorldConfig, sample
+
+LR_Q = re.compile(r"is the (.+?) (left|right) of the (.+?)\?")
+LR_STEP = re.compile(r"the ([a-z ]+?) is centred at x (\d+) and the ([a-z ]+?) at x (\d+), so the ([a-z ]+?) is "
+                     r"(left|right) of the ([a-z ]+?)\.")
+CL_Q = re.compile(r"which is closer to the camera, the (.+?) or the (.+?)\?")
+CL_STEP = re.compile(r"the ([a-z ]+?) is about (\d+(?:\.\d+)?) m away and the ([a-z ]+?) about (\d+(?:\.\d+)?) m\.")
+OTHER = {"left": "right", "right": "left"}
+
+
+def _scores_file(p: str) -> Path:
+    path = Path(p)
+    path = path / "vqa_scores.json" if path.is_dir() else path
+    if not path.is_file():
+        raise SystemExit(f"vqa_relations.py: no vqa_scores.json at {p}")
+    return path
+
+
+def _thought(entry: dict | None) -> str:
+    if not entry:
+        return ""
+    return next((t for s, t in entry.get("steps", []) if s == "think"), "") or ""
+
+
+def _left_right(q: str, truth: str, own: str, answer: str) -> dict:
+    a, asked, b = LR_Q.fullmatch(q).groups()
+    t = LR_STEP.search(truth)
+    tx = {t[1]: int(t[2]), t[3]: int(t[4])}
+    true_rel = t[6] if (t[5], t[7]) == (a, b) else OTHER[t[6]]
+    m = LR_STEP.search(own)
+    out = {"named": float(bool(m) and {m[1], m[3]} == {a, b}) if m else float(a in own and b in own),
+           "relation": 0.0, "order": 0.0, "step": 0.0, "follows": 0.0, "ties": 0.0}
+    if not m:
+        return out
+    ox = {m[1]: int(m[2]), m[3]: int(m[4])}
+    if {m[5], m[7]} == {a, b} and m[5] != m[7]:
+        rel = m[6] if (m[5], m[7]) == (a, b) else OTHER[m[6]]
+        out["relation"] = float(rel == true_rel)
+        out["follows"] = float(answer.strip() == ("yes" if rel == asked else "no"))
+    out["ties"] = float(set(ox) == {a, b} and ox[a] == ox[b])
+    if set(ox) == {a, b}:
+        out["x_error"] = float(np.mean([abs(ox[k] - tx[k]) for k in (a, b)]))
+        out["order"] = float(ox[a] != ox[b] and (ox[a] < ox[b]) == (tx[a] < tx[b]))
+    if m[1] != m[3] and m[2] != m[4] and {m[5], m[7]} == {m[1], m[3]} and m[5] != m[7]:
+        left_first = int(m[2]) < int(m[4])  # the first named object lies left of the second by its own numbers
+        says = m[6] if m[5] == m[1] else OTHER[m[6]]
+        out["step"] = float(says == ("left" if left_first else "right"))
+    out["true_x"] = [tx[a], tx[b]]
+    return out
+
+
+def _closer(q: str, truth: str, own: str, answer: str) -> dict:
+    a, b = CL_Q.fullmatch(q).groups()
+    t = CL_STEP.search(truth)
+    td = {t[1]: float(t[2]), t[3]: float(t[4])}
+    m = CL_STEP.search(own)
+    out = {"named": float(bool(m) and {m[1], m[3]} == {a, b}) if m else float(a in own and b in own),
+           "order": 0.0, "follows": 0.0, "ties": 0.0}
+    out["true_m"] = [td[a], td[b]]
+    if not m:
+        return out
+    od = {m[1]: float(m[2]), m[3]: float(m[4])}
+    out["ties"] = float(set(od) == {a, b} and od[a] == od[b])
+    if set(od) == {a, b}:
+        out["m_error"] = float(np.mean([abs(od[k] - td[k]) for k in (a, b)]))
+        if od[a] != od[b]:
+            near = a if od[a] < od[b] else b
+            out["order"] = float((od[a] < od[b]) == (td[a] < td[b]))
+            out["follows"] = float(answer.strip() == near)
+    return out
+
+
+def relations(path: str | Path, row: str = "+thinking") -> dict:
+    """The counts of the module's docstring for one ablation's vqa_scores.json."""
+    d = json.loads(Path(path).read_text())
+    if d.get("task") != "vqa":
+        raise SystemExit(f"vqa_relations.py: {path} is not a vqa ablation (task {d.get('task')!r})")
+    texts = d.get("texts", {}).get(row)
+    if texts is None:
+        raise SystemExit(f"vqa_relations.py: {path} has no texts for row {row!r}; rows: {', '.join(d['texts'])}")
+    world = WorldConfig(revision=d.get("world_revision", 1), vqa_thought=d.get("vqa_thought", "inventory"))
+    exs = sample("vqa", range(d["seed_start"], d["seed_start"] + d["n"]), world)
+    per: dict[str, list[dict]] = {"left_right": [], "closer": []}
+    for ex, entry in zip(exs, texts, strict=True):
+        kind = ex.spec["kind"]
+        if kind in per:
+            fn = _left_right if kind == "left_right" else _closer
+            per[kind].append(fn(ex.texts["question"], ex.texts["thinking"], _thought(entry),
+                                (entry or {}).get("output") or ""))
+    out = {"file": str(path), "row": row, "world_revision": world.revision}
+    for kind, rs in per.items():
+        res = {"n": len(rs)}
+        for k in ("named", "relation", "order", "ties", "step", "follows"):
+            if rs and k in rs[0]:
+                res[k] = int(sum(r[k] for r in rs))
+        err, truth_key, guess = (("x_error", "true_x", "x_error_centre") if kind == "left_right"
+                                 else ("m_error", "true_m", "m_error_mean"))
+        read = [r for r in rs if err in r]  # the guess is scored on the same examples as the thoughts' numbers
+        res[f"{err}_n"] = len(read)
+        res[err] = float(np.mean([r[err] for r in read])) if read else None
+        every = np.array([r[truth_key] for r in rs], dtype=float).reshape(-1, 2)
+        centre = (world.size - 1) / 2 if kind == "left_right" else float(every.mean()) if len(every) else 0.0
+        res[guess] = float(np.abs(np.array([r[truth_key] for r in read]) - centre).mean()) if read else None
+        out[kind] = res
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("paths", nargs="+", help="omni ablate vqa --out folders, or their vqa_scores.json")
+    ap.add_argument("--row", default="+thinking", help="the ablation row whose thoughts are read")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    results = [relations(_scores_file(p), a.row) for p in a.paths]
+    if a.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        lr, cl = r["left_right"], r["closer"]
+        print(f"{r['file']} ({r['row']}, world revision {r['world_revision']})")
+        print(f"  left_right (n {lr['n']}): named {lr['named']}, relation right {lr['relation']}, x order right "
+              f"{lr['order']} (the same x for both {lr['ties']}), step from own x {lr['step']}, answer follows "
+              f"{lr['follows']}; x error {_num(lr['x_error'])} px over {lr['x_error_n']} (the centre column: "
+              f"{_num(lr['x_error_centre'])})")
+        print(f"  closer (n {cl['n']}): named {cl['named']}, distance order right {cl['order']} (the same distance "
+              f"for both {cl['ties']}), answer follows {cl['follows']}; distance error {_num(cl['m_error'])} m over "
+              f"{cl['m_error_n']} (the mean: {_num(cl['m_error_mean'])})")
+    return 0
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
