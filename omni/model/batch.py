@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from omni.tokens.image import RANGE_TOLERANCE
 from omni.tokens.image import patchify as image_patches
 
 from .config import FULL_ATTENTION_KINDS, IMAGE_GEN, IMAGE_IN, PAD, SEGMENT_KINDS, TEXT, VISUAL, OmniConfig
@@ -76,6 +77,9 @@ class Segment:
             # len, not truth: a tensor of ids has no truth value, and tensor([0]) is false (read as "no tokens")
             if self.tokens is None or len(self.tokens) == 0:
                 raise ValueError(f"{self.kind} segment has no tokens")
+            if np.asarray(self.tokens).ndim != 1:  # min() over rows of a 2-D array failed in numpy ("ambiguous")
+                raise ValueError(f"{self.kind} token ids must be one flat sequence, got shape "
+                                 f"{np.asarray(self.tokens).shape}")
             if np.asarray(self.tokens).dtype.kind not in "iu":  # pack casts to int64: 1.7 would become id 1
                 raise ValueError(f"{self.kind} token ids must be integers, got {np.asarray(self.tokens).dtype}")
             hi = cfg.text_vocab if k == TEXT else cfg.codebook_size
@@ -86,6 +90,9 @@ class Segment:
             if self.pixels is None or tuple(self.pixels.shape) != (s, s, 3):
                 got = None if self.pixels is None else tuple(self.pixels.shape)
                 raise ValueError(f"image_in segment needs pixels of shape ({s}, {s}, 3), got {got}")
+            _check_unit("image_in pixels", self.pixels)
+            if self.pair is not None:
+                _check_unit("image_in pair", self.pair)
             if self.depth is not None and tuple(self.depth.shape) != (s, s):
                 raise ValueError(f"image_in depth must be ({s}, {s}), got {tuple(self.depth.shape)}")
             if self.depth_valid is not None and tuple(self.depth_valid.shape) != (s, s):
@@ -99,15 +106,42 @@ class Segment:
             if self.latents is None or tuple(self.latents.shape) != (n, cfg.latent_dim):
                 got = None if self.latents is None else tuple(self.latents.shape)
                 raise ValueError(f"{self.kind} segment needs latents of shape ({n}, {cfg.latent_dim}), got {got}")
+            _check_finite(f"{self.kind} latents", self.latents)
             if k == IMAGE_GEN and not 0.0 <= self.t <= 1.0:
                 raise ValueError(f"image_gen noise level t must lie in [0, 1], got {self.t}")
             if k == IMAGE_GEN and self.noise is not None and tuple(self.noise.shape) != (n, cfg.latent_dim):
                 # it would broadcast against the latents: a wrong x_t and flow target, no error
                 raise ValueError(f"image_gen noise must be latents of shape ({n}, {cfg.latent_dim}), got "
                                  f"{tuple(self.noise.shape)}")
+            if k == IMAGE_GEN and self.noise is not None:
+                _check_finite("image_gen noise", self.noise)
             if self.source is not None and (k != IMAGE_GEN or tuple(self.source.shape) != (n, cfg.latent_dim)):
                 raise ValueError(f"a source is given to image_gen segments only, as latents of shape "
                                  f"({n}, {cfg.latent_dim}); got {tuple(self.source.shape)} on {self.kind}")
+            if self.source is not None:
+                _check_finite("image_gen source", self.source)
+
+
+def _check_finite(name: str, x) -> None:
+    """ValueError unless x is a tensor of finite values: NaN latents made every later token's hidden
+    state NaN (read by argmax as token 0) without a word; a numpy array failed inside pack."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} hold NaN or infinite values")
+
+
+def _check_unit(name: str, x) -> None:
+    """ValueError unless x is a float tensor of pixels in [0, 1] (RANGE_TOLERANCE): uint8 or 0..255
+    pixels were cast to floats far brighter than white, NaN ones passed, a numpy array failed in pack."""
+    _check_finite(name, x)
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be float in [0, 1], got dtype {x.dtype} (uint8? divide by 255)")
+    if x.numel():
+        lo, hi = (float(v) for v in x.detach().aminmax())
+        if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+            hint = " (0..255? divide by 255)" if hi > 1.5 else ""
+            raise ValueError(f"{name} must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]{hint}")
 
 
 @dataclass

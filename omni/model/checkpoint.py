@@ -38,12 +38,19 @@ def save_pretrained(model: OmniModel, directory: str | Path, dtype: str = "float
     if reserved:  # they would overwrite what config.json says of the weights: a checkpoint that fails to load
         raise ValueError(f"meta must not set {', '.join(map(repr, reserved))}: save_pretrained writes "
                          f"{', '.join(RESERVED_META)} itself")
+    source = model.state_dict() if state is None else state
+    state = {k: v.detach().to(DTYPES[dtype]).contiguous().cpu() for k, v in source.items()}
+    # a weight beyond the dtype's range (float16: 65504) became inf, written without a word; loading it
+    # then failed as "NaN or inf (a diverged run?)". Checked before anything in the directory is touched
+    over = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()
+            and torch.isfinite(source[k]).all()]
+    if over:
+        raise ValueError(f"weights do not fit {dtype} (values beyond its range would be saved as inf): "
+                         f"{over[:5]}; save as float32 or bfloat16")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     for old in list(d.glob("model-*-of-*.safetensors")) + [d / "model.safetensors.index.json"]:
         old.unlink(missing_ok=True)
-    state = {k: v.detach().to(DTYPES[dtype]).contiguous().cpu()
-             for k, v in (model.state_dict() if state is None else state).items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size, limit = 0, int(max_shard_mb * 2**20)
     for k, v in state.items():

@@ -12,6 +12,7 @@ guidance interval, v_c elsewhere. The Euler grid is uniform in t, or shifted tow
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -24,13 +25,30 @@ from .config import EXPERT_OF_KIND, TEXT, VISUAL
 from .transformer import OmniModel, decode_step, decode_weights, extend
 
 
+def check_sampling(temperature, top_k) -> None:
+    """ValueError unless temperature is a number >= 0 (0: argmax) and top_k an integer >= 0 (0: no top-k)."""
+    try:
+        t = None if isinstance(temperature, (str, bytes, bool)) else float(temperature)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several numbers
+        t = None
+    # NaN: neither argmax nor sampling (multinomial fails on NaN probabilities); a negative one was read
+    # as 0 (argmax) without a word, where a sampler was asked for
+    if t is None or not t >= 0:
+        raise ValueError(f"temperature must be a number >= 0 (0: argmax), got {temperature!r}")
+    # torch's topk would say only "selected index k out of range", or reject a float k deep inside
+    check_int("top_k", top_k, 0)
+
+
 def choose(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Token ids (rows,) from logits (rows, V): argmax at temperature 0, else sampled."""
-    if temperature != temperature:  # NaN: neither argmax nor sampling (multinomial fails on NaN probabilities)
-        raise ValueError(f"temperature must be a number (0: argmax), got {temperature}")
-    if top_k < 0:  # torch's topk would say only "selected index k out of range"
-        raise ValueError(f"top_k must be >= 0 (0: no top-k), got {top_k}")
+    check_sampling(temperature, top_k)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] == 0:
+        # 1-D logits gave a 0-d id at temperature 0 and an IndexError otherwise
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a tensor (rows, V) with V >= 1, got {got}")
+    if torch.isnan(logits).any():  # argmax and multinomial both read NaN as a choice (token 0, say), silently
+        raise ValueError("logits hold NaN (NaN weights or inputs upstream?)")
     if temperature <= 0:
         return logits.argmax(-1)
     lg = logits / temperature
@@ -59,6 +77,13 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
     if kind not in ("text", "visual"):
         raise ValueError(f"can only generate text or visual tokens, not {kind!r}")
     check_int("max_new", max_new, 0)
+    check_sampling(temperature, top_k)  # before any step, not at the first token's choice
+    try:  # a single id (stop=eos) failed after the first step ("argument of type 'int' is not iterable")
+        if isinstance(stop, (str, bytes)):
+            raise TypeError
+        stop = {operator.index(i) for i in stop}
+    except TypeError:
+        raise ValueError(f"stop must be a collection of integer token ids (e.g. [eos]), got {stop!r}") from None
     room = cache.max_len - cache.length
     if max_new > room:  # each token joins the cache: a full cache midway stopped the run and lost what it made
         raise ValueError(f"KV cache full: max_new {max_new} tokens may not fit ({cache.length} of {cache.max_len} "
@@ -119,6 +144,9 @@ def sample_latents(model: OmniModel, cache: KVCache | None, steps: int = 20, cfg
         raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
     if noise is not None and tuple(noise.shape) != (rows, n, cfg.latent_dim):
         raise ValueError(f"noise must be ({rows}, {n}, {cfg.latent_dim}), got {tuple(noise.shape)}")
+    for name, v in (("noise", noise), ("source", source)):  # NaN in either made every latent NaN, silently
+        if v is not None and not torch.isfinite(v).all():
+            raise ValueError(f"{name} latents hold NaN or infinite values")
     x = (torch.randn((rows, n, cfg.latent_dim), generator=generator) if noise is None else noise.clone()).to(device)
     if not flow_shift >= MIN_SHIFT:
         raise ValueError(f"flow_shift must be >= {MIN_SHIFT:g}, got {flow_shift}")

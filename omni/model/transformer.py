@@ -465,6 +465,11 @@ def extend(model: OmniModel, cache, segments, store: bool = True) -> tuple[torch
     context; with store=True they join the cache. Returns their final hidden states and batch."""
     if segments and isinstance(segments[0], Segment):
         segments = [segments]
+    if store and any(isinstance(s, Segment) and s.kind == "image_gen" for row in segments for s in row):
+        # its keys would join the cache, where every later token sees them: one encoding of the same
+        # context hides a generated image from every later segment (attention_mask)
+        raise ValueError("an image_gen segment cannot be stored in the KV cache (later tokens would see its noisy "
+                         "latents): run it with store=False, then cache.advance() past its position")
     if cache.recompute:  # the no-reuse baseline (RecomputingCache): encode the whole context first
         cache.refill(model)
     device = cache.check_device(model)
@@ -545,8 +550,12 @@ def decode_step(model: OmniModel, cache, ids: torch.Tensor, kind: int,
     e = EXPERT_OF_KIND[kind]
     # what pack checks of a segment's ids: another count failed in a reshape ("shape ... is invalid"), and a
     # text id past the text vocabulary silently embedded a visual code (and a visual one a text token)
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"decode_step takes its ids as a tensor of shape ({rows},), got {type(ids).__name__}")
     if tuple(ids.shape) != (rows,):
         raise ValueError(f"decode_step takes one id per cache row: ids of shape ({rows},), got {tuple(ids.shape)}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:  # .long() made 5.7 id 5, True id 1
+        raise ValueError(f"decode_step takes integer token ids, got dtype {ids.dtype}")
     hi = cfg.text_vocab if kind == TEXT else cfg.codebook_size
     if rows and not (int(ids.min()) >= 0 and int(ids.max()) < hi):
         raise ValueError(f"{'text' if kind == TEXT else 'visual'} token ids must lie in [0, {hi}), got {ids.tolist()}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -29,8 +31,16 @@ def as_unit_rgb(image, name: str = "image", dtype=np.float32) -> np.ndarray:
     return a
 
 
+def _check_patch(patch) -> None:
+    """ValueError unless the patch size is a positive integer: 0 failed with "integer modulo by zero", a
+    negative one inside reshape, 2.0 in reshape's argument parsing."""
+    if isinstance(patch, bool) or not isinstance(patch, numbers.Integral) or patch < 1:
+        raise ValueError(f"patch must be a positive integer, got {patch!r}")
+
+
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, H, W, C) -> (B, N, p*p*C); each token holds a p x p patch, row-major, channels last."""
+    _check_patch(patch)
     if images.ndim != 4:
         raise ValueError(f"images must be (B, H, W, C), got shape {tuple(images.shape)}")
     B, H, W, C = images.shape
@@ -42,6 +52,7 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
 
 def unpatchify(tokens: torch.Tensor, patch: int, height: int, width: int) -> torch.Tensor:
     """(B, N, p*p*C) -> (B, H, W, C), the inverse of patchify."""
+    _check_patch(patch)
     if tokens.ndim != 3:
         raise ValueError(f"tokens must be (B, N, D), got shape {tuple(tokens.shape)}")
     B, N, D = tokens.shape
