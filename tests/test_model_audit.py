@@ -197,3 +197,30 @@ def test_save_pretrained_refuses_weights_beyond_float16(tmp_path):
     assert torch.equal(from_pretrained(tmp_path, with_tokenizers=False).tok_emb.weight, ref)
     save_pretrained(m, tmp_path, dtype="bfloat16")  # in range there
     assert from_pretrained(tmp_path, with_tokenizers=False).tok_emb.weight[0, 0] == 2.0 ** 20
+
+
+def test_generate_tokens_continues_a_visual_block_at_its_cell():
+    """generate_tokens numbered its visual codes' grid cells from 0 whatever the cache held, so continuing
+    a <vis> block whose first codes were encoded already put the new codes in the wrong cells on a
+    visual_cells model (the helper's audit found it). cell0 says where the block stands: the cache then
+    agrees with encoding the whole block in one segment."""
+    torch.manual_seed(0)
+    m = OmniModel(OmniConfig(**SMALL, visual_cells=True)).eval()
+    with torch.no_grad():
+        m.cell_vis.normal_(std=0.5)  # cells that matter
+    head = [Segment("text", [5, 7]), Segment("visual", [1, 2, 3])]
+    c = KVCache(m.cfg)
+    extend(m, c, head)
+    got = generate_tokens(m, c, 2, kind="visual", cell0=3)[0]
+    whole = KVCache(m.cfg)
+    extend(m, whole, [Segment("text", [5, 7]), Segment("visual", [1, 2, 3, *got])])  # both codes joined the cache
+    assert c.length == whole.length and torch.allclose(c.last_hidden, whole.last_hidden, atol=1e-5)
+    c0 = KVCache(m.cfg)
+    extend(m, c0, head)
+    generate_tokens(m, c0, 2, kind="visual")  # cell 0, as before: another state
+    assert not torch.allclose(c0.last_hidden, whole.last_hidden, atol=1e-3)
+    for bad, needle in ((-1, "cell0 must be >= 0"), (1.5, "cell0 must be an integer")):
+        with pytest.raises(ValueError, match=needle):
+            generate_tokens(m, c, 1, kind="visual", cell0=bad)
+    with pytest.raises(ValueError, match="text has none"):
+        generate_tokens(m, c, 1, cell0=2)

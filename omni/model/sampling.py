@@ -67,16 +67,20 @@ def choose(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
 @torch.no_grad()
 def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = "text", temperature: float = 0.0,
                     top_k: int = 0, stop: Sequence[int] = (),
-                    generator: torch.Generator | None = None) -> list[list[int]]:
+                    generator: torch.Generator | None = None, cell0: int = 0) -> list[list[int]]:
     """Continue every cache row with up to max_new tokens of `kind` ("text" ids or "visual" code
     ids), stopping a row at a stop token (kept, the row then pads with it). Rows run in step.
-    Visual code j goes to grid cell j (see Segment.cell0)."""
+    The j-th visual code generated goes to grid cell cell0 + j (see Segment.cell0): cell0 0 starts a
+    <vis> block, cell0 k continues one whose first k codes are in the cache already."""
     if cache.last_hidden is None:
         raise ValueError("the cache is empty: encode a prompt first")
     cfg = model.cfg
     if kind not in ("text", "visual"):
         raise ValueError(f"can only generate text or visual tokens, not {kind!r}")
     check_int("max_new", max_new, 0)
+    check_int("cell0", cell0, 0)
+    if kind == "text" and cell0:
+        raise ValueError(f"cell0 places visual codes in their grid; text has none, got cell0={cell0}")
     check_sampling(temperature, top_k)  # before any step, not at the first token's choice
     try:  # a single id (stop=eos) failed after the first step ("argument of type 'int' is not iterable")
         if isinstance(stop, (str, bytes)):
@@ -104,7 +108,7 @@ def generate_tokens(model: OmniModel, cache: KVCache, max_new: int, kind: str = 
                 done[r] = i in stop
         if all(done):
             break
-        decode_step(model, cache, torch.tensor(ids), code, weights, cell=j)
+        decode_step(model, cache, torch.tensor(ids), code, weights, cell=cell0 + j)
     return out
 
 
