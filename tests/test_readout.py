@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -8,7 +9,16 @@ import torch
 from test_context_use import tiny
 from typer.testing import CliRunner
 
-from omni.eval.readout import CLASSES, _patch_labels, collect, fit_probe, readout, readout_markdown
+from omni.eval.readout import (
+    CLASSES,
+    X_TARGET,
+    _patch_labels,
+    _x_targets,
+    collect,
+    fit_probe,
+    readout,
+    readout_markdown,
+)
 from omni.tokens.image import patchify
 from omni.world import sample
 from omni.world.render import ID_GROUND, ID_SKY
@@ -62,6 +72,28 @@ def test_collect_keeps_every_layer_at_the_image_and_the_listed_words():
     swapped = collect(m, seeds, batch=3, other_image=True)
     assert torch.equal(swapped["colour"]["y"], d["colour"]["y"])
     assert torch.allclose(swapped["patch"]["pixels"], torch.roll(pix, -64, 0))
+
+
+def test_collect_reads_the_relation_steps_x_centres():
+    """The left_right step's x centres ("centred at x 9 and the blue cylinder at x 30"): one label per
+    number, its patch column, in the step's order; the LM head's first digit is a rate; the attention at
+    the token that predicts the first digit names the object the number belongs to."""
+    m = tiny()
+    seeds = [1_000_000_013, 1_000_000_016, 1_000_000_020, 1_000_000_025]  # three left_right questions
+    exs = sample("vqa", seeds)
+    d = collect(m, seeds, batch=3, attention=True)[X_TARGET]
+    xs = [int(v) for ex in exs if ex.spec["kind"] == "left_right"
+          for v in re.findall(r"at x (\d+)", ex.texts["thinking"])]
+    assert len(xs) == 6 and d["y"].tolist() == [min(x // 4, 7) for x in xs]
+    assert d["x"].shape == (6, m.cfg.n_layers + 1, m.cfg.d_model) and d["lm"].shape == (6,)
+    assert d["object mass"].shape == (6, m.cfg.n_layers) and d["object share"].max() > 0
+    for i, ex in enumerate(ex for ex in exs if ex.spec["kind"] == "left_right"):
+        (x1, k1), (x2, k2) = _x_targets(ex)
+        objs = ex.scenes[ex.views["image"].scene].objects
+        named = re.search(r"the ([a-z ]+?) is centred at x \d+ and the ([a-z ]+?) at x", ex.texts["thinking"])
+        assert (objs[k1].name, objs[k2].name) == (named[1], named[2]) and [x1, x2] == xs[2 * i:2 * i + 2]
+    assert _x_targets(next(ex for ex in exs if ex.spec["kind"] != "left_right")) == []
+    assert collect(m, seeds, batch=3, other_image=True)[X_TARGET]["y"].tolist() == d["y"].tolist()
 
 
 def test_fit_probe_separates_what_a_linear_map_can():

@@ -17,6 +17,10 @@ held-out seeds:
   restricted to the words of that kind, is the reference (it is a linear readout of the last layer),
   and so is the same probe with another example's image in place of the example's own (the text
   unchanged): what the probe reads without the image is a text prior;
+- the relation step's x centres ("the purple cone is centred at x 9 and the blue cylinder at x 30"):
+  at the token that predicts each number's first digit, the patch column the named object's x centre
+  lies in ("x column"); the LM head's reference is its first digit (digits are tokens of their own,
+  so "3" begins 3 and 30 alike);
 - where the thought's tokens look: each layer's attention at those tokens, recomputed from the
   layer's input, its mass on the image and the share of that on the patches of the object whose
   word comes next (against the object's share of the image: looking everywhere alike), over the
@@ -27,6 +31,7 @@ held-out seeds:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,10 +54,24 @@ from .run import eval_world
 
 PATCH_TARGETS = ("patch object", "patch colour", "patch shape", "patch size")
 TEXT_TARGETS = ("count", "size", "colour", "shape", "position")  # vqa_thought_pieces' names
+X_TARGET = "x column"  # the left_right step's x centres, by the patch column they lie in
 POSITIONS = ("on the left", "in the center", "on the right")
 CLASSES = {"patch object": ("background", "object"), "patch colour": COLORS, "patch shape": SHAPES,
            "patch size": SIZES, "size": SIZES, "colour": COLORS, "shape": SHAPES, "position": POSITIONS,
            "count": tuple(str(k) for k in range(1, 11))}
+STEP_X = re.compile(r"the ([a-z ]+?) is centred at x (\d+) and the ([a-z ]+?) at x (\d+),")
+
+
+def _x_targets(ex) -> list[tuple[int, int]]:
+    """A left_right example's two stated x centres, in the step's order, each with the index of the object
+    it belongs to (-1 where the name is not one object's), from its true thought; [] for other questions."""
+    m = STEP_X.search(ex.texts["thinking"]) if ex.spec.get("kind") == "left_right" else None
+    if not m:
+        return []
+    names: dict[str, list[int]] = {}
+    for st in ex.stats("image"):
+        names.setdefault(st.obj.name, []).append(st.index)
+    return [(int(m[j + 1]), names[m[j]][0] if len(names.get(m[j], [])) == 1 else -1) for j in (1, 3)]
 
 
 def _patch_labels(ex, patch: int) -> np.ndarray:
@@ -134,7 +153,8 @@ def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image:
     words = {name: [w.tok.encode(" " + c)[-1] for c in CLASSES[name]] for name in TEXT_TARGETS}
     text_keys = ("x", "y", "lm", "image mass", "object mass", "object mass by head", "object share")
     feats: dict[str, dict[str, list]] = {"patch": {"x": [], "pixels": [], "y": []},
-                                         **{name: {k: [] for k in text_keys} for name in TEXT_TARGETS}}
+                                         **{name: {k: [] for k in text_keys} for name in (*TEXT_TARGETS, X_TARGET)}}
+    digits = [w.tok.encode(str(k))[-1] for k in range(10)]
     try:
         for lo in range(0, len(exs), batch):
             chunk = exs[lo:lo + batch]
@@ -165,6 +185,8 @@ def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image:
                 feats["patch"]["y"].append(torch.from_numpy(labels))
                 loss_at = (torch.nonzero(b.target[row, span] >= 0).squeeze(1) + start).cpu()
                 n_listed = dict.fromkeys(TEXT_TARGETS, 0)
+                xs = _x_targets(chunk[i])  # the step's x centres, in order (left_right only)
+                prev = ""
                 k = 0
                 for size, what in spans[i]:
                     p = int(loss_at[k + size - 1])  # the position that predicts the piece's last token
@@ -188,6 +210,25 @@ def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image:
                                 feats[what]["object mass by head"].append(by_head[None])
                                 feats[what]["object share"].append(torch.tensor([float(on.float().mean())]))
                             n_listed[what] += 1
+                    if what == "step" and prev == "x" and xs and size >= 2:  # " 9": " " then the digits
+                        x_c, k_obj = xs.pop(0)
+                        q = int(loss_at[k + 1])  # the position that predicts the number's first digit
+                        f = feats[X_TARGET]
+                        f["x"].append(hs[row, q][None])
+                        f["y"].append(torch.tensor([min(x_c // cfg.patch, cfg.patch_grid - 1)]))
+                        first = model.logits(hN[row, q][None], slice(None))[0, digits].argmax()
+                        f["lm"].append(torch.tensor([int(first) == int(str(x_c)[0])]))
+                        if looks:
+                            heads = _attention_at(qk, row, q, at)
+                            att = heads.mean(1)
+                            f["image mass"].append(att.sum(1)[None])
+                            if k_obj >= 0:
+                                on = torch.from_numpy(labels[:, 0] == k_obj)
+                                f["object mass"].append((att[:, on].sum(1) / att.sum(1).clamp_min(1e-12))[None])
+                                f["object mass by head"].append(
+                                    (heads[:, :, on].sum(2) / heads.sum(2).clamp_min(1e-12))[None])
+                                f["object share"].append(torch.tensor([float(on.float().mean())]))
+                    prev = word
                     k += size
     finally:
         for hk in hooks:
@@ -239,7 +280,7 @@ def _targets(data: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Te
     out = {"patch object": (p["x"], obj.long(), p["pixels"])}
     for j, name in enumerate(("patch colour", "patch shape", "patch size"), start=1):
         out[name] = (p["x"][obj], p["y"][obj, j], p["pixels"][obj])
-    for name in TEXT_TARGETS:
+    for name in (*TEXT_TARGETS, X_TARGET):
         out[name] = (data[name]["x"], data[name]["y"], None)
     return out
 
@@ -278,17 +319,19 @@ def readout(model: OmniModel, n_train: int = 1000, n: int = 500, train_start: in
                  "layers": list(range(layers)), "targets": {}}
     for name, (xtr, ytr, ptr) in train.items():
         xte, yte, pte = test[name]
-        k = len(CLASSES[name])
+        classes = CLASSES.get(name) or tuple(str(c) for c in range(model.cfg.patch_grid))  # the x columns
+        k = len(classes)
         if len(ytr) < 2 or len(yte) < 1:
             continue
         major = int(torch.bincount(ytr, minlength=k).argmax())
-        row = {"n train": len(ytr), "n test": len(yte), "classes": list(CLASSES[name]),
+        row = {"n train": len(ytr), "n test": len(yte), "classes": list(classes),
                "majority": bootstrap_ci((yte == major).float().tolist()),
                "layer": [_probe_scores(xtr[:, li], ytr, xte[:, li], yte, k) for li in range(layers)]}
         if ptr is not None:
             row["pixels"] = _probe_scores(ptr, ytr, pte, yte, k)
         else:
-            row["lm head"] = bootstrap_ci((test_data[name]["lm"] == yte).float().tolist())
+            lm = test_data[name]["lm"]  # the x column's: whether its first digit is right
+            row["lm head"] = bootstrap_ci((lm if name == X_TARGET else lm == yte).float().tolist())
             xo, yo, _ = train_o[name]
             xoe, yoe, _ = test_o[name]
             row["other image"] = [_probe_scores(xo[:, li], yo, xoe[:, li], yoe, k) for li in range(layers)]
