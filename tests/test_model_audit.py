@@ -224,3 +224,20 @@ def test_generate_tokens_continues_a_visual_block_at_its_cell():
             generate_tokens(m, c, 1, kind="visual", cell0=bad)
     with pytest.raises(ValueError, match="text has none"):
         generate_tokens(m, c, 1, cell0=2)
+
+
+def test_a_half_precision_cache_needs_its_autocast():
+    """KVCache(dtype=bfloat16) without torch.autocast failed deep inside attention ("Expected query, key,
+    and value to have the same dtype", the helper's audit); now a ValueError that says what it needs, and
+    under the matching autocast it runs as before."""
+    m = tiny()
+    c = KVCache(m.cfg, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="torch.bfloat16 KV cache holds what the model computes under torch.autocast"):
+        extend(m, c, [Segment("text", [5, 6, 7])])
+    assert c.length == 0
+    with torch.autocast("cpu", dtype=torch.float16), pytest.raises(ValueError, match="without that autocast"):
+        extend(m, c, [Segment("text", [5, 6, 7])])  # another autocast dtype than the cache's
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        extend(m, c, [Segment("text", [5, 6, 7])])
+        ids = generate_tokens(m, c, 2)[0]
+    assert c.length == 5 and len(ids) == 2 and torch.isfinite(c.last_hidden).all()

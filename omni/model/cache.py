@@ -50,6 +50,12 @@ class KVCache:
         if dev != self.k.device:
             raise ValueError(f"the KV cache is on {self.k.device} and the model on {dev}: build the cache on the "
                              "model's device (KVCache(cfg, device=...))")
+        if self.k.dtype != torch.float32 and not (torch.is_autocast_enabled(dev.type)
+                                                  and torch.get_autocast_dtype(dev.type) == self.k.dtype):
+            # its keys met the fp32 queries deep inside attention ("query, key, and value to have the same dtype")
+            raise ValueError(f"a {self.k.dtype} KV cache holds what the model computes under "
+                             f"torch.autocast('{dev.type}', dtype={self.k.dtype}); without that autocast build it in "
+                             "float32 (the default)")
         return dev
 
     def keys_values(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor, store: bool):
