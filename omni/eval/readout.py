@@ -123,6 +123,19 @@ def _attention_at(qk: list[tuple], row: int, p: int, keys: torch.Tensor) -> torc
     return torch.stack(out)
 
 
+def _look(f: dict, heads: torch.Tensor, labels: np.ndarray, k_obj: int | None) -> None:
+    """Where a token looks, from its attention on the image's patches (layers, heads, n_patches): appended
+    to f's "image mass" and, for an object k_obj, the share of that mass on its patches ("object mass",
+    over the heads' mean; "object mass by head") and its patches' share of the image ("object share")."""
+    att = heads.mean(1)
+    f["image mass"].append(att.sum(1)[None])
+    if k_obj is not None:
+        on = torch.from_numpy(labels[:, 0] == k_obj)
+        f["object mass"].append((att[:, on].sum(1) / att.sum(1).clamp_min(1e-12))[None])
+        f["object mass by head"].append((heads[:, :, on].sum(2) / heads.sum(2).clamp_min(1e-12))[None])
+        f["object share"].append(torch.tensor([float(on.float().mean())]))
+
+
 @torch.no_grad()
 def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image: bool = False,
             attention: bool = False, revision: int = 1) -> dict:
@@ -199,16 +212,7 @@ def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image:
                         feats[what]["lm"].append(lm.cpu()[None])
                         if looks:  # where it looks: its object's patches, the image's
                             k_obj = listed[i][n_listed[what]] if what in ("size", "colour", "shape") else None
-                            heads = _attention_at(qk, row, p, at)  # (layers, heads, n_patches)
-                            att = heads.mean(1)
-                            on = torch.from_numpy(labels[:, 0] == k_obj) if k_obj is not None else None
-                            feats[what]["image mass"].append(att.sum(1)[None])
-                            if on is not None:
-                                share = att[:, on].sum(1) / att.sum(1).clamp_min(1e-12)
-                                feats[what]["object mass"].append(share[None])
-                                by_head = heads[:, :, on].sum(2) / heads.sum(2).clamp_min(1e-12)
-                                feats[what]["object mass by head"].append(by_head[None])
-                                feats[what]["object share"].append(torch.tensor([float(on.float().mean())]))
+                            _look(feats[what], _attention_at(qk, row, p, at), labels, k_obj)
                             n_listed[what] += 1
                     if what == "step" and prev == "x" and xs and size >= 2:  # " 9": " " then the digits
                         x_c, k_obj = xs.pop(0)
@@ -219,15 +223,7 @@ def collect(model: OmniModel, seeds: Sequence[int], batch: int = 8, other_image:
                         first = model.logits(hN[row, q][None], slice(None))[0, digits].argmax()
                         f["lm"].append(torch.tensor([int(first) == int(str(x_c)[0])]))
                         if looks:
-                            heads = _attention_at(qk, row, q, at)
-                            att = heads.mean(1)
-                            f["image mass"].append(att.sum(1)[None])
-                            if k_obj >= 0:
-                                on = torch.from_numpy(labels[:, 0] == k_obj)
-                                f["object mass"].append((att[:, on].sum(1) / att.sum(1).clamp_min(1e-12))[None])
-                                f["object mass by head"].append(
-                                    (heads[:, :, on].sum(2) / heads.sum(2).clamp_min(1e-12))[None])
-                                f["object share"].append(torch.tensor([float(on.float().mean())]))
+                            _look(f, _attention_at(qk, row, q, at), labels, k_obj if k_obj >= 0 else None)
                     prev = word
                     k += size
     finally:
