@@ -102,6 +102,11 @@ class Workspace:
         self.cache = cache
 
     def fork(self) -> Workspace:
+        """A workspace with this one's context (its cache's filled prefix copied, its items and record), to
+        run another plan on without touching this one. What forks share is the engine, and with it the
+        engine's random generator: a sampled step in one fork advances it for the next, so a fork's samples
+        depend on what ran before it (`omni ablate` runs its rows in one order, so its tables reproduce;
+        a row run alone draws other noise than in the whole table)."""
         ws = Workspace.__new__(Workspace)
         ws.engine, ws.inputs = self.engine, self.inputs
         ws.cache = self.cache.fork()
