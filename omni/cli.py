@@ -40,6 +40,9 @@ def _world_config(size: int, shapes: str | None, colors: str | None, min_objects
     from omni.world import SceneOptions, WorldConfig
     from omni.world.scene import COLORS, SHAPES
 
+    for option, given in (("--shapes", shapes), ("--colors", colors)):  # "," or "" meant every one, silently
+        if given is not None and not _csv(given):
+            raise ValueError(f"{option} must name at least one, comma-separated (leave it out for all), got {given!r}")
     opts = SceneOptions(shapes=_csv(shapes) or SHAPES, colors=_csv(colors) or COLORS,
                         min_objects=min_objects, max_objects=max_objects)
     return WorldConfig(size=size, scene=opts, shadows=shadows, revision=revision)
@@ -581,6 +584,8 @@ def eval_gradients(
     for k, v in loss_w.items():  # before the model loads
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
             raise ValueError(f"--model: loss weight {k} must be a finite number >= 0, got {v!r}")
+    if batches < 1:  # loss_gradients refused it only after the model loaded
+        raise ValueError(f"--batches must be >= 1, got {batches}")
     m = _load(checkpoint, device)
     for k, v in loss_w.items():
         setattr(m.cfg, k, float(v))

@@ -3,6 +3,7 @@ the type check of a config field read from JSON; the check of a device name."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -53,14 +54,20 @@ def write_json(path: str | Path, data: dict) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    """Write to a temporary file beside `path`, fsync, then rename over it. On any error (a full disk,
+    `path` a directory, an interrupt) the temporary file is removed and what `path` held is kept."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a partial .tmp file was left beside `path`, one per failed write
+        with contextlib.suppress(OSError):  # never hide the error that got here
+            tmp.unlink()
+        raise
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

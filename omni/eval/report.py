@@ -141,6 +141,10 @@ def compare_outputs(outputs: Mapping[str, Mapping]) -> dict[str, AblationTable]:
             if mine != theirs:
                 raise ValueError(f"{name}: {key} {mine!r} differs from the first output's {theirs!r}; compare "
                                  "needs the same task on the same examples")
+        seeds = out.get("sampling_seeds")  # a number or a list of lists was a TypeError traceback below
+        if seeds is not None and (not isinstance(seeds, list) or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+            raise ValueError(f"{name}: sampling_seeds must be a list of integers, got {seeds!r}")
         if isinstance(out.get("rows"), Mapping) != isinstance(first.get("rows"), Mapping):
             raise ValueError(f"{name}: compare needs outputs of one kind: `omni eval --json` outputs "
                              f"or `omni ablate` <task>_scores.json files, not both")
@@ -181,9 +185,16 @@ def ablation_table(rows: Mapping[str, Sequence[float]], title: str = "ablation",
     base = arrays[names[0]]
     out = []
     for k in names:
-        ci = bootstrap_ci(arrays[k], n=n_boot, seed=seed)
-        d = bootstrap_ci(arrays[k] - base, n=n_boot, seed=seed)
-        out.append(Row(k, ci["mean"], ci["lo"], ci["hi"], d["mean"], d["lo"], d["hi"]))
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, in one line
+            diff = arrays[k] - base
+            ci = bootstrap_ci(arrays[k], n=n_boot, seed=seed)
+            d = bootstrap_ci(diff, n=n_boot, seed=seed) if np.isfinite(diff).all() else {"mean": math.inf}
+        row = Row(k, ci["mean"], ci["lo"], ci["hi"], d["mean"], d.get("lo", math.inf), d.get("hi", math.inf))
+        if not all(map(math.isfinite, (row.mean, row.lo, row.hi, row.delta, row.delta_lo, row.delta_hi))):
+            # finite scores whose sum overflows (1e308s) wrote nan and inf into the Markdown and JSON
+            raise ValueError(f"row {k!r}: its scores are too large to average or subtract (mean {row.mean}, "
+                             f"Δ {row.delta}); the table would show NaN or inf")
+        out.append(row)
     return AblationTable(title, metric, n, out, higher_is_better, list(notes))
 
 
@@ -192,7 +203,10 @@ def read_log(log_path: str | Path) -> dict[int, dict]:
     lines are skipped, and so is a last line cut off mid-write (the log of a run still going); any
     other bad line is a ValueError naming the file and line. No entries at all is an error too."""
     path = Path(log_path)
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as e:  # the error named neither the file nor what it was
+        raise ValueError(f"{path}: not a text log ({e})") from None
     rows: dict[int, dict] = {}
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -203,6 +217,8 @@ def read_log(log_path: str | Path) -> dict[int, dict]:
             if i == len(lines):
                 break  # being written
             raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e:  # an integer of > 4300 digits; nesting too deep (a traceback)
+            raise ValueError(f"{path}:{i}: not JSON ({type(e).__name__}: {e})") from None
         step = m.get("step") if isinstance(m, dict) else None
         if isinstance(step, bool) or not isinstance(step, int):
             raise ValueError(f"{path}:{i}: an entry needs an integer 'step', got {line[:80]!r}")
