@@ -649,8 +649,8 @@ def eval_compare(
     from omni.eval.report import compare_outputs
     from omni.io import read_json
 
-    labels = list(_csv(names)) if names else [str(p) for p in outputs]
-    if not names and len(set(labels)) != len(labels):
+    labels = list(_csv(names)) if names is not None else [str(p) for p in outputs]  # "" names none: refused below
+    if names is None and len(set(labels)) != len(labels):
         raise ValueError(f"a file is named twice: {', '.join(outputs)} (compare different outputs)")
     if len(labels) != len(outputs) or len(set(labels)) != len(labels):
         raise ValueError(f"--names must give {len(outputs)} distinct names, got {names!r}")

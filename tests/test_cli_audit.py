@@ -113,3 +113,26 @@ def test_curves_name_a_log_that_is_not_text(tmp_path):
     log.write_bytes(b"\x00\xff\xfe\x80 binary")
     r = invoke("eval", "curves", "--log", log, "--out", tmp_path / "c.png")
     one_line_error(r, "events.out.tfevents: not a text log")
+
+
+def test_compare_refuses_an_empty_names_list(tmp_path):
+    """`omni eval compare a b --names ""` fell back to the file names without a word."""
+    base = {"task": "vqa", "n": 3, "seed_start": 2_000_000_000, "scores": {"accuracy": [1, 0, 1]}}
+    for f in ("a", "b"):
+        (tmp_path / f"{f}.json").write_text(json.dumps(base))
+    r = invoke("eval", "compare", tmp_path / "a.json", tmp_path / "b.json", "--names", "")
+    one_line_error(r, "--names must give 2 distinct names")
+    assert invoke("eval", "compare", tmp_path / "a.json", tmp_path / "b.json", "--names", "x,y").exit_code == 0
+
+
+def test_a_metric_name_with_a_bar_keeps_the_tables_columns(tmp_path):
+    """A metric named "x|y" (a hand-made key) split the Markdown header into an extra column; row names were
+    escaped already. The table is written whole (atomically) and reads back the same."""
+    from omni.eval.report import ablation_table
+
+    t = ablation_table({"a": [1.0, 0.0], "b": [0.0, 1.0]}, metric="x|y")
+    header = t.markdown().splitlines()[2]
+    assert header.count("|") - header.count("\\|") == 6  # five columns
+    paths = t.save(tmp_path, "t")
+    assert paths["md"].read_text() == t.markdown() and json.loads(paths["json"].read_text()) == t.to_json()
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]

@@ -49,7 +49,7 @@ class AblationTable:
         f = f"{{:.{max(digits - 2, 1) if scale == 100 else digits}f}}"
         lines = [f"**{self.title}** — {self.metric}, n = {self.n} examples per row, "
                  f"95% bootstrap intervals ({'higher' if self.higher_is_better else 'lower'} is better)", "",
-                 f"| row | {self.metric} | 95% CI | Δ vs {_cell(self.rows[0].name)} | Δ 95% CI |",
+                 f"| row | {_cell(self.metric)} | 95% CI | Δ vs {_cell(self.rows[0].name)} | Δ 95% CI |",
                  "|---|---|---|---|---|"]
         for i, r in enumerate(self.rows):
             ci = f"[{f.format(r.lo * scale)}, {f.format(r.hi * scale)}]"
@@ -88,8 +88,10 @@ class AblationTable:
         """Write <stem>.md, <stem>.json and <stem>.png into out_dir."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{stem}.md").write_text(self.markdown())
-        (out / f"{stem}.json").write_text(json.dumps(self.to_json(), indent=2))
+        from omni.io import atomic_write_bytes  # a run stopped mid-write left a cut-off table
+
+        atomic_write_bytes(out / f"{stem}.md", self.markdown().encode())
+        atomic_write_bytes(out / f"{stem}.json", json.dumps(self.to_json(), indent=2).encode())
         return {"md": out / f"{stem}.md", "json": out / f"{stem}.json", "png": self.plot(out / f"{stem}.png")}
 
 
