@@ -83,10 +83,15 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: corrupt or truncated safetensors file ({e})") from None
 
 
+def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors holding NaN or inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def check_finite(state: dict[str, torch.Tensor], where) -> None:
     """ValueError naming `where` and the tensors holding NaN or inf: weights a diverged run wrote load
     without complaint and answer with NaN hidden states (argmax reads them as token 0)."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite(state)
     if bad:
         raise ValueError(f"{where}: {len(bad)} tensor(s) hold NaN or inf (a diverged run?), e.g. {bad[:3]}")
 

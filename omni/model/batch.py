@@ -77,11 +77,11 @@ class Segment:
             # len, not truth: a tensor of ids has no truth value, and tensor([0]) is false (read as "no tokens")
             if self.tokens is None or len(self.tokens) == 0:
                 raise ValueError(f"{self.kind} segment has no tokens")
-            if np.asarray(self.tokens).ndim != 1:  # min() over rows of a 2-D array failed in numpy ("ambiguous")
-                raise ValueError(f"{self.kind} token ids must be one flat sequence, got shape "
-                                 f"{np.asarray(self.tokens).shape}")
-            if np.asarray(self.tokens).dtype.kind not in "iu":  # pack casts to int64: 1.7 would become id 1
-                raise ValueError(f"{self.kind} token ids must be integers, got {np.asarray(self.tokens).dtype}")
+            ids = np.asarray(self.tokens)
+            if ids.ndim != 1:  # min() over rows of a 2-D array failed in numpy ("ambiguous")
+                raise ValueError(f"{self.kind} token ids must be one flat sequence, got shape {ids.shape}")
+            if ids.dtype.kind not in "iu":  # pack casts to int64: 1.7 would become id 1
+                raise ValueError(f"{self.kind} token ids must be integers, got {ids.dtype}")
             hi = cfg.text_vocab if k == TEXT else cfg.codebook_size
             if min(self.tokens) < 0 or max(self.tokens) >= hi:
                 raise ValueError(f"{self.kind} token ids must lie in [0, {hi})")

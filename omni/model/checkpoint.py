@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from omni.io import check_device, check_finite, read_json, read_safetensors, save_safetensors, write_json
+from omni.io import check_device, check_finite, non_finite, read_json, read_safetensors, save_safetensors, write_json
 from omni.tokens.visual import VisualTokenizer
 
 from .config import OmniConfig
@@ -42,8 +42,7 @@ def save_pretrained(model: OmniModel, directory: str | Path, dtype: str = "float
     state = {k: v.detach().to(DTYPES[dtype]).contiguous().cpu() for k, v in source.items()}
     # a weight beyond the dtype's range (float16: 65504) became inf, written without a word; loading it
     # then failed as "NaN or inf (a diverged run?)". Checked before anything in the directory is touched
-    over = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()
-            and torch.isfinite(source[k]).all()]
+    over = [k for k in non_finite(state) if torch.isfinite(source[k]).all()]
     if over:
         raise ValueError(f"weights do not fit {dtype} (values beyond its range would be saved as inf): "
                          f"{over[:5]}; save as float32 or bfloat16")
