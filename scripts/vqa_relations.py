@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from omni.world import WorldConfig, sample
+from omni.world.tasks import LEFT_RIGHT_X
 
 LR_Q = re.compile(r"is the (.+?) (left|right) of the (.+?)\?")
-LR_STEP = re.compile(r"the ([a-z ]+?) is centred at x (\d+) and the ([a-z ]+?) at x (\d+), so the ([a-z ]+?) is "
-                     r"(left|right) of the ([a-z ]+?)\.")
+LR_STEP = re.compile(LEFT_RIGHT_X.pattern + r" so the ([a-z ]+?) is (left|right) of the ([a-z ]+?)\.")
 CL_Q = re.compile(r"which is closer to the camera, the (.+?) or the (.+?)\?")
 CL_STEP = re.compile(r"the ([a-z ]+?) is about (\d+(?:\.\d+)?) m away and the ([a-z ]+?) about (\d+(?:\.\d+)?) m\.")
 OTHER = {"left": "right", "right": "left"}

@@ -31,7 +31,6 @@ held-out seeds:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,7 +45,7 @@ from omni.world import language as L
 from omni.world import sample
 from omni.world.render import ID_GROUND, ID_SKY
 from omni.world.scene import COLORS, SHAPES, SIZES
-from omni.world.tasks import split_of_range
+from omni.world.tasks import LEFT_RIGHT_X, split_of_range
 
 from .context_use import _vqa_thought_sequence
 from .metrics import bootstrap_ci
@@ -59,13 +58,12 @@ POSITIONS = ("on the left", "in the center", "on the right")
 CLASSES = {"patch object": ("background", "object"), "patch colour": COLORS, "patch shape": SHAPES,
            "patch size": SIZES, "size": SIZES, "colour": COLORS, "shape": SHAPES, "position": POSITIONS,
            "count": tuple(str(k) for k in range(1, 11))}
-STEP_X = re.compile(r"the ([a-z ]+?) is centred at x (\d+) and the ([a-z ]+?) at x (\d+),")
 
 
 def _x_targets(ex) -> list[tuple[int, int]]:
     """A left_right example's two stated x centres, in the step's order, each with the index of the object
     it belongs to (-1 where the name is not one object's), from its true thought; [] for other questions."""
-    m = STEP_X.search(ex.texts["thinking"]) if ex.spec.get("kind") == "left_right" else None
+    m = LEFT_RIGHT_X.search(ex.texts["thinking"]) if ex.spec.get("kind") == "left_right" else None
     if not m:
         return []
     names: dict[str, list[int]] = {}

@@ -278,6 +278,9 @@ _VQA_CLOSING = re.compile(r"( so the answer is)( [^.]+)(\.)")
 # the step's words, by what they name (`vqa_thought_pieces`)
 VQA_STEP_PARTS = ("step", "step colour", "step shape", "step relation", "step verdict")
 VQA_PIECES = ("count", "size", "colour", "shape", "position", *VQA_STEP_PARTS, "answer")
+# left_right's step as _vqa_relation writes it, up to its x centres: the two objects' names and x centres
+# ("the purple cone is centred at x 9 and the blue cylinder at x 30,"), for whoever reads a thought's numbers
+LEFT_RIGHT_X = re.compile(r"the ([a-z ]+?) is centred at x (\d+) and the ([a-z ]+?) at x (\d+),")
 _STEP_WORDS = {**{c: "step colour" for c in COLORS}, **{sh: "step shape" for sh in SHAPES}}
 
 
