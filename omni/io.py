@@ -8,6 +8,7 @@ import json
 import math
 import numbers
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -55,9 +56,11 @@ def write_json(path: str | Path, data: dict) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it. On any error (a full disk,
-    `path` a directory, an interrupt) the temporary file is removed and what `path` held is kept."""
+    `path` a directory, an interrupt) the temporary file is removed and what `path` held is kept. The
+    temporary file is the writer's own (process and thread): two threads writing one path (the server's
+    requests) each rename a whole file, the last one kept."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -37,7 +37,7 @@ def test_gradients_batches_are_checked_before_the_model_loads(tmp_path):
 
 
 def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
-    """A write that failed (a full disk, the path a directory) left `.NAME.tmpPID` beside it, one per try."""
+    """A write that failed (a full disk, the path a directory) left `.NAME.tmpPID-THREAD` beside it, one per try."""
     from omni import io
 
     (tmp_path / "cfg.json").mkdir()  # os.replace cannot put a file over a directory
@@ -56,6 +56,31 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
         io.write_json(target, {"new": True})
     assert json.loads(target.read_text()) == {"old": True}  # what it held is kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "model.json"]
+
+
+def test_threads_writing_one_file_each_write_whole_files(tmp_path):
+    """Two threads writing one path shared the temporary file `.NAME.tmpPID`: one renamed it away under
+    the other (FileNotFoundError), or renamed a file the other was still writing."""
+    import threading
+
+    from omni import io
+
+    target, errors = tmp_path / "x.json", []
+
+    def work(i: int) -> None:
+        for j in range(40):
+            try:
+                io.write_json(target, {"thread": i, "j": j, "pad": "x" * 2000})
+            except OSError as e:
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and json.loads(target.read_text())["j"] == 39
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
 @pytest.mark.parametrize("seeds", [0, [[0]], "0", [True]])
