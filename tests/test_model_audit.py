@@ -124,7 +124,8 @@ def test_segments_refuse_pixels_outside_the_unit_range_and_non_finite_latents():
     """uint8 pixels or floats in 0..255 were packed as patches far brighter than white, NaN pixels,
     latents, noise and sources as NaN inputs (every later hidden state NaN), all without a word; numpy
     pixels failed inside pack ("'numpy.ndarray' object has no attribute 'float'"); 2-D token ids inside
-    numpy ("truth value of an array ... is ambiguous")."""
+    numpy ("truth value of an array ... is ambiguous"); a noise level given as text was a TypeError, a
+    fractional visual cell0 truncated into the cell indices."""
     cfg = OmniConfig(**SMALL)
     s, n, dim = cfg.image_size, cfg.latent_grid ** 2, cfg.latent_dim
     px = torch.rand(s, s, 3, generator=torch.Generator().manual_seed(0))
@@ -142,6 +143,11 @@ def test_segments_refuse_pixels_outside_the_unit_range_and_non_finite_latents():
         (Segment("image_gen", latents=torch.zeros(n, dim), t=0.5, loss=True, noise=nan_lat), "image_gen noise hold"),
         (Segment("image_gen", latents=torch.zeros(n, dim), t=0.5, source=nan_lat), "image_gen source hold"),
         (Segment("text", np.array([[1, 2, 3]])), r"text token ids must be one flat sequence, got shape \(1, 3\)"),
+        (Segment("image_gen", latents=torch.zeros(n, dim), t="0.5"), "noise level t must be a number in"),
+        (Segment("image_gen", latents=torch.zeros(n, dim), t=float("nan")), "noise level t must be a number in"),
+        (Segment("image_gen", latents=torch.zeros(n, dim), t=True), "noise level t must be a number in"),
+        (Segment("visual", [1, 2], cell0=0.5), "visual cell0 must be an integer grid cell, got 0.5"),
+        (Segment("visual", [1, 2], cell0=True), "visual cell0 must be an integer grid cell"),
     ]
     for seg, msg in bad:
         with pytest.raises(ValueError, match=msg):
@@ -151,6 +157,8 @@ def test_segments_refuse_pixels_outside_the_unit_range_and_non_finite_latents():
     edge[0, 0, 0], edge[0, 0, 1] = -5e-4, 1 + 5e-4
     for ok in (edge, px.double(), px.bfloat16()):
         assert pack([[Segment("image_in", pixels=ok)]], cfg).patches.shape == (cfg.patch_grid ** 2, cfg.patch_dim)
+    for t in (0, 1, np.float64(0.25)):  # whole numbers and numpy floats are noise levels, numpy ints cells
+        pack([[Segment("image_gen", latents=torch.zeros(n, dim), t=t), Segment("visual", [1], cell0=np.int64(3))]], cfg)
 
 
 def test_sample_latents_refuses_non_finite_noise_and_source():

@@ -21,6 +21,7 @@ SDPA takes. The same builders continue a KV cache (`start_pos`, `start_seg`).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -85,6 +86,9 @@ class Segment:
             hi = cfg.text_vocab if k == TEXT else cfg.codebook_size
             if min(self.tokens) < 0 or max(self.tokens) >= hi:
                 raise ValueError(f"{self.kind} token ids must lie in [0, {hi})")
+            if k == VISUAL and (isinstance(self.cell0, bool) or not isinstance(self.cell0, numbers.Integral)):
+                # pack's cell indices took 0.5 as a float and truncated it: codes placed in the wrong cells
+                raise ValueError(f"visual cell0 must be an integer grid cell, got {self.cell0!r}")
         elif k == IMAGE_IN:
             s = cfg.image_size
             if self.pixels is None or tuple(self.pixels.shape) != (s, s, 3):
@@ -107,8 +111,9 @@ class Segment:
                 got = None if self.latents is None else tuple(self.latents.shape)
                 raise ValueError(f"{self.kind} segment needs latents of shape ({n}, {cfg.latent_dim}), got {got}")
             _check_finite(f"{self.kind} latents", self.latents)
-            if k == IMAGE_GEN and not 0.0 <= self.t <= 1.0:
-                raise ValueError(f"image_gen noise level t must lie in [0, 1], got {self.t}")
+            if k == IMAGE_GEN and (isinstance(self.t, bool) or not isinstance(self.t, numbers.Real)
+                                   or not 0.0 <= self.t <= 1.0):  # "0.5" was a TypeError from the comparison
+                raise ValueError(f"image_gen noise level t must be a number in [0, 1], got {self.t!r}")
             if k == IMAGE_GEN and self.noise is not None and tuple(self.noise.shape) != (n, cfg.latent_dim):
                 # it would broadcast against the latents: a wrong x_t and flow target, no error
                 raise ValueError(f"image_gen noise must be latents of shape ({n}, {cfg.latent_dim}), got "
