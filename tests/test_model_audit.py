@@ -207,6 +207,34 @@ def test_save_pretrained_refuses_weights_beyond_float16(tmp_path):
     assert from_pretrained(tmp_path, with_tokenizers=False).tok_emb.weight[0, 0] == 2.0 ** 20
 
 
+def test_save_pretrained_refuses_diverged_weights_and_a_state_not_the_models(tmp_path):
+    """NaN weights were written, then refused when loaded ("a diverged run?"), and a training run's
+    keep-K rotation would delete good checkpoints for them; `state=` with keys or shapes not the
+    model's wrote a checkpoint that failed only when loaded. Both refused before anything is written."""
+    from omni.model.checkpoint import from_pretrained, save_pretrained
+
+    m = tiny()
+    save_pretrained(m, tmp_path)
+    ref = {k: v.clone() for k, v in m.state_dict().items()}
+    bad_states = [
+        ({**ref, "tok_emb.weight": torch.full_like(ref["tok_emb.weight"], float("nan"))}, "hold NaN or inf"),
+        ({k: v for k, v in ref.items() if k != "tok_emb.weight"}, r"missing \['tok_emb.weight'\]"),
+        ({**ref, "extra.weight": torch.zeros(2)}, r"unknown \['extra.weight'\]"),
+        ({**ref, "tok_emb.weight": ref["tok_emb.weight"][:-1]}, r"shapes differ \['tok_emb.weight'\]"),
+    ]
+    for state, msg in bad_states:
+        with pytest.raises(ValueError, match=msg):
+            save_pretrained(m, tmp_path / "new", state=state)
+        assert not (tmp_path / "new").exists()
+    with torch.no_grad():
+        m.tok_emb.weight[1, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"NaN or inf \(a diverged run\?\): \['tok_emb.weight'\]"):
+        save_pretrained(m, tmp_path)
+    assert torch.equal(from_pretrained(tmp_path, with_tokenizers=False).tok_emb.weight, ref["tok_emb.weight"])
+    save_pretrained(m, tmp_path / "full", state=ref)  # a state of the model's keys and shapes: fine
+    assert torch.equal(from_pretrained(tmp_path / "full", with_tokenizers=False).tok_emb.weight, ref["tok_emb.weight"])
+
+
 def test_generate_tokens_continues_a_visual_block_at_its_cell():
     """generate_tokens numbered its visual codes' grid cells from 0 whatever the cache held, so continuing
     a <vis> block whose first codes were encoded already put the new codes in the wrong cells on a

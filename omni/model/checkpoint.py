@@ -38,11 +38,21 @@ def save_pretrained(model: OmniModel, directory: str | Path, dtype: str = "float
     if reserved:  # they would overwrite what config.json says of the weights: a checkpoint that fails to load
         raise ValueError(f"meta must not set {', '.join(map(repr, reserved))}: save_pretrained writes "
                          f"{', '.join(RESERVED_META)} itself")
-    source = model.state_dict() if state is None else state
+    own = model.state_dict()
+    source = own if state is None else state
+    if state is not None:  # keys or shapes not the model's wrote a checkpoint that failed only when loaded
+        missing, extra = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+        shapes = [k for k in own.keys() & state.keys() if tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or extra or shapes:
+            raise ValueError(f"state is not this model's: missing {missing[:3]}, unknown {extra[:3]}, "
+                             f"shapes differ {sorted(shapes)[:3]}")
+    diverged = non_finite({k: v.detach() for k, v in source.items()})
+    if diverged:  # unloadable ("NaN or inf"), and a run's keep-K rotation would delete good checkpoints for it
+        raise ValueError(f"weights hold NaN or inf (a diverged run?): {diverged[:5]}; nothing written")
     state = {k: v.detach().to(DTYPES[dtype]).contiguous().cpu() for k, v in source.items()}
     # a weight beyond the dtype's range (float16: 65504) became inf, written without a word; loading it
     # then failed as "NaN or inf (a diverged run?)". Checked before anything in the directory is touched
-    over = [k for k in non_finite(state) if torch.isfinite(source[k]).all()]
+    over = non_finite(state)  # the source is finite (above)
     if over:
         raise ValueError(f"weights do not fit {dtype} (values beyond its range would be saved as inf): "
                          f"{over[:5]}; save as float32 or bfloat16")
