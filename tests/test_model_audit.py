@@ -74,7 +74,7 @@ def test_decode_step_refuses_ids_that_are_not_integers():
 def test_choose_refuses_negative_temperature_bad_top_k_and_bad_logits():
     """A negative temperature was read as 0 (argmax) without a word; top_k 2.5 or True failed inside
     torch.topk; 1-D logits gave a 0-d id at temperature 0 and an IndexError otherwise; NaN logits (NaN
-    weights or inputs upstream) were chosen as token 0 at any temperature."""
+    weights or inputs upstream) were chosen as token 0 at any temperature, a row all -inf too (greedy)."""
     lg = torch.tensor([[0.0, 5.0, 1.0]])
     g = torch.Generator().manual_seed(0)
     for bad in (-1.0, -1e-9, float("-inf"), "1.0", None):
@@ -88,6 +88,9 @@ def test_choose_refuses_negative_temperature_bad_top_k_and_bad_logits():
             choose(lg[0], t, generator=g)
         with pytest.raises(ValueError, match="logits hold NaN"):
             choose(torch.tensor([[float("nan"), 1.0]]), t, generator=g)
+        for row in ([float("-inf")] * 2, [float("inf"), 1.0]):  # no choice: was token 0, or a NaN softmax
+            with pytest.raises(ValueError, match="every row of logits needs a finite best token"):
+                choose(torch.tensor([[0.0, 1.0], row]), t, generator=g)
     # valid inputs: as before (numpy numbers and a 0-d tensor temperature too)
     assert choose(lg).tolist() == [1] and choose(lg, 0).tolist() == [1]
     assert choose(lg, np.float64(1e-30), top_k=np.int64(2), generator=g).tolist() == [1]

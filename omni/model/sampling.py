@@ -49,6 +49,9 @@ def choose(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
         raise ValueError(f"logits must be a tensor (rows, V) with V >= 1, got {got}")
     if torch.isnan(logits).any():  # argmax and multinomial both read NaN as a choice (token 0, say), silently
         raise ValueError("logits hold NaN (NaN weights or inputs upstream?)")
+    if not torch.isfinite(logits.amax(-1)).all():  # argmax read an all -inf row as token 0; softmax made it NaN
+        raise ValueError("every row of logits needs a finite best token: a row all -inf (every token masked) "
+                         "or holding +inf (an overflow upstream) has no choice")
     if temperature <= 0:
         return logits.argmax(-1)
     lg = logits / temperature
