@@ -106,9 +106,10 @@ ColorsOpt = typer.Option(None, help="Comma-separated colours to use (default: al
 
 
 def _revision_option(name: str = "--revision"):
-    return typer.Option(1, name, help="The world's revision: 1 (what the shipped model was trained and scored on) "
-                                      "or 2 (docs/world_audit.md's mends: camera_object answers behind the "
-                                      "camera too, t2i prompts not skewed by redrafts, grammar).")
+    return typer.Option(1, name, help="The world's revision: 1 (what the shipped model was trained and scored on), "
+                                      "2 (docs/world_audit.md's mends: camera_object answers behind the "
+                                      "camera too, t2i prompts not skewed by redrafts, grammar) or 3 (2 with "
+                                      "vqa's left_right step read off the thought's inventory).")
 
 
 @world_app.command("sample")

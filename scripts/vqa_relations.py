@@ -18,6 +18,12 @@ again from the seeds, world revision and vqa thought it records, and the row's t
   `follows` the answer is the yes / no its relation implies for the relation asked; `x_error` the mean
   absolute error of its x centres in pixels where it names both objects, beside `x_error_centre`, that of
   guessing the image's centre column for both on the same examples;
+- left_right in the world's revision 3, whose step reads the relation off the thought's own inventory ("after
+  the purple cone the list has: a large blue cylinder on the right; so the purple cone is left of the blue
+  cylinder."): `named` and `relation` as above, and `listed` the thought's inventory lists both objects;
+  `copied` its list after the object is the tail of its own inventory after that object, word for word
+  (`none` after the last); `step` its relation follows from its own list (the other object in it: left
+  of); `follows` as above;
 - closer ("which is closer to the camera, the X or the Y?"; "the X is about 4.6 m away and the Y about
   6.1 m."): `named`, `order` (its two distances put the world's nearer object nearer; `ties`: the same
   distance for both), `follows` (the
@@ -39,8 +45,9 @@ from pathlib import Path
 import numpy as np
 
 from omni.world import WorldConfig, sample
-from omni.world.tasks import LEFT_RIGHT_X
+from omni.world.tasks import LEFT_RIGHT_LISTED, LEFT_RIGHT_X
 
+INVENTORY = re.compile(r"i see \d+ objects?: (.+?)\. ")
 LR_Q = re.compile(r"is the (.+?) (left|right) of the (.+?)\?")
 LR_STEP = re.compile(LEFT_RIGHT_X.pattern + r" so the ([a-z ]+?) is (left|right) of the ([a-z ]+?)\.")
 CL_Q = re.compile(r"which is closer to the camera, the (.+?) or the (.+?)\?")
@@ -89,6 +96,43 @@ def _left_right(q: str, truth: str, own: str, answer: str) -> dict:
     return out
 
 
+def _inventory_tail(own: str, name: str) -> str | None:
+    """The own thought's inventory after the item naming `name` ("none" after the last), as the world's
+    revision-3 step copies it; None where the inventory is missing or no item of it names `name`."""
+    m = INVENTORY.match(own.strip() + " ")
+    if not m:
+        return None
+    items = re.split(r", | and ", m[1])
+    at = next((i for i, it in enumerate(items) if f" {name} " in f" {it} "), None)
+    if at is None:
+        return None
+    rest = items[at + 1:]
+    return (", ".join(rest[:-1]) + " and " + rest[-1] if len(rest) > 1 else "".join(rest)) or "none"
+
+
+def _left_right_listed(q: str, truth: str, own: str, answer: str) -> dict:
+    """`_left_right` for the world's revision 3, whose step cites the thought's own inventory."""
+    a, asked, b = LR_Q.fullmatch(q).groups()
+    t = LEFT_RIGHT_LISTED.search(truth)
+    true_rel = t[4] if (t[3], t[5]) == (a, b) else OTHER[t[4]]
+    m = LEFT_RIGHT_LISTED.search(own)
+    inventory = INVENTORY.match(own.strip() + " ")
+    out = {"named": float(bool(m) and {m[3], m[5]} == {a, b}) if m else float(a in own and b in own),
+           "listed": float(bool(inventory) and all(f" {n} " in f" {inventory[1]} " for n in (a, b))),
+           "relation": 0.0, "copied": 0.0, "step": 0.0, "follows": 0.0}
+    if not m:
+        return out
+    if {m[3], m[5]} == {a, b} and m[3] != m[5]:
+        rel = m[4] if (m[3], m[5]) == (a, b) else OTHER[m[4]]
+        out["relation"] = float(rel == true_rel)
+        out["follows"] = float(answer.strip() == ("yes" if rel == asked else "no"))
+    tail = _inventory_tail(own, m[1])
+    out["copied"] = float(tail is not None and m[2] == tail)
+    if m[1] == m[3] and m[3] != m[5]:  # "after the X the list has: ...; so the X is left of the Y": Y listed
+        out["step"] = float(m[4] == ("left" if f" {m[5]} " in f" {m[2]} " else "right"))
+    return out
+
+
 def _closer(q: str, truth: str, own: str, answer: str) -> dict:
     a, b = CL_Q.fullmatch(q).groups()
     t = CL_STEP.search(truth)
@@ -121,18 +165,22 @@ def relations(path: str | Path, row: str = "+thinking") -> dict:
     world = WorldConfig(revision=d.get("world_revision", 1), vqa_thought=d.get("vqa_thought", "inventory"))
     exs = sample("vqa", range(d["seed_start"], d["seed_start"] + d["n"]), world)
     per: dict[str, list[dict]] = {"left_right": [], "closer": []}
+    listed = world.revision >= 3 and world.vqa_thought == "inventory"  # tasks._vqa_relation's listed step
     for ex, entry in zip(exs, texts, strict=True):
         kind = ex.spec["kind"]
         if kind in per:
-            fn = _left_right if kind == "left_right" else _closer
+            fn = _closer if kind == "closer" else _left_right_listed if listed else _left_right
             per[kind].append(fn(ex.texts["question"], ex.texts["thinking"], _thought(entry),
                                 (entry or {}).get("output") or ""))
     out = {"file": str(path), "row": row, "world_revision": world.revision}
     for kind, rs in per.items():
         res = {"n": len(rs)}
-        for k in ("named", "relation", "order", "ties", "step", "follows"):
+        for k in ("named", "listed", "relation", "copied", "order", "ties", "step", "follows"):
             if rs and k in rs[0]:
                 res[k] = int(sum(r[k] for r in rs))
+        out[kind] = res
+        if kind == "left_right" and listed:  # no numbers read off the image
+            continue
         err, truth_key, guess = (("x_error", "true_x", "x_error_centre") if kind == "left_right"
                                  else ("m_error", "true_m", "m_error_mean"))
         read = [r for r in rs if err in r]  # the guess is scored on the same examples as the thoughts' numbers
@@ -141,7 +189,6 @@ def relations(path: str | Path, row: str = "+thinking") -> dict:
         every = np.array([r[truth_key] for r in rs], dtype=float).reshape(-1, 2)
         centre = (world.size - 1) / 2 if kind == "left_right" else float(every.mean()) if len(every) else 0.0
         res[guess] = float(np.abs(np.array([r[truth_key] for r in read]) - centre).mean()) if read else None
-        out[kind] = res
     return out
 
 
@@ -158,10 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         lr, cl = r["left_right"], r["closer"]
         print(f"{r['file']} ({r['row']}, world revision {r['world_revision']})")
-        print(f"  left_right (n {lr['n']}): named {lr['named']}, relation right {lr['relation']}, x order right "
-              f"{lr['order']} (the same x for both {lr['ties']}), step from own x {lr['step']}, answer follows "
-              f"{lr['follows']}; x error {_num(lr['x_error'])} px over {lr['x_error_n']} (the centre column: "
-              f"{_num(lr['x_error_centre'])})")
+        if "copied" in lr:
+            print(f"  left_right (n {lr['n']}): named {lr['named']}, both in own inventory {lr['listed']}, relation "
+                  f"right {lr['relation']}, list copied from own inventory {lr['copied']}, step from own list "
+                  f"{lr['step']}, answer follows {lr['follows']}")
+        else:
+            print(f"  left_right (n {lr['n']}): named {lr['named']}, relation right {lr['relation']}, x order right "
+                  f"{lr['order']} (the same x for both {lr['ties']}), step from own x {lr['step']}, answer follows "
+                  f"{lr['follows']}; x error {_num(lr['x_error'])} px over {lr['x_error_n']} (the centre column: "
+                  f"{_num(lr['x_error_centre'])})")
         print(f"  closer (n {cl['n']}): named {cl['named']}, distance order right {cl['order']} (the same distance "
               f"for both {cl['ties']}), answer follows {cl['follows']}; distance error {_num(cl['m_error'])} m over "
               f"{cl['m_error_n']} (the mean: {_num(cl['m_error_mean'])})")

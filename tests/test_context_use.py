@@ -340,7 +340,7 @@ def test_context_use_on_the_worlds_revision_2(monkeypatch):
     cu.context_use(m, "vqa", 2, 2_000_000_000, world_revision=2)
     assert drawn == [("t2i", 2), ("t2i", 2), ("vqa", 2), ("vqa", 2)]
     assert "world_revision" not in cu.context_use(m, "depth", 1, 2_000_000_000)
-    with pytest.raises(ValueError, match="world revision must be one of 1, 2"):
+    with pytest.raises(ValueError, match="world revision must be one of 1, 2, 3"):
         cu.context_use(m, "t2i", 1, 2_000_000_000, world_revision=0)
 
 

@@ -253,4 +253,4 @@ def test_demo_on_revision_2(model, tmp_path):
     assert question != inputs_of(sample("spatial", [TEST])[0]).text
     assert json.loads((tmp_path / "d.json").read_text())["spatial"]["world_revision"] == 2
     r = cli("demo", "--world-revision", "0", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x.png"))
-    assert r.exit_code == 2 and "world revision must be one of 1, 2" in r.stderr
+    assert r.exit_code == 2 and "world revision must be one of 1, 2, 3" in r.stderr

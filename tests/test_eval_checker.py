@@ -194,8 +194,8 @@ def test_cli_eval_checker_on_revision_2():
     exs = sample("t2i", range(2_000_000_000, 2_000_000_040), WorldConfig(revision=2))
     assert out == {"n": 40, "seed_start": 2_000_000_000, "size": 32, "world_revision": 2,
                    **validate_on_examples(exs)}
-    bad = CliRunner().invoke(app, ["eval", "checker", "--n", "2", "--world-revision", "3"])
-    assert bad.exit_code == 2 and "world revision must be one of 1, 2" in bad.stderr
+    bad = CliRunner().invoke(app, ["eval", "checker", "--n", "2", "--world-revision", "4"])
+    assert bad.exit_code == 2 and "world revision must be one of 1, 2, 3" in bad.stderr
 
 
 def test_compare_pairs_two_eval_outputs_example_by_example(tmp_path):

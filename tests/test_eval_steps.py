@@ -88,7 +88,7 @@ def test_steps_on_the_worlds_revision_2(run, tmp_path):
         scores_by_step(run, out, ["spatial"], n=2)
     r = scores_by_step(run, tmp_path / "o2", ["spatial-thought"], n=2, world_revision=2)
     assert json.loads((tmp_path / "o2" / "step-0000002" / "spatial-thought.json").read_text())["world_revision"] == 2
-    with pytest.raises(ValueError, match="world revision must be one of 1, 2"):
+    with pytest.raises(ValueError, match="world revision must be one of 1, 2, 3"):
         scores_by_step(run, tmp_path / "o3", ["vqa"], n=2, world_revision=7)
 
 

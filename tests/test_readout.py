@@ -167,7 +167,7 @@ def test_readout_on_revision_2(tmp_path, monkeypatch):
     assert json.loads(r.stdout)["world_revision"] == 2 and drawn == [2] * 4
     bad = CliRunner().invoke(app, ["eval", "readout", "--checkpoint", str(tmp_path / "none"), "--train", "4",
                                    "--n", "2", "--seed-start", "1000000000", "--world-revision", "9"])
-    assert bad.exit_code == 2 and "world revision must be one of 1, 2" in bad.stderr, bad.output
+    assert bad.exit_code == 2 and "world revision must be one of 1, 2, 3" in bad.stderr, bad.output
 
 
 def test_attention_is_the_models_own(monkeypatch):

@@ -150,4 +150,4 @@ def test_the_option_prior_reads_what_the_options_give_away():
     assert references(n=2, n_train=4, revision=2)["world_revision"] == 2
     r = subprocess.run([sys.executable, "-m", "omni.eval.references", "--world-revision", "4"], capture_output=True,
                        text=True)
-    assert r.returncode == 2 and "world revision must be one of 1, 2" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "world revision must be one of 1, 2, 3" in r.stderr and "Traceback" not in r.stderr

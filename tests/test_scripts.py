@@ -38,7 +38,7 @@ def test_the_lease_command_trains_exports_and_fills_out(tmp_path):
     assert meta["dtype"] == "bfloat16" and meta["weights"] == "ema"
     assert meta["training"]["step"] == 2 and meta["training"]["data_seed"] == 75
     assert meta["training"]["config"]["init_from"] == "checkpoints/omni-tiny"
-    assert meta["training"]["config"]["mixture"]["world_revision"] == 2  # docs/world_audit.md's mended world
+    assert meta["training"]["config"]["mixture"]["world_revision"] == 3  # docs/world_audit.md's mended world
     assert meta["training"]["config"]["mixture"]["form_weights"]["spatial"]["deduced"] == 4  # its behind quadrants
     assert meta["training"]["config"]["mixture"]["form_weights"]["vqa"] == {"direct": 1, "think": 1, "deduced": 1}
     assert meta["training"]["init"]["training"] == json.loads((SHIPPED / "config.json").read_text())["training"]
@@ -57,8 +57,8 @@ def test_the_lease_command_refuses_bad_settings(tmp_path):
     (tmp_path / "run").mkdir()
     r = lease(tmp_path)
     assert r.returncode == 2 and "exists" in r.stderr and not (tmp_path / "out").exists()
-    r = lease(tmp_path, WORLD_REVISION="3", RUN=str(tmp_path / "run3"))  # the mixture refuses it before training
-    assert r.returncode == 2 and "--world-revision: world revision must be one of 1, 2" in r.stderr
+    r = lease(tmp_path, WORLD_REVISION="4", RUN=str(tmp_path / "run4"))  # the mixture refuses it before training
+    assert r.returncode == 2 and "--world-revision: world revision must be one of 1, 2, 3" in r.stderr
 
 
 def test_world_skews_counts_what_the_world_gives_away():
@@ -78,8 +78,8 @@ def test_world_skews_counts_what_the_world_gives_away():
     out = json.loads(r.stdout)
     assert out["revision"] == 2 and any(a.startswith("behind") for a in out["spatial"]["answers"]["camera_object"])
     assert out["spatial"]["object_object_answer_not_leftmost_of_scene"] == 0
-    # no split holds the second's seeds; the world has no revision 3
-    for bad in (["--n", "0"], ["--seed-start", "999999990", "--n", "20"], ["--revision", "3"]):
+    # no split holds the second's seeds; the world has no revision 4
+    for bad in (["--n", "0"], ["--seed-start", "999999990", "--n", "20"], ["--revision", "4"]):
         r = subprocess.run([*run, *bad], capture_output=True, text=True, timeout=600, cwd=ROOT)
         assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
@@ -100,12 +100,13 @@ def test_vqa_relations_reads_the_thoughts_numbers(tmp_path):
             return t
         return t[:m.start(1)] + m[3] + t[m.end(1):m.start(3)] + m[1] + t[m.end(3):]
 
-    def scores(name: str, edit) -> Path:
-        texts = [{"steps": [["think", edit(ex.texts["thinking"])]], "output": ex.answer} for ex in exs]
+    def scores(name: str, edit, revision: int = 2) -> Path:
+        drawn = exs if revision == 2 else sample("vqa", seeds, WorldConfig(revision=revision))
+        texts = [{"steps": [["think", edit(ex.texts["thinking"])]], "output": ex.answer} for ex in drawn]
         path = tmp_path / name / "vqa_scores.json"
         path.parent.mkdir()
-        path.write_text(json.dumps({"task": "vqa", "n": len(exs), "seed_start": seeds[0], "world_revision": 2,
-                                    "texts": {"+thinking": texts}}))
+        path.write_text(json.dumps({"task": "vqa", "n": len(exs), "seed_start": seeds[0],
+                                    "world_revision": revision, "texts": {"+thinking": texts}}))
         return path.parent
 
     run = [sys.executable, str(ROOT / "scripts" / "vqa_relations.py"), "--json"]
@@ -121,5 +122,27 @@ def test_vqa_relations_reads_the_thoughts_numbers(tmp_path):
     slr, scl = swap["left_right"], swap["closer"]
     assert slr["order"] == 0 and slr["step"] == 0 and slr["relation"] == lr["n"] and slr["x_error"] > 0
     assert scl["order"] == 0 and scl["follows"] == 0 and scl["m_error"] > 0
+    # revision 3's step cites the thought's own inventory: its relations flipped follow from nothing; its
+    # list emptied is a copy only where nothing came after the object, and a step only to "right of"
+    def flipped(t: str) -> str:
+        return re.sub(r"is (left|right) of", lambda m: "is " + {"left": "right", "right": "left"}[m[1]] + " of", t)
+
+    def emptied(t: str) -> str:
+        return re.sub(r"the list has: [^;]+;", "the list has: none;", t)
+
+    r = subprocess.run([*run, *(str(scores(k, f, 3)) for k, f in (("true3", lambda t: t), ("flipped3", flipped),
+                                                                  ("emptied3", emptied)))],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    true, flip, empty = (d["left_right"] for d in json.loads(r.stdout))
+    n = true["n"]
+    assert n >= 5 and "x_error" not in true
+    assert true["named"] == true["listed"] == true["relation"] == true["copied"] == true["step"] == true["follows"] == n
+    assert flip["relation"] == flip["step"] == flip["follows"] == 0 and flip["copied"] == flip["listed"] == n
+    thoughts = [ex.texts["thinking"] for ex in sample("vqa", seeds, WorldConfig(revision=3))
+                if ex.spec["kind"] == "left_right"]
+    right = sum(1 for t in thoughts if re.search(r"so the (.+) is right of", t))
+    last = sum(1 for t in thoughts if "the list has: none;" in t)
+    assert 0 < last < right < n and empty["copied"] == last and empty["step"] == right and empty["relation"] == n
     r = subprocess.run([*run, str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode != 0 and "no vqa_scores.json" in r.stderr and "Traceback" not in r.stderr

@@ -351,7 +351,7 @@ BAD_BODIES = [
     ({"task": "t2i", "text": "a red cube.<eos>"}, 400, "bad_input", "tag(s) <eos>"),
     ({"task": "vqa", "seed": 1_500_000_000}, 400, "bad_input", "lies in no split"),
     ({"task": "vqa", "seed": True}, 422, "invalid_request", "seed"),
-    ({"task": "vqa", "seed": 1, "world_revision": 3}, 422, "invalid_request", "body.world_revision"),
+    ({"task": "vqa", "seed": 1, "world_revision": 4}, 422, "invalid_request", "body.world_revision"),
     ({"task": "vqa", "seed": 1, "world_revision": True}, 422, "invalid_request", "body.world_revision"),
     ({"task": "t2i", "text": "a red cube.", "world_revision": 2}, 400, "bad_input", "`world_revision` chooses"),
     # every number is strict, as `seed` is: JSON `true` is not 1, nor is "1" (nor 1.0 an integer)

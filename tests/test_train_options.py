@@ -95,7 +95,7 @@ def test_train_config_rejects_bad_values_naming_the_option(kw, needle):
     ({"pose_motions": ("orbit", "orbit")}, "--pose-motions: pose motions must be distinct names"),
     # the world's own checks (WorldConfig), under the flag that set them
     ({"vqa_thought": "short"}, "--vqa-thought: vqa thought must be one of inventory, focused, got 'short'"),
-    ({"world_revision": 3}, "--world-revision: world revision must be one of 1, 2"),
+    ({"world_revision": 4}, "--world-revision: world revision must be one of 1, 2, 3"),
     ({"world_revision": 2.0}, "--world-revision: WorldConfig.revision must be an integer, got float 2.0"),
     ({"world_revision": True}, "--world-revision: WorldConfig.revision must be an integer, got bool True"),
 ])

@@ -19,6 +19,7 @@ from omni.world.tasks import (
     _level_frame,
     conclusion_pieces,
     stated_option,
+    vqa_conclusion_cut,
     vqa_thought_pieces,
 )
 
@@ -33,8 +34,8 @@ def _same(a, b) -> bool:
 
 def test_revision_is_checked_and_defaults_to_the_shipped_world():
     assert WorldConfig().revision == 1
-    with pytest.raises(ValueError, match="world revision must be one of 1, 2"):
-        WorldConfig(revision=3)
+    with pytest.raises(ValueError, match="world revision must be one of 1, 2, 3"):
+        WorldConfig(revision=4)
     for bad in (True, 2.0, "2"):
         with pytest.raises(TypeError, match="WorldConfig.revision must be an integer"):
             WorldConfig(revision=bad)
@@ -132,6 +133,41 @@ def test_vqa_left_right_thought_states_its_verdict():
     assert seen["yes"] >= 3 and seen["no"] >= 3
 
 
+def test_revision_3_reads_left_right_off_the_inventory():
+    """Revision 3 is revision 2 but for left_right's step, which copies the thought's own inventory after the
+    question's first object ("after the purple cone the list has: a large blue cylinder on the right;")
+    and concludes left of exactly when the second object is among what it copied; the question, image,
+    answer and verdict are revision 2's. A focused thought, which has no inventory, keeps the x centres."""
+    r3 = WorldConfig(revision=3)
+    seen = Counter()
+    for e2, e3 in zip(sample("vqa", range(TEST, TEST + 200), R2), sample("vqa", range(TEST, TEST + 200), r3),
+                      strict=True):
+        assert (e2.texts["question"], e2.answer, e2.spec) == (e3.texts["question"], e3.answer, e3.spec)
+        if e3.spec["kind"] != "left_right":
+            assert e3.texts == e2.texts
+            continue
+        t = e3.texts["thinking"]
+        a, b = re.fullmatch(r"is the (.+) (?:left|right) of the (.+)\?", e3.texts["question"]).groups()
+        inventory, step = t.split(". ", 1)
+        items = re.split(r", | and ", inventory.split(": ", 1)[1])
+        at = [i for i, it in enumerate(items) if f" {a} " in f" {it} "]
+        assert len(at) == 1
+        tail = items[at[0] + 1:]
+        listed = ", ".join(tail[:-1]) + " and " + tail[-1] if len(tail) > 1 else (tail[0] if tail else "none")
+        rel = "left of" if any(f" {b} " in f" {it} " for it in tail) else "right of"
+        assert step.startswith(f"after the {a} the list has: {listed}; so the {a} is {rel} the {b}. ")
+        assert "centred at x" not in t and t.endswith(e2.texts["thinking"][e2.texts["thinking"].index(
+            " the question asks"):])
+        assert re.search(rf"so the {a} is {rel} the {b}\.", e2.texts["thinking"])  # revision 2 found the same
+        named = [(what, p.strip()) for p, what in vqa_thought_pieces(t) if what]
+        assert [v for w, v in named if w == "step relation"] == [rel.split()[0]]
+        assert vqa_conclusion_cut(t) == len(" " + inventory + ".")  # no number read: the whole step is concluded
+        seen[rel, listed == "none"] += 1
+    assert min(seen[k] for k in (("left of", False), ("right of", False), ("right of", True))) >= 2, seen
+    focused = sample("vqa", range(TEST, TEST + 60), WorldConfig(revision=3, vqa_thought="focused"))
+    assert any("centred at x" in e.texts["thinking"] for e in focused)
+
+
 def test_every_training_form_writes_revision_2_examples():
     from omni.model import preset
     from omni.tokens.text import TextTokenizer
@@ -147,7 +183,7 @@ def test_every_training_form_writes_revision_2_examples():
     mix = Mixture(MixtureConfig(rows=1, row_len=1024, world_revision=2), w)
     assert mix.world.revision == 2
     assert mix.batch(0)[0].token.shape == (1, 1024)
-    with pytest.raises(ValueError, match="--world-revision: world revision must be one of 1, 2"):
+    with pytest.raises(ValueError, match="--world-revision: world revision must be one of 1, 2, 3"):
         MixtureConfig(world_revision=5)
 
 
@@ -163,8 +199,8 @@ def test_eval_and_compare_carry_the_revision():
     assert "world_revision" not in old and new["world_revision"] == 2
     with pytest.raises(ValueError, match="world_revision 2 differs from the first output's 1"):
         compare_outputs({"old": old, "new": new})
-    r = CliRunner().invoke(app, ["eval", "spatial", "--world-revision", "3", "--checkpoint", "/nonexistent"])
-    assert r.exit_code == 2 and "world revision must be one of 1, 2" in r.output
+    r = CliRunner().invoke(app, ["eval", "spatial", "--world-revision", "4", "--checkpoint", "/nonexistent"])
+    assert r.exit_code == 2 and "world revision must be one of 1, 2, 3" in r.output
 
 
 def test_ablate_progress_keeps_the_revision(tmp_path):

@@ -53,7 +53,7 @@ from .run import eval_world
 
 PATCH_TARGETS = ("patch object", "patch colour", "patch shape", "patch size")
 TEXT_TARGETS = ("count", "size", "colour", "shape", "position")  # vqa_thought_pieces' names
-X_TARGET = "x column"  # the left_right step's x centres, by the patch column they lie in
+X_TARGET = "x column"  # the left_right step's x centres, by the patch column they lie in (none in revision 3's steps)
 POSITIONS = ("on the left", "in the center", "on the right")
 CLASSES = {"patch object": ("background", "object"), "patch colour": COLORS, "patch shape": SHAPES,
            "patch size": SIZES, "size": SIZES, "colour": COLORS, "shape": SHAPES, "position": POSITIONS,

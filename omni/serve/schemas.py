@@ -19,7 +19,7 @@ MAX_PLAN_STEPS = 8  # the engine's own limit (omni.unroll.parse_plan)
 MAX_PLAN_CHARS = 400
 MAX_SEED = 2**31 - 1
 MIN_FLOW_SHIFT = 1e-3  # omni.model.batch.MIN_SHIFT, stated literally (this module is kept free of torch)
-MAX_WORLD_REVISION = 2  # the world's revisions are 1..this (omni.world.tasks.WORLD_REVISIONS, stated literally)
+MAX_WORLD_REVISION = 3  # the world's revisions are 1..this (omni.world.tasks.WORLD_REVISIONS, stated literally)
 
 Task = Literal["vqa", "t2i", "spatial", "depth", "pose", "nvs", "video", "edit"]
 B64 = Field(None, min_length=1, max_length=MAX_IMAGE_B64_CHARS,

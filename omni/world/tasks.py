@@ -55,8 +55,10 @@ VQA_THOUGHTS = ("inventory", "focused")
 # the world's revisions (WorldConfig.revision). 1 draws exactly the examples omni-tiny was trained and
 # scored on; 2 mends what docs/world_audit.md found: spatial camera_object answers in all four quadrants
 # (view 2 stands among the objects), object_object's true answer always among the options, a t2i
-# prompt kept across redrafts (math answers 1..4, as counting), and the grammar of a few texts.
-WORLD_REVISIONS = (1, 2)
+# prompt kept across redrafts (math answers 1..4, as counting), and the grammar of a few texts; 3 is 2
+# with vqa's left_right step read off the thought's own inventory (which lists the objects left to right)
+# rather than off the image by the objects' names (docs/world_audit.md, "Revision 3").
+WORLD_REVISIONS = (1, 2, 3)
 
 
 def _real(x) -> bool:
@@ -264,9 +266,13 @@ def name_of(o: Obj) -> str:
     return f"the {o.name}"
 
 
+def _inventory_item(s: L.ObjectStats, size: int) -> str:
+    """One object as the vqa thought's inventory lists it: "a small purple cone on the left"."""
+    return f"{L.article(s.obj.size)} {L.full_name(s.obj)} {L.horizontal_word(s, size)}"
+
+
 def objects_sentence(stats: list[L.ObjectStats], size: int) -> str:
-    items = [f"{L.article(s.obj.size)} {L.full_name(s.obj)} {L.horizontal_word(s, size)}"
-             for s in L.by_position(stats)]
+    items = [_inventory_item(s, size) for s in L.by_position(stats)]
     return f"i see {L.count_phrase(len(stats), 'object')}: {L.join(items)}."
 
 
@@ -281,6 +287,10 @@ VQA_PIECES = ("count", "size", "colour", "shape", "position", *VQA_STEP_PARTS, "
 # left_right's step as _vqa_relation writes it, up to its x centres: the two objects' names and x centres
 # ("the purple cone is centred at x 9 and the blue cylinder at x 30,"), for whoever reads a thought's numbers
 LEFT_RIGHT_X = re.compile(r"the ([a-z ]+?) is centred at x (\d+) and the ([a-z ]+?) at x (\d+),")
+# revision 3's left_right step (an inventory thought's): the first object, the inventory after it as copied
+# ("none" after the last), then the relation it concludes, of which object to which
+LEFT_RIGHT_LISTED = re.compile(r"after the ([a-z ]+?) the list has: (.+?); so the ([a-z ]+?) is (left|right) of "
+                               r"the ([a-z ]+?)\.")
 _STEP_WORDS = {**{c: "step colour" for c in COLORS}, **{sh: "step shape" for sh in SHAPES}}
 
 
@@ -301,10 +311,10 @@ def vqa_thought_pieces(thought: str) -> list[tuple[str, str | None]]:
     and "position" (" on the left", ...), the question's step word by word ("step colour" and "step
     shape" for the colour and shape words in it, copied from the question or the listing or, in a
     focused thought, read from the image; "step relation" for the left or right of "left of" / "right
-    of", the relation a left_right step concludes from the two x centres it states; "step verdict" for
-    the yes or no after "the question asks left of:", revision 2's verdict on whether the relation
-    asked is the one found; "step" for the others) and "answer". Each named piece starts with its
-    space. A thought not of that shape is a ValueError."""
+    of", the relation a left_right step concludes from the two x centres it states, or in revision 3
+    from the inventory it copies; "step verdict" for the yes or no after "the question asks left of:",
+    revision 2's verdict on whether the relation asked is the one found; "step" for the others) and
+    "answer". Each named piece starts with its space. A thought not of that shape is a ValueError."""
     text = " " + thought.strip()
     bad = ValueError(f"not a vqa thought of the world's shape: {thought[:80]!r}")
     pieces: list[tuple[str, str | None]] = []
@@ -332,9 +342,10 @@ def vqa_thought_pieces(thought: str) -> list[tuple[str, str | None]]:
 def vqa_conclusion_cut(thought: str) -> int:
     """Where a vqa thought's conclusion starts, as an index into " " + thought.strip(): after the
     question's step's last word holding a digit (what the thought read off the image or counted: the
-    objects' x centres and distances, the counts), or at the step's first word when it holds none; what
-    follows (the relation the numbers imply, "so the answer is X.") is what the thought concludes from
-    the text before it. Always at a piece's start, which begins with its space (`vqa_thought_pieces`,
+    objects' x centres and distances, the counts), or at the step's first word when it holds none
+    (revision 3's left_right step, copied from the inventory, is all conclusion); what follows (the
+    relation the numbers imply, "so the answer is X.") is what the thought concludes from the text
+    before it. Always at a piece's start, which begins with its space (`vqa_thought_pieces`,
     whose ValueError a thought not of the world's shape raises)."""
     pos, start, cut = 0, None, None
     for piece, what in vqa_thought_pieces(thought):
@@ -489,10 +500,21 @@ def _vqa_relation(rng, scene, st, cfg):
             rel = L.relative_position(a.box, b.box) & {"left of", "right of"}
             if not rel:
                 continue
+            listed = cfg.revision >= 3 and cfg.vqa_thought == "inventory"
+            if listed:  # the inventory's objects after a, copied from it: b among them is b right of a
+                inventory = L.by_position(st)
+                after = inventory[[s.index for s in inventory].index(a.index) + 1:]
+                if ("left of" in rel) != any(s.index == b.index for s in after):
+                    continue  # the inventory's order (centroids) disagrees with the relation (boxes)
             asked = str(rng.choice(["left of", "right of"]))
             ans = "yes" if asked in rel else "no"
-            step = (f"the {a.obj.name} is centred at x {a.centroid[0]:.0f} and the {b.obj.name} at x "
-                    f"{b.centroid[0]:.0f}, so the {a.obj.name} is {rel.pop()} the {b.obj.name}.")
+            if listed:
+                items = L.join([_inventory_item(s, cfg.size) for s in after]) or "none"
+                step = (f"after the {a.obj.name} the list has: {items}; so the {a.obj.name} is {rel.pop()} "
+                        f"the {b.obj.name}.")
+            else:
+                step = (f"the {a.obj.name} is centred at x {a.centroid[0]:.0f} and the {b.obj.name} at x "
+                        f"{b.centroid[0]:.0f}, so the {a.obj.name} is {rel.pop()} the {b.obj.name}.")
             if cfg.revision >= 2:  # the relation asked, copied beside the one found, and whether they agree
                 step += f" the question asks {asked}: {ans}."
             return f"is the {a.obj.name} {asked} the {b.obj.name}?", step, ans, kind
