@@ -23,13 +23,15 @@ STEPS=${STEPS:-3500}        # the cosine schedule ends here; MINUTES stops the r
 MINUTES=${MINUTES:-8.3}     # training's guard inside the device's 600 s a command (export and copy after it)
 DATA_SEED=${DATA_SEED:-75}  # not used by any shipped stage (stage 14b's slices took 69 and 73)
 LR=${LR:-2e-4}
-WORLD_REVISION=${WORLD_REVISION:-2}  # the world with docs/world_audit.md's mends (1: the shipped model's world)
+WORLD_REVISION=${WORLD_REVISION:-3}  # docs/world_audit.md's mends and vqa's left_right step read off the inventory
+                                     # (2: the mends alone; 1: the shipped model's world)
 # spatial's "deduced" drill (the step from the thought's coordinates to the option, on text alone), which revision
-# 2's behind-the-camera answers need (docs/experiments.md, "A drill for the behind quadrants"); 0 with revision 1
-DEDUCED=${DEDUCED:-$([[ $WORLD_REVISION == 2 ]] && echo 4 || echo 0)}
-# vqa's "deduced" drill (the step from the numbers a thought read to its answer, on text alone; with revision 2
-# the left_right verdict too), beside its direct and think forms' 1 each (docs/experiments.md, "VQA's relation
-# answers")
+# 2's behind-the-camera answers need (and revision 3's, which keeps them; docs/experiments.md, "A drill for the
+# behind quadrants"); 0 with revision 1
+DEDUCED=${DEDUCED:-$([[ $WORLD_REVISION =~ ^[0-9]+$ ]] && (( WORLD_REVISION >= 2 )) && echo 4 || echo 0)}
+# vqa's "deduced" drill (the step from the numbers a thought read to its answer, on text alone; from revision 2
+# on the left_right verdict too, in revision 3 its whole step, copied from the inventory), beside its direct and
+# think forms' 1 each (docs/experiments.md, "VQA's relation answers", "Left_right read off the inventory")
 VQA_DEDUCED=${VQA_DEDUCED:-1}
 RUN=${RUN:-runs/lease}
 PY=${PYTHON:-python3}       # the device's python3 holds its PyTorch (.library/device/KINDS.md)
