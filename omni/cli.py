@@ -449,8 +449,8 @@ def eval_context_use(
     t: str = typer.Option(None, help="t2i only: noise levels, comma-separated (1: pure noise) "
                                      "[default: 0.5,0.8,0.95]."),
     vqa_thought: str = typer.Option("inventory", help="vqa only: the world's thought the model's own is compared "
-                                                      "with: inventory (the world's default) or focused (for a "
-                                                      "model trained with --vqa-thought focused)."),
+                                                      "with: inventory (the world's default), focused or measured "
+                                                      "(for a model trained with that --vqa-thought)."),
     world_revision: int = _revision_option("--world-revision"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
@@ -699,8 +699,8 @@ def ablate_command(
     flow_steps: int = _flow_steps_option(),
     flow_shift: float = _flow_shift_option(),
     vqa_thought: str = typer.Option("inventory", help="vqa only: the world's thought the model's own is compared "
-                                                      "with: inventory (the world's default) or focused (for a "
-                                                      "model trained with --vqa-thought focused)."),
+                                                      "with: inventory (the world's default), focused or measured "
+                                                      "(for a model trained with that --vqa-thought)."),
     world_revision: int = _revision_option("--world-revision"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run kept in OUT/TASK_partial.json "
@@ -886,8 +886,9 @@ def train(
                                                    "(the world's default) and/or move_turn (moved like the "
                                                    "spatial task's second view)."),
     vqa_thought: str = typer.Option("inventory", help="The vqa thought's shape: inventory (every object, then "
-                                                      "the step: the world's default) or focused (only the "
-                                                      "objects the question names)."),
+                                                      "the step: the world's default), focused (only the "
+                                                      "objects the question names) or measured (the inventory "
+                                                      "with each object's distance)."),
     world_revision: int = _revision_option("--world-revision"),
     task_weights: str = typer.Option("", help='JSON of task weights over the defaults, e.g. \'{"spatial": 2}\'.'),
     form_weights: str = typer.Option("", help='JSON of form weights per task (others 1, drills 0), e.g. '

@@ -24,6 +24,9 @@ again from the seeds, world revision and vqa thought it records, and the row's t
   `copied` its list after the object is the tail of its own inventory after that object, word for word
   (`none` after the last); `step` its relation follows from its own list (the other object in it: left
   of); `follows` as above;
+- closer in a measured thought (`vqa_thought` "measured", whose inventory gives each object's distance, "... on
+  the left at 4.6 m"): as below, and `copied` its step's two distances are those its own inventory gives the
+  two objects it names;
 - closer ("which is closer to the camera, the X or the Y?"; "the X is about 4.6 m away and the Y about
   6.1 m."): `named`, `order` (its two distances put the world's nearer object nearer; `ties`: the same
   distance for both), `follows` (the
@@ -40,6 +43,7 @@ import argparse
 import json
 import re
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +51,7 @@ import numpy as np
 from omni.world import WorldConfig, sample
 from omni.world.tasks import LEFT_RIGHT_LISTED, LEFT_RIGHT_X
 
+MEASURED_ITEM = re.compile(r"an? [a-z]+ ([a-z]+ [a-z]+) (?:on the left|in the center|on the right) at (\d+\.\d) m")
 INVENTORY = re.compile(r"i see \d+ objects?: (.+?)\. ")
 LR_Q = re.compile(r"is the (.+?) (left|right) of the (.+?)\?")
 LR_STEP = re.compile(LEFT_RIGHT_X.pattern + r" so the ([a-z ]+?) is (left|right) of the ([a-z ]+?)\.")
@@ -133,17 +138,21 @@ def _left_right_listed(q: str, truth: str, own: str, answer: str) -> dict:
     return out
 
 
-def _closer(q: str, truth: str, own: str, answer: str) -> dict:
+def _closer(q: str, truth: str, own: str, answer: str, measured: bool = False) -> dict:
     a, b = CL_Q.fullmatch(q).groups()
     t = CL_STEP.search(truth)
     td = {t[1]: float(t[2]), t[3]: float(t[4])}
     m = CL_STEP.search(own)
     out = {"named": float(bool(m) and {m[1], m[3]} == {a, b}) if m else float(a in own and b in own),
-           "order": 0.0, "follows": 0.0, "ties": 0.0}
+           "order": 0.0, "follows": 0.0, "ties": 0.0, **({"copied": 0.0} if measured else {})}
     out["true_m"] = [td[a], td[b]]
     if not m:
         return out
     od = {m[1]: float(m[2]), m[3]: float(m[4])}
+    if measured:  # both distances the step states are those its own inventory gives the same objects
+        inventory = INVENTORY.match(own.strip() + " ")
+        listed = dict(MEASURED_ITEM.findall(inventory[1])) if inventory else {}
+        out["copied"] = float(m[1] != m[3] and all(listed.get(m[j]) == m[j + 1] for j in (1, 3)))
     out["ties"] = float(set(od) == {a, b} and od[a] == od[b])
     if set(od) == {a, b}:
         out["m_error"] = float(np.mean([abs(od[k] - td[k]) for k in (a, b)]))
@@ -165,17 +174,18 @@ def relations(path: str | Path, row: str = "+thinking") -> dict:
     world = WorldConfig(revision=d.get("world_revision", 1), vqa_thought=d.get("vqa_thought", "inventory"))
     exs = sample("vqa", range(d["seed_start"], d["seed_start"] + d["n"]), world)
     per: dict[str, list[dict]] = {"left_right": [], "closer": []}
-    listed = world.revision >= 3 and world.vqa_thought == "inventory"  # tasks._vqa_relation's listed step
+    listed = world.revision >= 3 and world.vqa_thought != "focused"  # tasks._vqa_relation's listed step
     for ex, entry in zip(exs, texts, strict=True):
         kind = ex.spec["kind"]
         if kind in per:
-            fn = _closer if kind == "closer" else _left_right_listed if listed else _left_right
+            fn = (partial(_closer, measured=world.vqa_thought == "measured") if kind == "closer"
+                  else _left_right_listed if listed else _left_right)
             per[kind].append(fn(ex.texts["question"], ex.texts["thinking"], _thought(entry),
                                 (entry or {}).get("output") or ""))
     out = {"file": str(path), "row": row, "world_revision": world.revision}
     for kind, rs in per.items():
         res = {"n": len(rs)}
-        for k in ("named", "listed", "relation", "copied", "order", "ties", "step", "follows"):
+        for k in ("named", "listed", "relation", "copied", "order", "ties", "step", "follows"):  # those it has
             if rs and k in rs[0]:
                 res[k] = int(sum(r[k] for r in rs))
         out[kind] = res
@@ -214,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{lr['order']} (the same x for both {lr['ties']}), step from own x {lr['step']}, answer follows "
                   f"{lr['follows']}; x error {_num(lr['x_error'])} px over {lr['x_error_n']} (the centre column: "
                   f"{_num(lr['x_error_centre'])})")
-        print(f"  closer (n {cl['n']}): named {cl['named']}, distance order right {cl['order']} (the same distance "
-              f"for both {cl['ties']}), answer follows {cl['follows']}; distance error {_num(cl['m_error'])} m over "
-              f"{cl['m_error_n']} (the mean: {_num(cl['m_error_mean'])})")
+        copied = f", distances copied from own inventory {cl['copied']}" if "copied" in cl else ""
+        print(f"  closer (n {cl['n']}): named {cl['named']}{copied}, distance order right {cl['order']} (the same "
+              f"distance for both {cl['ties']}), answer follows {cl['follows']}; distance error {_num(cl['m_error'])} "
+              f"m over {cl['m_error_n']} (the mean: {_num(cl['m_error_mean'])})")
     return 0
 
 

@@ -316,6 +316,13 @@ def test_vqa_thought_steps_on_the_focused_thought():
         context_use(m, "spatial", 1, 1_000_000_000, vqa_thought="focused")
     with pytest.raises(ValueError, match="vqa thought must be one of"):
         context_use(m, "vqa", 1, 1_000_000_000, vqa_thought="long")
+    # the measured thought's inventory gives each object's distance: a piece of its own, in every group
+    r = vqa_thought_steps(m, 4, 1_000_000_000, batch=2, vqa_thought="measured", world_revision=3)
+    assert r["vqa_thought"] == "measured"
+    for im in IMAGES:
+        assert {"distance", "listing", "colour", "step", "answer"} <= set(r[im]) and 0 <= r[im]["distance"]["mean"] <= 1
+    assert all("distance" in g[im] for g in r["by_kind"].values() for im in IMAGES)
+    assert "distance" not in r["chance"] and "distance" not in vqa_thought_steps(m, 2, 1_000_000_000)["own image"]
 
 
 def test_context_use_on_the_worlds_revision_2(monkeypatch):

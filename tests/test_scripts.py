@@ -100,12 +100,12 @@ def test_vqa_relations_reads_the_thoughts_numbers(tmp_path):
             return t
         return t[:m.start(1)] + m[3] + t[m.end(1):m.start(3)] + m[1] + t[m.end(3):]
 
-    def scores(name: str, edit, revision: int = 2) -> Path:
-        drawn = exs if revision == 2 else sample("vqa", seeds, WorldConfig(revision=revision))
+    def scores(name: str, edit, revision: int = 2, thought: str = "inventory") -> Path:
+        drawn = exs if revision == 2 else sample("vqa", seeds, WorldConfig(revision=revision, vqa_thought=thought))
         texts = [{"steps": [["think", edit(ex.texts["thinking"])]], "output": ex.answer} for ex in drawn]
         path = tmp_path / name / "vqa_scores.json"
         path.parent.mkdir()
-        path.write_text(json.dumps({"task": "vqa", "n": len(exs), "seed_start": seeds[0],
+        path.write_text(json.dumps({"task": "vqa", "n": len(exs), "seed_start": seeds[0], "vqa_thought": thought,
                                     "world_revision": revision, "texts": {"+thinking": texts}}))
         return path.parent
 
@@ -144,5 +144,18 @@ def test_vqa_relations_reads_the_thoughts_numbers(tmp_path):
     right = sum(1 for t in thoughts if re.search(r"so the (.+) is right of", t))
     last = sum(1 for t in thoughts if "the list has: none;" in t)
     assert 0 < last < right < n and empty["copied"] == last and empty["step"] == right and empty["relation"] == n
+    # a measured thought's closer step copies its two distances from its own inventory: one of them raised
+    # by a metre is no copy, and the step's order and answer then follow the raised number
+    def raised(t: str) -> str:
+        m = re.search(r"is about (\d+)\.\d m away", t)
+        return t if not m else t[:m.start(1)] + str(int(m[1]) + 1) + t[m.end(1):]
+
+    r = subprocess.run([*run, *(str(scores(k, f, 3, "measured")) for k, f in (("truem", lambda t: t),
+                                                                              ("raisedm", raised)))],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    (true, _), (bad, _) = ((d["closer"], d["left_right"]) for d in json.loads(r.stdout))
+    assert true["copied"] == true["order"] == true["follows"] == true["n"] >= 5 and bad["copied"] == 0
+    assert bad["m_error"] > 0 and bad["order"] < bad["n"]
     r = subprocess.run([*run, str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode != 0 and "no vqa_scores.json" in r.stderr and "Traceback" not in r.stderr

@@ -168,6 +168,44 @@ def test_revision_3_reads_left_right_off_the_inventory():
     assert any("centred at x" in e.texts["thinking"] for e in focused)
 
 
+def test_the_measured_thought_lists_each_objects_distance_for_closer_to_copy():
+    """vqa_thought "measured": the inventory gives each object's median distance ("... on the left at
+    4.6 m"); closer's step states the same two numbers, so it copies them by name; left_right's revision-3
+    list copies the items with their distances. Questions and answers are the inventory thought's; the
+    pieces name the distances; the whole step is conclusion (the drill's loss covers the copies); the
+    longest thought fits the think primitive's budget."""
+    from omni.tokens.text import TextTokenizer
+    from omni.unroll.engine import THINK_TOKENS
+
+    tok = TextTokenizer.load()
+    r3m = WorldConfig(revision=3, vqa_thought="measured")
+    seen = Counter()
+    for e3, em in zip(sample("vqa", range(TEST, TEST + 200), WorldConfig(revision=3)),
+                      sample("vqa", range(TEST, TEST + 200), r3m), strict=True):
+        assert (e3.texts["question"], e3.answer, e3.spec) == (em.texts["question"], em.answer, em.spec)
+        t = em.texts["thinking"]
+        inventory, step = t.split(". ", 1)
+        items = re.split(r", | and ", inventory.split(": ", 1)[1])
+        dist = {}
+        for it, st in zip(items, sorted(em.stats("image"), key=lambda s: (s.centroid[0], s.centroid[1])), strict=True):
+            assert it.endswith(f" at {st.median_depth:.1f} m") and f" {st.obj.name} " in it
+            dist[st.obj.name] = f"{st.median_depth:.1f}"
+        # the inventory thought with the distances taken out (the left_right list copies them too)
+        assert re.sub(r" at \d+\.\d m", "", t) == e3.texts["thinking"]
+        if em.spec["kind"] == "closer":
+            m = re.fullmatch(r"the (.+) is about (\S+) m away and the (.+) about (\S+) m\. so the answer is .+\.", step)
+            assert m and (dist[m[1]], dist[m[3]]) == (m[2], m[4])
+        named = [w for _, w in vqa_thought_pieces(t)]
+        assert named.count("distance") == len(items)
+        cut = vqa_conclusion_cut(t)
+        assert cut == len(" " + inventory + ".")  # every step starts the conclusion
+        assert len(tok.encode(t)) <= THINK_TOKENS - 2
+        seen[em.spec["kind"]] += 1
+    assert seen["closer"] >= 5 and seen["left_right"] >= 5
+    longest = max(len(tok.encode(e.texts["thinking"])) for e in sample("vqa", range(TEST, TEST + 1000), r3m))
+    assert 150 < longest <= THINK_TOKENS - 2, longest
+
+
 def test_every_training_form_writes_revision_2_examples():
     from omni.model import preset
     from omni.tokens.text import TextTokenizer

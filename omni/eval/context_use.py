@@ -399,9 +399,10 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8,
                       vqa_thought: str = "inventory", world_revision: int = 1) -> dict:
     """Where a vqa thought breaks, piece by piece, given the world's true thought up to each piece
     (teacher-forced, as in training, on n examples from seed_start): the number of objects seen, each
-    listed object's size, colour, shape and position word, the question's step (all of it; and its
-    colour and shape words alone, most of them copies, left_right's relation word, read from the two x
-    centres the step states, and revision 2's verdict on it) and the answer
+    listed object's size, colour, shape and position word (and distance, in a measured thought), the
+    question's step (all of it; and its colour and shape words alone, most of them copies, left_right's
+    relation word, read from the two x centres the step states or from revision 3's copied list, and
+    revision 2's verdict on it) and the answer
     (`omni.world.tasks.vqa_thought_pieces`; a piece is right when every token of it is the argmax).
     Scored twice: with the example's own image ("own image") and, the text unchanged, with the next
     example's image (the last takes the first's; "other image", where n >= 2): what the thought gets
@@ -460,7 +461,7 @@ def vqa_thought_steps(model: OmniModel, n: int, seed_start: int, batch: int = 8,
         out[im] = {k: bootstrap_ci(kept) for k, v in rates[im].items() if (kept := [x for x in v if x is not None])}
     out["chance"] = {"size": 1 / len(wc.scene.sizes), "colour": 1 / len(wc.scene.colors),
                      "shape": 1 / len(wc.scene.shapes)}
-    keys = ("count", "colour", "shape", "listing", *VQA_STEP_PARTS, "answer")
+    keys = ("count", "colour", "shape", "distance", "listing", *VQA_STEP_PARTS, "answer")  # distance: measured
     for name, groups in (("by_group", question_types("vqa", exs)), ("by_kind", [ex.spec["kind"] for ex in exs])):
         out[name] = group_means(groups, {im: {k: rates[im][k] for k in keys} for im in images})
     out["yes_no"] = yes_no

@@ -260,7 +260,7 @@ class Result:
 VISUAL_SAMPLING = (1.0, 16)
 # the engine's defaults, which the server's settings and the command line's options take
 FLOW_STEPS, CFG_SCALE = 20, 3.0  # Euler steps of the image flow sampler; classifier-free guidance
-THINK_TOKENS = 200  # the longest world thought is 174 tokens (the spatial one, with its options copied)
+THINK_TOKENS = 240  # the longest world thought is 210 tokens (a measured vqa one: 6 objects, 5 copied)
 LAYOUT_TOKENS = 200
 # how a pose text is written where the model has a pose head: its decoded digits (the default: on
 # every held-out measurement so far they beat the head's numbers, a regression that shrinks an

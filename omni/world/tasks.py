@@ -51,7 +51,7 @@ LETTERS = "ABCD"
 MAX_SIZE = 1024  # the renderer holds a few float arrays of size^2 per view: beyond this, memory runs out
 VIEW_DIRECTIONS = ("up", "down", "left", "right")
 POSE_MOTIONS = ("orbit", "move_turn")
-VQA_THOUGHTS = ("inventory", "focused")
+VQA_THOUGHTS = ("inventory", "focused", "measured")
 # the world's revisions (WorldConfig.revision). 1 draws exactly the examples omni-tiny was trained and
 # scored on; 2 mends what docs/world_audit.md found: spatial camera_object answers in all four quadrants
 # (view 2 stands among the objects), object_object's true answer always among the options, a t2i
@@ -124,8 +124,10 @@ class WorldConfig:
     # always drew; with both, each example picks one at random.
     pose_motions: tuple[str, ...] = ("orbit",)
     # the vqa thought's shape: "inventory" (every object's size, colour, shape and place, then the
-    # question's step) or "focused" (only the objects the question names, each found by its place,
-    # then the step). The question, image and answer of every seed are the same for both.
+    # question's step), "focused" (only the objects the question names, each found by its place,
+    # then the step) or "measured" (the inventory with each object's distance, "a small purple cone on
+    # the left at 4.6 m", which closer's step then copies). The question, image and answer of every seed
+    # are the same for all three.
     vqa_thought: str = "inventory"
     # which revision of the world's tasks (WORLD_REVISIONS): 1, the default, draws what it always drew
     revision: int = 1
@@ -266,24 +268,26 @@ def name_of(o: Obj) -> str:
     return f"the {o.name}"
 
 
-def _inventory_item(s: L.ObjectStats, size: int) -> str:
-    """One object as the vqa thought's inventory lists it: "a small purple cone on the left"."""
-    return f"{L.article(s.obj.size)} {L.full_name(s.obj)} {L.horizontal_word(s, size)}"
+def _inventory_item(s: L.ObjectStats, size: int, measured: bool = False) -> str:
+    """One object as the vqa thought's inventory lists it: "a small purple cone on the left", with its
+    median distance when `measured` ("... on the left at 4.6 m", as closer's step states it)."""
+    at = f" at {s.median_depth:.1f} m" if measured else ""
+    return f"{L.article(s.obj.size)} {L.full_name(s.obj)} {L.horizontal_word(s, size)}{at}"
 
 
-def objects_sentence(stats: list[L.ObjectStats], size: int) -> str:
-    items = [_inventory_item(s, size) for s in L.by_position(stats)]
+def objects_sentence(stats: list[L.ObjectStats], size: int, measured: bool = False) -> str:
+    items = [_inventory_item(s, size, measured) for s in L.by_position(stats)]
     return f"i see {L.count_phrase(len(stats), 'object')}: {L.join(items)}."
 
 
 _WORDS = {"size": SIZES, "colour": COLORS, "shape": SHAPES}
 _VQA_OPENING = re.compile(r"( i see)( \d+)( objects?:)")
 _VQA_ITEM = re.compile(r"(,| and)?( an?)( {size})( {colour})( {shape})( on the left| in the center| on the right)"
-                       .format(**{k: "(?:" + "|".join(v) + ")" for k, v in _WORDS.items()}))
+                       r"( at \d+\.\d m)?".format(**{k: "(?:" + "|".join(v) + ")" for k, v in _WORDS.items()}))
 _VQA_CLOSING = re.compile(r"( so the answer is)( [^.]+)(\.)")
 # the step's words, by what they name (`vqa_thought_pieces`)
 VQA_STEP_PARTS = ("step", "step colour", "step shape", "step relation", "step verdict")
-VQA_PIECES = ("count", "size", "colour", "shape", "position", *VQA_STEP_PARTS, "answer")
+VQA_PIECES = ("count", "size", "colour", "shape", "position", "distance", *VQA_STEP_PARTS, "answer")
 # left_right's step as _vqa_relation writes it, up to its x centres: the two objects' names and x centres
 # ("the purple cone is centred at x 9 and the blue cylinder at x 30,"), for whoever reads a thought's numbers
 LEFT_RIGHT_X = re.compile(r"the ([a-z ]+?) is centred at x (\d+) and the ([a-z ]+?) at x (\d+),")
@@ -308,13 +312,14 @@ def vqa_thought_pieces(thought: str) -> list[tuple[str, str | None]]:
     """The world's vqa thought (`objects_sentence` unless it is focused, then its family's step, then
     "so the answer is X.") cut into text pieces whose concatenation is " " + thought.strip(), each named
     by what it states or None: "count" (the objects seen), per object listed "size", "colour", "shape"
-    and "position" (" on the left", ...), the question's step word by word ("step colour" and "step
-    shape" for the colour and shape words in it, copied from the question or the listing or, in a
-    focused thought, read from the image; "step relation" for the left or right of "left of" / "right
-    of", the relation a left_right step concludes from the two x centres it states, or in revision 3
-    from the inventory it copies; "step verdict" for the yes or no after "the question asks left of:",
-    revision 2's verdict on whether the relation asked is the one found; "step" for the others) and
-    "answer". Each named piece starts with its space. A thought not of that shape is a ValueError."""
+    and "position" (" on the left", ...) and, in a measured thought, "distance" (" at 4.6 m"), the
+    question's step word by word ("step colour" and "step shape" for the colour and shape words in it,
+    copied from the question or the listing or, in a focused thought, read from the image; "step
+    relation" for the left or right of "left of" / "right of", the relation a left_right step concludes
+    from the two x centres it states, or in revision 3 from the inventory it copies; "step verdict" for
+    the yes or no after "the question asks left of:", revision 2's verdict on whether the relation asked
+    is the one found; "step" for the others) and "answer". Each named piece starts with its space. A
+    thought not of that shape is a ValueError."""
     text = " " + thought.strip()
     bad = ValueError(f"not a vqa thought of the world's shape: {thought[:80]!r}")
     pieces: list[tuple[str, str | None]] = []
@@ -324,7 +329,8 @@ def vqa_thought_pieces(thought: str) -> list[tuple[str, str | None]]:
         pos = m.end()
         while it := _VQA_ITEM.match(text, pos):
             pieces += [(it.group(1) or "", None), (it.group(2), None), (it.group(3), "size"),
-                       (it.group(4), "colour"), (it.group(5), "shape"), (it.group(6), "position")]
+                       (it.group(4), "colour"), (it.group(5), "shape"), (it.group(6), "position"),
+                       (it.group(7) or "", "distance")]
             pos = it.end()
         if pos == m.end() or not text.startswith(". ", pos):
             raise bad
@@ -343,18 +349,20 @@ def vqa_conclusion_cut(thought: str) -> int:
     """Where a vqa thought's conclusion starts, as an index into " " + thought.strip(): after the
     question's step's last word holding a digit (what the thought read off the image or counted: the
     objects' x centres and distances, the counts), or at the step's first word when it holds none
-    (revision 3's left_right step, copied from the inventory, is all conclusion); what follows (the
-    relation the numbers imply, "so the answer is X.") is what the thought concludes from the text
-    before it. Always at a piece's start, which begins with its space (`vqa_thought_pieces`,
+    (revision 3's left_right step, copied from the inventory, is all conclusion; so is every step of a
+    measured thought, whose inventory holds the distances the step copies and the objects it counts);
+    what follows (the relation the numbers imply, "so the answer is X.") is what the thought concludes
+    from the text before it. Always at a piece's start, which begins with its space (`vqa_thought_pieces`,
     whose ValueError a thought not of the world's shape raises)."""
-    pos, start, cut = 0, None, None
+    pos, start, cut, measured = 0, None, None, False
     for piece, what in vqa_thought_pieces(thought):
+        measured |= what == "distance"
         if what in VQA_STEP_PARTS:
             start = pos if start is None else start
             if any(c.isdigit() for c in piece):
                 cut = pos + len(piece)
         pos += len(piece)
-    return cut if cut is not None else start
+    return cut if cut is not None and not measured else start
 
 
 def vqa_step(thought: str) -> str:
@@ -411,7 +419,8 @@ def _vqa(rng: np.random.Generator, cfg: WorldConfig, memo: dict) -> Draft:
             got = _VQA_FAMILIES[fam](rng, scene, st, cfg)
             if got is not None:
                 question, step, answer, kind = got
-                seen = "" if cfg.vqa_thought == "focused" else objects_sentence(st, cfg.size) + " "
+                seen = "" if cfg.vqa_thought == "focused" else \
+                    objects_sentence(st, cfg.size, cfg.vqa_thought == "measured") + " "
                 thinking = f"{seen}{step} so the answer is {answer}."
                 texts = {"question": question, "thinking": thinking, "answer": answer,
                          "caption": L.short_caption(st)}
@@ -500,7 +509,7 @@ def _vqa_relation(rng, scene, st, cfg):
             rel = L.relative_position(a.box, b.box) & {"left of", "right of"}
             if not rel:
                 continue
-            listed = cfg.revision >= 3 and cfg.vqa_thought == "inventory"
+            listed = cfg.revision >= 3 and cfg.vqa_thought != "focused"
             if listed:  # the inventory's objects after a, copied from it: b among them is b right of a
                 inventory = L.by_position(st)
                 after = inventory[[s.index for s in inventory].index(a.index) + 1:]
@@ -509,7 +518,7 @@ def _vqa_relation(rng, scene, st, cfg):
             asked = str(rng.choice(["left of", "right of"]))
             ans = "yes" if asked in rel else "no"
             if listed:
-                items = L.join([_inventory_item(s, cfg.size) for s in after]) or "none"
+                items = L.join([_inventory_item(s, cfg.size, cfg.vqa_thought == "measured") for s in after]) or "none"
                 step = (f"after the {a.obj.name} the list has: {items}; so the {a.obj.name} is {rel.pop()} "
                         f"the {b.obj.name}.")
             else:
