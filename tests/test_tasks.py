@@ -532,7 +532,7 @@ def test_focused_vqa_thought_names_only_what_the_question_asks():
         if kind in ("left_right", "closer"):  # already focused: the inventory's step alone
             assert a.texts["thinking"].endswith(thought)
     assert {"color_of_shape", "left_right", "sum", "remove", "all"} <= kinds
-    with pytest.raises(ValueError, match="vqa thought must be one of inventory, focused"):
+    with pytest.raises(ValueError, match="vqa thought must be one of inventory, focused, measured"):
         WorldConfig(vqa_thought="short")
 
 

@@ -94,7 +94,7 @@ def test_train_config_rejects_bad_values_naming_the_option(kw, needle):
     ({"pose_motions": ()}, "--pose-motions: pose motions must be distinct names"),
     ({"pose_motions": ("orbit", "orbit")}, "--pose-motions: pose motions must be distinct names"),
     # the world's own checks (WorldConfig), under the flag that set them
-    ({"vqa_thought": "short"}, "--vqa-thought: vqa thought must be one of inventory, focused, got 'short'"),
+    ({"vqa_thought": "short"}, "--vqa-thought: vqa thought must be one of inventory, focused, measured, got 'short'"),
     ({"world_revision": 4}, "--world-revision: world revision must be one of 1, 2, 3"),
     ({"world_revision": 2.0}, "--world-revision: WorldConfig.revision must be an integer, got float 2.0"),
     ({"world_revision": True}, "--world-revision: WorldConfig.revision must be an integer, got bool True"),
@@ -130,7 +130,7 @@ def test_vqa_thought_reaches_the_mixtures_vqa_sequences(writer):
         assert ex.texts["thinking"] in texts[m.vqa_thought]
     assert "i see" in texts["inventory"] and "i see" not in texts["focused"]
     assert mx.form_lengths(4)[("vqa", "think")] != Mixture(mix, writer).form_lengths(4)[("vqa", "think")]
-    with pytest.raises(ValueError, match="--vqa-thought: vqa thought must be one of inventory, focused"):
+    with pytest.raises(ValueError, match="--vqa-thought: vqa thought must be one of inventory, focused, measured"):
         MixtureConfig(vqa_thought="short")
 
 
