@@ -49,7 +49,8 @@ from pathlib import Path
 import numpy as np
 
 from omni.world import WorldConfig, sample
-from omni.world.tasks import LEFT_RIGHT_LISTED, LEFT_RIGHT_X
+from omni.world import language as L
+from omni.world.tasks import LEFT_RIGHT_LISTED, LEFT_RIGHT_X, lists_left_right
 
 MEASURED_ITEM = re.compile(r"an? [a-z]+ ([a-z]+ [a-z]+) (?:on the left|in the center|on the right) at (\d+\.\d) m")
 INVENTORY = re.compile(r"i see \d+ objects?: (.+?)\. ")
@@ -111,8 +112,7 @@ def _inventory_tail(own: str, name: str) -> str | None:
     at = next((i for i, it in enumerate(items) if f" {name} " in f" {it} "), None)
     if at is None:
         return None
-    rest = items[at + 1:]
-    return (", ".join(rest[:-1]) + " and " + rest[-1] if len(rest) > 1 else "".join(rest)) or "none"
+    return L.join(items[at + 1:]) or "none"
 
 
 def _left_right_listed(q: str, truth: str, own: str, answer: str) -> dict:
@@ -174,7 +174,7 @@ def relations(path: str | Path, row: str = "+thinking") -> dict:
     world = WorldConfig(revision=d.get("world_revision", 1), vqa_thought=d.get("vqa_thought", "inventory"))
     exs = sample("vqa", range(d["seed_start"], d["seed_start"] + d["n"]), world)
     per: dict[str, list[dict]] = {"left_right": [], "closer": []}
-    listed = world.revision >= 3 and world.vqa_thought != "focused"  # tasks._vqa_relation's listed step
+    listed = lists_left_right(world)
     for ex, entry in zip(exs, texts, strict=True):
         kind = ex.spec["kind"]
         if kind in per:

@@ -497,6 +497,12 @@ def _vqa_attribute(rng, scene, st, cfg):
     return None
 
 
+def lists_left_right(cfg: WorldConfig) -> bool:
+    """Whether left_right's step copies the thought's inventory (revision 3 on, a thought that has one)
+    rather than stating two x centres."""
+    return cfg.revision >= 3 and cfg.vqa_thought != "focused"
+
+
 def _vqa_relation(rng, scene, st, cfg):
     if len(st) < 2:
         return None
@@ -509,7 +515,7 @@ def _vqa_relation(rng, scene, st, cfg):
             rel = L.relative_position(a.box, b.box) & {"left of", "right of"}
             if not rel:
                 continue
-            listed = cfg.revision >= 3 and cfg.vqa_thought != "focused"
+            listed = lists_left_right(cfg)
             if listed:  # the inventory's objects after a, copied from it: b among them is b right of a
                 inventory = L.by_position(st)
                 after = inventory[[s.index for s in inventory].index(a.index) + 1:]
