@@ -272,6 +272,13 @@ def test_compare_pairs_two_ablation_tables_row_by_row():
         compare_outputs({"old": old, "other": other})
     with pytest.raises(ValueError, match="holds no metrics"):
         compare_outputs({"old": old, "bad": {**old, "scores": {"baseline": [0.1, 0.2, 0.3]}}})
+    # two partial ablations (their first 2 of 3 examples) were paired and said to be "the same 3 examples"
+    part = {**old, "done": 2, "scores": {r: {k: v[:2] for k, v in m.items()} for r, m in old["scores"].items()}}
+    with pytest.raises(ValueError, match=r"'baseline: delta1' scores 2 examples, not its n = 3 \(a partial "
+                                         r"ablation: 2 done\)"):
+        compare_outputs({"a": part, "b": {**part}})
+    with pytest.raises(ValueError, match="scores 2 examples, not its n = 3; compare"):
+        compare_outputs({"old": evald, "short": {**evald, "scores": {"delta1": [0.5, 0.6]}}})
 
 
 def test_ablation_table_names_the_row_holding_nan():

@@ -122,6 +122,10 @@ def _per_example_scores(name: str, out: Mapping) -> dict[str, tuple[str, list]]:
     for key, (_, v) in flat.items():  # one number per example (nested lists were flattened into more)
         if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
             raise ValueError(f"{name}: the scores of {key!r} are not a list of numbers, one per example")
+        if len(v) != out["n"]:  # a partial ablation's file (its "done" first examples) paired as if all n
+            done = f" (a partial ablation: {out['done']} done)" if "done" in out else ""
+            raise ValueError(f"{name}: {key!r} scores {len(v)} examples, not its n = {out['n']!r}{done}; "
+                             "compare needs every example scored")
     return flat
 
 
