@@ -10,7 +10,7 @@ from omni.eval.run import inputs_of
 from omni.serve.testing import random_tiny_model
 from omni.unroll import PLANS, Engine, Inputs, parse_plan
 from omni.unroll.trace import write_trace
-from omni.world import sample
+from omni.world import WorldConfig, sample
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,8 @@ def test_ablation_rows_share_examples(model, tmp_path):
     assert files["accuracy.md"].read_text().startswith("**Understanding: VQA**")
     assert json.loads(files["scores"].read_text())["scores"]["direct"]["accuracy"]
     assert set(r["context_fidelity"]["+thinking"]) == {"think:exact", "think:similarity", "think:close",
-                                                       "think:step", "think:answer", "think:followed"}
+                                                       "think:step", "think:listing", "think:answer",
+                                                       "think:followed"}
     assert r["context_fidelity"]["direct"] == {}
     # the fidelities per example are kept beside the answers' scores: their means are the table's
     per = json.loads(files["scores"].read_text())["context_scores"]
@@ -205,6 +206,10 @@ def test_ablation_rows_share_examples(model, tmp_path):
         assert rows["direct"]["n"] == len(idx)
         assert rows["direct"]["accuracy"] == np.mean([r["scores"]["direct"]["accuracy"][i] for i in idx])
     assert "by question family" in markdown(r)
+    # the rows split by whether the thought's own inventory is right: the two parts cover every example
+    split = r["by_listing"]["+thinking"]
+    assert sum(p["n"] for p in split.values()) == 2 and set(split) <= {"right", "wrong"}
+    assert "own inventory is right (every object, every word)" in markdown(r)
     # every row's texts, per example: the thought in +thinking, the answer in both
     saved = json.loads(files["scores"].read_text())["texts"]
     assert [len(saved[k]) for k in ("direct", "+thinking")] == [2, 2]
@@ -283,7 +288,7 @@ def test_close_fidelity_forgives_measurements_only():
     from omni.eval.run import CLOSE_METRES, close_text, fidelity
     from omni.unroll.engine import Item, Result
     from omni.world.language import depth_caption_objects
-    from omni.world.tasks import vqa_step
+    from omni.world.tasks import vqa_inventory, vqa_step
 
     truth = "the cone is centred at x 9 and the cube at x 30, so the cone is left of the cube. so the answer is yes."
     assert close_text(truth, truth) and close_text(truth.replace("x 9", "x 11"), truth)
@@ -309,9 +314,23 @@ def test_close_fidelity_forgives_measurements_only():
     assert vqa_step("i see 2 objects: a") == "" and vqa_step("") == ""
     wrong_inventory = inventory.replace("i see ", "i see 1", 1) + ". " + step  # "i see 14 objects: ..."
     f = fidelity(ex, Result("vqa", [], out, [Item("think", "text", text=wrong_inventory)]))
-    assert f["think:exact"] == 0 and f["think:close"] == 0 and f["think:step"] == 1
+    assert f["think:exact"] == 0 and f["think:close"] == 0 and f["think:step"] == 1 and f["think:listing"] == 0
     f = fidelity(ex, Result("vqa", [], out, [Item("think", "text", text=inventory + ". so the answer is 3.")]))
-    assert f["think:step"] == 0
+    assert f["think:step"] == 0 and f["think:listing"] == 1
+    assert vqa_inventory(truth) == inventory + "." and vqa_inventory("the cone is cyan. so the answer is cyan.") == ""
+    assert vqa_inventory("i see 2 objects: a") == "i see 2 objects: a"  # cut off: what there is
+    # a measured thought's listing is its objects' words: its distances are not compared (any number)
+    wm = WorldConfig(vqa_thought="measured")
+    exm = sample("vqa", [ex.seed], wm)[0]
+    assert exm.texts["thinking"] != truth and " m," in vqa_inventory(exm.texts["thinking"]) + ","
+    far = _nudge_decimals(vqa_inventory(exm.texts["thinking"]), 3.0) + " so the answer is 1."
+    f = fidelity(exm, Result("vqa", [], out, [Item("think", "text", text=far)]))
+    assert f["think:listing"] == 1 and f["think:close"] == 0
+    f = fidelity(exm, Result("vqa", [], out, [Item("think", "text", text=truth)]))  # no distances: not the listing
+    assert f["think:listing"] == 0
+    # a focused thought lists nothing: no listing to score
+    exf = sample("vqa", [ex.seed], WorldConfig(vqa_thought="focused"))[0]
+    assert "think:listing" not in fidelity(exf, Result("vqa", [], out, [Item("think", "text", text=truth)]))
     dep = sample("depth", [2_000_000_000])[0]
     cap = _nudge_decimals(dep.texts["depth_caption"], -0.1)
     f = fidelity(dep, Result("depth", [], out, [Item("depth_caption", "text", text=cap),
@@ -767,6 +786,48 @@ def test_an_ablation_resumes_with_the_draws_of_a_run_that_never_stopped(model, t
             ablate(engine(model), *args, rows=rows, partial=partial, resume=True)
     partial.write_text(json.dumps({k: v for k, v in kept.items() if k != "seconds"}))
     with pytest.raises(ValueError, match="corrupt progress file \\(no seconds\\)"):
+        ablate(engine(model), *args, rows=rows, partial=partial, resume=True)
+
+
+def test_a_resumed_ablation_of_code_that_scored_less_context_keeps_the_examples_aligned(model, tmp_path):
+    """A partial file written before a fidelity was scored (vqa's think:listing): resumed, the new
+    score is None for the examples done before it (its list was shorter than the others and misaligned
+    with the question families); its means are over what was scored, it is saved and resumed again,
+    and the listing split (`by_listing`), which needs every example, is left out."""
+    rows = {k: PLANS["vqa"][k] for k in ("direct", "+thinking")}
+    args = ("vqa", 3, 2_000_000_010)
+    whole = ablate(engine(model), *args, rows=rows)
+    assert sum(p["n"] for p in whole["by_listing"]["+thinking"].values()) == 3
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_first(_msg):
+        raise Stop
+
+    partial = tmp_path / "vqa_partial.json"
+    with pytest.raises(Stop):
+        ablate(engine(model), *args, rows=rows, log=stop_at_first, partial=partial, save_every=0)
+    kept = json.loads(partial.read_text())
+    assert kept["done"] == 1
+    del kept["context"]["+thinking"]["think:listing"]  # as older code wrote it
+    partial.write_text(json.dumps(kept))
+    resumed = ablate(engine(model), *args, rows=rows, partial=partial, resume=True)
+    listed = resumed["context_scores"]["+thinking"]["think:listing"]
+    assert listed[0] is None and listed[1:] == whole["context_scores"]["+thinking"]["think:listing"][1:]
+    assert resumed["context_fidelity"]["+thinking"]["think:listing"] == np.mean(listed[1:])
+    assert "by_listing" not in resumed and resumed["scores"] == whole["scores"]
+    assert all(len(v) == 3 for v in resumed["context_scores"]["+thinking"].values())
+    # saved with its None and resumed again from there: accepted (a None in the scores is not)
+    with pytest.raises(Stop):
+        ablate(engine(model), *args, rows=rows, log=stop_at_first, partial=partial, save_every=0)
+    again = json.loads(partial.read_text())
+    again["context"]["+thinking"]["think:listing"][0] = None
+    partial.write_text(json.dumps(again))
+    assert ablate(engine(model), *args, rows=rows, partial=partial, resume=True)["scores"] == whole["scores"]
+    again["scores"]["direct"]["accuracy"][0] = None
+    partial.write_text(json.dumps(again))
+    with pytest.raises(ValueError, match="corrupt progress file \\(scores must hold"):
         ablate(engine(model), *args, rows=rows, partial=partial, resume=True)
 
 

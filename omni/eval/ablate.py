@@ -83,11 +83,11 @@ def _progress(saved: dict, plans: dict, n: int, engine: Engine, path: Path):
             raise bad(f"{key} must hold each row's ({', '.join(plans)}) {'numbers' if key != 'texts' else 'texts'}")
         return v
 
-    def lists(x) -> bool:  # metric -> one number per example done
-        return isinstance(x, dict) and all(isinstance(s, list) and len(s) == done and
-                                           all(isinstance(a, (int, float)) for a in s) for s in x.values())
+    def lists(x, unscored=()) -> bool:  # metric -> one number per example done (or unscored)
+        return isinstance(x, dict) and all(isinstance(s, list) and len(s) == done and all(
+            isinstance(a, (int, float)) or a in unscored for a in s) for s in x.values())
 
-    scores, context = per_row("scores", lists), per_row("context", lists)
+    scores, context = per_row("scores", lists), per_row("context", lambda x: lists(x, (None,)))
     texts = per_row("texts", lambda x: isinstance(x, list) and len(x) == done)
     seconds = per_row("seconds", lambda x: isinstance(x, (int, float)) and not isinstance(x, bool))
     tokens = per_row("tokens", lambda x: isinstance(x, int) and not isinstance(x, bool))
@@ -171,8 +171,8 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
             texts[name].append(texts_of(res))
             for k, v in score(ex, res).items():
                 scores[name].setdefault(k, []).append(v)
-            for k, v in fidelity(ex, res).items():
-                context[name].setdefault(k, []).append(v)
+            for k, v in fidelity(ex, res).items():  # None for the examples before: a resumed partial
+                context[name].setdefault(k, [None] * i).append(v)  # file of code that did not score k
         if partial is not None and (i + 1 == n or time.perf_counter() - written >= save_every):
             state = base64.b64encode(engine.generator.get_state().numpy().tobytes()).decode()
             write_json(partial, {**which, "done": i + 1, "scores": scores, "context": context, "texts": texts,
@@ -197,15 +197,41 @@ def ablate(engine: Engine, task: str, n: int, seed_start: int, rows: dict[str, l
                                      notes=[f"same weights, same {n} {held_out(split)} examples "
                                             f"(seeds {seed_start}..), rows differ only in the plan", how])
     by_group = group_means(groups, {name: {metric: scores[name][metric], **context[name]} for name in plans})
+    by_listing = _by_listing(scores, context, metric, higher) if task == "vqa" else {}
     return {"task": task, "n": n, "seed_start": seed_start, "split": split, "sampling": sampling, **focused,
             "rows": {k: list(v) for k, v in plans.items()},
             "main_metric": metric, "tables": tables, "scores": scores,
-            "context_fidelity": {name: {k: float(np.mean(v)) for k, v in c.items()} for name, c in context.items()},
+            "context_fidelity": {name: {k: float(np.mean(got)) for k, v in c.items()
+                                        if (got := [x for x in v if x is not None])} for name, c in context.items()},
             "context_scores": context,
-            "groups": groups, "by_group": by_group,
+            "groups": groups, "by_group": by_group, **({"by_listing": by_listing} if by_listing else {}),
             "texts": {name: t for name, t in texts.items() if any(t)},
             "seconds_per_example": {k: v / n for k, v in seconds.items()},
             "context_tokens_per_example": {k: v / n for k, v in tokens.items()}}
+
+
+def _by_listing(scores: dict, context: dict, metric: str, higher: bool) -> dict:
+    """For each row whose vqa thought lists the objects (`think:listing` in its fidelity), every row's
+    `metric` on the examples where that row's own inventory is right (`think:listing`: "right") and on
+    the rest ("wrong"), each with its paired Δ against the first row: where the thought reads the image
+    right, is the answer after it better than the direct one? (docs/experiments.md, "What the thought
+    is worth where its inventory is right")."""
+    out = {}
+    for row, c in context.items():
+        listed = c.get("think:listing")
+        if not listed or None in listed:  # a resumed run of code that did not score it: not every example
+            continue
+        right = np.asarray(listed) > 0.5
+        split = {}
+        for part, mask in (("right", right), ("wrong", ~right)):
+            if not mask.any():
+                continue
+            t = ablation_table({name: np.asarray(s[metric], float)[mask] for name, s in scores.items()},
+                               metric=metric, higher_is_better=higher)
+            split[part] = {"n": int(mask.sum()), **{r.name: {"mean": r.mean, "delta": r.delta, "delta_lo": r.delta_lo,
+                                                              "delta_hi": r.delta_hi} for r in t.rows}}
+        out[row] = split
+    return out
 
 
 def _how(temperature: float, top_k: int) -> str:
@@ -247,4 +273,13 @@ def markdown(result: dict) -> str:
         grp = (f"\n{metric} by question {key} (the world's question type):\n\n" + head + "".join(
             f"| {g} | {rows[names[0]]['n']} | " + " | ".join(f"{rows[r][metric]:.3f}" for r in names) + " |\n"
             for g, rows in result["by_group"].items()))
-    return t.markdown() + "\n" + cost + "\n" + fid + grp
+    lst = ""
+    names = list(result["rows"])
+    for row, split in result.get("by_listing", {}).items():
+        lst += (f"\n{result['main_metric']} where the {row} row's own inventory is right (every object, every "
+                "word), and where not:\n")
+        lst += "".join(f"- {part} ({v['n']} of {result['n']}): " + ", ".join(
+            f"{name} {v[name]['mean']:.3f}" + (f" (Δ {v[name]['delta']:+.3f} [{v[name]['delta_lo']:+.3f}, "
+                                              f"{v[name]['delta_hi']:+.3f}])" if name != names[0] else "")
+            for name in names) + "\n" for part, v in split.items())
+    return t.markdown() + "\n" + cost + "\n" + fid + grp + lst

@@ -17,6 +17,7 @@ the generation checker), and every reported mean carries a 95 % bootstrap interv
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from omni.unroll.format import SOURCE_VIEW, VIEW_TAGS
 from omni.world import Example, sample
 from omni.world.camera import pose_to_numbers, text_to_numbers
 from omni.world.language import depth_caption_objects
-from omni.world.tasks import LETTERS, WorldConfig, split_of_range, stated_answer, stated_option, vqa_step
+from omni.world.tasks import LETTERS, WorldConfig, split_of_range, stated_answer, stated_option, vqa_inventory, vqa_step
 
 from .checker import check
 from .metrics import bootstrap_ci, depth_metrics, edit_regions, pose_errors, psnr, qa_accuracy, ssim
@@ -186,7 +187,11 @@ def fidelity(ex: Example, res: Result) -> dict:
                         CLOSE_METRES and x positions within CLOSE_PIXELS (a relation thought or a caption
                         states them to the decimal, so is almost never exact); the vqa thought also
                         `step`: its question's step (`vqa_step`: after the inventory, before the
-                        closing) is close to the truth's, whatever the inventory says; the depth
+                        closing) is close to the truth's, whatever the inventory says, and, where the
+                        truth lists every object (not a focused thought), `listing`: its inventory
+                        (`vqa_inventory`) names the truth's objects in order, each word right (a
+                        measured thought's distances not compared: as context use's `listing`),
+                        whatever the step says; the depth
                         caption also its listing's `count`, `colour`, `shape` and `nearest`
                         (`_listing_fidelity`)
       think (vqa, spatial)  also `answer`: the thought states the true answer ("so the answer is X"),
@@ -213,6 +218,8 @@ def fidelity(ex: Example, res: Result) -> dict:
             if (s, ex.task) == ("think", "vqa"):
                 out[f"{s}:close"] = float(close_text(it.text, truth))
                 out[f"{s}:step"] = float(close_text(vqa_step(it.text), vqa_step(truth)))
+                if listed := vqa_inventory(truth):
+                    out[f"{s}:listing"] = float(close_text(vqa_inventory(it.text), listed, metres=math.inf))
             if s == "depth_caption":
                 out[f"{s}:close"] = float(close_text(it.text, truth))
                 out.update({f"{s}:{k}": v for k, v in _listing_fidelity(it.text, truth).items()})

@@ -365,15 +365,28 @@ def vqa_conclusion_cut(thought: str) -> int:
     return cut if cut is not None and not measured else start
 
 
+def _vqa_split(thought: str) -> tuple[str, str]:
+    """A vqa thought as (its inventory "i see N objects: ... ." or "", the rest)."""
+    text = thought.strip()
+    if not _VQA_OPENING.match(" " + text):
+        return "", text
+    cut = text.find(". ")
+    return (text[:cut + 1], text[cut + 2:]) if cut >= 0 else (text, "")
+
+
+def vqa_inventory(thought: str) -> str:
+    """The inventory of a vqa thought, as it is written: "i see N objects: ... ." up to its first ". ",
+    or "" when the thought opens otherwise (a focused thought, or a model's that lists nothing).
+    Tolerant of thoughts not of the world's shape, like `vqa_step`."""
+    return _vqa_split(thought)[0]
+
+
 def vqa_step(thought: str) -> str:
     """The question's step of a vqa thought, as it is written: what follows the inventory ("i see N
     objects: ... .", where there is one) up to the closing "so the answer is X." (or the end); "" when
     nothing is there. Tolerant of thoughts not of the world's shape (a model's), unlike
     `vqa_thought_pieces`."""
-    text = thought.strip()
-    if _VQA_OPENING.match(" " + text):
-        cut = text.find(". ")
-        text = text[cut + 2:] if cut >= 0 else ""
+    text = _vqa_split(thought)[1]
     end = text.rfind("so the answer is")
     return (text[:end] if end >= 0 else text).strip()
 
