@@ -103,6 +103,43 @@ def test_the_vit_probe_sees_omnis_tokens():
         probe(steps=1, arch="vit", size={"layers": 0})
 
 
+def test_the_shape_probe_names_each_colours_shape_from_the_pixels():
+    """`--task shape`: per VQA image, each colour that exactly one object has is asked its object's shape
+    (colours none or two objects have are not asked); a short CNN run reads them better than the
+    commonest shape does; the one-view probes run; a stacked probe (two views) and an unknown task are
+    errors; 20 steps (a warmup of one step exactly, OneCycleLR's division by zero) run."""
+    import torch
+
+    from omni.eval.probe import ARCHS, probe, shape_images
+    from omni.world.scene import COLORS, SHAPES
+
+    x, y, exs = shape_images(range(40))
+    assert x.shape == (40, 3, 32, 32) and y.shape == (40, len(COLORS))
+    for e, row in zip(exs, y.tolist(), strict=True):
+        objs = e.scenes["main"].objects
+        for c, got in zip(COLORS, row, strict=True):
+            have = [o.shape for o in objs if o.color == c]
+            assert got == (SHAPES.index(have[0]) if len(have) == 1 else -1)
+    assert (y >= 0).any(1).float().mean() > 0.9 and ((y >= 0).sum(1) < torch.tensor([len(e.scenes["main"].objects)
+                                                                                    for e in exs])).any()
+    torch.set_num_threads(1)
+    r = probe(n_train=4000, steps=1200, n=100, batch=32, task="shape")  # 15 s on one thread
+    assert r["task"] == "shape" and set(r["metrics"]) == {"shape", "all shapes", "majority"}
+    assert len(r["scores"]["shape"]) == r["scored_images"] <= 100
+    assert r["metrics"]["shape"]["mean"] > r["metrics"]["majority"]["mean"] + 0.1, r["metrics"]
+    small = probe(n_train=64, steps=5, n=20, batch=8, task="shape")
+    assert small == probe(n_train=64, steps=5, n=20, batch=8, task="shape") | {"seconds": small["seconds"]}  # seeded
+    for arch in ("vit", "vit-conv"):
+        assert probe(n_train=16, steps=2, n=8, batch=4, task="shape", arch=arch,
+                     size={"width": 32, "layers": 1, "heads": 2})["arch"] == arch
+    assert ARCHS["vit"](views=1, outputs=32)(x[:2]).shape == (2, 32)
+    with pytest.raises(ValueError, match="stacks two views"):
+        probe(n_train=16, steps=1, n=8, task="shape", arch="vit-stacked")
+    with pytest.raises(ValueError, match="unknown --task 'depth'"):
+        probe(steps=1, task="depth")
+    assert probe(n_train=8, steps=20, n=4, batch=4)["steps"] == 20
+
+
 def test_references_and_probe_score_held_out_seeds_only_and_fail_in_one_line():
     """Scored on seeds they were fit on, the references looked perfect (the VQA prior answered every
     question right on seeds 0..3); a bad --lr or seed range was a traceback from the module's main."""

@@ -159,3 +159,50 @@ def test_vqa_relations_reads_the_thoughts_numbers(tmp_path):
     assert bad["m_error"] > 0 and bad["order"] < bad["n"]
     r = subprocess.run([*run, str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode != 0 and "no vqa_scores.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_vqa_inventory_counts_the_words_a_thought_gets_wrong(tmp_path):
+    """scripts/vqa_inventory.py (docs/experiments.md, "What the thought is worth where its inventory is
+    right"): the world's own thoughts, as if a model wrote them, are right in every count; the same
+    thoughts with every cube listed as a sphere lose exactly the cubes' shapes (in place, in the
+    confusion, in each colour's shape), and nothing else; an ablation without the row is one line."""
+    from omni.world import WorldConfig, sample
+
+    seeds = range(2_000_000_000, 2_000_000_080)
+    exs = sample("vqa", seeds, WorldConfig(revision=3))
+
+    def scores(name: str, edit, row: str = "+thinking") -> Path:
+        texts = [{"steps": [["think", edit(ex.texts["thinking"])]], "output": ex.answer} for ex in exs]
+        path = tmp_path / name / "vqa_scores.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"task": "vqa", "n": len(exs), "seed_start": seeds[0], "world_revision": 3,
+                                    "texts": {row: texts}}))
+        return path.parent
+
+    def no_cubes(t: str) -> str:  # the inventory's cubes only: the step after it is left alone
+        inventory, rest = t.split(". ", 1)
+        return inventory.replace(" cube ", " sphere ") + ". " + rest
+
+    run = [sys.executable, str(ROOT / "scripts" / "vqa_inventory.py"), "--json"]
+    r = subprocess.run([*run, str(scores("true", lambda t: t)), str(scores("spheres", no_cubes))],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    true, bad = json.loads(r.stdout)
+    assert true["n"] == 80 and true["listing"] == true["count"] == 1 and true["colour_shape"] == 1
+    assert set(true["in_place"].values()) == set(true["recalled"].values()) == {1.0}
+    assert sum(v[1] for v in true["listing_by_objects"].values()) == 80
+    assert sum(v["n"] for v in true["by_pixels"].values()) == true["placed_objects"]
+    conf = true["confusion"]
+    assert all(conf[a][b] == 0 for a in conf for b in conf[a] if a != b) and conf["cube"]["cube"] > 0
+    cubes = conf["cube"]["cube"]
+    assert bad["confusion"]["cube"] == {"cube": 0, "sphere": cubes, "cylinder": 0, "cone": 0}
+    assert bad["in_place"]["shape"] == pytest.approx(1 - cubes / true["placed_objects"])
+    assert bad["in_place"]["colour"] == bad["in_place"]["size"] == bad["count"] == 1
+    assert bad["colour_shape"] < 1 and bad["listing"] < 1
+    # the listing is right exactly where the image has no cube
+    no_cube = sum(all(o.shape != "cube" for o in ex.scenes["main"].objects) for ex in exs)
+    assert bad["listing"] == pytest.approx(no_cube / 80)
+    r = subprocess.run([*run[:-1], str(scores("other", lambda t: t, row="direct"))],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 1 and "has no texts for row '+thinking'; rows: direct" in r.stderr
+    assert "Traceback" not in r.stderr
