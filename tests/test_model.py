@@ -579,6 +579,54 @@ def test_pair_cond():
             pack([[bad]], cfg)
 
 
+def test_conv_stem():
+    """conv_stem: each input patch also takes the features of a 3 x 3 convolution of its whole image,
+    cut as the patches are (the same as convolving the image and cutting the result); at stem_in's
+    initial zero the model is the stemless one, a checkpoint without the stem initialises it (its
+    convolution drawn, so the first step's gradient reaches stem_in); a patch's features see its
+    neighbours' pixels; images cut apart are refused; a negative stem is a config error."""
+    from omni.model.checkpoint import fit_state
+    from omni.tokens.image import patchify
+
+    cfg = OmniConfig(**SMALL, conv_stem=8)
+    s, g = cfg.image_size, torch.Generator().manual_seed(0)
+    a, b = (torch.rand(s, s, 3, generator=g) for _ in range(2))
+    seqs = [[Segment("text", [5]), Segment("image_in", pixels=a), Segment("text", [6]), Segment("image_in", pixels=b),
+             Segment("text", [7, 8])]]
+    plain, on = model(), model(conv_stem=8)
+    assert on.stem_in.weight.abs().sum() == 0 and on.stem_conv.weight.abs().sum() > 0
+    state = fit_state(plain.state_dict(), on.state_dict(), "plain", "the stem model",
+                      optional=OmniModel.FEATURE_PARAMS, own_init=OmniModel.FEATURE_OWN_INIT)
+    assert torch.equal(state["stem_conv.weight"], on.stem_conv.weight) and state["stem_in.weight"].abs().sum() == 0
+    with pytest.raises(ValueError, match="missing \\['stem_conv.bias'"):
+        fit_state(plain.state_dict(), on.state_dict(), "plain", "the stem model", optional=OmniModel.FEATURE_PARAMS)
+    on.load_state_dict(state)
+    bt = pack(seqs, cfg)
+    assert (on(bt) - plain(bt)).abs().max() < 1e-6
+    # the features, patch by patch, are the convolution of each image cut into patches
+    n = cfg.patch_grid ** 2
+    feats = on._stem(bt.patches, torch.arange(n).repeat(2))
+    for k, img in enumerate((a, b)):
+        conv = torch.nn.functional.gelu(on.stem_conv(img.permute(2, 0, 1)[None]))[0].permute(1, 2, 0)
+        assert torch.allclose(feats[k * n:(k + 1) * n], patchify(conv[None], cfg.patch)[0], atol=1e-6)
+    # a pixel changed moves the features of the patch beside it (the stem sees across the patch's edge)
+    b2 = b.clone()
+    b2[cfg.patch, 0] += 1.0  # the first pixel of the second row of patches: its neighbour above is patch 0's
+    moved = on._stem(patchify(b2[None], cfg.patch)[0], torch.arange(n)) - feats[n:]
+    assert moved[0].abs().max() > 1e-3 and moved[2].abs().max() < 1e-6  # patch 2: two patches away
+    # a gradient step reaches stem_in, and through it the convolution, from a stemless start
+    on.train()
+    loss = on(bt).pow(2).mean()
+    loss.backward()
+    assert on.stem_in.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="whole input images"):
+        on._stem(bt.patches[:n - 1], torch.arange(n - 1))
+    with pytest.raises(ValueError, match="whole input images"):
+        on._stem(bt.patches[:n], torch.arange(n).flip(0))
+    with pytest.raises(ValueError, match="conv_stem must be 0"):
+        OmniConfig(**SMALL, conv_stem=-1).validate()
+
+
 def test_rope_2d():
     """rope_2d: a zero offset is 1D rotary; an image token's angles carry its cell's row and column,
     so the angle between two image tokens depends only on their positions' and cells' differences;

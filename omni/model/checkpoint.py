@@ -148,12 +148,13 @@ def load_state(directory: str | Path) -> dict[str, torch.Tensor]:
 
 
 def fit_state(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], where, against: str,
-              optional: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+              optional: tuple[str, ...] = (), own_init: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """`state` checked against a model's own state dict and cast to its dtypes. A tensor the model
     lacks, one of another shape, or one the model has and `state` lacks is an error naming `where`
-    (what `against` implies), except the `optional` ones, which start at zero."""
+    (what `against` implies), except the `optional` ones, which start at zero, and the `own_init`
+    ones, which keep the model's own values."""
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    bad = [k for k in missing if k not in optional]
+    bad = [k for k in missing if k not in optional and k not in own_init]
     if bad or unexpected:
         raise ValueError(f"{where}: weights do not match {against} (missing {bad[:5]}, unexpected "
                          f"{unexpected[:5]})")
@@ -161,7 +162,8 @@ def fit_state(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], wher
         if tuple(state[k].shape) != tuple(own[k].shape):
             raise ValueError(f"{where}: tensor {k!r} has shape {tuple(state[k].shape)}, {against} implies "
                              f"{tuple(own[k].shape)}")
-    return {k: state[k].to(v.dtype) if k in state else torch.zeros_like(v) for k, v in own.items()}
+    return {k: state[k].to(v.dtype) if k in state else v.clone() if k in own_init else torch.zeros_like(v)
+            for k, v in own.items()}
 
 
 def from_pretrained(directory: str | Path, device: str = "cpu", with_tokenizers: bool = True) -> OmniModel:

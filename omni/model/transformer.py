@@ -209,7 +209,11 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class OmniModel(nn.Module):
     # parameters that exist only with an optional feature, each doing nothing at zero (a checkpoint
     # trained without the feature can start a run with it: omni train --init-from)
-    FEATURE_PARAMS = ("cell_vis", "source_in.weight", "pair_in.weight", "pose_head.weight", "pose_head.bias")
+    FEATURE_PARAMS = ("cell_vis", "source_in.weight", "pair_in.weight", "pose_head.weight", "pose_head.bias",
+                      "stem_in.weight")
+    # ... and those that start at the new model's own (seeded) draw instead: the conv stem's convolution,
+    # whose features reach nothing until stem_in (zero) grows (both at zero, neither would ever move)
+    FEATURE_OWN_INIT = ("stem_conv.weight", "stem_conv.bias")
     # the names of the generation side's tensors: the generation expert of every layer and what only it
     # reads or writes (latents in, their cells and the visual tokens', the noise level, its final norm and
     # modulation, the flow head); the rest is the understanding side and what both share (the token
@@ -233,6 +237,9 @@ class OmniModel(nn.Module):
             self.source_in = nn.Linear(cfg.latent_dim, d, bias=False)
         if cfg.pair_cond:
             self.pair_in = nn.Linear(cfg.patch_dim, d, bias=False)
+        if cfg.conv_stem:
+            self.stem_conv = nn.Conv2d(3, cfg.conv_stem, 3, padding=1)
+            self.stem_in = nn.Linear(cfg.patch * cfg.patch * cfg.conv_stem, d, bias=False)
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
         self.norm_und = RMSNorm(d, cfg.norm_eps)
@@ -272,6 +279,8 @@ class OmniModel(nn.Module):
             nn.init.zeros_(self.source_in.weight)
         if self.cfg.pair_cond:  # likewise: view 1's patches change nothing until training uses them
             nn.init.zeros_(self.pair_in.weight)
+        if self.cfg.conv_stem:  # likewise the stem's features (its convolution keeps torch's own draw)
+            nn.init.zeros_(self.stem_in.weight)
         nn.init.zeros_(self.final_ada.weight)
         nn.init.zeros_(self.final_ada.bias)
         nn.init.zeros_(self.flow_head.weight)
@@ -317,7 +326,11 @@ class OmniModel(nn.Module):
             h_in = self.patch_in(b.patches.to(x.dtype)) + self.cell_in[cell[in_rows]]
             if self.cfg.pair_cond:
                 h_in = h_in + self.pair_in(b.pair.to(x.dtype))
+            if self.cfg.conv_stem:
+                h_in = h_in + self.stem_in(self._stem(b.patches.to(x.dtype), cell[in_rows]))
             x = x.index_copy(0, in_rows, h_in)
+        elif self.cfg.conv_stem and self.full_graph:  # every parameter in every pass (FSDP), here at no cost
+            x = x + 0.0 * (self.stem_in.weight.sum() + sum(p.sum() for p in self.stem_conv.parameters()))
         lat_rows = torch.nonzero((kind == IMAGE_GEN) | (kind == IMAGE_CLEAN)).squeeze(1)
         t_all = torch.zeros(B * L, device=x.device)
         if len(lat_rows):
@@ -328,6 +341,18 @@ class OmniModel(nn.Module):
             t_all = t_all.index_copy(0, lat_rows, b.t.to(t_all.dtype))
         cond = self.time_mlp(timestep_embedding(t_all, d))
         return x.reshape(B, L, d), cond.reshape(B, L, d)
+
+    def _stem(self, patches: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """The conv stem's features of the input images whose patches (N, p * p * 3) these are, as the
+        patches are laid out (each image's cells in order, cells and pixels row-major): (N, p * p * C)."""
+        g, p, c = self.cfg.patch_grid, self.cfg.patch, self.cfg.conv_stem
+        n = len(patches) // (g * g)
+        if n * g * g != len(patches) or not torch.equal(
+                cells, torch.arange(g * g, device=cells.device).repeat(n)):
+            raise ValueError("the conv stem needs whole input images, each image's cells in order")
+        img = patches.reshape(n, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(n, 3, g * p, g * p)
+        f = nn.functional.gelu(self.stem_conv(img))
+        return f.reshape(n, c, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(n * g * g, p * p * c)
 
     # -- the layers -----------------------------------------------------------------------------
 

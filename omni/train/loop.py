@@ -391,9 +391,12 @@ class Trainer:
         own = self.model.state_dict()
         state = load_state(d)
         self.model.load_state_dict(fit_state(state, own, f"--init-from {d}", "the model being trained",
-                                             optional=OmniModel.FEATURE_PARAMS))
+                                             optional=OmniModel.FEATURE_PARAMS, own_init=OmniModel.FEATURE_OWN_INIT))
         new = sorted(set(own) - set(state))
-        self.log(f"initialised from {d}" + (f" (new, at zero: {', '.join(new)})" if new else ""))
+        zero = [k for k in new if k not in OmniModel.FEATURE_OWN_INIT]
+        drawn = [k for k in new if k in OmniModel.FEATURE_OWN_INIT]
+        self.log(f"initialised from {d}" + (f" (new, at zero: {', '.join(zero)})" if zero else "")
+                 + (f" (new, drawn: {', '.join(drawn)})" if drawn else ""))
 
     # -- checkpoints ----------------------------------------------------------------------------
 
