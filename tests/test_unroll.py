@@ -386,7 +386,9 @@ def test_ablate_vqa_against_the_focused_thought(model, tmp_path):
     inv = ablate(engine(model), "vqa", 2, 2_000_000_000)
     foc = ablate(engine(model), "vqa", 2, 2_000_000_000, vqa_thought="focused", partial=tmp_path / "p.json")
     assert inv["scores"] == foc["scores"] and inv["texts"] == foc["texts"]
-    assert set(foc["context_fidelity"]["+thinking"]) == set(inv["context_fidelity"]["+thinking"]) > {"think:exact"}
+    # a focused thought lists no inventory: no listing to score, nor to split the rows by
+    assert set(foc["context_fidelity"]["+thinking"]) == set(inv["context_fidelity"]["+thinking"]) - {"think:listing"}
+    assert "think:exact" in foc["context_fidelity"]["+thinking"] and "by_listing" not in foc and "by_listing" in inv
     # the truth a thought is held against: the focused world's (the random model's own thought is empty)
     ex_inv, ex_foc = (sample("vqa", [2_000_000_000], eval_world("vqa", vqa_thought=v))[0]
                       for v in ("inventory", "focused"))
