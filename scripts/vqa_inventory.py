@@ -35,30 +35,18 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from vqa_relations import read_ablation, scores_file, thought_of  # this folder's: the same ablation files
 
 from omni.eval.run import close_text
-from omni.world import WorldConfig, sample
 from omni.world import language as L
 from omni.world.scene import COLORS, SHAPES
 from omni.world.tasks import vqa_inventory
 
+SCRIPT = "vqa_inventory.py"
+
 ITEM = re.compile(r"an? ([a-z]+) ([a-z]+) ([a-z]+) (on the left|in the center|on the right)")
 WORDS = ("size", "colour", "shape", "position")
 PIXEL_BINS = (0, 10, 20, 40, 80)
-
-
-def _scores_file(p: str) -> Path:
-    path = Path(p)
-    path = path / "vqa_scores.json" if path.is_dir() else path
-    if not path.is_file():
-        raise SystemExit(f"vqa_inventory.py: no vqa_scores.json at {p}")
-    return path
-
-
-def _thought(entry: dict | None) -> str:
-    if not entry:
-        return ""
-    return next((t for s, t in entry.get("steps", []) if s == "think"), "") or ""
 
 
 def _bin(pixels: int) -> str:
@@ -69,15 +57,7 @@ def _bin(pixels: int) -> str:
 
 def inventories(path: str | Path, row: str = "+thinking") -> dict:
     """The counts of the module's docstring for one ablation's vqa_scores.json."""
-    d = json.loads(Path(path).read_text())
-    if d.get("task") != "vqa":
-        raise SystemExit(f"vqa_inventory.py: {path} is not a vqa ablation (task {d.get('task')!r})")
-    texts = d.get("texts", {}).get(row)
-    if texts is None:
-        rows = ", ".join(d.get("texts", {}))
-        raise SystemExit(f"vqa_inventory.py: {path} has no texts for row {row!r}; rows: {rows}")
-    world = WorldConfig(revision=d.get("world_revision", 1), vqa_thought=d.get("vqa_thought", "inventory"))
-    exs = sample("vqa", range(d["seed_start"], d["seed_start"] + d["n"]), world)
+    world, exs, texts = read_ablation(path, row, SCRIPT)
     c: Counter = Counter()
     by_objects: dict[int, list[int]] = {}
     by_pixels: dict[str, Counter] = {}
@@ -87,7 +67,7 @@ def inventories(path: str | Path, row: str = "+thinking") -> dict:
         truth = vqa_inventory(ex.texts["thinking"])
         if not truth:  # a focused thought lists nothing
             continue
-        own = vqa_inventory(_thought(entry))
+        own = vqa_inventory(thought_of(entry))
         stats = L.by_position(ex.stats("image"))
         world_items = [(s.obj.size, s.obj.color, s.obj.shape, L.horizontal_word(s, world.size)) for s in stats]
         said = ITEM.findall(own)
@@ -146,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--row", default="+thinking", help="the ablation row whose thoughts are read")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    results = [inventories(_scores_file(p), a.row) for p in a.paths]
+    results = [inventories(scores_file(p, SCRIPT), a.row) for p in a.paths]
     if a.json:
         print(json.dumps(results, indent=2))
         return 0

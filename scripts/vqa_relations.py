@@ -61,15 +61,31 @@ CL_STEP = re.compile(r"the ([a-z ]+?) is about (\d+(?:\.\d+)?) m away and the ([
 OTHER = {"left": "right", "right": "left"}
 
 
-def _scores_file(p: str) -> Path:
+def scores_file(p: str, script: str = "vqa_relations.py") -> Path:
+    """An `omni ablate vqa --out` folder's vqa_scores.json (or the file itself); none is one line naming `script`."""
     path = Path(p)
     path = path / "vqa_scores.json" if path.is_dir() else path
     if not path.is_file():
-        raise SystemExit(f"vqa_relations.py: no vqa_scores.json at {p}")
+        raise SystemExit(f"{script}: no vqa_scores.json at {p}")
     return path
 
 
-def _thought(entry: dict | None) -> str:
+def read_ablation(path: str | Path, row: str, script: str = "vqa_relations.py") -> tuple[WorldConfig, list, list]:
+    """A vqa ablation's world (its revision and vqa thought), its examples drawn again from its seeds, and
+    `row`'s texts, one per example; another task's file or one without the row is one line naming `script`."""
+    d = json.loads(Path(path).read_text())
+    if d.get("task") != "vqa":
+        raise SystemExit(f"{script}: {path} is not a vqa ablation (task {d.get('task')!r})")
+    texts = d.get("texts", {}).get(row)
+    if texts is None:
+        rows = ", ".join(d.get("texts", {}))
+        raise SystemExit(f"{script}: {path} has no texts for row {row!r}; rows: {rows}")
+    world = WorldConfig(revision=d.get("world_revision", 1), vqa_thought=d.get("vqa_thought", "inventory"))
+    return world, sample("vqa", range(d["seed_start"], d["seed_start"] + d["n"]), world), texts
+
+
+def thought_of(entry: dict | None) -> str:
+    """The think step's text of one example's entry in an ablation's texts ("" where it has none)."""
     if not entry:
         return ""
     return next((t for s, t in entry.get("steps", []) if s == "think"), "") or ""
@@ -165,14 +181,7 @@ def _closer(q: str, truth: str, own: str, answer: str, measured: bool = False) -
 
 def relations(path: str | Path, row: str = "+thinking") -> dict:
     """The counts of the module's docstring for one ablation's vqa_scores.json."""
-    d = json.loads(Path(path).read_text())
-    if d.get("task") != "vqa":
-        raise SystemExit(f"vqa_relations.py: {path} is not a vqa ablation (task {d.get('task')!r})")
-    texts = d.get("texts", {}).get(row)
-    if texts is None:
-        raise SystemExit(f"vqa_relations.py: {path} has no texts for row {row!r}; rows: {', '.join(d['texts'])}")
-    world = WorldConfig(revision=d.get("world_revision", 1), vqa_thought=d.get("vqa_thought", "inventory"))
-    exs = sample("vqa", range(d["seed_start"], d["seed_start"] + d["n"]), world)
+    world, exs, texts = read_ablation(path, row)
     per: dict[str, list[dict]] = {"left_right": [], "closer": []}
     listed = lists_left_right(world)
     for ex, entry in zip(exs, texts, strict=True):
@@ -180,7 +189,7 @@ def relations(path: str | Path, row: str = "+thinking") -> dict:
         if kind in per:
             fn = (partial(_closer, measured=world.vqa_thought == "measured") if kind == "closer"
                   else _left_right_listed if listed else _left_right)
-            per[kind].append(fn(ex.texts["question"], ex.texts["thinking"], _thought(entry),
+            per[kind].append(fn(ex.texts["question"], ex.texts["thinking"], thought_of(entry),
                                 (entry or {}).get("output") or ""))
     out = {"file": str(path), "row": row, "world_revision": world.revision}
     for kind, rs in per.items():
@@ -208,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--row", default="+thinking", help="the ablation row whose thoughts are read")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    results = [relations(_scores_file(p), a.row) for p in a.paths]
+    results = [relations(scores_file(p), a.row) for p in a.paths]
     if a.json:
         print(json.dumps(results, indent=2))
         return 0

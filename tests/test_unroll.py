@@ -727,6 +727,25 @@ def test_pose_head_targets_in_training_and_pose_texts_in_the_engine():
     assert step.text == numbers_to_text([999.999] * 6) and step.tokens <= 62
 
 
+class _Stop(Exception):
+    """What _stopped_ablation's log raises: an ablation cut off mid-run, as a killed one is."""
+
+
+def _stopped_ablation(model, args: tuple, rows: dict, partial, after: int) -> dict:
+    """`ablate(*args)` stopped at its `after`-th progress message, its partial file written at every
+    example: the file's JSON."""
+    calls = []
+
+    def log(_msg):
+        calls.append(1)
+        if len(calls) == after:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        ablate(engine(model), *args, rows=rows, log=log, partial=partial, save_every=0)
+    return json.loads(partial.read_text())
+
+
 def test_an_ablation_resumes_with_the_draws_of_a_run_that_never_stopped(model, tmp_path):
     """Stopped after two of three examples and resumed by a fresh engine from its partial file, a
     sampled ablation (the novel views' flow noise) scores and writes exactly what one run does, and
@@ -740,20 +759,8 @@ def test_an_ablation_resumes_with_the_draws_of_a_run_that_never_stopped(model, t
     args = ("spatial", 3, 2_000_000_030)
     whole = ablate(engine(model), *args, rows=rows)
 
-    class Stop(Exception):
-        pass
-
-    calls = []
-
-    def stop_after_two(_msg):
-        calls.append(1)
-        if len(calls) == 2:
-            raise Stop
-
     partial = tmp_path / "spatial_partial.json"
-    with pytest.raises(Stop):
-        ablate(engine(model), *args, rows=rows, log=stop_after_two, partial=partial, save_every=0)
-    kept = json.loads(partial.read_text())
+    kept = _stopped_ablation(model, args, rows, partial, after=2)
     assert kept["done"] == 2
     resumed = ablate(engine(model), *args, rows=rows, partial=partial, resume=True)
     for key in ("scores", "texts", "context_fidelity", "context_scores", "tables"):
@@ -801,16 +808,8 @@ def test_a_resumed_ablation_of_code_that_scored_less_context_keeps_the_examples_
     whole = ablate(engine(model), *args, rows=rows)
     assert sum(p["n"] for p in whole["by_listing"]["+thinking"].values()) == 3
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_first(_msg):
-        raise Stop
-
     partial = tmp_path / "vqa_partial.json"
-    with pytest.raises(Stop):
-        ablate(engine(model), *args, rows=rows, log=stop_at_first, partial=partial, save_every=0)
-    kept = json.loads(partial.read_text())
+    kept = _stopped_ablation(model, args, rows, partial, after=1)
     assert kept["done"] == 1
     del kept["context"]["+thinking"]["think:listing"]  # as older code wrote it
     partial.write_text(json.dumps(kept))
@@ -821,9 +820,7 @@ def test_a_resumed_ablation_of_code_that_scored_less_context_keeps_the_examples_
     assert "by_listing" not in resumed and resumed["scores"] == whole["scores"]
     assert all(len(v) == 3 for v in resumed["context_scores"]["+thinking"].values())
     # saved with its None and resumed again from there: accepted (a None in the scores is not)
-    with pytest.raises(Stop):
-        ablate(engine(model), *args, rows=rows, log=stop_at_first, partial=partial, save_every=0)
-    again = json.loads(partial.read_text())
+    again = _stopped_ablation(model, args, rows, partial, after=1)
     again["context"]["+thinking"]["think:listing"][0] = None
     partial.write_text(json.dumps(again))
     assert ablate(engine(model), *args, rows=rows, partial=partial, resume=True)["scores"] == whole["scores"]
